@@ -1,1 +1,3 @@
+//! Test support for herald: a network-namespace BGP lab with gobgpd and BIRD 2.
 
+pub mod lab;

@@ -1,0 +1,4 @@
+//! herald's read-only gRPC API (herald.v1.PlanService), with server reflection and gRPC health.
+
+pub mod proto;
+pub mod table;

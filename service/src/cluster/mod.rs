@@ -1,0 +1,131 @@
+//! The cluster model: the few facts about Nodes, Services and EndpointSlices that the planner needs,
+//! independent of where they were read from (a file or the Kubernetes API).
+//!
+//! Values stay as the cluster wrote them (IPs as strings) so that the planner, not the reader, decides
+//! what is malformed and reports it against the Service that carries it.
+
+mod convert;
+mod manifest;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+pub use convert::{from_endpoint_slice, from_node, from_service};
+pub use manifest::{parse_manifest, ManifestError};
+
+/// A namespaced object's identity, `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Kubernetes Node as far as BGP announcements care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// Condition `Ready` is `True`.
+    pub ready: bool,
+    /// `status.addresses` of type `InternalIP`, in the order the Node lists them. Unparseable ones
+    /// are dropped: a node address is never taken from anything but a valid IP.
+    pub internal_ips: Vec<IpAddr>,
+}
+
+/// `spec.externalTrafficPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// A Kubernetes Service as far as BGP announcements care.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Service {
+    pub key: ObjectKey,
+    /// `spec.type`: ClusterIP, NodePort, LoadBalancer, ExternalName.
+    pub type_: String,
+    /// `spec.clusterIPs` (or `spec.clusterIP` when the list is absent); `None` marks headless.
+    pub cluster_ips: Vec<String>,
+    pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<String>,
+    pub external_traffic_policy: TrafficPolicy,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// Headless (`clusterIP: None`) and ExternalName Services have no IP of their own to route.
+    pub fn has_no_ips(&self) -> bool {
+        self.type_ == "ExternalName" || self.cluster_ips.iter().any(|ip| ip == "None")
+    }
+}
+
+/// One endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    pub node_name: Option<String>,
+    /// `conditions.ready`; unset means ready (the API's own convention).
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+}
+
+impl Endpoint {
+    pub fn is_ready(&self) -> bool {
+        self.ready.unwrap_or(true)
+    }
+
+    /// Serving while terminating: the Pod is draining and still takes traffic.
+    pub fn is_draining(&self) -> bool {
+        self.serving.unwrap_or(false) && self.terminating.unwrap_or(false)
+    }
+}
+
+/// A `discovery.k8s.io/v1` EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointSlice {
+    pub key: ObjectKey,
+    /// Label `kubernetes.io/service-name`; slices without it belong to no Service.
+    pub service_name: Option<String>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl EndpointSlice {
+    pub fn service_key(&self) -> Option<ObjectKey> {
+        self.service_name.as_ref().map(|name| ObjectKey::new(self.key.namespace.clone(), name.clone()))
+    }
+}
+
+/// Everything the planner reads about the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+}
+
+impl ClusterState {
+    pub fn insert_node(&mut self, node: Node) {
+        self.nodes.insert(node.name.clone(), node);
+    }
+    pub fn insert_service(&mut self, service: Service) {
+        self.services.insert(service.key.clone(), service);
+    }
+    pub fn insert_endpoint_slice(&mut self, slice: EndpointSlice) {
+        self.endpoint_slices.insert(slice.key.clone(), slice);
+    }
+}

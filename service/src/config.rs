@@ -1,0 +1,273 @@
+//! herald's configuration file (YAML, camelCase keys as in Calico's BGPConfiguration).
+//!
+//! Values are checked while they are read, so an error names the file, the line and the bad value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::selector::LabelSelector;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Which nodes belong to this herald's pool (label-selector syntax; empty: all nodes).
+    #[serde(default)]
+    pub node_selector: LabelSelector,
+    #[serde(default, rename = "serviceClusterIPs")]
+    pub service_cluster_ips: Vec<RangeConfig>,
+    #[serde(default, rename = "serviceExternalIPs")]
+    pub service_external_ips: Vec<RangeConfig>,
+    #[serde(default, rename = "serviceLoadBalancerIPs")]
+    pub service_load_balancer_ips: Vec<RangeConfig>,
+    /// Prefixes never announced, whatever else says so (infrastructure ranges). Default routes are
+    /// never announced in any case.
+    #[serde(default)]
+    pub deny_prefixes: Vec<Cidr>,
+    /// Communities a Service may ask for with the `herald.dev/communities` annotation.
+    #[serde(default)]
+    pub allowed_communities: Vec<Community>,
+    /// Large communities a Service may ask for with `herald.dev/large-communities`.
+    #[serde(default)]
+    pub allowed_large_communities: Vec<LargeCommunity>,
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
+    #[serde(default)]
+    pub gobgp: Option<GobgpConfig>,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// One CIDR of serviceClusterIPs / serviceExternalIPs / serviceLoadBalancerIPs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RangeConfig {
+    pub cidr: Cidr,
+    /// Communities attached to the range route and to host routes inside it.
+    #[serde(default)]
+    pub communities: Vec<Community>,
+    #[serde(default)]
+    pub large_communities: Vec<LargeCommunity>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A file of cluster state, watched for changes.
+    File(PathBuf),
+    /// The Kubernetes API (in-cluster config, or a kubeconfig).
+    Kubernetes(KubernetesSourceConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesSourceConfig {
+    /// A kubeconfig file; absent: in-cluster config, then `$KUBECONFIG` / `~/.kube/config`.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GobgpConfig {
+    /// gobgpd's gRPC API, `host:port`.
+    pub address: String,
+    #[serde(default)]
+    pub origin: Origin,
+    /// LOCAL_PREF, for iBGP sessions.
+    #[serde(default)]
+    pub local_pref: Option<u32>,
+    /// How often herald compares gobgpd's RIB with what it applied, and repairs drift.
+    #[serde(default = "default_anti_entropy")]
+    pub anti_entropy_interval: Seconds,
+    /// Paths per AddPathStream message.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_anti_entropy() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_batch() -> usize {
+    1000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    #[default]
+    Igp,
+    Egp,
+    Incomplete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where herald's read-only gRPC API listens. Localhost by default: exposing it is a choice.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: default_listen() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 50151))
+}
+
+/// A CIDR with no host bits set: `198.19.32.0/20`, not `198.19.32.1/20`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cidr(pub IpNet);
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let net: IpNet = s.parse().map_err(|_| format!("`{s}` is not a CIDR (expected e.g. 198.19.32.0/20)"))?;
+        if net.trunc() != net {
+            return Err(format!("`{s}` has host bits set (did you mean {}?)", net.trunc()));
+        }
+        // ipnet accepts octets with leading zeros in some forms; insist on the canonical spelling.
+        if net.to_string() != s && !matches!(net, IpNet::V6(_)) {
+            return Err(format!("`{s}` is not written canonically (did you mean {net}?)"));
+        }
+        Ok(Cidr(net))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A BGP community, `ASN:value` with both halves 16-bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Community(pub u32);
+
+impl FromStr for Community {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a BGP community (expected ASN:value, each 0-65535)");
+        let (high, low) = s.trim().split_once(':').ok_or_else(bad)?;
+        let high: u16 = high.parse().map_err(|_| bad())?;
+        let low: u16 = low.parse().map_err(|_| bad())?;
+        Ok(Community(u32::from(high) << 16 | u32::from(low)))
+    }
+}
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.0 >> 16, self.0 & 0xffff)
+    }
+}
+
+/// A BGP large community, `global:local1:local2`, each 32-bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LargeCommunity(pub u32, pub u32, pub u32);
+
+impl FromStr for LargeCommunity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a BGP large community (expected global:local1:local2)");
+        let mut parts = s.trim().split(':').map(|p| p.parse::<u32>().map_err(|_| bad()));
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(b), Some(c), None) => Ok(LargeCommunity(a?, b?, c?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for LargeCommunity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.0, self.1, self.2)
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Community, LargeCommunity, Seconds);
+
+/// A duration written `500ms`, `2s` or `1m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seconds(pub Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("`{s}` is not a duration (expected e.g. 500ms, 2s, 1m)");
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let duration = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        Ok(Seconds(duration))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+    }
+
+    /// Parses and checks a config; the error says where (line, column) and what is wrong.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks across fields, which serde cannot do while reading one value.
+    fn check(&self) -> Result<(), String> {
+        if let Some(gobgp) = &self.gobgp {
+            if gobgp.batch_size == 0 {
+                return Err("gobgp.batchSize must be at least 1".to_string());
+            }
+            if gobgp.anti_entropy_interval.0.is_zero() {
+                return Err("gobgp.antiEntropyInterval must be longer than 0".to_string());
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,233 @@
-fn main(){}
+//! heraldctl: asks a running herald what it announces and why.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use herald_api::herald::v1 as pb;
+use herald_api::herald::v1::plan_service_client::PlanServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(version, about = "Query herald's advertisement plan")]
+struct Cli {
+    /// herald's API address.
+    #[arg(long, global = true, env = "HERALD_SERVER", default_value = "http://127.0.0.1:50151")]
+    server: String,
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The routes herald announces (or wants to), with their next hops.
+    Routes {
+        /// cluster-range, external-range, load-balancer-range, cluster-ip, external-ip, load-balancer-ip
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        /// namespace/name
+        #[arg(long)]
+        service: Option<String>,
+        /// An IP or a prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Why a Service's IPs are (not) announced: `heraldctl explain yaobank/customer`.
+    Explain { service: String },
+    /// Follow plan changes as they happen.
+    Watch,
+    /// herald's health: source, plan generation, gobgpd.
+    Status,
+}
+
+fn kind_from_name(name: &str) -> anyhow::Result<pb::RouteKind> {
+    let wanted = format!("ROUTE_KIND_{}", name.to_uppercase().replace('-', "_"));
+    pb::RouteKind::from_str_name(&wanted).with_context(|| format!("unknown route kind `{name}`"))
+}
+
+fn kind_name(kind: i32) -> String {
+    pb::RouteKind::try_from(kind)
+        .map(|k| k.as_str_name().trim_start_matches("ROUTE_KIND_").to_lowercase().replace('_', "-"))
+        .unwrap_or_else(|_| kind.to_string())
+}
+
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| if c + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[c]) })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn hops(next_hops: &[pb::NextHop]) -> String {
+    next_hops.iter().map(|h| format!("{} ({})", h.address, h.node)).collect::<Vec<_>>().join(", ")
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn routes_table(routes: &[pb::Route], with_rib: bool) -> String {
+    let mut rows = vec![vec!["PREFIX".to_string(), "KIND".into(), "NEXT HOPS".into()]];
+    if with_rib {
+        rows[0].push("IN RIB".into());
+    }
+    rows[0].push("SOURCES".into());
+    for r in routes {
+        let mut row = vec![r.prefix.clone(), kind_name(r.kind), hops(&r.next_hops)];
+        if with_rib {
+            row.push(if r.in_rib { "yes" } else { "no" }.into());
+        }
+        row.push(r.sources.join(", "));
+        rows.push(row);
+    }
+    align(&rows)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(cli.server.clone())
+        .with_context(|| format!("bad --server `{}`", cli.server))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach herald at {}", cli.server))?;
+    let mut client = PlanServiceClient::new(channel);
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Routes { kind, node, service, prefix } => {
+            let request = pb::ListRoutesRequest {
+                kind: kind.as_deref().map(kind_from_name).transpose()?.unwrap_or_default() as i32,
+                node: node.unwrap_or_default(),
+                service: service.unwrap_or_default(),
+                prefix: prefix.unwrap_or_default(),
+            };
+            let response = client.list_routes(request).await?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            print!("{}", routes_table(&response.routes, status.gobgp.is_some()));
+            if !response.refusals.is_empty() {
+                println!("\nREFUSED");
+                let mut rows = vec![vec!["SERVICE".to_string(), "IP".into(), "REASON".into()]];
+                rows.extend(response.refusals.iter().map(|r| vec![r.service.clone(), r.ip.clone(), r.reason.clone()]));
+                print!("{}", align(&rows));
+            }
+        }
+        Command::Explain { service } => {
+            let (namespace, name) = service.split_once('/').unwrap_or(("default", service.as_str()));
+            let request = pb::ExplainServiceRequest { namespace: namespace.into(), name: name.into() };
+            let response = client.explain_service(request).await?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            if !response.found {
+                println!("{}", response.notes.join("\n"));
+                return Ok(());
+            }
+            println!("Service {namespace}/{name}: type {}, externalTrafficPolicy {}", response.r#type, response.external_traffic_policy);
+            let mut rows = vec![vec!["IP".to_string(), "ROLE".into(), "ANNOUNCED".into(), "PREFIX".into(), "NEXT HOPS".into(), "WHY".into()]];
+            for ip in &response.ips {
+                rows.push(vec![
+                    ip.ip.clone(),
+                    ip.role.clone(),
+                    if ip.announced { "yes" } else { "no" }.into(),
+                    ip.prefix.clone(),
+                    hops(&ip.next_hops),
+                    ip.reason.clone(),
+                ]);
+            }
+            print!("{}", align(&rows));
+            if !response.endpoint_nodes.is_empty() {
+                println!("\nEndpoint nodes:");
+                for node in &response.endpoint_nodes {
+                    println!("  {node}");
+                }
+            }
+            for note in &response.notes {
+                println!("note: {note}");
+            }
+        }
+        Command::Watch => {
+            let mut stream = client.watch_plan(pb::WatchPlanRequest {}).await?.into_inner();
+            while let Some(message) = stream.message().await? {
+                if json {
+                    println!("{}", serde_json::to_string(&message)?);
+                    continue;
+                }
+                let what = if message.snapshot { "snapshot" } else { "update" };
+                println!("generation {} ({what})", message.generation);
+                for r in &message.added {
+                    println!("  + {} {} via {}", r.prefix, kind_name(r.kind), hops(&r.next_hops));
+                }
+                for r in &message.changed {
+                    println!("  ~ {} {} via {}", r.prefix, kind_name(r.kind), hops(&r.next_hops));
+                }
+                for p in &message.removed {
+                    println!("  - {p}");
+                }
+            }
+        }
+        Command::Status => {
+            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            if json {
+                return print_json(&status);
+            }
+            println!("herald {}", status.version);
+            if let Some(source) = &status.source {
+                let state = if source.synced { "synced" } else { "not synced" };
+                println!("source:  {} ({state}){}", source.name, error_suffix(&source.last_error));
+            }
+            println!("plan:    generation {}, {} routes, {} refused IPs", status.plan_generation, status.routes, status.refusals);
+            match &status.gobgp {
+                None => println!("gobgpd:  not configured (plan only)"),
+                Some(g) => {
+                    let state = if g.reachable { "reachable" } else { "UNREACHABLE" };
+                    println!(
+                        "gobgpd:  {} ({state}), applied generation {}, {} paths applied, {} pending{}",
+                        g.address, g.applied_generation, g.paths_applied, g.pending_operations, error_suffix(&g.last_error)
+                    );
+                }
+            }
+            for alarm in &status.alarms {
+                println!("alarm:   {alarm}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn error_suffix(error: &str) -> String {
+    if error.is_empty() { String::new() } else { format!(", last error: {error}") }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("heraldctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -6,10 +6,11 @@
 # The configuration is not baked in: mount it at /etc/bird/bird.conf (deploy/compose/host1/).
 #
 # BIRD installs routes into the container's kernel table, so the container needs CAP_NET_ADMIN
-# (compose: cap_add). It starts as root only to drop to the user `bird` at once (`-u bird -g bird`),
-# keeping just the capabilities it asks for: NET_ADMIN, NET_BIND_SERVICE (port 179),
-# NET_BROADCAST and NET_RAW. All four must therefore be in the container's bounding set, nothing
-# else is needed (compose: cap_drop ALL + cap_add those four).
+# (compose: cap_add), and CAP_NET_BIND_SERVICE for port 179. Decision: BIRD runs as the
+# container's root but with only those two capabilities (compose: cap_drop ALL, no-new-privileges),
+# not with `-u bird`: dropping to the bird user needs CHOWN, FOWNER, SETUID and SETGID in the
+# bounding set as well (BIRD chowns/chmods its control socket), and leaves a socket root without
+# DAC_OVERRIDE cannot open, so `birdc` (health check, `docker exec`) would fail.
 FROM debian:bookworm-slim
 
 ARG BIRD2_VERSION=
@@ -18,8 +19,12 @@ RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends "bird2${BIRD2_VERSION}" iproute2; \
     rm -rf /var/lib/apt/lists/*; \
+    # The package makes /etc/bird bird:bird 0750; root without CAP_DAC_OVERRIDE could not read it.
     rm -f /etc/bird/bird.conf; \
-    install -d -o root -g bird -m 0750 /run/bird; \
+    dpkg-statoverride --remove /etc/bird/bird.conf; \
+    dpkg-statoverride --remove /etc/bird; \
+    chown root:root /etc/bird; chmod 0755 /etc/bird; \
+    install -d -m 0755 /run/bird; \
     bird --version
 
 EXPOSE 179/tcp
@@ -27,5 +32,5 @@ EXPOSE 179/tcp
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
     CMD ["birdc", "-s", "/run/bird/bird.ctl", "show", "status"]
 
-ENTRYPOINT ["bird", "-f", "-u", "bird", "-g", "bird", "-s", "/run/bird/bird.ctl"]
+ENTRYPOINT ["bird", "-f", "-s", "/run/bird/bird.ctl"]
 CMD ["-c", "/etc/bird/bird.conf"]

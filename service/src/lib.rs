@@ -10,5 +10,6 @@ pub mod config;
 pub mod gobgp;
 pub mod plan;
 pub mod planner;
+pub mod run;
 pub mod selector;
 pub mod source;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use herald::cluster::parse_manifest;
 use herald::config::Config;
+use herald::run::RunOptions;
 
 /// Announces Kubernetes Service IPs over BGP through a gobgpd sidecar.
 #[derive(Parser)]
@@ -17,22 +18,63 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run herald: watch the cluster, plan, keep gobgpd's RIB equal to the plan, serve the API.
+    Run {
+        #[arg(long, env = "HERALD_CONFIG")]
+        config: PathBuf,
+        /// A kubeconfig for `source: {kubernetes: {}}` (default: in-cluster, then $KUBECONFIG).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "HERALD_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
     /// Print the advertisement plan for a config and a cluster-state file, and exit.
     Plan {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// YAML as printed by `kubectl get services,endpointslices,nodes -A -o yaml`.
+        /// YAML as printed by `kubectl get services,endpointslices,nodes -A -o yaml`. Without it (and
+        /// without --config), the built-in yaobank example of the seed lab is planned.
         #[arg(long)]
-        cluster_state: PathBuf,
+        cluster_state: Option<PathBuf>,
         #[arg(short, long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Table,
     Json,
+}
+
+/// The seed lab's final stage, built in so that `herald plan` shows what herald does out of the box.
+const EXAMPLE_CONFIG: &str = include_str!("../../examples/yaobank/herald.yaml");
+const EXAMPLE_STATE: &str = include_str!("../../examples/yaobank/cluster-state.yaml");
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
 }
 
 fn main() -> ExitCode {
@@ -48,15 +90,32 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config, kubeconfig, log_format } => {
+            init_logging(log_format);
+            let config = Config::load(&config)?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(herald::run::run(config, RunOptions { kubeconfig }, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plan { config, cluster_state, output } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::default(),
+            let (config, state) = match (config, cluster_state) {
+                (None, None) => {
+                    eprintln!("herald: no --config and --cluster-state: planning the built-in yaobank example");
+                    (Config::parse(EXAMPLE_CONFIG).map_err(anyhow::Error::msg)?, parse_manifest(EXAMPLE_STATE)?)
+                }
+                (config, Some(path)) => {
+                    let config = match config {
+                        Some(path) => Config::load(&path)?,
+                        None => Config::default(),
+                    };
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read cluster state {}", path.display()))?;
+                    let state =
+                        parse_manifest(&text).with_context(|| format!("invalid cluster state {}", path.display()))?;
+                    (config, state)
+                }
+                (Some(_), None) => anyhow::bail!("--cluster-state is required with --config"),
             };
-            let text = std::fs::read_to_string(&cluster_state)
-                .with_context(|| format!("cannot read cluster state {}", cluster_state.display()))?;
-            let state = parse_manifest(&text)
-                .with_context(|| format!("invalid cluster state {}", cluster_state.display()))?;
             let plan = herald::planner::plan(&state, &config);
             match output {
                 Format::Json => {

@@ -1,0 +1,335 @@
+//! The PlanService implementation: reads the published plan, source status and sink status; never
+//! writes anything back.
+
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::Stream;
+use herald_api::herald::v1 as pb;
+use herald_api::herald::v1::plan_service_server::{PlanService, PlanServiceServer};
+use ipnet::IpNet;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::proto;
+use crate::cluster::ObjectKey;
+use crate::gobgp::SinkStatus;
+use crate::plan::{IpOutcome, Plan, PlanSnapshot, Route};
+use crate::source::SourceSnapshot;
+
+/// The channels the API reads.
+#[derive(Clone)]
+pub struct ApiState {
+    pub plans: watch::Receiver<PlanSnapshot>,
+    pub source: watch::Receiver<SourceSnapshot>,
+    /// `None` when herald runs without gobgpd.
+    pub sink: Option<watch::Receiver<SinkStatus>>,
+}
+
+impl ApiState {
+    fn in_rib(&self) -> Option<Arc<std::collections::HashSet<IpNet>>> {
+        self.sink.as_ref().map(|s| s.borrow().in_rib.clone())
+    }
+}
+
+pub struct PlanApi {
+    state: ApiState,
+}
+
+impl PlanApi {
+    pub fn new(state: ApiState) -> Self {
+        Self { state }
+    }
+
+    pub fn into_service(self) -> PlanServiceServer<Self> {
+        PlanServiceServer::new(self)
+    }
+}
+
+fn timestamp(time: SystemTime) -> herald_api::pbjson_types::Timestamp {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    herald_api::pbjson_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
+}
+
+/// A ListRoutes filter, parsed once.
+struct Filter {
+    kind: Option<pb::RouteKind>,
+    node: String,
+    service: String,
+    prefix: Option<IpNet>,
+}
+
+impl Filter {
+    fn parse(request: &pb::ListRoutesRequest) -> Result<Filter, Status> {
+        let kind = match pb::RouteKind::try_from(request.kind) {
+            Ok(pb::RouteKind::Unspecified) => None,
+            Ok(kind) => Some(kind),
+            Err(_) => return Err(Status::invalid_argument(format!("unknown route kind {}", request.kind))),
+        };
+        let prefix = match request.prefix.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| Status::invalid_argument(format!("`{text}` is neither an IP nor a prefix")))?,
+            ),
+        };
+        Ok(Filter { kind, node: request.node.clone(), service: request.service.clone(), prefix })
+    }
+
+    fn matches(&self, route: &Route) -> bool {
+        self.kind.is_none_or(|k| proto::route_kind(route.kind) == k)
+            && (self.node.is_empty() || route.next_hops.iter().any(|n| n.node == self.node))
+            && (self.service.is_empty() || route.sources.contains(&self.service))
+            && self.prefix.is_none_or(|p| route.prefix == p || (p.prefix_len() == p.max_prefix_len() && route.prefix.contains(&p.addr())))
+    }
+}
+
+/// The routes that differ between two plans, as a WatchPlan message.
+fn delta(old: &Plan, new: &Plan, generation: u64, in_rib: &dyn Fn(&IpNet) -> bool) -> pb::WatchPlanResponse {
+    let mut message = pb::WatchPlanResponse { generation, ..Default::default() };
+    for (prefix, route) in &new.routes {
+        match old.routes.get(prefix) {
+            None => message.added.push(proto::route(route, in_rib(prefix))),
+            Some(previous) if previous != route => message.changed.push(proto::route(route, in_rib(prefix))),
+            Some(_) => {}
+        }
+    }
+    message.removed = old.routes.keys().filter(|p| !new.routes.contains_key(p)).map(ToString::to_string).collect();
+    message
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchPlanResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PlanService for PlanApi {
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Result<Response<pb::ListRoutesResponse>, Status> {
+        let filter = Filter::parse(request.get_ref())?;
+        let snapshot = self.state.plans.borrow().clone();
+        let in_rib = self.state.in_rib();
+        let routes = snapshot
+            .plan
+            .routes
+            .values()
+            .filter(|r| filter.matches(r))
+            .map(|r| proto::route(r, in_rib.as_ref().is_some_and(|s| s.contains(&r.prefix))))
+            .collect();
+        let refusals = snapshot
+            .plan
+            .refusals
+            .iter()
+            .filter(|r| filter.service.is_empty() || r.service.to_string() == filter.service)
+            .map(proto::refusal)
+            .collect();
+        Ok(Response::new(pb::ListRoutesResponse { routes, generation: snapshot.generation, refusals }))
+    }
+
+    async fn explain_service(
+        &self,
+        request: Request<pb::ExplainServiceRequest>,
+    ) -> Result<Response<pb::ExplainServiceResponse>, Status> {
+        let request = request.into_inner();
+        if request.name.is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        let namespace = if request.namespace.is_empty() { "default".to_string() } else { request.namespace };
+        let key = ObjectKey::new(namespace, request.name);
+        let snapshot = self.state.plans.borrow().clone();
+        let Some(explanation) = snapshot.plan.services.get(&key) else {
+            return Ok(Response::new(pb::ExplainServiceResponse {
+                found: false,
+                notes: vec![format!("no Service {key} in the cluster state")],
+                generation: snapshot.generation,
+                ..Default::default()
+            }));
+        };
+        let ips = explanation
+            .ips
+            .iter()
+            .map(|ip| {
+                let (announced, prefix, reason) = match &ip.outcome {
+                    IpOutcome::HostRoute(p) => (true, Some(*p), "host route of its own".to_string()),
+                    IpOutcome::CoveredByRange(p) => (true, Some(*p), format!("reachable through the range {p}")),
+                    IpOutcome::NotAnnounced(reason) => (false, None, reason.clone()),
+                };
+                let route = prefix.and_then(|p| snapshot.plan.routes.get(&p));
+                pb::ServiceIp {
+                    ip: ip.ip.clone(),
+                    role: ip.role.as_str().to_string(),
+                    announced,
+                    prefix: prefix.map(|p| p.to_string()).unwrap_or_default(),
+                    next_hops: route.map(|r| proto::route(r, false).next_hops).unwrap_or_default(),
+                    reason,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ExplainServiceResponse {
+            found: true,
+            external_traffic_policy: if explanation.local_policy { "Local" } else { "Cluster" }.to_string(),
+            r#type: explanation.type_.clone(),
+            ips,
+            endpoint_nodes: explanation.endpoint_nodes.iter().map(|(n, s)| format!("{n}: {s}")).collect(),
+            notes: explanation.notes.clone(),
+            generation: snapshot.generation,
+        }))
+    }
+
+    type WatchPlanStream = WatchStream;
+
+    async fn watch_plan(
+        &self,
+        _request: Request<pb::WatchPlanRequest>,
+    ) -> Result<Response<Self::WatchPlanStream>, Status> {
+        let mut plans = self.state.plans.clone();
+        let state = self.state.clone();
+        let stream = async_stream(move |tx| async move {
+            let first = plans.borrow_and_update().clone();
+            let in_rib = state.in_rib();
+            let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
+            let mut message = delta(&Plan::default(), &first.plan, first.generation, &has);
+            message.snapshot = true;
+            if tx.send(Ok(message)).await.is_err() {
+                return;
+            }
+            let mut previous = first.plan;
+            // A slow client skips intermediate plans: each message is the delta from the last one
+            // it was sent, so it still ends equal to the plan.
+            while plans.changed().await.is_ok() {
+                let current = plans.borrow_and_update().clone();
+                let in_rib = state.in_rib();
+                let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
+                let message = delta(&previous, &current.plan, current.generation, &has);
+                previous = current.plan;
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let snapshot = self.state.plans.borrow().clone();
+        let source = self.state.source.borrow().status.clone();
+        let mut alarms = Vec::new();
+        if let Some(error) = &source.last_error {
+            alarms.push(format!("source {}: {error} (keeping the last plan)", source.name));
+        }
+        if !source.synced {
+            alarms.push(format!("source {} has not delivered a complete cluster state yet", source.name));
+        }
+        alarms.extend(snapshot.plan.notes.iter().cloned());
+        let gobgp = self.state.sink.as_ref().map(|sink| {
+            let s = sink.borrow().clone();
+            if !s.reachable {
+                alarms.push(format!("gobgpd at {} is unreachable: {}", s.address, s.last_error.clone().unwrap_or_default()));
+            }
+            pb::GobgpStatus {
+                address: s.address,
+                reachable: s.reachable,
+                applied_generation: s.applied_generation,
+                pending_operations: s.pending_operations,
+                paths_applied: s.paths_applied,
+                last_error: s.last_error.unwrap_or_default(),
+                last_applied: s.last_applied.map(timestamp),
+            }
+        });
+        Ok(Response::new(pb::GetStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            source: Some(pb::SourceStatus {
+                name: source.name,
+                synced: source.synced,
+                last_error: source.last_error.unwrap_or_default(),
+                last_update: source.last_update.map(timestamp),
+            }),
+            plan_generation: snapshot.generation,
+            routes: snapshot.plan.routes.len() as u64,
+            refusals: snapshot.plan.refusals.len() as u64,
+            gobgp,
+            alarms,
+        }))
+    }
+}
+
+/// A stream fed by a task, so a slow reader applies backpressure to that task alone.
+fn async_stream<F, Fut>(body: F) -> WatchStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::WatchPlanResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Serves PlanService, reflection (v1 and v1alpha, for grpcurl) and grpc.health.v1 until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Bind { listen, source })?;
+    serve_on(listener, state, shutdown).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {listen}: {source}")]
+    Bind { listen: SocketAddr, source: std::io::Error },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let local = listener.local_addr().ok();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(herald_api::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(herald_api::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Liveness ("") is serving from the start; readiness (the service name) once a plan exists.
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_not_serving::<PlanServiceServer<PlanApi>>().await;
+    let mut plans = state.plans.clone();
+    tokio::spawn(async move {
+        loop {
+            let ready = plans.borrow_and_update().generation > 0;
+            if ready {
+                health.set_serving::<PlanServiceServer<PlanApi>>().await;
+                return;
+            }
+            if plans.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    info!(listen = ?local, "herald API serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(PlanApi::new(state).into_service())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    Ok(())
+}
+

@@ -1,0 +1,97 @@
+//! `herald run`: wires source → planner → plan channel → reconciler and API server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::api::server::{self, ApiState};
+use crate::config::{Config, SourceConfig};
+use crate::plan::PlanSnapshot;
+use crate::source::file::FileSource;
+use crate::source::{ClusterSource, SourceSnapshot};
+
+/// Options of `herald run` that are not in the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Overrides the config's kubeconfig.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the config has no `source` (use `source: {{file: PATH}}` or `source: {{kubernetes: {{}}}}`)")]
+    NoSource,
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error("{0}")]
+    Source(String),
+}
+
+/// Re-plans whenever the source publishes a new cluster state, and publishes the plan when it changed.
+async fn plan_loop(config: Arc<Config>, mut source: watch::Receiver<SourceSnapshot>, plans: watch::Sender<PlanSnapshot>) {
+    let mut last_cluster = None;
+    loop {
+        let cluster = source.borrow_and_update().cluster.clone();
+        if let Some(cluster) = cluster.filter(|c| last_cluster.as_ref().is_none_or(|l| !Arc::ptr_eq(l, c))) {
+            last_cluster = Some(cluster.clone());
+            let config = config.clone();
+            let started = std::time::Instant::now();
+            let planned = tokio::task::spawn_blocking(move || crate::planner::plan(&cluster, &config)).await;
+            match planned {
+                Ok(plan) => {
+                    let elapsed = started.elapsed();
+                    plans.send_if_modified(|current| {
+                        // Generation 0 means "no plan yet": the first plan is published even if empty.
+                        if current.generation > 0 && *current.plan == plan {
+                            return false;
+                        }
+                        current.generation += 1;
+                        current.plan = Arc::new(plan);
+                        info!(generation = current.generation, routes = current.plan.routes.len(),
+                              paths = current.plan.path_count(), refusals = current.plan.refusals.len(),
+                              elapsed_ms = elapsed.as_secs_f64() * 1e3, "plan updated");
+                        for refusal in &current.plan.refusals {
+                            tracing::warn!(service = %refusal.service, ip = %refusal.ip, reason = %refusal.reason, "IP refused");
+                        }
+                        true
+                    });
+                }
+                Err(e) => error!(error = %e, "planner failed; keeping the last plan"),
+            }
+        }
+        if source.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs herald until `shutdown` resolves. Announcements stay in gobgpd on exit: a restart of herald
+/// must not withdraw anything from the fabric.
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let (source_tx, source_rx) = watch::channel(SourceSnapshot::default());
+    match config.source.clone() {
+        None => return Err(RunError::NoSource),
+        Some(SourceConfig::File(path)) => {
+            tokio::spawn(FileSource::new(path).run(source_tx));
+        }
+        Some(SourceConfig::Kubernetes(kubernetes)) => {
+            let _ = (kubernetes, options.kubeconfig, source_tx);
+            return Err(RunError::Source("TODO: the Kubernetes source is being written".to_string()));
+        }
+    }
+    let (plan_tx, plan_rx) = watch::channel(PlanSnapshot::default());
+    tokio::spawn(plan_loop(config.clone(), source_rx.clone(), plan_tx));
+
+    let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
+    let state = ApiState { plans: plan_rx, source: source_rx, sink };
+    server::serve(config.api.listen, state, shutdown).await?;
+    info!("herald stopped; announcements stay in gobgpd");
+    Ok(())
+}

@@ -25,5 +25,5 @@ pub mod gobgp {
 /// The well-known types (Timestamp, Any, Empty) the generated code uses.
 pub use pbjson_types;
 
-/// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+/// Encoded `FileDescriptorSet` of herald.v1 and what it imports, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));

@@ -1,0 +1,533 @@
+//! The planner's rules, as tables of small clusters, plus properties over generated ones.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::cluster::{Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::config::Config;
+
+fn node(name: &str, ips: &[&str]) -> Node {
+    Node {
+        name: name.to_string(),
+        labels: BTreeMap::new(),
+        ready: true,
+        internal_ips: ips.iter().map(|ip| ip.parse().unwrap()).collect(),
+    }
+}
+
+fn labelled(mut n: Node, key: &str, value: &str) -> Node {
+    n.labels.insert(key.to_string(), value.to_string());
+    n
+}
+
+fn not_ready(mut n: Node) -> Node {
+    n.ready = false;
+    n
+}
+
+fn svc(name: &str, cluster: &[&str], local: bool) -> Service {
+    Service {
+        key: ObjectKey::new("ns", name),
+        type_: "ClusterIP".to_string(),
+        cluster_ips: cluster.iter().map(|s| s.to_string()).collect(),
+        external_traffic_policy: if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
+        ..Default::default()
+    }
+}
+
+fn with_external(mut s: Service, ips: &[&str]) -> Service {
+    s.external_ips = ips.iter().map(|s| s.to_string()).collect();
+    s
+}
+
+fn with_lb(mut s: Service, ips: &[&str]) -> Service {
+    s.type_ = "LoadBalancer".to_string();
+    s.load_balancer_ips = ips.iter().map(|s| s.to_string()).collect();
+    s
+}
+
+/// An endpoint: (node, ready, serving, terminating).
+type Ep = (&'static str, Option<bool>, Option<bool>, Option<bool>);
+
+const READY: fn(&'static str) -> Ep = |n| (n, Some(true), Some(true), Some(false));
+const UNSET: fn(&'static str) -> Ep = |n| (n, None, None, None);
+const NOT_READY: fn(&'static str) -> Ep = |n| (n, Some(false), Some(false), Some(false));
+const DRAINING: fn(&'static str) -> Ep = |n| (n, Some(false), Some(true), Some(true));
+
+fn slice(service: &str, suffix: &str, endpoints: &[Ep]) -> EndpointSlice {
+    EndpointSlice {
+        key: ObjectKey::new("ns", format!("{service}-{suffix}")),
+        service_name: Some(service.to_string()),
+        endpoints: endpoints
+            .iter()
+            .map(|(n, ready, serving, terminating)| Endpoint {
+                node_name: Some(n.to_string()),
+                ready: *ready,
+                serving: *serving,
+                terminating: *terminating,
+            })
+            .collect(),
+    }
+}
+
+fn state(nodes: Vec<Node>, services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
+    let mut s = ClusterState::default();
+    nodes.into_iter().for_each(|n| s.insert_node(n));
+    services.into_iter().for_each(|n| s.insert_service(n));
+    slices.into_iter().for_each(|n| s.insert_endpoint_slice(n));
+    s
+}
+
+fn config(yaml: &str) -> Config {
+    Config::parse(yaml).unwrap()
+}
+
+const LAB: &str = "serviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/20}]\nserviceLoadBalancerIPs: [{cidr: 198.19.64.0/24}]\n";
+
+fn lab_nodes() -> Vec<Node> {
+    vec![node("control", &["198.19.0.1"]), node("node1", &["198.19.0.2"]), node("node2", &["198.19.0.3"])]
+}
+
+/// The plan as `prefix -> sorted "node=address"` lines, the form the tables are written in.
+fn routes(plan: &Plan) -> BTreeMap<String, Vec<String>> {
+    plan.routes
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.next_hops.iter().map(|h| format!("{}={}", h.node, h.address)).collect()))
+        .collect()
+}
+
+fn expect(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    pairs.iter().map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect())).collect()
+}
+
+const ALL3: &[&str] = &["control=198.19.0.1", "node1=198.19.0.2", "node2=198.19.0.3"];
+
+struct Case {
+    name: &'static str,
+    config: &'static str,
+    state: ClusterState,
+    routes: BTreeMap<String, Vec<String>>,
+    refused: &'static [&'static str],
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "ranges from every node, cluster-policy services ride them",
+            config: LAB,
+            state: state(lab_nodes(), vec![with_external(svc("a", &["198.19.38.11"], false), &["198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3)]),
+            refused: &[],
+        },
+        Case {
+            name: "local policy: host routes from endpoint nodes only",
+            config: LAB,
+            state: state(lab_nodes(), vec![with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3),
+                ("198.19.38.11/32", &["node1=198.19.0.2"]), ("198.19.48.10/32", &["node1=198.19.0.2"]),
+            ]),
+            refused: &[],
+        },
+        Case {
+            name: "ready unset counts as ready; not-ready endpoints do not count",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![slice("a", "1", &[UNSET("node2"), NOT_READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node2=198.19.0.3"])]),
+            refused: &[],
+        },
+        Case {
+            name: "no ready endpoint: serving+terminating ones drain",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![slice("a", "1", &[DRAINING("node2"), NOT_READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node2=198.19.0.3"])]),
+            refused: &[],
+        },
+        Case {
+            name: "ready endpoints win over draining ones",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![slice("a", "1", &[DRAINING("node2")]), slice("a", "2", &[READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"])]),
+            refused: &[],
+        },
+        Case {
+            name: "no endpoint at all: only the range covers it",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![]),
+            routes: expect(&[("198.19.32.0/20", ALL3)]),
+            refused: &[],
+        },
+        Case {
+            name: "endpoints on ineligible nodes are no next hops",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(
+                vec![node("control", &["198.19.0.1"]), not_ready(node("node1", &["198.19.0.2"])), labelled(node("node2", &["198.19.0.3"]), EXCLUDE_LABEL, "")],
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![slice("a", "1", &[READY("node1"), READY("node2"), READY("ghost")])],
+            ),
+            routes: expect(&[("198.19.32.0/20", &["control=198.19.0.1"])]),
+            refused: &[],
+        },
+        Case {
+            name: "nodeSelector picks the pool",
+            config: "nodeSelector: pool=a\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(
+                vec![labelled(node("n1", &["198.19.0.2"]), "pool", "a"), labelled(node("n2", &["198.19.0.3"]), "pool", "b")],
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![slice("a", "1", &[READY("n1"), READY("n2")])],
+            ),
+            routes: expect(&[("198.19.32.0/20", &["n1=198.19.0.2"]), ("198.19.38.11/32", &["n1=198.19.0.2"])]),
+            refused: &[],
+        },
+        Case {
+            name: "no eligible node: no route",
+            config: "nodeSelector: pool=z\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![], vec![]),
+            routes: expect(&[]),
+            refused: &[],
+        },
+        Case {
+            name: "IPs outside the ranges are refused, never announced (CVE-2020-8554 class)",
+            config: LAB,
+            state: state(
+                lab_nodes(),
+                vec![with_lb(with_external(svc("evil", &["198.19.38.12"], true), &["8.8.8.8", "198.19.0.2"]), &["1.1.1.1", "198.19.64.7"])],
+                vec![slice("evil", "1", &[READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3),
+                ("198.19.38.12/32", &["node1=198.19.0.2"]), ("198.19.64.7/32", &["node1=198.19.0.2"]),
+            ]),
+            refused: &["8.8.8.8", "198.19.0.2", "1.1.1.1"],
+        },
+        Case {
+            name: "external IPs with no serviceExternalIPs are refused",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"])]),
+            refused: &["198.19.48.10"],
+        },
+        Case {
+            name: "a node's own address inside a range is refused as a host route",
+            config: "serviceExternalIPs: [{cidr: 198.19.0.0/20}]",
+            state: state(lab_nodes(), vec![with_external(svc("a", &["10.96.0.1"], true), &["198.19.0.3"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.0.0/20", ALL3)]),
+            refused: &["198.19.0.3"],
+        },
+        Case {
+            name: "headless and ExternalName give nothing",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(
+                lab_nodes(),
+                vec![svc("headless", &["None"], true), Service { type_: "ExternalName".into(), ..svc("ext", &[], true) }],
+                vec![slice("headless", "1", &[READY("node1")]), slice("ext", "1", &[READY("node1")])],
+            ),
+            routes: expect(&[("198.19.32.0/20", ALL3)]),
+            refused: &[],
+        },
+        Case {
+            name: "dual stack: each family on its own; v4-only nodes are no v6 next hops",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}, {cidr: 'fd00:32::/112'}]",
+            state: state(
+                vec![node("node1", &["198.19.0.2", "fd00::2"]), node("node2", &["198.19.0.3"])],
+                vec![svc("a", &["198.19.38.11", "fd00:32::11"], true)],
+                vec![slice("a", "1", &[READY("node1"), READY("node2")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+                ("198.19.38.11/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+                ("fd00:32::/112", &["node1=fd00::2"]),
+                ("fd00:32::11/128", &["node1=fd00::2"]),
+            ]),
+            refused: &[],
+        },
+        Case {
+            name: "two services sharing an IP: one route, next hops merged",
+            config: "serviceExternalIPs: [{cidr: 198.19.48.0/20}]",
+            state: state(
+                lab_nodes(),
+                vec![with_external(svc("a", &[], true), &["198.19.48.10"]), with_external(svc("b", &[], true), &["198.19.48.10"])],
+                vec![slice("a", "1", &[READY("node1")]), slice("b", "1", &[READY("node2")])],
+            ),
+            routes: expect(&[("198.19.48.0/20", ALL3), ("198.19.48.10/32", &["node1=198.19.0.2", "node2=198.19.0.3"])]),
+            refused: &[],
+        },
+        Case {
+            name: "a malformed IP is refused; the rest is still planned",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(
+                lab_nodes(),
+                vec![svc("bad", &["198.19.38.300"], true), svc("good", &["198.19.38.11"], true)],
+                vec![slice("bad", "1", &[READY("node1")]), slice("good", "1", &[READY("node2")])],
+            ),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node2=198.19.0.3"])]),
+            refused: &["198.19.38.300"],
+        },
+        Case {
+            name: "deny list: ranges and host routes overlapping it are not announced",
+            config: "serviceExternalIPs: [{cidr: 198.19.48.0/20}, {cidr: 10.0.0.0/8}]\ndenyPrefixes: [198.19.48.128/25, 10.0.0.0/8]",
+            state: state(lab_nodes(), vec![with_external(svc("a", &[], true), &["198.19.48.200", "198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.48.10/32", &["node1=198.19.0.2"])]),
+            refused: &["198.19.48.200"],
+        },
+        Case {
+            name: "a default route is never announced",
+            config: "serviceExternalIPs: [{cidr: 0.0.0.0/0}]",
+            state: state(lab_nodes(), vec![with_external(svc("a", &[], true), &["8.8.8.8"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("8.8.8.8/32", &["node1=198.19.0.2"])]),
+            refused: &[],
+        },
+        Case {
+            name: "slices of another namespace or without service label are not this service's",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(
+                lab_nodes(),
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![
+                    EndpointSlice { key: ObjectKey::new("other", "a-1"), ..slice("a", "x", &[READY("node1")]) },
+                    EndpointSlice { service_name: None, ..slice("a", "y", &[READY("node2")]) },
+                ],
+            ),
+            routes: expect(&[("198.19.32.0/20", ALL3)]),
+            refused: &[],
+        },
+    ]
+}
+
+#[test]
+fn rules_table() {
+    for case in cases() {
+        let plan = plan(&case.state, &config(case.config));
+        assert_eq!(routes(&plan), case.routes, "case: {}", case.name);
+        let refused: Vec<&str> = plan.refusals.iter().map(|r| r.ip.as_str()).collect();
+        let mut expected: Vec<&str> = case.refused.to_vec();
+        let mut got = refused.clone();
+        expected.sort();
+        got.sort();
+        assert_eq!(got, expected, "refusals of case: {} ({:?})", case.name, plan.refusals);
+    }
+}
+
+#[test]
+fn default_route_range_is_refused_with_a_note() {
+    let p = plan(&state(lab_nodes(), vec![], vec![]), &config("serviceExternalIPs: [{cidr: 0.0.0.0/0}]"));
+    assert!(p.routes.is_empty());
+    assert!(p.notes.iter().any(|n| n.contains("default route")), "{:?}", p.notes);
+}
+
+#[test]
+fn kinds_sources_and_reasons() {
+    let s = state(
+        lab_nodes(),
+        vec![with_lb(with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"]), &["198.19.64.9"])],
+        vec![slice("a", "1", &[READY("node1")])],
+    );
+    let p = plan(&s, &config(LAB));
+    let kind = |prefix: &str| p.routes[&prefix.parse::<IpNet>().unwrap()].kind;
+    assert_eq!(kind("198.19.32.0/20"), RouteKind::ClusterRange);
+    assert_eq!(kind("198.19.48.0/20"), RouteKind::ExternalRange);
+    assert_eq!(kind("198.19.64.0/24"), RouteKind::LoadBalancerRange);
+    assert_eq!(kind("198.19.38.11/32"), RouteKind::ClusterIp);
+    assert_eq!(kind("198.19.48.10/32"), RouteKind::ExternalIp);
+    assert_eq!(kind("198.19.64.9/32"), RouteKind::LoadBalancerIp);
+    let host = &p.routes[&"198.19.38.11/32".parse::<IpNet>().unwrap()];
+    assert_eq!(host.sources.iter().collect::<Vec<_>>(), ["ns/a"]);
+    assert!(host.reason.contains("node1"), "{}", host.reason);
+    let range = &p.routes[&"198.19.32.0/20".parse::<IpNet>().unwrap()];
+    assert_eq!(range.sources.iter().collect::<Vec<_>>(), ["config:serviceClusterIPs[0]"]);
+}
+
+#[test]
+fn communities_from_ranges_and_allowlisted_annotations() {
+    let yaml = "serviceExternalIPs: [{cidr: 198.19.48.0/20, communities: ['65000:1'], largeCommunities: ['65000:1:2']}]\nallowedCommunities: ['65000:100']";
+    let mut service = with_external(svc("a", &[], true), &["198.19.48.10"]);
+    service.annotations.insert(COMMUNITIES_ANNOTATION.into(), "65000:100, 65000:666, junk".into());
+    let p = plan(&state(lab_nodes(), vec![service], vec![slice("a", "1", &[READY("node1")])]), &config(yaml));
+    let host = &p.routes[&"198.19.48.10/32".parse::<IpNet>().unwrap()];
+    let communities: Vec<String> = host.communities.iter().map(ToString::to_string).collect();
+    assert_eq!(communities, ["65000:1", "65000:100"]);
+    assert_eq!(host.large_communities.iter().map(ToString::to_string).collect::<Vec<_>>(), ["65000:1:2"]);
+    let range = &p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()];
+    assert_eq!(range.communities.iter().map(ToString::to_string).collect::<Vec<_>>(), ["65000:1"]);
+    let notes = &p.services[&ObjectKey::new("ns", "a")].notes;
+    assert_eq!(notes.len(), 2, "{notes:?}");
+}
+
+#[test]
+fn explanations_account_for_every_ip() {
+    let s = state(
+        lab_nodes(),
+        vec![with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10", "8.8.8.8"]), svc("b", &["198.19.33.1"], false)],
+        vec![slice("a", "1", &[READY("node1"), NOT_READY("node2")])],
+    );
+    let p = plan(&s, &config(LAB));
+    let a = &p.services[&ObjectKey::new("ns", "a")];
+    let outcomes: Vec<(&str, &IpOutcome)> = a.ips.iter().map(|i| (i.ip.as_str(), &i.outcome)).collect();
+    assert_eq!(outcomes[0], ("198.19.38.11", &IpOutcome::HostRoute("198.19.38.11/32".parse().unwrap())));
+    assert_eq!(outcomes[1], ("198.19.48.10", &IpOutcome::HostRoute("198.19.48.10/32".parse().unwrap())));
+    assert!(matches!(outcomes[2], ("8.8.8.8", IpOutcome::NotAnnounced(_))));
+    assert_eq!(a.endpoint_nodes["node1"], "ready endpoint");
+    assert_eq!(a.endpoint_nodes["node2"], "endpoint not ready");
+    let b = &p.services[&ObjectKey::new("ns", "b")];
+    assert_eq!(b.ips[0].outcome, IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap()));
+}
+
+/// The seed lab, stage by stage, from the example files a user runs `herald plan` on.
+#[test]
+fn seed_lab_stages() {
+    let lab = config(include_str!("../../../examples/yaobank/herald.yaml"));
+    let read = |text: &str| crate::cluster::parse_manifest(text).unwrap();
+    let stage1 = plan(&read(include_str!("../../../examples/yaobank/stage1-cluster-range.yaml")), &lab);
+    assert_eq!(routes(&stage1), expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3)]));
+    let stage2 = plan(&read(include_str!("../../../examples/yaobank/stage2-local-policy.yaml")), &lab);
+    assert_eq!(
+        routes(&stage2),
+        expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"]), ("198.19.48.0/20", ALL3)])
+    );
+    let stage3 = plan(&read(include_str!("../../../examples/yaobank/cluster-state.yaml")), &lab);
+    assert_eq!(
+        routes(&stage3),
+        expect(&[
+            ("198.19.32.0/20", ALL3),
+            ("198.19.38.11/32", &["node1=198.19.0.2"]),
+            ("198.19.48.0/20", ALL3),
+            ("198.19.48.10/32", &["node1=198.19.0.2"]),
+        ])
+    );
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn arb_state() -> impl Strategy<Value = ClusterState> {
+        let nodes = proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..3, any::<bool>()), 1..6);
+        let services = proptest::collection::vec(
+            (any::<bool>(), 0u16..64, proptest::collection::vec(0u16..600, 0..3), proptest::collection::vec((0usize..6, 0u8..4), 0..5)),
+            0..12,
+        );
+        (nodes, services).prop_map(|(nodes, services)| {
+            let mut s = ClusterState::default();
+            for (i, (ready, excluded, pool, v6)) in nodes.iter().enumerate() {
+                let mut ips = vec![format!("198.19.0.{}", i + 1)];
+                if *v6 {
+                    ips.push(format!("fd00::{}", i + 1));
+                }
+                let ip_refs: Vec<&str> = ips.iter().map(String::as_str).collect();
+                let mut n = node(&format!("n{i}"), &ip_refs);
+                n.ready = *ready;
+                if *excluded {
+                    n.labels.insert(EXCLUDE_LABEL.into(), String::new());
+                }
+                n.labels.insert("pool".into(), ["a", "b", "c"][*pool as usize].into());
+                s.insert_node(n);
+            }
+            for (j, (local, cluster_low, externals, endpoints)) in services.iter().enumerate() {
+                let name = format!("s{j}");
+                let cluster = format!("198.19.{}.{}", 32 + cluster_low / 8, cluster_low % 250);
+                let external: Vec<String> = externals
+                    .iter()
+                    .map(|e| match e % 3 {
+                        0 => format!("198.19.48.{}", e % 250),
+                        1 => format!("8.8.{}.{}", e % 250, e % 7),
+                        _ => format!("fd00:48::{e:x}"),
+                    })
+                    .collect();
+                let ext_refs: Vec<&str> = external.iter().map(String::as_str).collect();
+                s.insert_service(with_external(svc(&name, &[&cluster], *local), &ext_refs));
+                let eps: Vec<Endpoint> = endpoints
+                    .iter()
+                    .map(|(n, cond)| Endpoint {
+                        node_name: Some(format!("n{n}")),
+                        ready: [Some(true), None, Some(false), Some(false)][*cond as usize],
+                        serving: [None, None, Some(false), Some(true)][*cond as usize],
+                        terminating: [None, None, Some(false), Some(true)][*cond as usize],
+                    })
+                    .collect();
+                s.insert_endpoint_slice(EndpointSlice {
+                    key: ObjectKey::new("ns", format!("{name}-1")),
+                    service_name: Some(name),
+                    endpoints: eps,
+                });
+            }
+            s
+        })
+    }
+
+    const CONFIG: &str = "nodeSelector: pool in (a,b)\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/24}, {cidr: 'fd00:48::/64'}]";
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Every announced prefix is a configured range or a host route inside one.
+        #[test]
+        fn prefixes_stay_inside_allowed_ranges(s in arb_state()) {
+            let cfg = config(CONFIG);
+            let ranges: Vec<IpNet> = cfg.service_cluster_ips.iter().chain(&cfg.service_external_ips).map(|r| r.cidr.0).collect();
+            for prefix in plan(&s, &cfg).routes.keys() {
+                prop_assert!(ranges.iter().any(|r| r.contains(prefix)), "{prefix} escapes the ranges");
+            }
+        }
+
+        /// Every next hop is an eligible node, announced with its own address of the prefix's family.
+        #[test]
+        fn next_hops_are_eligible_nodes(s in arb_state()) {
+            let cfg = config(CONFIG);
+            for route in plan(&s, &cfg).routes.values() {
+                prop_assert!(!route.next_hops.is_empty());
+                for hop in &route.next_hops {
+                    let n = &s.nodes[&hop.node];
+                    prop_assert!(ineligibility(n, &cfg).is_none(), "{} is not eligible", hop.node);
+                    prop_assert!(n.internal_ips.contains(&hop.address));
+                    prop_assert_eq!(hop.address.is_ipv4(), route.prefix.addr().is_ipv4());
+                }
+            }
+        }
+
+        /// Host routes exist only for Local Services, and only on nodes with a ready (or, failing
+        /// that, draining) endpoint.
+        #[test]
+        fn host_routes_follow_endpoints(s in arb_state()) {
+            let cfg = config(CONFIG);
+            let p = plan(&s, &cfg);
+            for route in p.routes.values().filter(|r| !r.kind.is_range()) {
+                for source in &route.sources {
+                    let (ns, name) = source.split_once('/').unwrap();
+                    let service = &s.services[&ObjectKey::new(ns, name)];
+                    prop_assert_eq!(service.external_traffic_policy, TrafficPolicy::Local);
+                }
+                for hop in &route.next_hops {
+                    let has_endpoint = s.endpoint_slices.values()
+                        .filter(|sl| route.sources.iter().any(|src| sl.service_key().map(|k| k.to_string()).as_ref() == Some(src)))
+                        .flat_map(|sl| &sl.endpoints)
+                        .any(|e| e.node_name.as_deref() == Some(hop.node.as_str()) && (e.is_ready() || e.is_draining()));
+                    prop_assert!(has_endpoint, "{} announced from {} without an endpoint there", route.prefix, hop.node);
+                }
+            }
+        }
+
+        /// Every IP of every Service gets exactly one explanation, and refused IPs are never announced.
+        #[test]
+        fn every_ip_accounted_for(s in arb_state()) {
+            let cfg = config(CONFIG);
+            let p = plan(&s, &cfg);
+            for (key, service) in &s.services {
+                let e = &p.services[key];
+                prop_assert_eq!(e.ips.len(), service.cluster_ips.len() + service.external_ips.len() + service.load_balancer_ips.len());
+            }
+            for refusal in &p.refusals {
+                if let Ok(ip) = refusal.ip.parse::<std::net::IpAddr>() {
+                    prop_assert!(!p.routes.contains_key(&IpNet::from(ip)), "refused {} is announced", ip);
+                }
+            }
+        }
+
+        /// The plan depends on the state, not on how it was built: planning twice gives the same plan.
+        #[test]
+        fn deterministic(s in arb_state()) {
+            let cfg = config(CONFIG);
+            prop_assert_eq!(plan(&s, &cfg), plan(&s.clone(), &cfg));
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! `herald plan` and `herald run` + heraldctl + grpcurl, as a user runs them (no gobgpd).
+
+use std::process::Command;
+use std::time::Duration;
+
+use herald_integration::process::{free_port, heraldctl, repo_root, wait_until, workspace_bin, Herald};
+
+fn herald(args: &[&str]) -> std::process::Output {
+    Command::new(workspace_bin("herald")).current_dir(repo_root()).args(args).output().expect("run herald")
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const LAB_CONFIG: &str = "examples/yaobank/herald.yaml";
+
+#[test]
+fn plan_prints_exactly_the_lab_routes_for_each_stage() {
+    let expected = [
+        ("stage1-cluster-range.yaml", vec!["198.19.32.0/20", "198.19.48.0/20"]),
+        ("stage2-local-policy.yaml", vec!["198.19.32.0/20", "198.19.38.11/32", "198.19.48.0/20"]),
+        ("cluster-state.yaml", vec!["198.19.32.0/20", "198.19.38.11/32", "198.19.48.0/20", "198.19.48.10/32"]),
+    ];
+    for (file, prefixes) in expected {
+        let state = format!("examples/yaobank/{file}");
+        let out = herald(&["plan", "--config", LAB_CONFIG, "--cluster-state", &state, "-o", "json"]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let routes = json["routes"].as_array().unwrap();
+        let got: Vec<&str> = routes.iter().map(|r| r["prefix"].as_str().unwrap()).collect();
+        assert_eq!(got, prefixes, "{file}");
+        for route in routes {
+            let hops: Vec<(&str, &str)> = route["nextHops"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| (h["node"].as_str().unwrap(), h["address"].as_str().unwrap()))
+                .collect();
+            if route["prefix"].as_str().unwrap().ends_with("/20") {
+                assert_eq!(hops, [("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")]);
+            } else {
+                assert_eq!(hops, [("node1", "198.19.0.2")]);
+            }
+        }
+    }
+}
+
+#[test]
+fn plan_table_and_builtin_example() {
+    let out = herald(&["plan"]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    let expected = "\
+PREFIX           KIND            NEXT HOPS                                                     SOURCES
+198.19.32.0/20   cluster-range   198.19.0.1 (control), 198.19.0.2 (node1), 198.19.0.3 (node2)  config:serviceClusterIPs[0]
+198.19.38.11/32  cluster-ip      198.19.0.2 (node1)                                            yaobank/customer
+198.19.48.0/20   external-range  198.19.0.1 (control), 198.19.0.2 (node1), 198.19.0.3 (node2)  config:serviceExternalIPs[0]
+198.19.48.10/32  external-ip     198.19.0.2 (node1)                                            yaobank/customer
+";
+    assert_eq!(table, expected);
+}
+
+#[test]
+fn bad_input_exits_non_zero_naming_file_line_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("serviceClusterIPs:\n  - cidr: 198.19.32.1/20\n", "line 2", "198.19.32.1/20"),
+        ("serviceClusterIPs: [{cidr: 300.1.1.0/24}]\n", "line 1", "300.1.1.0/24"),
+        ("serviceClusterIPs: []\nunknownKey: 1\n", "line 2", "unknownKey"),
+        ("serviceClusterIPs: [\n", "line 1", "unclosed"),
+        ("nodeSelector: 'zone in (a'\n", "line 1", "zone in (a"),
+    ];
+    for (i, (text, line, value)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("config{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let out = herald(&["plan", "--config", path.to_str().unwrap(), "--cluster-state", "examples/yaobank/cluster-state.yaml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text} was accepted");
+        assert!(err.contains(path.to_str().unwrap()) && err.contains(line) && err.contains(value), "{text}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let states = [
+        ("", "no objects"),
+        ("kind: List\nitems:\n- kind: Service\n  metadata: {name: a}\n  spec: {clusterIPs: 5}\n", "Service a"),
+        ("kind: List\nitems: [{metadata: {name: x}}]\n", "needs `kind`"),
+        ("kind: List\nitems: [\n", "line 2"),
+        ("- 1\n- 2\n", "expected a Kubernetes object"),
+    ];
+    for (i, (text, needle)) in states.iter().enumerate() {
+        let path = dir.path().join(format!("state{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let out = herald(&["plan", "--cluster-state", path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} was accepted");
+        assert!(err.contains(path.to_str().unwrap()) && err.contains(needle), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn refused_ips_are_reported_not_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml"))
+        .unwrap()
+        .replace("- 198.19.48.10\n", "- 198.19.48.10\n    - 8.8.8.8\n");
+    let path = dir.path().join("state.yaml");
+    std::fs::write(&path, state).unwrap();
+    let out = herald(&["plan", "--config", LAB_CONFIG, "--cluster-state", path.to_str().unwrap(), "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!json.to_string().contains("8.8.8.8/32"));
+    assert_eq!(json["refusals"][0]["ip"], "8.8.8.8");
+    assert_eq!(json["refusals"][0]["service"], "yaobank/customer");
+    assert!(json["refusals"][0]["reason"].as_str().unwrap().contains("serviceExternalIPs"));
+}
+
+/// herald run with the file source and no gobgpd: the API answers heraldctl and grpcurl, and a changed
+/// file gives a new plan.
+#[test]
+fn run_serves_the_plan_and_follows_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.yaml");
+    let lab_state = std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap();
+    std::fs::write(&state, &lab_state).unwrap();
+    let port = free_port();
+    let config = dir.path().join("herald.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "serviceClusterIPs: [{{cidr: 198.19.32.0/20}}]\nserviceExternalIPs: [{{cidr: 198.19.48.0/20}}]\nsource: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let herald = Herald::start(&config, port, dir.path().join("herald.log"), &[]).unwrap();
+    let routes = || {
+        let out = heraldctl(&herald.api, &["routes", "-o", "json"], &[]);
+        out.status.success().then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok()).flatten()
+    };
+    let first = wait_until(Duration::from_secs(10), "herald's API", || routes().filter(|r| r["generation"] != serde_json::Value::Null))
+        .unwrap_or_else(|e| panic!("{e}\n{}", herald.log_text()));
+    assert_eq!(first["routes"].as_array().unwrap().len(), 4);
+
+    // Table output, explain and status through the CLI.
+    let table = String::from_utf8(heraldctl(&herald.api, &["routes", "--kind", "external-ip"], &[]).stdout).unwrap();
+    assert!(table.contains("198.19.48.10/32  external-ip  198.19.0.2 (node1)"), "{table}");
+    let explain = String::from_utf8(heraldctl(&herald.api, &["explain", "yaobank/customer"], &[]).stdout).unwrap();
+    assert!(explain.contains("externalTrafficPolicy Local") && explain.contains("node1: ready endpoint"), "{explain}");
+    let status = String::from_utf8(heraldctl(&herald.api, &["status"], &[]).stdout).unwrap();
+    assert!(status.contains("(synced)") && status.contains("4 routes"), "{status}");
+
+    // The pod moves to node2: the host routes follow within a second.
+    let started = std::time::Instant::now();
+    std::fs::write(&state, lab_state.replace("nodeName: node1", "nodeName: node2")).unwrap();
+    let host_route_nodes = |r: &serde_json::Value| -> Vec<String> {
+        r["routes"].as_array().into_iter().flatten()
+            .filter(|route| route["prefix"] == "198.19.38.11/32")
+            .flat_map(|route| route["nextHops"].as_array().cloned().unwrap_or_default())
+            .map(|h| h["node"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(host_route_nodes(&first), ["node1"]);
+    let moved = wait_until(Duration::from_secs(1), "the plan to follow the file", || {
+        routes().filter(|r| host_route_nodes(r) == ["node2"])
+    });
+    assert!(moved.is_ok(), "{:?} after {:?}\n{}", moved.err(), started.elapsed(), herald.log_text());
+
+    // A broken file keeps the last plan, and status says why.
+    std::fs::write(&state, "kind: List\nitems: [\n").unwrap();
+    let alarm = wait_until(Duration::from_secs(5), "the source error in status", || {
+        let s = String::from_utf8(heraldctl(&herald.api, &["status"], &[]).stdout).unwrap();
+        s.contains("alarm").then_some(s)
+    })
+    .unwrap();
+    assert!(alarm.contains("keeping the last plan"), "{alarm}");
+    assert_eq!(routes().unwrap()["routes"].as_array().unwrap().len(), 4);
+}
+
+/// grpcurl, the tool users point at herald: reflection lists the services, calls work, health answers.
+#[test]
+fn grpcurl_lists_describes_and_calls() {
+    let Some(grpcurl) = ["grpcurl"].iter().find(|b| Command::new(b).arg("-version").output().is_ok()) else {
+        panic!("grpcurl is not installed: scripts/install-deps.sh installs it");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("herald.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "serviceClusterIPs: [{{cidr: 198.19.32.0/20}}]\nserviceExternalIPs: [{{cidr: 198.19.48.0/20}}]\nsource: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n",
+            repo_root().join("examples/yaobank/cluster-state.yaml").display()
+        ),
+    )
+    .unwrap();
+    let herald = Herald::start(&config, port, dir.path().join("herald.log"), &[]).unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let run = |args: &[&str]| {
+        let out = Command::new(grpcurl).arg("-plaintext").args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    wait_until(Duration::from_secs(10), "health SERVING", || {
+        let (ok, text) = run(&["-d", r#"{"service":"herald.v1.PlanService"}"#, &target, "grpc.health.v1.Health/Check"]);
+        (ok && text.contains("SERVING")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", herald.log_text()));
+    let (ok, list) = run(&[&target, "list"]);
+    assert!(ok, "{list}");
+    let services: Vec<&str> = list.lines().collect();
+    assert_eq!(services, ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "herald.v1.PlanService"]);
+    let (ok, describe) = run(&[&target, "describe", "herald.v1.PlanService"]);
+    assert!(ok && describe.contains("rpc ListRoutes") && describe.contains("rpc WatchPlan"), "{describe}");
+    let (ok, routes) = run(&["-d", r#"{"prefix":"198.19.48.10"}"#, &target, "herald.v1.PlanService/ListRoutes"]);
+    assert!(ok, "{routes}");
+    let json: serde_json::Value = serde_json::from_str(&routes).unwrap();
+    let prefixes: Vec<&str> = json["routes"].as_array().unwrap().iter().map(|r| r["prefix"].as_str().unwrap()).collect();
+    assert_eq!(prefixes, ["198.19.48.0/20", "198.19.48.10/32"]);
+    let (ok, explain) =
+        run(&["-d", r#"{"namespace":"yaobank","name":"customer"}"#, &target, "herald.v1.PlanService/ExplainService"]);
+    assert!(ok && explain.contains("\"found\": true"), "{explain}");
+}

@@ -41,6 +41,16 @@ pub struct Config {
     pub gobgp: Option<GobgpConfig>,
     #[serde(default)]
     pub api: ApiConfig,
+    /// Prometheus metrics; not served when absent.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served, e.g. `0.0.0.0:9180`.
+    pub listen: SocketAddr,
 }
 
 /// One CIDR of serviceClusterIPs / serviceExternalIPs / serviceLoadBalancerIPs.

@@ -7,7 +7,9 @@
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod events;
 pub mod gobgp;
+pub mod metrics;
 pub mod plan;
 pub mod planner;
 pub mod run;

@@ -98,12 +98,48 @@ impl IpRole {
     }
 }
 
+/// Why an IP was refused, as a category (metrics label); the refusal's reason has the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RefusalCause {
+    /// Not a valid IP address.
+    Malformed,
+    /// Outside every range of its list.
+    OutsideRanges,
+    /// Its list (serviceExternalIPs, serviceLoadBalancerIPs) has no range at all.
+    NotConfigured,
+    /// Inside a deny prefix, or a default route.
+    Denied,
+    /// A node's own address.
+    NodeAddress,
+}
+
+impl RefusalCause {
+    pub const ALL: [RefusalCause; 5] = [
+        RefusalCause::Malformed,
+        RefusalCause::OutsideRanges,
+        RefusalCause::NotConfigured,
+        RefusalCause::Denied,
+        RefusalCause::NodeAddress,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCause::Malformed => "malformed",
+            RefusalCause::OutsideRanges => "outside-ranges",
+            RefusalCause::NotConfigured => "not-configured",
+            RefusalCause::Denied => "denied",
+            RefusalCause::NodeAddress => "node-address",
+        }
+    }
+}
+
 /// An IP a Service asked for that herald does not announce (not even through a range), and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Refusal {
     pub service: ObjectKey,
     pub ip: String,
     pub role: IpRole,
+    pub cause: RefusalCause,
     pub reason: String,
 }
 

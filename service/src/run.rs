@@ -8,6 +8,7 @@ use tracing::{error, info};
 
 use crate::api::server::{self, ApiState};
 use crate::config::{Config, SourceConfig};
+use crate::metrics::Metrics;
 use crate::plan::PlanSnapshot;
 use crate::source::file::FileSource;
 use crate::source::{ClusterSource, SourceSnapshot};
@@ -27,6 +28,8 @@ pub enum RunError {
     Serve(#[from] server::ServeError),
     #[error("{0}")]
     Source(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Re-plans whenever the source publishes a new cluster state, and publishes the plan when it changed.
@@ -90,6 +93,18 @@ pub async fn run(
     tokio::spawn(plan_loop(config.clone(), source_rx.clone(), plan_tx));
 
     let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
+    if let Some(metrics_config) = &config.metrics {
+        let metrics = Metrics::new();
+        tokio::spawn(metrics.clone().follow(plan_rx.clone(), source_rx.clone(), sink.clone()));
+        let listener = tokio::net::TcpListener::bind(metrics_config.listen)
+            .await
+            .map_err(|e| RunError::Metrics(format!("cannot listen on {}: {e}", metrics_config.listen)))?;
+        tokio::spawn(async move {
+            if let Err(error) = crate::metrics::serve(listener, metrics).await {
+                error!(%error, "metrics server stopped");
+            }
+        });
+    }
     let state = ApiState { plans: plan_rx, source: source_rx, sink };
     server::serve(config.api.listen, state, shutdown).await?;
     info!("herald stopped; announcements stay in gobgpd");

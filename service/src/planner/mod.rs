@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use crate::config::{Community, Config, LargeCommunity, RangeConfig};
 use crate::plan::{
-    IpExplanation, IpOutcome, IpRole, NextHop, Plan, Refusal, Route, RouteKind, ServiceExplanation,
+    IpExplanation, IpOutcome, IpRole, NextHop, Plan, Refusal, RefusalCause, Route, RouteKind, ServiceExplanation,
 };
 
 /// Nodes carrying this label are never next hops (the upstream Kubernetes convention).
@@ -345,13 +345,13 @@ fn ip_outcome(
     communities: &BTreeSet<Community>,
     large_communities: &BTreeSet<LargeCommunity>,
 ) -> IpOutcome {
-    let mut refuse = |reason: String| {
-        plan.refusals.insert(Refusal { service: service.key.clone(), ip: raw.to_string(), role, reason: reason.clone() });
+    let mut refuse = |cause: RefusalCause, reason: String| {
+        plan.refusals.insert(Refusal { service: service.key.clone(), ip: raw.to_string(), role, cause, reason: reason.clone() });
         IpOutcome::NotAnnounced(reason)
     };
     let ip: IpAddr = match raw.trim().parse() {
         Ok(ip) => ip,
-        Err(_) => return refuse(format!("`{raw}` is not an IP address")),
+        Err(_) => return refuse(RefusalCause::Malformed, format!("`{raw}` is not an IP address")),
     };
     // The narrowest allowed range holding the IP decides its communities.
     let Some(range) = role_ranges.iter().filter(|r| r.net().contains(&ip)).max_by_key(|r| r.net().prefix_len())
@@ -359,16 +359,20 @@ fn ip_outcome(
         if role_ranges.is_empty() {
             let reason = format!("{} is empty: {} IPs are not announced", role.config_list(), role.as_str());
             // An unannounced cluster IP with no cluster ranges configured is the normal case, not news.
-            return if role == IpRole::Cluster { IpOutcome::NotAnnounced(reason) } else { refuse(reason) };
+            return if role == IpRole::Cluster {
+                IpOutcome::NotAnnounced(reason)
+            } else {
+                refuse(RefusalCause::NotConfigured, reason)
+            };
         }
-        return refuse(format!("outside every range of {}", role.config_list()));
+        return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}", role.config_list()));
     };
     let host = host_net(ip);
     if let Some(reason) = deny(&host) {
-        return refuse(reason);
+        return refuse(RefusalCause::Denied, reason);
     }
     if node_addresses.contains(&ip) {
-        return refuse("is a node's address".to_string());
+        return refuse(RefusalCause::NodeAddress, "is a node's address".to_string());
     }
     let covered = || {
         if plan.routes.contains_key(&range.net()) {

@@ -1,0 +1,219 @@
+//! Prometheus metrics on their own HTTP port (`/metrics`).
+//!
+//! Gauges describing the plan, the source and the sink are set from the channels those publish, so
+//! metrics are one more reader: nothing upstream knows they exist. Counters and histograms of work
+//! done (reconcile operations, push latency) are recorded by the reconciler through [`SinkMetrics`].
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::gobgp::SinkStatus;
+use crate::plan::{PlanSnapshot, RefusalCause, RouteKind};
+use crate::source::SourceSnapshot;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `add` or `withdraw`.
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+    /// Session state as gobgpd names it (established, active, ...); the gauge is 1 for the current one.
+    pub state: String,
+}
+
+/// What the reconciler records about its work.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub operations: Family<OperationLabels, Counter>,
+    pub errors: Counter,
+    pub push_seconds: Histogram,
+    pub peers: Family<PeerLabels, Gauge>,
+    pub gobgpd_restarts: Counter,
+    pub repairs: Counter,
+}
+
+impl Default for SinkMetrics {
+    fn default() -> Self {
+        Self {
+            operations: Family::default(),
+            errors: Counter::default(),
+            // 1 ms .. ~16 s
+            push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            peers: Family::default(),
+            gobgpd_restarts: Counter::default(),
+            repairs: Counter::default(),
+        }
+    }
+}
+
+/// Every metric herald exports.
+pub struct Metrics {
+    registry: Registry,
+    routes_planned: Family<KindLabels, Gauge>,
+    routes_applied: Family<KindLabels, Gauge>,
+    paths_planned: Gauge,
+    plan_generation: Gauge,
+    refused: Family<CauseLabels, Gauge>,
+    source_synced: Gauge,
+    source_up: Gauge,
+    gobgp_up: Gauge,
+    paths_applied: Gauge,
+    pending: Gauge,
+    applied_generation: Gauge,
+    pub sink: SinkMetrics,
+}
+
+const KINDS: [RouteKind; 6] = [
+    RouteKind::ClusterRange,
+    RouteKind::ExternalRange,
+    RouteKind::LoadBalancerRange,
+    RouteKind::ClusterIp,
+    RouteKind::ExternalIp,
+    RouteKind::LoadBalancerIp,
+];
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("herald");
+        let m = Metrics {
+            routes_planned: Family::default(),
+            routes_applied: Family::default(),
+            paths_planned: Gauge::default(),
+            plan_generation: Gauge::default(),
+            refused: Family::default(),
+            source_synced: Gauge::default(),
+            source_up: Gauge::default(),
+            gobgp_up: Gauge::default(),
+            paths_applied: Gauge::default(),
+            pending: Gauge::default(),
+            applied_generation: Gauge::default(),
+            sink: SinkMetrics::default(),
+            registry: Registry::default(),
+        };
+        registry.register("routes_planned", "Routes in the plan, by kind", m.routes_planned.clone());
+        registry.register("routes_applied", "Routes of the plan whose every path is in gobgpd's RIB, by kind", m.routes_applied.clone());
+        registry.register("next_hops_planned", "Paths (prefix, next hop) in the plan", m.paths_planned.clone());
+        registry.register("plan_generation", "Generation of the current plan", m.plan_generation.clone());
+        registry.register("refused_ips", "Service IPs refused, by cause", m.refused.clone());
+        registry.register("source_synced", "1 once the source delivered a complete cluster state", m.source_synced.clone());
+        registry.register("source_up", "1 while the source's last read succeeded", m.source_up.clone());
+        registry.register("gobgp_up", "1 while gobgpd's API answers", m.gobgp_up.clone());
+        registry.register("gobgp_paths_applied", "herald's paths in gobgpd's RIB", m.paths_applied.clone());
+        registry.register("gobgp_pending_operations", "Paths still to add or withdraw", m.pending.clone());
+        registry.register("gobgp_applied_generation", "Plan generation gobgpd's RIB last equalled", m.applied_generation.clone());
+        registry.register("reconcile_operations", "Paths added or withdrawn in gobgpd", m.sink.operations.clone());
+        registry.register("reconcile_errors", "Failed calls to gobgpd", m.sink.errors.clone());
+        registry.register("push_duration_seconds", "Time to make gobgpd's RIB equal a new plan", m.sink.push_seconds.clone());
+        registry.register("bgp_peer_state", "BGP neighbors of gobgpd, 1 for the current session state", m.sink.peers.clone());
+        registry.register("gobgpd_restarts", "Times herald found gobgpd restarted (empty RIB) and pushed everything again", m.sink.gobgpd_restarts.clone());
+        registry.register("drift_repairs", "Anti-entropy passes that found gobgpd's RIB differing and repaired it", m.sink.repairs.clone());
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn observe_plan(&self, snapshot: &PlanSnapshot, in_rib: Option<&SinkStatus>) {
+        self.plan_generation.set(snapshot.generation as i64);
+        self.paths_planned.set(snapshot.plan.path_count() as i64);
+        for kind in KINDS {
+            let routes = snapshot.plan.routes.values().filter(|r| r.kind == kind);
+            let labels = KindLabels { kind: kind.as_str().to_string() };
+            let (planned, applied) = routes.fold((0, 0), |(p, a), r| {
+                (p + 1, a + i64::from(in_rib.is_some_and(|s| s.in_rib.contains(&r.prefix))))
+            });
+            self.routes_planned.get_or_create(&labels).set(planned);
+            self.routes_applied.get_or_create(&labels).set(applied);
+        }
+        for cause in RefusalCause::ALL {
+            let count = snapshot.plan.refusals.iter().filter(|r| r.cause == cause).count();
+            self.refused.get_or_create(&CauseLabels { cause: cause.as_str().to_string() }).set(count as i64);
+        }
+    }
+
+    fn observe_source(&self, snapshot: &SourceSnapshot) {
+        self.source_synced.set(i64::from(snapshot.status.synced));
+        self.source_up.set(i64::from(snapshot.status.last_error.is_none()));
+    }
+
+    fn observe_sink(&self, status: &SinkStatus) {
+        self.gobgp_up.set(i64::from(status.reachable));
+        self.paths_applied.set(status.paths_applied as i64);
+        self.pending.set(status.pending_operations as i64);
+        self.applied_generation.set(status.applied_generation as i64);
+    }
+
+    /// Keeps the gauges equal to what the channels publish, until they close.
+    pub async fn follow(
+        self: Arc<Self>,
+        mut plans: watch::Receiver<PlanSnapshot>,
+        mut source: watch::Receiver<SourceSnapshot>,
+        mut sink: Option<watch::Receiver<SinkStatus>>,
+    ) {
+        loop {
+            let status = sink.as_mut().map(|s| s.borrow_and_update().clone());
+            self.observe_plan(&plans.borrow_and_update(), status.as_ref());
+            self.observe_source(&source.borrow_and_update());
+            if let Some(status) = &status {
+                self.observe_sink(status);
+            }
+            let sink_changed = async {
+                match sink.as_mut() {
+                    Some(s) => s.changed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let closed = tokio::select! {
+                r = plans.changed() => r.is_err(),
+                r = source.changed() => r.is_err(),
+                r = sink_changed => r.is_err(),
+            };
+            if closed {
+                return;
+            }
+        }
+    }
+}
+
+/// Serves `/metrics` until the process ends. Binding is the caller's, so a taken port fails start-up.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    info!(listen = %listener.local_addr()?, "metrics serving on /metrics");
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}

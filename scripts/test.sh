@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# herald's test command: everything a change must pass, on a fresh Debian machine, as root.
+#
+#   scripts/test.sh            all tests
+#   scripts/test.sh --quick    unit and CLI tests only (no network namespaces, no Docker)
+#
+# It installs what the tests need (gobgpd, BIRD 2, grpcurl, ...), builds the workspace, runs
+# `cargo test` (which includes the network-namespace labs with real gobgpd and BIRD 2), validates the
+# Kubernetes manifests and runs the Docker Compose end-to-end test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[[ ${1:-} == --quick ]] && quick=true
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date +%T)"; }
+
+step "dependencies"
+scripts/install-deps.sh
+
+step "build"
+# The integration tests run the binaries the user runs: build them first.
+cargo build --workspace --bins --quiet
+
+if $quick; then
+    step "unit and CLI tests"
+    cargo test --workspace --no-fail-fast --lib --bins --test plan_cli
+    exit 0
+fi
+
+step "cargo test"
+cargo test --workspace --no-fail-fast
+
+if [[ -x scripts/validate-manifests.sh ]]; then
+    step "Kubernetes manifests"
+    scripts/validate-manifests.sh
+fi
+
+if [[ -x integration/compose/e2e.sh ]]; then
+    step "Docker Compose end to end"
+    integration/compose/e2e.sh
+fi
+step "done"

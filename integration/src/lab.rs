@@ -11,8 +11,7 @@
 //! the node addresses, so paths announced with a node as next hop are reachable from host1 over
 //! the shared link. BIRD on host1 installs what it learns into host1's kernel, merging paths of
 //! one prefix into an ECMP route, exactly like the router of the original lab. The gobgpd and BIRD
-//! settings are the verified ones of `shared/notes/gobgp-bird-ecmp.md`, plus IPv6 and short
-//! reconnect timers.
+//! configs are in `integration/lab/`, shared with `scripts/lab.sh`.
 //!
 //! Needs root (`ip netns`) and `gobgpd`, `gobgp`, `bird`, `birdc` on `PATH`
 //! (`scripts/install-deps.sh`).
@@ -48,15 +47,20 @@ pub const HOST1_V4: Ipv4Addr = Ipv4Addr::new(198, 19, 15, 254);
 /// host1's IPv6 address.
 pub const HOST1_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x19, 0, 0, 0, 0, 0xfe);
 
+/// The daemons' configs, shared with `scripts/lab.sh`. They are the same for every lab: each lab
+/// has namespaces of its own, so the addresses and ports never clash.
+const GOBGPD_CONFIG: &str = include_str!("../lab/gobgpd.toml");
+const BIRD_CONFIG: &str = include_str!("../lab/bird.conf");
+/// BIRD's name for the session with gobgpd, as in `BIRD_CONFIG`.
+const BGP_PROTOCOL: &str = "pool";
+
 const V4_PREFIX_LEN: u8 = 20;
 const V6_PREFIX_LEN: u8 = 64;
-/// The same in every lab: each gobgpd listens inside its own pool namespace.
+/// The same in every lab, as each gobgpd listens inside its own pool namespace.
 const GOBGP_API_PORT: u16 = 50051;
 /// Both ends of the veth pair; each lives in its own namespace, so the name never clashes, and
 /// `eth0` makes host1's `ip route` read exactly like the original lab's.
 const IFACE: &str = "eth0";
-/// BIRD's name for the session with gobgpd.
-const BGP_PROTOCOL: &str = "pool";
 /// Namespace names are `hl<pid>x<counter>pool` and `hl<pid>x<counter>host1`.
 const NS_PREFIX: &str = "hl";
 const NETNS_DIR: &str = "/run/netns";
@@ -87,7 +91,11 @@ pub struct LabNode {
 
 impl LabNode {
     pub fn new(name: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
-        Self { name: name.to_owned(), v4, v6 }
+        Self {
+            name: name.to_owned(),
+            v4,
+            v6,
+        }
     }
 }
 
@@ -154,10 +162,10 @@ impl Lab {
             gobgpd: None,
         };
         lab.create_network()?;
-        fs::write(lab.gobgpd_config_path(), lab.gobgpd_config())
+        // Copies in the lab's directory, so that everything of a failed run is in one place.
+        fs::write(lab.gobgpd_config_path(), GOBGPD_CONFIG)
             .context("cannot write gobgpd's config")?;
-        fs::write(lab.bird_config_path(), lab.bird_config())
-            .context("cannot write BIRD's config")?;
+        fs::write(lab.bird_config_path(), BIRD_CONFIG).context("cannot write BIRD's config")?;
         lab.start_bird()?;
         lab.start_gobgpd()?;
         lab.wait_established(START_TIMEOUT)?;
@@ -208,7 +216,10 @@ impl Lab {
 
     /// Runs birdc against host1's BIRD and returns its output, e.g. `lab.birdc(&["show", "route"])`.
     pub fn birdc(&self, args: &[&str]) -> Result<String> {
-        run(Command::new("birdc").arg("-s").arg(self.bird_socket_path()).args(args))
+        run(Command::new("birdc")
+            .arg("-s")
+            .arg(self.bird_socket_path())
+            .args(args))
     }
 
     /// A gRPC channel to `127.0.0.1:port` inside the pool namespace, e.g. to gobgpd's API
@@ -223,7 +234,9 @@ impl Lab {
                 // A thread of its own, never a pooled one: setns changes the calling thread's
                 // namespace for good, and this thread ends right after connecting.
                 thread::spawn(move || tx.send(connect_in_netns(&netns, port)));
-                let stream = rx.await.map_err(|_| io::Error::other("netns connect thread died"))??;
+                let stream = rx
+                    .await
+                    .map_err(|_| io::Error::other("netns connect thread died"))??;
                 stream.set_nonblocking(true)?;
                 io::Result::Ok(TokioIo::new(tokio::net::TcpStream::from_std(stream)?))
             }
@@ -239,7 +252,11 @@ impl Lab {
     /// global settings (the BGP session comes up later: see [`Lab::wait_established`]).
     /// Its output is appended to `gobgpd.log` in [`Lab::dir`].
     pub fn start_gobgpd(&mut self) -> Result<()> {
-        ensure!(self.gobgpd.is_none(), "gobgpd is already running in {}", self.pool_ns);
+        ensure!(
+            self.gobgpd.is_none(),
+            "gobgpd is already running in {}",
+            self.pool_ns
+        );
         let log = self.open_log("gobgpd.log")?;
         let child = self
             .pool_cmd("gobgpd")
@@ -273,10 +290,18 @@ impl Lab {
             bail!("gobgpd did not exit within {STOP_GRACE:?} of signal {signal}; killed it");
         };
         poll(STOP_GRACE, || {
-            let state = self.birdc(&["show", "protocols", BGP_PROTOCOL]).map_err(|e| format!("{e:#}"))?;
-            if state.contains("Established") { Err(state) } else { Ok(()) }
+            let state = self
+                .birdc(&["show", "protocols", BGP_PROTOCOL])
+                .map_err(|e| format!("{e:#}"))?;
+            if state.contains("Established") {
+                Err(state)
+            } else {
+                Ok(())
+            }
         })
-        .map_err(|last| anyhow!("BIRD still reports the session up after gobgpd exited:\n{last}"))?;
+        .map_err(|last| {
+            anyhow!("BIRD still reports the session up after gobgpd exited:\n{last}")
+        })?;
         Ok(status)
     }
 
@@ -292,8 +317,14 @@ impl Lab {
     pub fn wait_established(&self, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         poll(timeout, || {
-            let status = self.birdc(&["show", "protocols", BGP_PROTOCOL]).map_err(|e| format!("{e:#}"))?;
-            if status.contains("Established") { Ok(()) } else { Err(status) }
+            let status = self
+                .birdc(&["show", "protocols", BGP_PROTOCOL])
+                .map_err(|e| format!("{e:#}"))?;
+            if status.contains("Established") {
+                Ok(())
+            } else {
+                Err(status)
+            }
         })
         .map_err(|last| {
             anyhow!(
@@ -324,10 +355,18 @@ impl Lab {
 
     /// Polls [`Lab::host1_routes_v4`] followed by [`Lab::host1_routes_v6`] every 50 ms until
     /// `pred` accepts the text, for at most `timeout`; returns the accepted text.
-    pub fn wait_for_routes(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+    pub fn wait_for_routes(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
         poll(timeout, || {
             let routes = self.host1_routes().map_err(|e| format!("{e:#}"))?;
-            if pred(&routes) { Ok(routes) } else { Err(routes) }
+            if pred(&routes) {
+                Ok(routes)
+            } else {
+                Err(routes)
+            }
         })
         .map_err(|last| self.routes_timeout(timeout, &last))
     }
@@ -341,7 +380,11 @@ impl Lab {
     ) -> Result<RouteTable> {
         poll(timeout, || {
             let table = self.host1_table().map_err(|e| format!("{e:#}"))?;
-            if pred(&table) { Ok(table) } else { Err(format!("{table:#?}")) }
+            if pred(&table) {
+                Ok(table)
+            } else {
+                Err(format!("{table:#?}"))
+            }
         })
         .map_err(|last| self.routes_timeout(timeout, &last))
     }
@@ -382,14 +425,23 @@ impl Lab {
         }
         // Creating each end directly in its namespace keeps the root namespace free of lab
         // interfaces, so parallel labs cannot clash on interface names.
-        ip(&["link", "add", IFACE, "netns", pool, "type", "veth", "peer", "name", IFACE, "netns", host1])?;
+        ip(&[
+            "link", "add", IFACE, "netns", pool, "type", "veth", "peer", "name", IFACE, "netns",
+            host1,
+        ])?;
 
-        let mut pool_addrs = vec![format!("{POOL_V4}/{V4_PREFIX_LEN}"), format!("{POOL_V6}/{V6_PREFIX_LEN}")];
+        let mut pool_addrs = vec![
+            format!("{POOL_V4}/{V4_PREFIX_LEN}"),
+            format!("{POOL_V6}/{V6_PREFIX_LEN}"),
+        ];
         for node in &self.nodes {
             pool_addrs.push(format!("{}/{V4_PREFIX_LEN}", node.v4));
             pool_addrs.push(format!("{}/{V6_PREFIX_LEN}", node.v6));
         }
-        let host1_addrs = [format!("{HOST1_V4}/{V4_PREFIX_LEN}"), format!("{HOST1_V6}/{V6_PREFIX_LEN}")];
+        let host1_addrs = [
+            format!("{HOST1_V4}/{V4_PREFIX_LEN}"),
+            format!("{HOST1_V6}/{V6_PREFIX_LEN}"),
+        ];
         for (ns, addrs) in [(pool, &pool_addrs[..]), (host1, &host1_addrs[..])] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             for addr in addrs {
@@ -446,61 +498,6 @@ impl Lab {
             eprintln!("lab: cannot stop {name}: {e}");
         }
         bail!("{failure}\n{}", self.diagnostics())
-    }
-
-    /// gobgpd's config: the verified one of the note, plus the ipv6-unicast family and a short
-    /// connect-retry so that a restarted gobgpd is back in about a second.
-    fn gobgpd_config(&self) -> String {
-        let family = |name: &str| {
-            format!(
-                "  [[neighbors.afi-safis]]\n\
-                 \x20   [neighbors.afi-safis.config]\n\
-                 \x20     afi-safi-name = \"{name}\"\n\
-                 \x20   # Without add-paths, gobgpd sends only its best path per prefix: no ECMP.\n\
-                 \x20   [neighbors.afi-safis.add-paths.config]\n\
-                 \x20     send-max = 8\n"
-            )
-        };
-        format!(
-            "[global.config]\n\
-             \x20 as = {POOL_ASN}\n\
-             \x20 router-id = \"{POOL_V4}\"\n\
-             \x20 port = 179\n\
-             \x20 local-address-list = [\"{POOL_V4}\"]\n\
-             [[neighbors]]\n\
-             \x20 [neighbors.config]\n\
-             \x20   neighbor-address = \"{HOST1_V4}\"\n\
-             \x20   peer-as = {HOST1_ASN}\n\
-             \x20 [neighbors.timers.config]\n\
-             \x20   connect-retry = 1\n\
-             {}{}",
-            family("ipv4-unicast"),
-            family("ipv6-unicast"),
-        )
-    }
-
-    /// BIRD's config: the verified one of the note, plus IPv6 and short reconnect timers (BIRD
-    /// otherwise waits 5 s before its first connect and a minute after a session error).
-    fn bird_config(&self) -> String {
-        format!(
-            "log stderr all;\n\
-             router id {HOST1_V4};\n\
-             protocol device {{}}\n\
-             # merge paths: one kernel route with a nexthop per BGP path, i.e. ECMP.\n\
-             protocol kernel {{ ipv4 {{ export all; }}; merge paths on; }}\n\
-             protocol kernel {{ ipv6 {{ export all; }}; merge paths on; }}\n\
-             protocol bgp {BGP_PROTOCOL} {{\n\
-             \x20 local {HOST1_V4} as {HOST1_ASN};\n\
-             \x20 neighbor {POOL_V4} as {POOL_ASN};\n\
-             \x20 connect delay time 1;\n\
-             \x20 connect retry time 1;\n\
-             \x20 error wait time 1, 2;\n\
-             \x20 # add paths rx: accept several paths per prefix; next hop keep: install the\n\
-             \x20 # nodes as next hops (they share host1's link) rather than gobgpd's address.\n\
-             \x20 ipv4 {{ import all; export none; add paths rx; next hop keep; }};\n\
-             \x20 ipv6 {{ import all; export none; add paths rx; next hop keep; }};\n\
-             }}\n"
-        )
     }
 
     fn gobgpd_config_path(&self) -> PathBuf {
@@ -569,7 +566,8 @@ pub fn sweep_stale_namespaces() -> Result<Vec<String>> {
             .and_then(|(prefix, _)| lab_owner(prefix));
         if owner.is_some_and(is_dead) {
             let path = tmp.join(&name);
-            fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            fs::remove_dir_all(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
     Ok(swept)
@@ -585,7 +583,8 @@ pub fn parse_routes(text: &str) -> Result<RouteTable> {
     for line in text.lines().filter(|line| !line.trim().is_empty()) {
         let words: Vec<&str> = line.split_whitespace().collect();
         if line.starts_with(char::is_whitespace) {
-            let prefix = current.with_context(|| format!("next hop line before any route: {line:?}"))?;
+            let prefix =
+                current.with_context(|| format!("next hop line before any route: {line:?}"))?;
             if let Some(via) = gateway(&words, line)? {
                 table.entry(prefix).or_default().insert(via);
             }
@@ -595,13 +594,17 @@ pub fn parse_routes(text: &str) -> Result<RouteTable> {
             [kind, rest @ ..] if ROUTE_TYPES.contains(kind) => rest,
             all => all,
         };
-        let destination = words.first().with_context(|| format!("empty route: {line:?}"))?;
+        let destination = words
+            .first()
+            .with_context(|| format!("empty route: {line:?}"))?;
         let prefix = match destination.parse::<IpNet>() {
             Ok(net) => net,
             Err(_) => destination
                 .parse::<IpAddr>()
                 .map(IpNet::from)
-                .with_context(|| format!("unsupported route destination {destination:?} in {line:?}"))?,
+                .with_context(|| {
+                    format!("unsupported route destination {destination:?} in {line:?}")
+                })?,
         };
         let hops = table.entry(prefix).or_default();
         if let Some(via) = gateway(words, line)? {
@@ -613,16 +616,29 @@ pub fn parse_routes(text: &str) -> Result<RouteTable> {
 }
 
 /// Route types `ip route` may print before the destination.
-const ROUTE_TYPES: &[&str] =
-    &["unicast", "local", "broadcast", "multicast", "blackhole", "unreachable", "prohibit", "throw", "anycast"];
+const ROUTE_TYPES: &[&str] = &[
+    "unicast",
+    "local",
+    "broadcast",
+    "multicast",
+    "blackhole",
+    "unreachable",
+    "prohibit",
+    "throw",
+    "anycast",
+];
 
 /// The address after `via` (skipping a family word, as in `via inet6 fd00::1`), if any.
 fn gateway(words: &[&str], line: &str) -> Result<Option<IpAddr>> {
     let Some(at) = words.iter().position(|word| *word == "via") else {
         return Ok(None);
     };
-    let mut rest = words[at + 1..].iter().filter(|word| !matches!(**word, "inet" | "inet6"));
-    let addr = rest.next().with_context(|| format!("`via` without an address in {line:?}"))?;
+    let mut rest = words[at + 1..]
+        .iter()
+        .filter(|word| !matches!(**word, "inet" | "inet6"));
+    let addr = rest
+        .next()
+        .with_context(|| format!("`via` without an address in {line:?}"))?;
     addr.parse()
         .map(Some)
         .with_context(|| format!("bad next hop {addr:?} in {line:?}"))
@@ -669,18 +685,24 @@ fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> R
     }
 }
 
-/// Runs a command to completion; fails with its stderr if it exits non-zero.
+/// Runs a command to completion; fails with its output if it exits non-zero (the gobgp CLI, for
+/// one, reports errors on stdout).
 fn run(command: &mut Command) -> Result<String> {
-    let shown = format!("{command:?}");
+    let shown = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
     let output = command
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("cannot run {shown}"))?;
+        .with_context(|| format!("cannot run `{shown}`"))?;
     ensure!(
         output.status.success(),
-        "{shown} failed ({}): {}",
+        "`{shown}` failed ({}): {}{}",
         output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout).trim_end()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -697,7 +719,10 @@ fn connect_in_netns(netns: &Path, port: u16) -> io::Result<TcpStream> {
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), Duration::from_secs(5))
+    TcpStream::connect_timeout(
+        &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(5),
+    )
 }
 
 fn send_signal(child: &Child, signal: i32) -> io::Result<()> {
@@ -744,7 +769,9 @@ fn delete_namespace(name: &str) -> Result<()> {
         return Ok(());
     }
     for pid in ip(&["netns", "pids", name])?.split_whitespace() {
-        let pid: libc::pid_t = pid.parse().with_context(|| format!("bad pid {pid:?} from ip netns pids"))?;
+        let pid: libc::pid_t = pid
+            .parse()
+            .with_context(|| format!("bad pid {pid:?} from ip netns pids"))?;
         // SAFETY: kill(2) has no memory effects. ESRCH (already gone) is fine.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
@@ -755,7 +782,9 @@ fn delete_namespace(name: &str) -> Result<()> {
 fn lab_owner(prefix: &str) -> Option<u32> {
     let (pid, counter) = prefix.strip_prefix(NS_PREFIX)?.split_once('x')?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(pid) && digits(counter)).then(|| pid.parse().ok()).flatten()
+    (digits(pid) && digits(counter))
+        .then(|| pid.parse().ok())
+        .flatten()
 }
 
 fn is_dead(pid: u32) -> bool {
@@ -813,14 +842,20 @@ mod tests {
     fn bird_routes_drops_continuation_lines_of_other_routes() {
         let text = "10.0.0.0/8 proto static metric 5\n\tnexthop via 10.0.0.1 dev eth0 weight 1\n\
                     fd00:198:19:32::/64 via fd00:198:19::2 dev eth0 proto bird metric 32 pref medium\n";
-        assert_eq!(bird_routes(text), "fd00:198:19:32::/64 via fd00:198:19::2 dev eth0 proto bird\n");
+        assert_eq!(
+            bird_routes(text),
+            "fd00:198:19:32::/64 via fd00:198:19::2 dev eth0 proto bird\n"
+        );
     }
 
     #[test]
     fn parse_routes_reads_single_and_multipath_routes() {
         let table = parse_routes(&bird_routes(IP_ROUTE)).unwrap();
         let expected = RouteTable::from([
-            ("198.19.32.0/20".parse().unwrap(), hops(&["198.19.0.3", "198.19.0.1", "198.19.0.2"])),
+            (
+                "198.19.32.0/20".parse().unwrap(),
+                hops(&["198.19.0.3", "198.19.0.1", "198.19.0.2"]),
+            ),
             ("198.19.38.11/32".parse().unwrap(), hops(&["198.19.0.2"])),
         ]);
         assert_eq!(table, expected);
@@ -834,7 +869,10 @@ mod tests {
                     198.19.64.0/20 via inet6 fd00:198:19::3 dev eth0 proto bird\n\
                     198.19.0.0/20 dev eth0 proto kernel scope link src 198.19.15.254\n";
         let expected = RouteTable::from([
-            ("fd00:198:19:32::/64".parse().unwrap(), hops(&["fd00:198:19::1", "fd00:198:19::2"])),
+            (
+                "fd00:198:19:32::/64".parse().unwrap(),
+                hops(&["fd00:198:19::1", "fd00:198:19::2"]),
+            ),
             ("198.19.48.0/20".parse().unwrap(), hops(&[])),
             ("198.19.64.0/20".parse().unwrap(), hops(&["fd00:198:19::3"])),
             ("198.19.0.0/20".parse().unwrap(), hops(&[])),
@@ -847,6 +885,28 @@ mod tests {
         assert!(parse_routes("\tnexthop via 198.19.0.1 dev eth0\n").is_err());
         assert!(parse_routes("default via 198.19.0.1 dev eth0\n").is_err());
         assert!(parse_routes("198.19.32.0/20 via nonsense dev eth0\n").is_err());
+    }
+
+    #[test]
+    fn configs_agree_with_the_constants() {
+        for needle in [
+            format!("as = {POOL_ASN}"),
+            format!("router-id = \"{POOL_V4}\""),
+            format!("neighbor-address = \"{HOST1_V4}\""),
+            format!("peer-as = {HOST1_ASN}"),
+        ] {
+            assert!(
+                GOBGPD_CONFIG.contains(&needle),
+                "gobgpd.toml lacks {needle}"
+            );
+        }
+        for needle in [
+            format!("protocol bgp {BGP_PROTOCOL} {{"),
+            format!("local {HOST1_V4} as {HOST1_ASN};"),
+            format!("neighbor {POOL_V4} as {POOL_ASN};"),
+        ] {
+            assert!(BIRD_CONFIG.contains(&needle), "bird.conf lacks {needle}");
+        }
     }
 
     #[test]

@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use herald_api::gobgp::v3::{Family, GetBgpRequest, GetTableRequest, TableType, family};
 use herald_api::gobgp::v3::gobgp_api_client::GobgpApiClient;
+use herald_api::gobgp::v3::{Family, GetBgpRequest, GetTableRequest, TableType, family};
 use herald_integration::lab::{Lab, POOL_ASN, RouteTable};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,14 +26,30 @@ const LAB_ROUTES_V4: &str = "\
 fn table(routes: &[(&str, &[&str])]) -> RouteTable {
     routes
         .iter()
-        .map(|(prefix, hops)| (prefix.parse().unwrap(), hops.iter().map(|hop| hop.parse().unwrap()).collect()))
+        .map(|(prefix, hops)| {
+            (
+                prefix.parse().unwrap(),
+                hops.iter().map(|hop| hop.parse().unwrap()).collect(),
+            )
+        })
         .collect()
 }
 
 /// `gobgp global rib add|del PREFIX nexthop HOP identifier ID -a FAMILY`, as in the note.
 fn rib(lab: &Lab, op: &str, prefix: &str, hop: &str, id: u32, family: &str) -> Result<()> {
-    lab.gobgp(&["global", "rib", op, prefix, "nexthop", hop, "identifier", &id.to_string(), "-a", family])
-        .map(drop)
+    lab.gobgp(&[
+        "global",
+        "rib",
+        op,
+        prefix,
+        "nexthop",
+        hop,
+        "identifier",
+        &id.to_string(),
+        "-a",
+        family,
+    ])
+    .map(drop)
 }
 
 #[test]
@@ -43,15 +59,32 @@ fn gobgp_paths_become_ecmp_routes_on_host1() -> Result<()> {
     eprintln!("lab up, session established, in {:?}", start.elapsed());
 
     for n in 1..=3 {
-        rib(&lab, "add", "198.19.32.0/20", &format!("198.19.0.{n}"), n, "ipv4")?;
+        rib(
+            &lab,
+            "add",
+            "198.19.32.0/20",
+            &format!("198.19.0.{n}"),
+            n,
+            "ipv4",
+        )?;
     }
     rib(&lab, "add", "198.19.38.11/32", "198.19.0.2", 2, "ipv4")?;
     for n in 1..=2 {
-        rib(&lab, "add", "fd00:198:19:32::/64", &format!("fd00:198:19::{n}"), n, "ipv6")?;
+        rib(
+            &lab,
+            "add",
+            "fd00:198:19:32::/64",
+            &format!("fd00:198:19::{n}"),
+            n,
+            "ipv6",
+        )?;
     }
     let added = Instant::now();
     let expected = table(&[
-        ("198.19.32.0/20", &["198.19.0.1", "198.19.0.2", "198.19.0.3"]),
+        (
+            "198.19.32.0/20",
+            &["198.19.0.1", "198.19.0.2", "198.19.0.3"],
+        ),
         ("198.19.38.11/32", &["198.19.0.2"]),
         ("fd00:198:19:32::/64", &["fd00:198:19::1", "fd00:198:19::2"]),
     ]);
@@ -60,10 +93,23 @@ fn gobgp_paths_become_ecmp_routes_on_host1() -> Result<()> {
     assert_eq!(lab.host1_routes_v4()?, LAB_ROUTES_V4);
 
     rib(&lab, "del", "198.19.32.0/20", "198.19.0.2", 2, "ipv4")?;
-    rib(&lab, "del", "fd00:198:19:32::/64", "fd00:198:19::1", 1, "ipv6")?;
+    rib(
+        &lab,
+        "del",
+        "fd00:198:19:32::/64",
+        "fd00:198:19::1",
+        1,
+        "ipv6",
+    )?;
     let deleted = Instant::now();
-    let routes = lab.wait_for_routes(|text| !text.contains("198.19.0.2 dev eth0 weight") && !text.contains("::1 dev"), TIMEOUT)?;
-    eprintln!("withdrawals on host1 {:?} after the last del", deleted.elapsed());
+    let routes = lab.wait_for_routes(
+        |text| !text.contains("198.19.0.2 dev eth0 weight") && !text.contains("::1 dev"),
+        TIMEOUT,
+    )?;
+    eprintln!(
+        "withdrawals on host1 {:?} after the last del",
+        deleted.elapsed()
+    );
     // The only change is the two next hops: the /20 keeps its two others, the /32 still goes
     // through node1, and the IPv6 route is left with one path.
     assert_eq!(
@@ -83,35 +129,62 @@ async fn gobgpd_restarts_and_is_reachable_over_grpc() -> Result<()> {
     // Blocking lab calls are fine here: the current-thread runtime runs only this test.
     let mut lab = Lab::start()?;
     let mut gobgp = GobgpApiClient::new(lab.pool_channel(lab.gobgp_api_port()).await?);
-    let global = gobgp.get_bgp(GetBgpRequest {}).await?.into_inner().global.unwrap_or_default();
+    let global = gobgp
+        .get_bgp(GetBgpRequest {})
+        .await?
+        .into_inner()
+        .global
+        .unwrap_or_default();
     assert_eq!(global.asn, POOL_ASN);
 
     rib(&lab, "add", "198.19.48.0/20", "198.19.0.3", 3, "ipv4")?;
-    let ipv4 = Family { afi: family::Afi::Ip.into(), safi: family::Safi::Unicast.into() };
+    let ipv4 = Family {
+        afi: family::Afi::Ip.into(),
+        safi: family::Safi::Unicast.into(),
+    };
     let rib_size = gobgp
-        .get_table(GetTableRequest { table_type: TableType::Global.into(), family: Some(ipv4), name: String::new() })
+        .get_table(GetTableRequest {
+            table_type: TableType::Global.into(),
+            family: Some(ipv4),
+            name: String::new(),
+        })
         .await?
         .into_inner();
     assert_eq!((rib_size.num_destination, rib_size.num_path), (1, 1));
-    lab.wait_for_table(|routes| *routes == table(&[("198.19.48.0/20", &["198.19.0.3"])]), TIMEOUT)?;
+    lab.wait_for_table(
+        |routes| *routes == table(&[("198.19.48.0/20", &["198.19.0.3"])]),
+        TIMEOUT,
+    )?;
 
     // A crashed gobgpd takes its routes with it...
     lab.kill_gobgpd(libc::SIGKILL)?;
     let killed = Instant::now();
     lab.wait_for_table(RouteTable::is_empty, TIMEOUT)?;
-    eprintln!("routes gone from host1 {:?} after SIGKILL", killed.elapsed());
+    eprintln!(
+        "routes gone from host1 {:?} after SIGKILL",
+        killed.elapsed()
+    );
 
     // ...and a restarted one comes back with an empty RIB.
     lab.start_gobgpd()?;
     lab.wait_established(TIMEOUT)?;
-    eprintln!("session re-established {:?} after SIGKILL", killed.elapsed());
+    eprintln!(
+        "session re-established {:?} after SIGKILL",
+        killed.elapsed()
+    );
     rib(&lab, "add", "198.19.48.0/20", "198.19.0.1", 1, "ipv4")?;
-    lab.wait_for_table(|routes| *routes == table(&[("198.19.48.0/20", &["198.19.0.1"])]), TIMEOUT)?;
+    lab.wait_for_table(
+        |routes| *routes == table(&[("198.19.48.0/20", &["198.19.0.1"])]),
+        TIMEOUT,
+    )?;
 
     let restart = Instant::now();
     lab.restart_gobgpd()?;
     let established = lab.wait_established(TIMEOUT)?;
-    eprintln!("session re-established {:?} after restart_gobgpd ({established:?} waiting)", restart.elapsed());
+    eprintln!(
+        "session re-established {:?} after restart_gobgpd ({established:?} waiting)",
+        restart.elapsed()
+    );
     lab.wait_for_table(RouteTable::is_empty, TIMEOUT)?;
     Ok(())
 }

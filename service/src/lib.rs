@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod plan;
 pub mod planner;
 pub mod run;
+pub mod scale;
 pub mod selector;
 pub mod source;

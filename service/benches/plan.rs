@@ -1,0 +1,40 @@
+//! Planner benchmark at the scale scenario: `cargo bench -p herald --bench plan`.
+//! Prints medians; compare figures taken in the same run only (the machine is shared and noisy).
+
+use std::time::{Duration, Instant};
+
+use herald::scale::{self, Scale};
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn main() {
+    let scale = Scale::LARGE;
+    let started = Instant::now();
+    let state = scale::cluster(scale);
+    let config = scale::config();
+    println!(
+        "scale: {} nodes, {} services, {} endpoints (generated in {:.0?})",
+        state.nodes.len(),
+        state.services.len(),
+        state.endpoint_slices.values().map(|s| s.endpoints.len()).sum::<usize>(),
+        started.elapsed()
+    );
+    let plan = herald::planner::plan(&state, &config);
+    println!("plan: {} routes, {} paths, {} refusals", plan.routes.len(), plan.path_count(), plan.refusals.len());
+    let runs = 15;
+    let samples: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(herald::planner::plan(&state, &config));
+            t.elapsed()
+        })
+        .collect();
+    let full = median(samples.clone());
+    println!("full plan: median {:.1} ms over {runs} runs (min {:.1} ms, max {:.1} ms); target <= 100 ms",
+        full.as_secs_f64() * 1e3,
+        samples.iter().min().unwrap().as_secs_f64() * 1e3,
+        samples.iter().max().unwrap().as_secs_f64() * 1e3);
+}

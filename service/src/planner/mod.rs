@@ -12,12 +12,12 @@
 //! 6. Services sharing a host IP share one route;
 //! 7. a malformed IP is reported and skipped, and everything else is still planned.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
 use crate::config::{Community, Config, LargeCommunity, RangeConfig};
 use crate::plan::{
     IpExplanation, IpOutcome, IpRole, NextHop, Plan, Refusal, RefusalCause, Route, RouteKind, ServiceExplanation,
@@ -104,14 +104,18 @@ fn host_net(ip: IpAddr) -> IpNet {
 /// Computes the plan.
 pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let mut plan = Plan::default();
-    let announcers: Vec<Announcer> = state
+    // Eligible nodes by name (sorted, so range next hops come out in node order).
+    let announcers: BTreeMap<&str, Announcer> = state
         .nodes
         .values()
         .filter(|n| ineligibility(n, config).is_none())
-        .map(|n| Announcer {
-            name: &n.name,
-            v4: n.internal_ips.iter().copied().find(IpAddr::is_ipv4),
-            v6: n.internal_ips.iter().copied().find(IpAddr::is_ipv6),
+        .map(|n| {
+            let announcer = Announcer {
+                name: &n.name,
+                v4: n.internal_ips.iter().copied().find(IpAddr::is_ipv4),
+                v6: n.internal_ips.iter().copied().find(IpAddr::is_ipv6),
+            };
+            (n.name.as_str(), announcer)
         })
         .collect();
     let node_addresses: BTreeSet<IpAddr> =
@@ -136,7 +140,7 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
             continue;
         }
         let next_hops: BTreeSet<NextHop> =
-            announcers.iter().filter_map(|a| a.next_hop_for(&net.addr())).collect();
+            announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
         if next_hops.is_empty() {
             plan.notes.push(format!(
                 "{} ({net}) is not announced: no eligible node has an {} InternalIP",
@@ -160,26 +164,30 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
         route.large_communities.extend(range.config.large_communities.iter().copied());
     }
 
-    // Endpoint slices by Service, once, rather than a scan of all slices per Service.
-    let mut slices_by_service: HashMap<ObjectKey, Vec<&EndpointSlice>> = HashMap::new();
+    // Endpoint slices by Service (namespace, name), once, rather than a scan of all slices per
+    // Service; keyed by borrowed names so that indexing allocates nothing per slice.
+    let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for slice in state.endpoint_slices.values() {
-        if let Some(key) = slice.service_key() {
-            slices_by_service.entry(key).or_default().push(slice);
+        if let Some(service) = slice.service_name.as_deref() {
+            slices_by_service.entry((slice.key.namespace.as_str(), service)).or_default().push(slice);
         }
     }
-    let eligible_names: BTreeSet<&str> = announcers.iter().map(|a| a.name).collect();
+    let role_ranges: [Vec<&Range>; 3] = [IpRole::Cluster, IpRole::External, IpRole::LoadBalancer]
+        .map(|role| ranges.iter().filter(|r| r.role == role).collect());
 
     for service in state.services.values() {
-        let slices = slices_by_service.get(&service.key).map(Vec::as_slice).unwrap_or_default();
+        let slices = slices_by_service
+            .get(&(service.key.namespace.as_str(), service.key.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let explanation = plan_service(
             &mut plan,
             service,
             slices,
             state,
             config,
-            &ranges,
+            &role_ranges,
             &announcers,
-            &eligible_names,
             &node_addresses,
             &deny,
         );
@@ -193,7 +201,7 @@ fn local_nodes<'a>(
     slices: &[&'a EndpointSlice],
     state: &ClusterState,
     config: &Config,
-    eligible: &BTreeSet<&str>,
+    eligible: &BTreeMap<&str, Announcer>,
     explanation: &mut ServiceExplanation,
 ) -> (BTreeSet<&'a str>, &'static str) {
     let mut ready = BTreeSet::new();
@@ -207,7 +215,7 @@ fn local_nodes<'a>(
         } else {
             "endpoint not ready"
         };
-        let why_not = if eligible.contains(node) {
+        let why_not = if eligible.contains_key(node) {
             None
         } else {
             Some(state.nodes.get(node).and_then(|n| ineligibility(n, config)).unwrap_or("unknown node"))
@@ -271,9 +279,8 @@ fn plan_service(
     slices: &[&EndpointSlice],
     state: &ClusterState,
     config: &Config,
-    ranges: &[Range],
-    announcers: &[Announcer],
-    eligible: &BTreeSet<&str>,
+    role_ranges: &[Vec<&Range>; 3],
+    announcers: &BTreeMap<&str, Announcer>,
     node_addresses: &BTreeSet<IpAddr>,
     deny: &dyn Fn(&IpNet) -> Option<String>,
 ) -> ServiceExplanation {
@@ -290,7 +297,7 @@ fn plan_service(
     }
 
     let (nodes, node_reason) = if local {
-        local_nodes(slices, state, config, eligible, &mut explanation)
+        local_nodes(slices, state, config, announcers, &mut explanation)
     } else {
         (BTreeSet::new(), "")
     };
@@ -305,15 +312,14 @@ fn plan_service(
         (IpRole::External, &service.external_ips),
         (IpRole::LoadBalancer, &service.load_balancer_ips),
     ];
-    for (role, ips) in lists {
-        let role_ranges: Vec<&Range> = ranges.iter().filter(|r| r.role == role).collect();
+    for ((role, ips), role_ranges) in lists.into_iter().zip(role_ranges) {
         for raw in ips {
             let outcome = ip_outcome(
                 plan,
                 service,
                 raw,
                 role,
-                &role_ranges,
+                role_ranges,
                 local,
                 &nodes,
                 node_reason,
@@ -339,7 +345,7 @@ fn ip_outcome(
     local: bool,
     nodes: &BTreeSet<&str>,
     node_reason: &str,
-    announcers: &[Announcer],
+    announcers: &BTreeMap<&str, Announcer>,
     node_addresses: &BTreeSet<IpAddr>,
     deny: &dyn Fn(&IpNet) -> Option<String>,
     communities: &BTreeSet<Community>,
@@ -384,11 +390,8 @@ fn ip_outcome(
     if !local {
         return covered();
     }
-    let next_hops: BTreeSet<NextHop> = announcers
-        .iter()
-        .filter(|a| nodes.contains(a.name))
-        .filter_map(|a| a.next_hop_for(&ip))
-        .collect();
+    let next_hops: BTreeSet<NextHop> =
+        nodes.iter().filter_map(|n| announcers.get(n)).filter_map(|a| a.next_hop_for(&ip)).collect();
     if next_hops.is_empty() {
         return covered();
     }

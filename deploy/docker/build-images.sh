@@ -79,8 +79,13 @@ if [[ $HERALD -eq 1 ]]; then
   strip -o "$ctx/bin/herald" "$HERALD_BIN"
   if [[ -x $HERALDCTL_BIN ]]; then strip -o "$ctx/bin/heraldctl" "$HERALDCTL_BIN"; fi
   chmod 0755 "$ctx"/bin/*
+  old=$(docker image inspect -f '{{.Id}}' "$HERALD_IMAGE" 2>/dev/null || true)
   build -f "$DOCKER_DIR/herald.Dockerfile" -t "$HERALD_IMAGE" "$ctx"
   rm -rf "$ctx"
+  # Every new binary makes a new image; drop the one it replaces (if no container uses it) so
+  # repeated runs do not pile up dangling images.
+  new=$(docker image inspect -f '{{.Id}}' "$HERALD_IMAGE")
+  if [[ -n $old && $old != "$new" ]]; then docker image rm "$old" >/dev/null 2>&1 || true; fi
   # Catch a binary the runtime image cannot run (e.g. linked against a newer glibc than bookworm's).
   docker run --rm --network none "$HERALD_IMAGE" --version >/dev/null ||
     die "$HERALD_IMAGE cannot run herald (built against a newer glibc than bookworm's 2.36?)"

@@ -1,3 +1,5 @@
 //! Test support for herald: a network-namespace BGP lab with gobgpd and BIRD 2.
 
+pub mod fake_apiserver;
 pub mod lab;
+pub mod process;

@@ -41,9 +41,33 @@ pub struct Config {
     pub gobgp: Option<GobgpConfig>,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub guard: GuardSettings,
     /// Prometheus metrics; not served when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+}
+
+/// Safety limits between the planner and the fabric (see `guard`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GuardSettings {
+    /// A path that went away is re-announced only after it has been back this long (0s: off).
+    #[serde(default = "zero")]
+    pub hold_down: Seconds,
+    /// The most routes herald announces; above it, new routes are refused.
+    #[serde(default)]
+    pub max_routes: Option<usize>,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        GuardSettings { hold_down: zero(), max_routes: None }
+    }
+}
+
+fn zero() -> Seconds {
+    Seconds(Duration::ZERO)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

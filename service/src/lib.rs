@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod gobgp;
+pub mod guard;
 pub mod metrics;
 pub mod plan;
 pub mod planner;

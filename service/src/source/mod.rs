@@ -6,6 +6,7 @@
 //! a route.
 
 pub mod file;
+pub mod kubernetes;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,0 +1,279 @@
+#!/usr/bin/env bash
+# End-to-end test of the compose lab (deploy/compose/docker-compose.yaml): the Advertising
+# Services lab, checked on host1's kernel routing table.
+#
+#   integration/compose/e2e.sh                 # full: network half, then herald
+#   integration/compose/e2e.sh --network-only  # gobgpd + BIRD only (paths added with the gobgp CLI)
+#   options: --no-cargo  use the existing target/release binaries instead of `cargo build`
+#            --keep      leave the project running at the end (for debugging; prints how to remove it)
+#
+# Phase 1, network (always): gobgpd and host1 up; paths added with `gobgp global rib add` inside the
+#   gobgpd container must appear in host1's `ip route` exactly as in the lab (ECMP over the nodes
+#   198.19.0.1-3 for 198.19.32.0/20 and 198.19.48.0/20; 198.19.38.11 and 198.19.48.10 via
+#   198.19.0.2); withdrawing one path must remove exactly that next hop; withdrawing all, all.
+# Phase 2, herald: herald starts and the state file (a copy under /tmp, mounted as
+#   /var/lib/herald) walks the lab's stages with examples/yaobank/: stage1-cluster-range.yaml
+#   (both ranges, ECMP), stage2-local-policy.yaml (+ 198.19.38.11 via node1 198.19.0.2),
+#   cluster-state.yaml (+ 198.19.48.10 via node1: the lab's final table); host1 must follow
+#   exactly each time. herald's API is queried from the host with heraldctl (target/*/heraldctl)
+#   when it exists. Then back to stage 1 (the /32s are withdrawn) and to stage 3 again, written in
+#   place this time instead of renamed over.
+#
+# The project is named herald-e2e-$$ and always torn down (trap), then checked to be gone. Runs are
+# serialised with a lock: the lab's addresses (198.19.0.0/20) are fixed, so two cannot coexist.
+# Images are built first (deploy/docker/build-images.sh, which builds debian:bookworm-slim with
+# debootstrap when it is missing) and kept afterwards as a cache.
+# Exit status: 0 pass, 1 test failure (with logs), 2 usage.
+set -euo pipefail
+export LC_ALL=C   # byte-order sorting of route lists
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+COMPOSE_FILE=$REPO/deploy/compose/docker-compose.yaml
+WAIT=${E2E_WAIT_SECONDS:-60}   # bound of every wait
+
+NETWORK_ONLY=0 CARGO=1 KEEP=0
+for arg; do
+  case $arg in
+    --network-only) NETWORK_ONLY=1 ;;
+    --no-cargo) CARGO=0 ;;
+    --keep) KEEP=1 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--network-only] [--no-cargo] [--keep]" >&2; exit 2 ;;
+  esac
+done
+
+T0=$SECONDS
+log() { printf '[e2e %3ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+
+if docker compose version >/dev/null 2>&1; then COMPOSE_CMD=(docker compose)
+elif command -v docker-compose >/dev/null; then COMPOSE_CMD=(docker-compose)
+else fail "neither 'docker compose' nor 'docker-compose' is installed"; fi
+
+# --- one run at a time ---------------------------------------------------------------------------
+exec 8>/var/tmp/herald-compose-e2e.lock
+if ! flock -w "${E2E_LOCK_WAIT_SECONDS:-900}" 8; then fail "another e2e run holds /var/tmp/herald-compose-e2e.lock"; fi
+
+# Full mode walks the lab's stages with the yaobank example states (examples/yaobank/).
+EXAMPLES=${E2E_EXAMPLES:-$REPO/examples/yaobank}
+STAGE1=$EXAMPLES/stage1-cluster-range.yaml    # customer externalTrafficPolicy: Cluster
+STAGE2=$EXAMPLES/stage2-local-policy.yaml     # customer Local
+STAGE3=$EXAMPLES/cluster-state.yaml           # customer Local + external IP 198.19.48.10
+if [[ $NETWORK_ONLY -eq 0 ]]; then
+  for f in "$STAGE1" "$STAGE2" "$STAGE3"; do
+    [[ -r $f ]] || fail "missing $f (the yaobank example states); use --network-only to test without herald"
+  done
+fi
+
+# --- build ---------------------------------------------------------------------------------------
+build_args=()
+[[ $NETWORK_ONLY -eq 1 ]] && build_args+=(--no-herald)
+[[ $NETWORK_ONLY -eq 0 && $CARGO -eq 1 ]] && build_args+=(--cargo)
+tb=$SECONDS
+"$REPO/deploy/docker/build-images.sh" "${build_args[@]}" || fail "building the images failed"
+BUILD_SECONDS=$((SECONDS - tb))
+
+# --- project -------------------------------------------------------------------------------------
+PROJECT=herald-e2e-$$
+WORK=$(mktemp -d /tmp/herald-e2e.XXXXXX)
+chmod 0755 "$WORK"
+mkdir -m 0755 "$WORK/state"
+STATE=$WORK/state/cluster-state.yaml
+if [[ $NETWORK_ONLY -eq 0 ]]; then cp "$STAGE1" "$STATE"; else cp "$REPO/deploy/compose/state/cluster-state.yaml" "$STATE"; fi
+chmod 0644 "$STATE"
+export HERALD_STATE_DIR=$WORK/state
+export HERALD_API_PORT=        # empty: an ephemeral host port, looked up below
+export HERALD_LOG=${HERALD_LOG:-info}
+compose() { "${COMPOSE_CMD[@]}" -f "$COMPOSE_FILE" -p "$PROJECT" "$@"; }
+
+leftovers() {
+  local f="label=com.docker.compose.project=$PROJECT"
+  { docker ps -aq --filter "$f"; docker network ls -q --filter "$f"; docker volume ls -q --filter "$f"; } 2>/dev/null
+}
+
+FAILED=1 STARTED=0
+cleanup() {
+  local status=$? left
+  trap - EXIT INT TERM
+  if [[ $FAILED -ne 0 || $status -ne 0 ]]; then
+    status=$(( status == 0 ? 1 : status ))
+  fi
+  if [[ $status -ne 0 && $STARTED -eq 1 ]]; then
+    log "---- diagnostics for project $PROJECT ----"
+    compose ps >&2 || true
+    if [[ -n ${H1:-} ]]; then
+      log "host1 ip route:"; docker exec "$H1" ip route >&2 || true
+      log "host1 birdc show protocols all pool:"; docker exec "$H1" birdc -s /run/bird/bird.ctl show protocols all pool >&2 || true
+    fi
+    if [[ -n ${GB:-} ]]; then
+      log "gobgp neighbor / global rib:"; docker exec "$GB" gobgp neighbor >&2 || true
+      docker exec "$GB" gobgp global rib -a ipv4 >&2 || true
+    fi
+    log "docker-compose logs:"; compose logs --no-color --tail=200 >&2 || true
+  fi
+  if [[ $KEEP -eq 1 ]]; then
+    log "--keep: project left running; remove with:"
+    log "  HERALD_STATE_DIR=$WORK/state ${COMPOSE_CMD[*]} -f $COMPOSE_FILE -p $PROJECT down -v && rm -rf $WORK"
+    exit "$status"
+  fi
+  compose down -v --remove-orphans --timeout 5 >/dev/null 2>&1 || compose down -v --remove-orphans --timeout 5 >&2 || true
+  rm -rf "$WORK"
+  left=$(leftovers)
+  if [[ -n $left ]]; then
+    log "FAIL: teardown left resources of $PROJECT behind: $(echo $left)"
+    status=1
+  elif [[ -e $WORK ]]; then
+    log "FAIL: $WORK not removed"; status=1
+  else
+    log "teardown: no container, network or volume of $PROJECT left, $WORK removed"
+  fi
+  if [[ $status -eq 0 ]]; then log "PASS (build ${BUILD_SECONDS}s, total $((SECONDS - T0))s)"
+  else log "FAILED (exit $status)"; fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; STARTED=0; exit 130' INT
+trap 'log "terminated"; STARTED=0; exit 143' TERM
+
+# The lab's subnet must be free (a running `-p herald` lab, or a crashed run's leftovers, hold it).
+while read -r net; do
+  [[ -z $net ]] && continue
+  if docker network inspect -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' "$net" 2>/dev/null | grep -qw '198.19.0.0/20'; then
+    fail "docker network $(docker network inspect -f '{{.Name}}' "$net") already uses 198.19.0.0/20: stop that lab first (e.g. ${COMPOSE_CMD[*]} -f $COMPOSE_FILE -p herald down)"
+  fi
+done < <(docker network ls -q)
+
+# --- helpers -------------------------------------------------------------------------------------
+# host1's BIRD routes, one line each, next hops sorted: "PREFIX via NH@DEV[,NH@DEV...]"
+bird_routes() {
+  local raw
+  raw=$(docker exec "$H1" ip -4 route show proto bird) || return 1
+  # One "PREFIX NH@DEV" line per next hop (POSIX awk: mawk has no asort), sorted, then joined.
+  awk '
+    /^[0-9]/ { p = $1; for (i = 2; i < NF; i++) if ($i == "via") print p, $(i+1) "@" $(i+3); next }
+    /nexthop/ { for (i = 1; i < NF; i++) if ($i == "via") print p, $(i+1) "@" $(i+3) }
+  ' <<<"$raw" | sort -t' ' -k1,1 -k2,2 |
+    awk '$1 != p { if (p != "") print p " via " nh; p = $1; nh = $2; next } { nh = nh "," $2 }
+         END { if (p != "") print p " via " nh }'
+}
+ECMP="198.19.0.1@eth0,198.19.0.2@eth0,198.19.0.3@eth0"
+RANGE_ROUTES="198.19.32.0/20 via $ECMP
+198.19.48.0/20 via $ECMP"                                                  # lab: after serviceClusterIPs/ExternalIPs
+STAGE2_ROUTES=$(printf '%s\n%s\n' "$RANGE_ROUTES" "198.19.38.11 via 198.19.0.2@eth0" | sort)   # + customer Local
+LAB_ROUTES=$(printf '%s\n%s\n' "$STAGE2_ROUTES" "198.19.48.10 via 198.19.0.2@eth0" | sort)     # + external IP
+
+# wait_routes WHAT EXPECTED: poll host1 until its BIRD routes are exactly EXPECTED.
+wait_routes() {
+  local what=$1 want=$2 got="" deadline=$((SECONDS + WAIT))
+  while :; do
+    got=$(bird_routes 2>/dev/null || true)
+    [[ $got == "$want" ]] && { log "ok: $what"; return 0; }
+    if (( SECONDS >= deadline )); then
+      log "host1 routes after ${WAIT}s (want | got):"
+      diff <(printf '%s\n' "$want") <(printf '%s\n' "$got") >&2 || true
+      fail "$what: host1's routes are not as expected"
+    fi
+    sleep 0.5
+  done
+}
+wait_for() {  # wait_for WHAT COMMAND...
+  local what=$1 deadline=$((SECONDS + WAIT)); shift
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS >= deadline )) && fail "$what: not reached in ${WAIT}s"
+    sleep 0.5
+  done
+  log "ok: $what"
+}
+gobgp() { docker exec "$GB" gobgp "$@"; }
+rib() {  # rib add|del PREFIX NEXTHOP ID
+  gobgp global rib "$1" "$2" nexthop "$3" identifier "$4" -a ipv4 || fail "gobgp global rib $*"
+}
+
+# --- phase 1: gobgpd + BIRD ------------------------------------------------------------------------
+tu=$SECONDS
+STARTED=1
+compose up -d gobgpd host1 >/dev/null 2>&1 || { compose up -d gobgpd host1 >&2 || true; fail "compose up gobgpd host1"; }
+GB=$(compose ps -q gobgpd); H1=$(compose ps -q host1)
+[[ -n $GB && -n $H1 ]] || fail "containers gobgpd/host1 not created"
+log "project $PROJECT up (gobgpd ${GB:0:12}, host1 ${H1:0:12})"
+wait_for "BGP session gobgpd <-> host1 Established" \
+  sh -c "docker exec $H1 birdc -s /run/bird/bird.ctl show protocols pool | grep -q Established"
+log "session up $((SECONDS - tu))s after compose up"
+
+# The bridge gateway is not on a node address, and the nodes are free on-link addresses.
+gw=$(docker exec "$H1" ip -4 route show default | awk '{ print $3 }')
+[[ $gw == 198.19.15.253 ]] || fail "host1's default gateway is '$gw', want 198.19.15.253"
+docker exec "$H1" ip -4 route show 198.19.0.0/20 | grep -q 'dev eth0 proto kernel scope link src 198.19.15.254' ||
+  fail "host1 has no connected route 198.19.0.0/20 from 198.19.15.254"
+
+for n in 1 2 3; do
+  rib add 198.19.32.0/20 198.19.0.$n $n
+  rib add 198.19.48.0/20 198.19.0.$n $n
+done
+rib add 198.19.38.11/32 198.19.0.2 2
+rib add 198.19.48.10/32 198.19.0.2 2
+wait_routes "network: the lab's routes, ECMP over 198.19.0.1-3 (paths from the gobgp CLI)" "$LAB_ROUTES"
+
+rib del 198.19.32.0/20 198.19.0.1 1
+wait_routes "network: withdrawing one path removes exactly its next hop" \
+  "$(printf '%s\n' "$LAB_ROUTES" | sed 's|^198.19.32.0/20 via .*|198.19.32.0/20 via 198.19.0.2@eth0,198.19.0.3@eth0|')"
+
+for n in 2 3; do rib del 198.19.32.0/20 198.19.0.$n $n; done
+for n in 1 2 3; do rib del 198.19.48.0/20 198.19.0.$n $n; done
+rib del 198.19.38.11/32 198.19.0.2 2
+rib del 198.19.48.10/32 198.19.0.2 2
+wait_routes "network: withdrawing all paths empties host1" ""
+[[ -z $(gobgp global rib -a ipv4 2>/dev/null | grep -v 'Network not in table') ]] || fail "gobgpd's RIB is not empty after the withdrawals"
+
+if [[ $NETWORK_ONLY -eq 1 ]]; then
+  FAILED=0
+  log "network-only run: herald not tested"
+  exit 0
+fi
+
+# --- phase 2: herald -------------------------------------------------------------------------------
+# replace_state FILE: write the new state next to the old one and rename it over (what most
+# editors do: a new inode, which is why the directory, not the file, is mounted).
+replace_state() {
+  cp "$1" "$WORK/state/.cluster-state.yaml.new" && chmod 0644 "$WORK/state/.cluster-state.yaml.new" &&
+    mv -f "$WORK/state/.cluster-state.yaml.new" "$STATE"
+}
+
+th=$SECONDS
+compose up -d herald >/dev/null 2>&1 || { compose up -d herald >&2 || true; fail "compose up herald"; }
+HR=$(compose ps -q herald)
+[[ -n $HR ]] || fail "herald container not created"
+wait_routes "herald, stage 1 (customer Cluster): both ranges, ECMP over the 3 nodes" "$RANGE_ROUTES"
+log "herald converged $((SECONDS - th))s after compose up"
+
+replace_state "$STAGE2"
+wait_routes "herald, stage 2 (customer Local): + 198.19.38.11 via node1" "$STAGE2_ROUTES"
+replace_state "$STAGE3"
+wait_routes "herald, stage 3 (+ external IP): + 198.19.48.10 via node1 (the lab's final table)" "$LAB_ROUTES"
+
+API_PORT=$(compose port gobgpd 50151 | awk -F: '{ print $NF }')
+[[ $API_PORT =~ ^[0-9]+$ ]] || fail "herald's API port is not published (compose port gobgpd 50151: '$API_PORT')"
+HERALDCTL=$(ls -t "$REPO"/target/*/heraldctl 2>/dev/null | head -n1 || true)
+if [[ -n $HERALDCTL && -x $HERALDCTL ]]; then
+  out=$("$HERALDCTL" --server "http://127.0.0.1:$API_PORT" routes 2>&1) ||
+    { printf '%s\n' "$out" >&2; fail "heraldctl routes against 127.0.0.1:$API_PORT"; }
+  for want in 198.19.32.0/20 198.19.48.0/20 198.19.38.11 198.19.48.10; do
+    grep -qF "$want" <<<"$out" || { printf '%s\n' "$out" >&2; fail "heraldctl routes does not list $want"; }
+  done
+  log "ok: herald API on 127.0.0.1:$API_PORT answers ($HERALDCTL routes lists the 4 routes)"
+else
+  timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$API_PORT" ||
+    fail "nothing accepts connections on herald's API port 127.0.0.1:$API_PORT"
+  log "ok: herald API port 127.0.0.1:$API_PORT accepts connections (no target/*/heraldctl: gRPC not checked)"
+fi
+
+replace_state "$STAGE1"
+wait_routes "herald, back to stage 1: both /32 routes withdrawn" "$RANGE_ROUTES"
+# And an in-place rewrite (same inode), the other way editors save.
+cat "$STAGE3" >"$STATE"
+wait_routes "herald, stage 3 again (file rewritten in place)" "$LAB_ROUTES"
+
+restarts=$(docker inspect -f '{{.RestartCount}}' "$HR")
+[[ $restarts -eq 0 ]] || fail "herald restarted $restarts time(s)"
+[[ $(docker inspect -f '{{.State.Running}}' "$HR") == true ]] || fail "herald is not running"
+FAILED=0

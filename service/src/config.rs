@@ -146,12 +146,27 @@ pub struct ApiConfig {
     /// Where herald's read-only gRPC API listens. Localhost by default: exposing it is a choice.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Serve over TLS (and, with `clientCaFile`, only to clients with a certificate from that CA).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: default_listen() }
+        Self { listen: default_listen(), tls: None }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate signed by one of them.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 fn default_listen() -> SocketAddr {

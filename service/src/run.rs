@@ -141,7 +141,7 @@ pub async fn run(
         });
     }
     let state = ApiState { plans: plan_rx, source: source_rx, sink };
-    server::serve(config.api.listen, state, shutdown).await?;
+    server::serve(&config.api, state, shutdown).await?;
     info!("herald stopped; announcements stay in gobgpd");
     Ok(())
 }

@@ -11,11 +11,13 @@ use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_server::{PlanService, PlanServiceServer};
 use ipnet::IpNet;
 use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use super::proto;
 use crate::cluster::ObjectKey;
+use crate::config::{ApiConfig, TlsConfig};
 use crate::gobgp::SinkStatus;
 use crate::plan::{IpOutcome, Plan, PlanSnapshot, Route};
 use crate::source::SourceSnapshot;
@@ -273,18 +275,34 @@ where
 
 /// Serves PlanService, reflection (v1 and v1alpha, for grpcurl) and grpc.health.v1 until `shutdown`.
 pub async fn serve(
-    listen: SocketAddr,
+    api: &ApiConfig,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let tls = api.tls.as_ref().map(tls_config).transpose()?;
+    let listen = api.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Bind { listen, source })?;
-    serve_on(listener, state, shutdown).await
+    serve_on(listener, tls, state, shutdown).await
+}
+
+/// Reads the server's certificate and key, and the client CA that turns on client authentication.
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::Tls { path: path.to_path_buf(), source })
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {listen}: {source}")]
     Bind { listen: SocketAddr, source: std::io::Error },
+    #[error("cannot read TLS file {path}: {source}")]
+    Tls { path: std::path::PathBuf, source: std::io::Error },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -293,6 +311,7 @@ pub enum ServeError {
 
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
     state: ApiState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -322,9 +341,13 @@ pub async fn serve_on(
             }
         }
     });
-    info!(listen = ?local, "herald API serving");
+    info!(listen = ?local, tls = tls.is_some(), "herald API serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .tcp_nodelay(true)
         .add_service(PlanApi::new(state).into_service())
         .add_service(reflection_v1)

@@ -21,7 +21,7 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 # one its API types are built for (k8s-openapi v1_34), and the newest the schemas know.
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.34.0 1.37.0"}
 TOOLS=${HERALD_MANIFEST_TOOLS:-/var/tmp/herald-manifest-tools}
-MANIFESTS=deploy/kubernetes
+MANIFESTS=${HERALD_MANIFESTS:-deploy/kubernetes}
 
 log() { printf '%s\n' "$*" >&2; }
 

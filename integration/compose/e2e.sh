@@ -20,7 +20,8 @@
 #   place this time instead of renamed over.
 #
 # The project is named herald-e2e-$$ and always torn down (trap), then checked to be gone. Runs are
-# serialised with a lock: the lab's addresses (198.19.0.0/20) are fixed, so two cannot coexist.
+# serialised with a lock: the lab's addresses (198.19.0.0/20) are fixed, so two cannot coexist;
+# under the lock, leftovers of earlier runs (killed with SIGKILL, or kept with --keep) are removed.
 # Images are built first (deploy/docker/build-images.sh, which builds debian:bookworm-slim with
 # debootstrap when it is missing) and kept afterwards as a cache.
 # Exit status: 0 pass, 1 test failure (with logs), 2 usage.
@@ -37,7 +38,7 @@ for arg; do
     --network-only) NETWORK_ONLY=1 ;;
     --no-cargo) CARGO=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--network-only] [--no-cargo] [--keep]" >&2; exit 2 ;;
   esac
 done
@@ -53,6 +54,20 @@ else fail "neither 'docker compose' nor 'docker-compose' is installed"; fi
 # --- one run at a time ---------------------------------------------------------------------------
 exec 8>/var/tmp/herald-compose-e2e.lock
 if ! flock -w "${E2E_LOCK_WAIT_SECONDS:-900}" 8; then fail "another e2e run holds /var/tmp/herald-compose-e2e.lock"; fi
+
+# Holding the lock, any other herald-e2e-* project is stale (a run killed with SIGKILL, or left by
+# --keep): remove it, or its network would hold the lab's subnet.
+stale=$( { docker ps -a --format '{{.Label "com.docker.compose.project"}}'
+           docker network ls --format '{{.Label "com.docker.compose.project"}}'; } 2>/dev/null |
+         grep '^herald-e2e-[0-9]*$' | sort -u || true)
+for p in $stale; do
+  log "removing stale project $p"
+  ids=$(docker ps -aq --filter "label=com.docker.compose.project=$p")
+  [[ -n $ids ]] && docker rm -f -v $ids >/dev/null
+  ids=$(docker network ls -q --filter "label=com.docker.compose.project=$p")
+  [[ -n $ids ]] && docker network rm $ids >/dev/null
+done
+for d in /tmp/herald-e2e.??????; do [[ -d $d ]] && { log "removing stale $d"; rm -rf "$d"; }; done
 
 # Full mode walks the lab's stages with the yaobank example states (examples/yaobank/).
 EXAMPLES=${E2E_EXAMPLES:-$REPO/examples/yaobank}
@@ -253,7 +268,11 @@ wait_routes "herald, stage 3 (+ external IP): + 198.19.48.10 via node1 (the lab'
 
 API_PORT=$(compose port gobgpd 50151 | awk -F: '{ print $NF }')
 [[ $API_PORT =~ ^[0-9]+$ ]] || fail "herald's API port is not published (compose port gobgpd 50151: '$API_PORT')"
-HERALDCTL=$(ls -t "$REPO"/target/*/heraldctl 2>/dev/null | head -n1 || true)
+# The release build (made with the image's herald) first, else the newest target/*/heraldctl.
+if [[ -z ${HERALDCTL:-} ]]; then
+  if [[ -x $REPO/target/release/heraldctl ]]; then HERALDCTL=$REPO/target/release/heraldctl
+  else HERALDCTL=$(ls -t "$REPO"/target/*/heraldctl 2>/dev/null | head -n1 || true); fi
+fi
 if [[ -n $HERALDCTL && -x $HERALDCTL ]]; then
   out=$("$HERALDCTL" --server "http://127.0.0.1:$API_PORT" routes 2>&1) ||
     { printf '%s\n' "$out" >&2; fail "heraldctl routes against 127.0.0.1:$API_PORT"; }

@@ -103,10 +103,15 @@ pub struct RequestRecord {
     pub method: String,
     pub path: String,
     pub query: BTreeMap<String, String>,
+    /// The Accept header (`...;as=PartialObjectMetadataList;...` for metadata-only lists).
+    pub accept: String,
     pub status: u16,
 }
 
 impl RequestRecord {
+    pub fn is_metadata(&self) -> bool {
+        self.accept.contains("as=PartialObjectMetadata")
+    }
     pub fn is_watch(&self) -> bool {
         matches!(self.query.get("watch").map(String::as_str), Some("true" | "1"))
     }
@@ -416,15 +421,19 @@ impl FakeApiServer {
         self.inner.lock().requests.clone()
     }
 
-    /// Completed (200) list requests for a kind, pages counted once (first page only).
+    /// Completed (200) full-object list requests for a kind, pages counted once (first page only).
     pub fn list_count(&self, kind: Kind) -> usize {
-        self.inner
-            .lock()
-            .requests
-            .iter()
-            .filter(|r| r.method == "GET" && r.status == 200 && !r.is_watch() && r.kind() == Some(kind))
-            .filter(|r| !r.query.contains_key("continue"))
-            .count()
+        self.count(|r| r.status == 200 && !r.is_watch() && !r.is_metadata() && r.kind() == Some(kind))
+            - self.count(|r| r.status == 200 && r.query.contains_key("continue") && !r.is_metadata() && r.kind() == Some(kind))
+    }
+
+    /// Metadata-only list requests for a kind (whatever their answer).
+    pub fn metadata_list_count(&self, kind: Kind) -> usize {
+        self.count(|r| !r.is_watch() && r.is_metadata() && r.kind() == Some(kind))
+    }
+
+    fn count(&self, filter: impl Fn(&RequestRecord) -> bool) -> usize {
+        self.inner.lock().requests.iter().filter(|r| r.method == "GET" && filter(r)).count()
     }
 
     /// Watch requests for a kind that were answered 200.
@@ -613,15 +622,22 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
+    let accept = request
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let response = respond(&inner, &method, &path, &query, &body).await;
+    let response = respond(&inner, &method, &path, &query, &accept, &body).await;
     inner.lock().requests.push(RequestRecord {
         method: method.to_string(),
         path,
         query,
+        accept,
         status: response.status().as_u16(),
     });
     response
@@ -632,6 +648,7 @@ async fn respond(
     method: &Method,
     path: &str,
     query: &BTreeMap<String, String>,
+    accept: &str,
     body: &Bytes,
 ) -> Response<Body> {
     if inner.lock().outage == Some(Outage::Unavailable) {
@@ -652,7 +669,7 @@ async fn respond(
             } else {
                 let mut held = inner.held.subscribe();
                 let _ = held.wait_for(|held| !held.contains(&kind)).await;
-                list(inner, kind, namespace, query)
+                list(inner, kind, namespace, query, accept.contains("as=PartialObjectMetadataList"))
             }
         }
         (&Method::GET, Target::Object { kind, namespace, name }) => {
@@ -724,7 +741,13 @@ fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn list(inner: &Arc<Inner>, kind: Kind, namespace: Option<String>, query: &BTreeMap<String, String>) -> Response<Body> {
+fn list(
+    inner: &Arc<Inner>,
+    kind: Kind,
+    namespace: Option<String>,
+    query: &BTreeMap<String, String>,
+    metadata_only: bool,
+) -> Response<Body> {
     let mut state = inner.lock();
     let (rv, items) = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => match state.pages.remove(token) {
@@ -758,6 +781,16 @@ fn list(inner: &Arc<Inner>, kind: Kind, namespace: Option<String>, query: &BTree
         state.next_page += 1;
         state.pages.insert(token.clone(), (rv, rest));
         metadata["continue"] = json!(token);
+    }
+    if metadata_only {
+        let items: Vec<Value> = page
+            .iter()
+            .map(|o| json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]}))
+            .collect();
+        return full(
+            StatusCode::OK,
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
+        );
     }
     full(
         StatusCode::OK,

@@ -50,8 +50,11 @@ fn service(namespace: &str, name: &str, spec: Value) -> Value {
     })
 }
 
-/// An EndpointSlice of `service`; endpoints are (node, ready, serving, terminating).
-fn slice(namespace: &str, service: &str, suffix: &str, endpoints: &[(&str, Option<bool>, Option<bool>, Option<bool>)]) -> Value {
+/// An endpoint: (node, ready, serving, terminating).
+type Ep<'a> = (&'a str, Option<bool>, Option<bool>, Option<bool>);
+
+/// An EndpointSlice of `service`.
+fn slice(namespace: &str, service: &str, suffix: &str, endpoints: &[Ep]) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
@@ -70,7 +73,7 @@ fn slice(namespace: &str, service: &str, suffix: &str, endpoints: &[(&str, Optio
 
 const READY: (Option<bool>, Option<bool>, Option<bool>) = (Some(true), Some(true), Some(false));
 
-fn ep(node: &str, c: (Option<bool>, Option<bool>, Option<bool>)) -> (&str, Option<bool>, Option<bool>, Option<bool>) {
+fn ep(node: &str, c: (Option<bool>, Option<bool>, Option<bool>)) -> Ep<'_> {
     (node, c.0, c.1, c.2)
 }
 
@@ -537,6 +540,31 @@ async fn outage_refused_keeps_the_last_state() {
 }
 
 #[tokio::test]
+async fn after_a_quiet_outage_the_error_clears_without_any_change() {
+    // Nothing changes during the outage: the resumed watches have nothing to say, and the error
+    // must still clear (the probe), with the same state and no new publication.
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let source = Source::start(&server).await;
+    source.wait_cluster("the first state", SHORT, |c| *c == model(&objects)).await;
+    let before = source.cluster().unwrap();
+    let publications = source.publications();
+    server.start_outage(Outage::Refuse);
+    wait("status.last_error", LONG, || source.last_error()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let back = Instant::now();
+    server.end_outage().await.unwrap();
+    wait("status.last_error to clear", LONG, || source.last_error().is_none().then_some(())).await;
+    let cleared = back.elapsed();
+    assert_eq!(source.publications(), publications);
+    assert!(Arc::ptr_eq(&source.cluster().unwrap(), &before));
+    assert_eq!(Kind::ALL.map(|k| server.list_count(k)), [1, 1, 1], "resumed, not re-listed");
+    assert!(Kind::ALL.iter().any(|&k| server.metadata_list_count(k) > 0), "the probe asked");
+    println!("quiet outage: error cleared {} after recovery, no publication", ms(cleared));
+}
+
+#[tokio::test]
 async fn unreachable_at_start_publishes_nothing() {
     let server = FakeApiServer::start().await.unwrap();
     load(&server, &yaobank());
@@ -779,8 +807,73 @@ async fn wait_async<T, F: std::future::Future<Output = Option<T>>>(what: &str, t
     }
 }
 
-/// `herald run` with `source: {kubernetes: ...}`, as the user runs it: the binary follows the API,
-/// serves the plan, records the Events, and keeps its plan through an outage.
+/// A gobgpd of its own for a test: no BGP listener, its API on a free port of 127.0.0.1.
+struct Gobgpd {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Gobgpd {
+    fn start() -> Gobgpd {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gobgpd.toml");
+        std::fs::write(&config, "[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n").unwrap();
+        let port = herald_integration::process::free_port();
+        let log = std::fs::File::create(dir.path().join("gobgpd.log")).unwrap();
+        let child = std::process::Command::new("gobgpd")
+            .arg("--config-file")
+            .arg(&config)
+            .arg(format!("--api-hosts=127.0.0.1:{port}"))
+            .args(["--pprof-disable", "--log-plain"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("gobgpd (scripts/install-deps.sh installs it)");
+        Gobgpd { child, port, _dir: dir }
+    }
+
+    /// gobgpd's IPv4 RIB as (prefix, next hop) pairs, through the `gobgp` CLI.
+    fn rib(&self) -> Option<BTreeSet<(String, String)>> {
+        let output = std::process::Command::new("gobgp")
+            .args(["-u", "127.0.0.1", "-p", &self.port.to_string(), "global", "rib", "-a", "ipv4", "-j"])
+            .output()
+            .ok()?;
+        if !output.status.success() {
+            return None;
+        }
+        let rib: Value = serde_json::from_slice(&output.stdout).ok()?;
+        let mut paths = BTreeSet::new();
+        for (prefix, destinations) in rib.as_object()? {
+            for path in destinations.as_array()? {
+                let hop = path["attrs"].as_array()?.iter().find_map(|a| a["nexthop"].as_str())?;
+                paths.insert((prefix.clone(), hop.to_string()));
+            }
+        }
+        Some(paths)
+    }
+}
+
+impl Drop for Gobgpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The (prefix, next hop) paths of a plan's IPv4 routes: what gobgpd should hold.
+fn paths(plan: &herald::plan::Plan) -> BTreeSet<(String, String)> {
+    plan.routes
+        .values()
+        .filter(|r| r.prefix.addr().is_ipv4())
+        .flat_map(|r| r.next_hops.iter().map(move |h| (r.prefix.to_string(), h.address.to_string())))
+        .collect()
+}
+
+/// `herald run` with `source: {kubernetes: ...}` and a gobgpd, as the user runs them: the binary
+/// follows the API, serves the plan, puts it in gobgpd's RIB, records the Events, and keeps its plan
+/// and the RIB through an outage of the API server.
 #[tokio::test]
 async fn herald_run_with_the_kubernetes_source() {
     use herald_api::herald::v1 as pb;
@@ -790,13 +883,16 @@ async fn herald_run_with_the_kubernetes_source() {
     let server = FakeApiServer::start().await.unwrap();
     let mut objects = yaobank();
     load(&server, &objects);
+    let gobgpd = Gobgpd::start();
     let port = free_port();
     let config_path = server.dir().join("herald.yaml");
     std::fs::write(
         &config_path,
         format!(
-            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n",
-            server.kubeconfig_path().display()
+            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
+             gobgp: {{address: \"127.0.0.1:{}\"}}\n",
+            server.kubeconfig_path().display(),
+            gobgpd.port
         ),
     )
     .unwrap();
@@ -824,6 +920,10 @@ async fn herald_run_with_the_kubernetes_source() {
     })
     .await;
     let first_plan = started.elapsed();
+    let expected_paths = paths(&herald::planner::plan(&model(&objects), &config));
+    assert!(expected_paths.len() >= 5);
+    wait("gobgpd's RIB to hold the plan", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    let in_rib = started.elapsed();
     let status = api.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().source.unwrap();
     assert_eq!(status.name, "kubernetes");
     assert!(status.synced);
@@ -843,6 +943,7 @@ async fn herald_run_with_the_kubernetes_source() {
         objects.push(object.clone());
     }
     let expected = prefixes(&herald::planner::plan(&model(&objects), &config));
+    let expected_paths = paths(&herald::planner::plan(&model(&objects), &config));
     assert!(expected.contains("10.96.90.9/32"));
     wait_async("the new host route", SHORT, || {
         let api = api.clone();
@@ -851,7 +952,10 @@ async fn herald_run_with_the_kubernetes_source() {
     })
     .await;
 
-    // An outage: the plan stays, the status says why; then it clears.
+    wait("the new host route in gobgpd", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    assert!(expected_paths.contains(&("10.96.90.9/32".to_string(), "10.0.0.2".to_string())));
+
+    // An outage: the plan and the RIB stay, the status says why; then it clears.
     let (generation, _) = routes(api.clone()).await.unwrap();
     server.start_outage(Outage::Refuse);
     server.delete(Kind::Service, "shop", "web");
@@ -865,6 +969,7 @@ async fn herald_run_with_the_kubernetes_source() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(routes(api.clone()).await.unwrap(), (generation, expected.clone()), "the plan changed during the outage");
+    assert_eq!(gobgpd.rib(), Some(expected_paths.clone()), "gobgpd's RIB changed during the outage");
     server.end_outage().await.unwrap();
     wait_async("the error to clear and the deletion to show", LONG, || {
         let mut api = api.clone();
@@ -875,8 +980,15 @@ async fn herald_run_with_the_kubernetes_source() {
         }
     })
     .await;
+    objects.retain(|o| o["metadata"]["namespace"] != "shop" || o["kind"] != "Service");
+    let expected_paths = paths(&herald::planner::plan(&model(&objects), &config));
+    wait("the withdrawal in gobgpd", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
     std::mem::forget(dump);
-    println!("herald run: first plan served {} after start; outage error: {error}", ms(first_plan));
+    println!(
+        "herald run: first plan served {} and in gobgpd's RIB {} after start; outage error: {error}",
+        ms(first_plan),
+        ms(in_rib)
+    );
 }
 
 /// Runs `f` on drop unless forgotten: the herald log for a failed test.
@@ -890,4 +1002,31 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+/// The herald configs in deploy/kubernetes are valid, read the Kubernetes API, and select their pool.
+#[test]
+fn deploy_kubernetes_configs_are_valid() {
+    use herald::config::SourceConfig;
+    let root = herald_integration::process::repo_root().join("deploy/kubernetes");
+    let mut configs = vec![("base".to_string(), root.join("base/config/herald.yaml"))];
+    for entry in std::fs::read_dir(root.join("overlays")).unwrap() {
+        let dir = entry.unwrap().path();
+        configs.push((dir.file_name().unwrap().to_string_lossy().into_owned(), dir.join("herald.yaml")));
+    }
+    assert!(configs.len() >= 3, "base and two pools");
+    for (name, path) in configs {
+        let config = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(config.source, Some(SourceConfig::Kubernetes(KubernetesSourceConfig::default())), "{name}");
+        assert_eq!(config.gobgp.as_ref().map(|g| g.address.as_str()), Some("127.0.0.1:50051"), "{name}");
+        assert_eq!(config.api.listen.port(), 50151, "{name}");
+        assert!(!config.service_cluster_ips.is_empty(), "{name}");
+        if let Some(pool) = name.strip_prefix("pool-") {
+            let mut labels = BTreeMap::new();
+            labels.insert("herald.dev/pool".to_string(), pool.to_string());
+            assert!(config.node_selector.matches(&labels), "{name}: its nodeSelector selects its pool");
+            labels.insert("herald.dev/pool".to_string(), "elsewhere".to_string());
+            assert!(!config.node_selector.matches(&labels), "{name}: its nodeSelector selects only its pool");
+        }
+    }
 }

@@ -62,7 +62,7 @@ pub fn spawn_event_recorder(client: Client, plans: watch::Receiver<PlanSnapshot>
     let instance = std::env::var("POD_NAME")
         .ok()
         .filter(|name| !name.is_empty())
-        .or_else(|| hostname());
+        .or_else(hostname);
     let reporter = Reporter { controller: CONTROLLER.to_string(), instance };
     tokio::spawn(EventRecorder::new(client, reporter).run(plans))
 }

@@ -454,10 +454,34 @@ impl GobgpClient for V3Client {
         if ops.is_empty() {
             return Ok(());
         }
-        let messages = encode_with(ops, self.batch_size, &mut self.cache);
         let mut client = self.client.clone();
-        self.call("AddPathStream", client.add_path_stream(tokio_stream::iter(messages))).await?;
-        Ok(())
+        if ops.len() <= self.batch_size {
+            let messages = encode_with(ops, self.batch_size, &mut self.cache);
+            self.call("AddPathStream", client.add_path_stream(tokio_stream::iter(messages))).await?;
+            return Ok(());
+        }
+        // Several messages in one call: encode each as the stream is polled, so that gobgpd works on
+        // one message while herald encodes the next.
+        let batch_size = self.batch_size;
+        let mut cache = std::mem::take(&mut self.cache);
+        let chunks: Vec<Vec<Op>> = ops.chunks(batch_size).map(<[Op]>::to_vec).collect();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let mut done_tx = Some(done_tx);
+        let mut chunks = chunks.into_iter();
+        let stream = futures::stream::poll_fn(move |_| match chunks.next() {
+            Some(chunk) => std::task::Poll::Ready(Some(futures::stream::iter(encode_with(&chunk, batch_size, &mut cache)))),
+            None => {
+                if let Some(tx) = done_tx.take() {
+                    let _ = tx.send(std::mem::take(&mut cache));
+                }
+                std::task::Poll::Ready(None)
+            }
+        });
+        let result = self.call("AddPathStream", client.add_path_stream(futures::StreamExt::flatten(stream))).await;
+        if let Ok(cache) = done_rx.await {
+            self.cache = cache;
+        }
+        result.map(drop)
     }
 }
 

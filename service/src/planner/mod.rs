@@ -30,19 +30,20 @@ pub const COMMUNITIES_ANNOTATION: &str = "herald.dev/communities";
 pub const LARGE_COMMUNITIES_ANNOTATION: &str = "herald.dev/large-communities";
 
 /// An eligible node and its announcing address per family.
-struct Announcer<'a> {
-    name: &'a str,
+#[derive(Debug, Clone)]
+struct Announcer {
+    name: String,
     v4: Option<IpAddr>,
     v6: Option<IpAddr>,
 }
 
-impl Announcer<'_> {
+impl Announcer {
     fn address_for(&self, ip: &IpAddr) -> Option<IpAddr> {
         if ip.is_ipv4() { self.v4 } else { self.v6 }
     }
 
     fn next_hop_for(&self, ip: &IpAddr) -> Option<NextHop> {
-        self.address_for(ip).map(|address| NextHop { node: self.name.to_string(), address })
+        self.address_for(ip).map(|address| NextHop { node: self.name.clone(), address })
     }
 }
 
@@ -60,33 +61,17 @@ fn ineligibility(node: &Node, config: &Config) -> Option<&'static str> {
 }
 
 /// A configured range, resolved: the list it came from and its index there.
-struct Range<'a> {
-    config: &'a RangeConfig,
+#[derive(Debug, Clone)]
+struct Range {
+    config: RangeConfig,
     role: IpRole,
     source: String,
 }
 
-impl Range<'_> {
+impl Range {
     fn net(&self) -> IpNet {
         self.config.cidr.0
     }
-}
-
-fn ranges(config: &Config) -> Vec<Range<'_>> {
-    [
-        (IpRole::Cluster, &config.service_cluster_ips),
-        (IpRole::External, &config.service_external_ips),
-        (IpRole::LoadBalancer, &config.service_load_balancer_ips),
-    ]
-    .into_iter()
-    .flat_map(|(role, list)| {
-        list.iter().enumerate().map(move |(i, config)| Range {
-            config,
-            role,
-            source: format!("config:{}[{i}]", role.config_list()),
-        })
-    })
-    .collect()
 }
 
 fn range_kind(role: IpRole) -> RouteKind {
@@ -97,72 +82,152 @@ fn range_kind(role: IpRole) -> RouteKind {
     }
 }
 
-fn host_net(ip: IpAddr) -> IpNet {
-    IpNet::from(ip)
+/// Why a prefix may never be announced, if it may not.
+fn denied(config: &Config, net: &IpNet) -> Option<String> {
+    if net.prefix_len() == 0 {
+        return Some("a default route is never announced".to_string());
+    }
+    config
+        .deny_prefixes
+        .iter()
+        .find(|d| d.0.contains(net) || net.contains(&d.0))
+        .map(|d| format!("overlaps denyPrefixes entry {d}"))
+}
+
+/// What every Service's planning depends on besides the Service itself: the config, the eligible
+/// nodes and the range routes. It changes only with the config or the nodes.
+#[derive(Debug, Clone)]
+pub struct PlanContext {
+    /// Eligible nodes by name (sorted, so range next hops come out in node order).
+    announcers: BTreeMap<String, Announcer>,
+    /// Why each ineligible node is not eligible.
+    ineligible: HashMap<String, &'static str>,
+    node_addresses: BTreeSet<IpAddr>,
+    /// Configured ranges per role: cluster, external, load balancer.
+    role_ranges: [Vec<Range>; 3],
+    config: Config,
+    /// The plan of the ranges alone (rule 1), with its notes.
+    ranges_plan: Plan,
+}
+
+impl PlanContext {
+    pub fn new(state: &ClusterState, config: &Config) -> PlanContext {
+        let mut announcers = BTreeMap::new();
+        let mut ineligible = HashMap::new();
+        for node in state.nodes.values() {
+            match ineligibility(node, config) {
+                None => {
+                    announcers.insert(
+                        node.name.clone(),
+                        Announcer {
+                            name: node.name.clone(),
+                            v4: node.internal_ips.iter().copied().find(IpAddr::is_ipv4),
+                            v6: node.internal_ips.iter().copied().find(IpAddr::is_ipv6),
+                        },
+                    );
+                }
+                Some(why) => {
+                    ineligible.insert(node.name.clone(), why);
+                }
+            }
+        }
+        let role_ranges = [
+            (IpRole::Cluster, &config.service_cluster_ips),
+            (IpRole::External, &config.service_external_ips),
+            (IpRole::LoadBalancer, &config.service_load_balancer_ips),
+        ]
+        .map(|(role, list)| {
+            list.iter()
+                .enumerate()
+                .map(|(i, c)| Range { config: c.clone(), role, source: format!("config:{}[{i}]", role.config_list()) })
+                .collect::<Vec<_>>()
+        });
+        let mut context = PlanContext {
+            announcers,
+            ineligible,
+            node_addresses: state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect(),
+            role_ranges,
+            config: config.clone(),
+            ranges_plan: Plan::default(),
+        };
+        context.ranges_plan = context.plan_ranges();
+        context
+    }
+
+    /// Rule 1: every range from every eligible node with an address of its family.
+    fn plan_ranges(&self) -> Plan {
+        let mut plan = Plan::default();
+        for range in self.role_ranges.iter().flatten() {
+            let net = range.net();
+            if let Some(reason) = denied(&self.config, &net) {
+                plan.notes.push(format!("{} ({net}) is not announced: {reason}", range.source));
+                continue;
+            }
+            let next_hops: BTreeSet<NextHop> =
+                self.announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
+            if next_hops.is_empty() {
+                plan.notes.push(format!(
+                    "{} ({net}) is not announced: no eligible node has an {} InternalIP",
+                    range.source,
+                    if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+                ));
+                continue;
+            }
+            let count = next_hops.len();
+            let route = plan.routes.entry(net).or_insert_with(|| Route {
+                prefix: net,
+                kind: range_kind(range.role),
+                next_hops,
+                sources: BTreeSet::new(),
+                reason: format!("{} range, announced from every eligible node ({count})", range.role.config_list()),
+                communities: BTreeSet::new(),
+                large_communities: BTreeSet::new(),
+            });
+            route.sources.insert(range.source.clone());
+            route.communities.extend(range.config.communities.iter().copied());
+            route.large_communities.extend(range.config.large_communities.iter().copied());
+        }
+        plan
+    }
+
+    /// The plan of the ranges alone.
+    pub fn ranges_plan(&self) -> &Plan {
+        &self.ranges_plan
+    }
+}
+
+/// What one Service adds to the plan: its host routes (with its own next hops only; Services that
+/// share an IP are merged by [`merge_host_route`]), its refused IPs and its explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ServicePlan {
+    pub host_routes: Vec<Route>,
+    pub refusals: Vec<Refusal>,
+    pub explanation: ServiceExplanation,
+}
+
+/// Merges a Service's part of a host route into the plan's route for that prefix. Services are
+/// merged in key order, so the route's kind is the first Service's and its reason the last's.
+pub fn merge_host_route(routes: &mut BTreeMap<IpNet, Route>, part: &Route) {
+    match routes.get_mut(&part.prefix) {
+        None => {
+            routes.insert(part.prefix, part.clone());
+        }
+        Some(route) => {
+            route.next_hops.extend(part.next_hops.iter().cloned());
+            route.sources.extend(part.sources.iter().cloned());
+            route.communities.extend(part.communities.iter().copied());
+            route.large_communities.extend(part.large_communities.iter().copied());
+            let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
+            let why = part.reason.split(" on ").next().unwrap_or_default().to_string();
+            route.reason = format!("{why} on {}", nodes.join(", "));
+        }
+    }
 }
 
 /// Computes the plan.
 pub fn plan(state: &ClusterState, config: &Config) -> Plan {
-    let mut plan = Plan::default();
-    // Eligible nodes by name (sorted, so range next hops come out in node order).
-    let announcers: BTreeMap<&str, Announcer> = state
-        .nodes
-        .values()
-        .filter(|n| ineligibility(n, config).is_none())
-        .map(|n| {
-            let announcer = Announcer {
-                name: &n.name,
-                v4: n.internal_ips.iter().copied().find(IpAddr::is_ipv4),
-                v6: n.internal_ips.iter().copied().find(IpAddr::is_ipv6),
-            };
-            (n.name.as_str(), announcer)
-        })
-        .collect();
-    let node_addresses: BTreeSet<IpAddr> =
-        state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect();
-    let deny = |net: &IpNet| -> Option<String> {
-        if net.prefix_len() == 0 {
-            return Some("a default route is never announced".to_string());
-        }
-        config
-            .deny_prefixes
-            .iter()
-            .find(|d| d.0.contains(net) || net.contains(&d.0))
-            .map(|d| format!("overlaps denyPrefixes entry {d}"))
-    };
-    let ranges = ranges(config);
-
-    // Rule 1: the ranges.
-    for range in &ranges {
-        let net = range.net();
-        if let Some(reason) = deny(&net) {
-            plan.notes.push(format!("{} ({net}) is not announced: {reason}", range.source));
-            continue;
-        }
-        let next_hops: BTreeSet<NextHop> =
-            announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
-        if next_hops.is_empty() {
-            plan.notes.push(format!(
-                "{} ({net}) is not announced: no eligible node has an {} InternalIP",
-                range.source,
-                if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
-            ));
-            continue;
-        }
-        let count = next_hops.len();
-        let route = plan.routes.entry(net).or_insert_with(|| Route {
-            prefix: net,
-            kind: range_kind(range.role),
-            next_hops,
-            sources: BTreeSet::new(),
-            reason: format!("{} range, announced from every eligible node ({count})", range.role.config_list()),
-            communities: BTreeSet::new(),
-            large_communities: BTreeSet::new(),
-        });
-        route.sources.insert(range.source.clone());
-        route.communities.extend(range.config.communities.iter().copied());
-        route.large_communities.extend(range.config.large_communities.iter().copied());
-    }
+    let context = PlanContext::new(state, config);
+    let mut plan = context.ranges_plan.clone();
 
     // Endpoint slices by Service (namespace, name), once, rather than a scan of all slices per
     // Service; keyed by borrowed names so that indexing allocates nothing per slice.
@@ -172,36 +237,25 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
             slices_by_service.entry((slice.key.namespace.as_str(), service)).or_default().push(slice);
         }
     }
-    let role_ranges: [Vec<&Range>; 3] = [IpRole::Cluster, IpRole::External, IpRole::LoadBalancer]
-        .map(|role| ranges.iter().filter(|r| r.role == role).collect());
-
     for service in state.services.values() {
         let slices = slices_by_service
             .get(&(service.key.namespace.as_str(), service.key.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let explanation = plan_service(
-            &mut plan,
-            service,
-            slices,
-            state,
-            config,
-            &role_ranges,
-            &announcers,
-            &node_addresses,
-            &deny,
-        );
-        plan.services.insert(service.key.clone(), explanation);
+        let part = plan_service(&context, service, slices);
+        for route in &part.host_routes {
+            merge_host_route(&mut plan.routes, route);
+        }
+        plan.refusals.extend(part.refusals);
+        plan.services.insert(service.key.clone(), part.explanation);
     }
     plan
 }
 
 /// The nodes that should announce a Local Service's host routes, and what each endpoint node is.
 fn local_nodes<'a>(
+    context: &PlanContext,
     slices: &[&'a EndpointSlice],
-    state: &ClusterState,
-    config: &Config,
-    eligible: &BTreeMap<&str, Announcer>,
     explanation: &mut ServiceExplanation,
 ) -> (BTreeSet<&'a str>, &'static str) {
     let mut ready = BTreeSet::new();
@@ -215,10 +269,10 @@ fn local_nodes<'a>(
         } else {
             "endpoint not ready"
         };
-        let why_not = if eligible.contains_key(node) {
+        let why_not = if context.announcers.contains_key(node) {
             None
         } else {
-            Some(state.nodes.get(node).and_then(|n| ineligibility(n, config)).unwrap_or("unknown node"))
+            Some(context.ineligible.get(node).copied().unwrap_or("unknown node"))
         };
         let entry = explanation.endpoint_nodes.entry(node.to_string()).or_default();
         let text = match why_not {
@@ -272,87 +326,60 @@ fn annotation_communities(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan_service(
-    plan: &mut Plan,
-    service: &Service,
-    slices: &[&EndpointSlice],
-    state: &ClusterState,
-    config: &Config,
-    role_ranges: &[Vec<&Range>; 3],
-    announcers: &BTreeMap<&str, Announcer>,
-    node_addresses: &BTreeSet<IpAddr>,
-    deny: &dyn Fn(&IpNet) -> Option<String>,
-) -> ServiceExplanation {
+/// What a Local Service's host routes carry, shared by all of its IPs.
+struct LocalAnnouncement<'a> {
+    nodes: BTreeSet<&'a str>,
+    node_reason: &'static str,
+    communities: BTreeSet<Community>,
+    large_communities: BTreeSet<LargeCommunity>,
+}
+
+/// Plans one Service: rules 3 to 7.
+pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&EndpointSlice]) -> ServicePlan {
     let local = service.external_traffic_policy == TrafficPolicy::Local;
-    let mut explanation =
-        ServiceExplanation { type_: service.type_.clone(), local_policy: local, ..Default::default() };
+    let mut part = ServicePlan {
+        explanation: ServiceExplanation { type_: service.type_.clone(), local_policy: local, ..Default::default() },
+        ..Default::default()
+    };
     if service.has_no_ips() {
-        explanation.notes.push(if service.type_ == "ExternalName" {
+        part.explanation.notes.push(if service.type_ == "ExternalName" {
             "ExternalName Service: no IP of its own, nothing to announce".to_string()
         } else {
             "headless Service (clusterIP: None): nothing to announce".to_string()
         });
-        return explanation;
+        return part;
     }
-
-    let (nodes, node_reason) = if local {
-        local_nodes(slices, state, config, announcers, &mut explanation)
-    } else {
-        (BTreeSet::new(), "")
-    };
-    let (communities, large_communities) = if local {
-        annotation_communities(service, config, &mut explanation.notes)
-    } else {
-        Default::default()
-    };
-
+    let announcement = local.then(|| {
+        let (nodes, node_reason) = local_nodes(context, slices, &mut part.explanation);
+        let (communities, large_communities) =
+            annotation_communities(service, &context.config, &mut part.explanation.notes);
+        LocalAnnouncement { nodes, node_reason, communities, large_communities }
+    });
     let lists = [
         (IpRole::Cluster, &service.cluster_ips),
         (IpRole::External, &service.external_ips),
         (IpRole::LoadBalancer, &service.load_balancer_ips),
     ];
-    for ((role, ips), role_ranges) in lists.into_iter().zip(role_ranges) {
+    for ((role, ips), role_ranges) in lists.into_iter().zip(&context.role_ranges) {
         for raw in ips {
-            let outcome = ip_outcome(
-                plan,
-                service,
-                raw,
-                role,
-                role_ranges,
-                local,
-                &nodes,
-                node_reason,
-                announcers,
-                node_addresses,
-                deny,
-                &communities,
-                &large_communities,
-            );
-            explanation.ips.push(IpExplanation { ip: raw.clone(), role, outcome });
+            let outcome = ip_outcome(context, &mut part, service, raw, role, role_ranges, announcement.as_ref());
+            part.explanation.ips.push(IpExplanation { ip: raw.clone(), role, outcome });
         }
     }
-    explanation
+    part
 }
 
-#[allow(clippy::too_many_arguments)]
 fn ip_outcome(
-    plan: &mut Plan,
+    context: &PlanContext,
+    part: &mut ServicePlan,
     service: &Service,
     raw: &str,
     role: IpRole,
-    role_ranges: &[&Range],
-    local: bool,
-    nodes: &BTreeSet<&str>,
-    node_reason: &str,
-    announcers: &BTreeMap<&str, Announcer>,
-    node_addresses: &BTreeSet<IpAddr>,
-    deny: &dyn Fn(&IpNet) -> Option<String>,
-    communities: &BTreeSet<Community>,
-    large_communities: &BTreeSet<LargeCommunity>,
+    role_ranges: &[Range],
+    local: Option<&LocalAnnouncement>,
 ) -> IpOutcome {
     let mut refuse = |cause: RefusalCause, reason: String| {
-        plan.refusals.insert(Refusal { service: service.key.clone(), ip: raw.to_string(), role, cause, reason: reason.clone() });
+        part.refusals.push(Refusal { service: service.key.clone(), ip: raw.to_string(), role, cause, reason: reason.clone() });
         IpOutcome::NotAnnounced(reason)
     };
     let ip: IpAddr = match raw.trim().parse() {
@@ -373,51 +400,61 @@ fn ip_outcome(
         }
         return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}", role.config_list()));
     };
-    let host = host_net(ip);
-    if let Some(reason) = deny(&host) {
+    let host = IpNet::from(ip);
+    if let Some(reason) = denied(&context.config, &host) {
         return refuse(RefusalCause::Denied, reason);
     }
-    if node_addresses.contains(&ip) {
+    if context.node_addresses.contains(&ip) {
         return refuse(RefusalCause::NodeAddress, "is a node's address".to_string());
     }
     let covered = || {
-        if plan.routes.contains_key(&range.net()) {
+        if context.ranges_plan.routes.contains_key(&range.net()) {
             IpOutcome::CoveredByRange(range.net())
         } else {
             IpOutcome::NotAnnounced(format!("its range {} is not announced (see the plan's notes)", range.net()))
         }
     };
-    if !local {
-        return covered();
-    }
+    let Some(local) = local else { return covered() };
     let next_hops: BTreeSet<NextHop> =
-        nodes.iter().filter_map(|n| announcers.get(n)).filter_map(|a| a.next_hop_for(&ip)).collect();
+        local.nodes.iter().filter_map(|n| context.announcers.get(*n)).filter_map(|a| a.next_hop_for(&ip)).collect();
     if next_hops.is_empty() {
         return covered();
     }
-    let route = plan.routes.entry(host).or_insert_with(|| Route {
-        prefix: host,
-        kind: role.host_route_kind(),
-        next_hops: BTreeSet::new(),
-        sources: BTreeSet::new(),
-        reason: String::new(),
-        communities: BTreeSet::new(),
-        large_communities: BTreeSet::new(),
-    });
-    if route.kind.is_range() {
+    if context.ranges_plan.routes.contains_key(&host) {
         // A configured /32 range already announces this IP from every eligible node.
         return IpOutcome::CoveredByRange(host);
     }
-    route.next_hops.extend(next_hops);
-    route.sources.insert(service.key.to_string());
-    route.communities.extend(range.config.communities.iter().copied());
-    route.communities.extend(communities.iter().copied());
-    route.large_communities.extend(range.config.large_communities.iter().copied());
-    route.large_communities.extend(large_communities.iter().copied());
-    let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
-    route.reason = format!("externalTrafficPolicy: Local; {node_reason} on {}", nodes.join(", "));
+    let nodes: Vec<&str> = next_hops.iter().map(|n| n.node.as_str()).collect();
+    let reason = format!("externalTrafficPolicy: Local; {} on {}", local.node_reason, nodes.join(", "));
+    let mut communities: BTreeSet<Community> = range.config.communities.iter().copied().collect();
+    communities.extend(local.communities.iter().copied());
+    let mut large_communities: BTreeSet<LargeCommunity> = range.config.large_communities.iter().copied().collect();
+    large_communities.extend(local.large_communities.iter().copied());
+    let route = Route {
+        prefix: host,
+        kind: role.host_route_kind(),
+        next_hops,
+        sources: BTreeSet::from([service.key.to_string()]),
+        reason,
+        communities,
+        large_communities,
+    };
+    // The same IP twice in one Service (cluster and external lists): one route.
+    match part.host_routes.iter_mut().find(|r| r.prefix == host) {
+        Some(existing) => merge_into(existing, &route),
+        None => part.host_routes.push(route),
+    }
     IpOutcome::HostRoute(host)
 }
+
+fn merge_into(existing: &mut Route, part: &Route) {
+    let mut routes = BTreeMap::from([(existing.prefix, existing.clone())]);
+    merge_host_route(&mut routes, part);
+    *existing = routes.remove(&part.prefix).expect("merged route");
+}
+
+pub mod incremental;
+pub mod invariants;
 
 #[cfg(test)]
 mod tests;

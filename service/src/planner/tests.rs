@@ -401,6 +401,10 @@ mod properties {
 
     use super::*;
 
+    pub(super) fn arb_state_for_tests() -> impl Strategy<Value = ClusterState> {
+        arb_state()
+    }
+
     fn arb_state() -> impl Strategy<Value = ClusterState> {
         let nodes = proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..3, any::<bool>()), 1..6);
         let services = proptest::collection::vec(
@@ -528,6 +532,88 @@ mod properties {
         fn deterministic(s in arb_state()) {
             let cfg = config(CONFIG);
             prop_assert_eq!(plan(&s, &cfg), plan(&s.clone(), &cfg));
+        }
+    }
+}
+
+mod incremental_equals_full {
+    use proptest::prelude::*;
+
+    use super::properties::arb_state_for_tests as arb_state;
+    use super::*;
+    use crate::planner::incremental::{Change, IncrementalPlanner};
+
+    const CONFIG: &str = "nodeSelector: pool in (a,b)\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/24}, {cidr: 'fd00:48::/64'}]";
+
+    /// A change drawn against a state: (what, which, how).
+    fn change_of(state: &ClusterState, (what, which, how): (u8, usize, u8)) -> Change {
+        let pick = |n: usize| which % n.max(1);
+        match what % 6 {
+            0 if !state.endpoint_slices.is_empty() => {
+                let mut slice = state.endpoint_slices.values().nth(pick(state.endpoint_slices.len())).unwrap().clone();
+                match how % 3 {
+                    0 => slice.endpoints.iter_mut().for_each(|e| e.ready = Some(!e.is_ready())),
+                    1 => slice.endpoints.push(Endpoint { node_name: Some(format!("n{}", how % 5)), ..Default::default() }),
+                    _ => slice.service_name = Some(format!("s{}", how % 12)),
+                }
+                Change::EndpointSlice(slice)
+            }
+            1 if !state.endpoint_slices.is_empty() => {
+                Change::EndpointSliceDeleted(state.endpoint_slices.keys().nth(pick(state.endpoint_slices.len())).unwrap().clone())
+            }
+            2 if !state.services.is_empty() => {
+                let mut service = state.services.values().nth(pick(state.services.len())).unwrap().clone();
+                match how % 3 {
+                    0 => service.external_traffic_policy = if service.external_traffic_policy == TrafficPolicy::Local { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
+                    1 => service.external_ips.push(format!("198.19.48.{}", how)),
+                    _ => service.cluster_ips = vec![format!("198.19.33.{}", how % 4)],
+                }
+                Change::Service(service)
+            }
+            3 if !state.services.is_empty() => {
+                Change::ServiceDeleted(state.services.keys().nth(pick(state.services.len())).unwrap().clone())
+            }
+            4 if !state.nodes.is_empty() => {
+                let mut node = state.nodes.values().nth(pick(state.nodes.len())).unwrap().clone();
+                node.ready = !node.ready;
+                Change::Node(node)
+            }
+            5 if !state.nodes.is_empty() => Change::NodeDeleted(state.nodes.keys().nth(pick(state.nodes.len())).unwrap().clone()),
+            _ => {
+                // A new Local Service sharing an IP with others, and its slice.
+                let name = format!("new{which}");
+                Change::Service(with_external(svc(&name, &["198.19.33.1"], true), &["198.19.48.7"]))
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// After any sequence of changes, the incremental plan equals a full plan of the same state,
+        /// and each delta is exactly the difference between the plans before and after.
+        #[test]
+        fn incremental_plan_equals_full_recompute(
+            state in arb_state(),
+            changes in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..25),
+        ) {
+            let cfg = config(CONFIG);
+            let mut incremental = IncrementalPlanner::new(state.clone(), cfg.clone());
+            prop_assert_eq!(incremental.plan(), &plan(&state, &cfg));
+            for c in changes {
+                let before = incremental.plan().clone();
+                let change = change_of(incremental.state(), c);
+                let delta = incremental.apply(change);
+                let full = plan(incremental.state(), &cfg);
+                prop_assert_eq!(incremental.plan(), &full);
+                let mut expected = crate::planner::incremental::diff(&before, &full);
+                let mut got = delta;
+                expected.upserted.sort_by_key(|r| r.prefix);
+                got.upserted.sort_by_key(|r| r.prefix);
+                expected.removed.sort();
+                got.removed.sort();
+                prop_assert_eq!(got, expected);
+            }
         }
     }
 }

@@ -512,3 +512,100 @@ impl ClusterSource for KubernetesSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> Tracker {
+        Tracker {
+            state: Arc::new(ClusterState::default()),
+            buffers: Buffers::default(),
+            kinds: Default::default(),
+            dirty: false,
+            published: false,
+        }
+    }
+
+    fn node(name: &str, ready: bool) -> Node {
+        Node { name: name.to_string(), labels: BTreeMap::new(), ready, internal_ips: vec!["10.0.0.1".parse().unwrap()] }
+    }
+
+    fn service(name: &str) -> Service {
+        Service { key: ObjectKey::new("ns", name), type_: "ClusterIP".to_string(), ..Default::default() }
+    }
+
+    fn list<M: Model>(t: &mut Tracker, objects: Vec<M>) {
+        t.apply::<M>(Step::Init);
+        for object in objects {
+            t.apply(Step::InitApply(object));
+        }
+        t.apply::<M>(Step::InitDone);
+    }
+
+    #[test]
+    fn synced_only_when_every_kind_has_listed() {
+        let mut t = tracker();
+        list(&mut t, vec![service("a")]);
+        list::<Node>(&mut t, vec![]);
+        assert!(!t.all_synced());
+        list::<EndpointSlice>(&mut t, vec![]);
+        assert!(t.all_synced());
+    }
+
+    #[test]
+    fn a_list_is_applied_whole_at_init_done() {
+        let mut t = tracker();
+        list(&mut t, vec![node("n1", true), node("n2", true)]);
+        // A re-list: n2 is gone (its Delete was missed), n3 is new. Nothing changes before InitDone.
+        t.apply::<Node>(Step::Init);
+        t.apply(Step::InitApply(node("n1", true)));
+        t.apply(Step::InitApply(node("n3", true)));
+        assert_eq!(t.state.nodes.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+        t.apply::<Node>(Step::InitDone);
+        assert_eq!(t.state.nodes.keys().collect::<Vec<_>>(), ["n1", "n3"]);
+    }
+
+    #[test]
+    fn unchanged_objects_and_identical_relists_are_not_changes() {
+        let mut t = tracker();
+        list(&mut t, vec![node("n1", true)]);
+        t.dirty = false;
+        t.apply(Step::Apply(node("n1", true)));
+        list(&mut t, vec![node("n1", true)]);
+        t.apply(Step::Delete(node("absent", true)));
+        assert!(!t.dirty);
+        t.apply(Step::Apply(node("n1", false)));
+        assert!(t.dirty);
+    }
+
+    #[test]
+    fn a_published_state_is_copied_on_write_not_changed() {
+        let mut t = tracker();
+        list(&mut t, vec![service("a")]);
+        let published = t.state.clone();
+        t.apply(Step::Apply(service("b")));
+        assert_eq!(published.services.len(), 1, "the published state must not change");
+        assert_eq!(t.state.services.len(), 2);
+        // Not shared any more: further changes go in place.
+        let before = Arc::as_ptr(&t.state);
+        drop(published);
+        t.apply(Step::Apply(service("c")));
+        assert_eq!(Arc::as_ptr(&t.state), before);
+    }
+
+    #[test]
+    fn errors_are_per_kind_and_clear_on_the_next_event() {
+        let mut t = tracker();
+        t.apply::<Service>(Step::Error("list failed: HTTP 503".to_string()));
+        t.apply::<Node>(Step::Error("watch failed: refused".to_string()));
+        assert_eq!(t.last_error().unwrap(), "services: list failed: HTTP 503; nodes: watch failed: refused");
+        list::<Service>(&mut t, vec![]);
+        assert_eq!(t.last_error().unwrap(), "nodes: watch failed: refused");
+        t.apply(Step::Apply(node("n1", true)));
+        assert_eq!(t.last_error(), None);
+        // A 410 is not an error.
+        t.apply::<Node>(Step::Expired);
+        assert_eq!(t.last_error(), None);
+    }
+}

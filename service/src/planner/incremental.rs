@@ -1,0 +1,256 @@
+//! The planner, incrementally: one object changes, and only what depends on it is planned again.
+//!
+//! A Service's part of the plan depends on the Service, its EndpointSlices and the [`PlanContext`]
+//! (config and nodes). So a Service or EndpointSlice change re-plans that one Service and re-merges
+//! the host routes it touches; a Node change re-plans everything (nodes change rarely, and every
+//! range route depends on all of them). The result equals [`super::plan`] of the same state: the
+//! property tests check it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ipnet::IpNet;
+
+use super::{merge_host_route, plan_service, PlanContext, ServicePlan};
+use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service};
+use crate::config::Config;
+use crate::plan::{Plan, Route};
+
+/// One object change, as a watch of the Kubernetes API reports it.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Service(Service),
+    ServiceDeleted(ObjectKey),
+    EndpointSlice(EndpointSlice),
+    EndpointSliceDeleted(ObjectKey),
+    Node(Node),
+    NodeDeleted(String),
+}
+
+/// The routes a change touched: the new routes of changed prefixes, and the prefixes now gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanDelta {
+    pub upserted: Vec<Route>,
+    pub removed: Vec<IpNet>,
+}
+
+impl PlanDelta {
+    pub fn is_empty(&self) -> bool {
+        self.upserted.is_empty() && self.removed.is_empty()
+    }
+}
+
+pub struct IncrementalPlanner {
+    config: Config,
+    state: ClusterState,
+    context: PlanContext,
+    parts: HashMap<ObjectKey, ServicePlan>,
+    /// Services contributing to each host route, in key order (the merge order of the full planner).
+    contributors: HashMap<IpNet, BTreeSet<ObjectKey>>,
+    slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    plan: Plan,
+}
+
+impl IncrementalPlanner {
+    pub fn new(state: ClusterState, config: Config) -> Self {
+        let context = PlanContext::new(&state, &config);
+        let mut planner = IncrementalPlanner {
+            config,
+            state,
+            context,
+            parts: HashMap::new(),
+            contributors: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            plan: Plan::default(),
+        };
+        for slice in planner.state.endpoint_slices.values() {
+            if let Some(service) = slice.service_key() {
+                planner.slices_by_service.entry(service).or_default().insert(slice.key.clone());
+            }
+        }
+        planner.replan_all();
+        planner
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    fn plan_part(&self, key: &ObjectKey) -> Option<ServicePlan> {
+        let service = self.state.services.get(key)?;
+        let slices: Vec<&EndpointSlice> = self
+            .slices_by_service
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.state.endpoint_slices.get(k))
+            .collect();
+        Some(plan_service(&self.context, service, &slices))
+    }
+
+    fn replan_all(&mut self) {
+        self.context = PlanContext::new(&self.state, &self.config);
+        self.parts.clear();
+        self.contributors.clear();
+        let keys: Vec<ObjectKey> = self.state.services.keys().cloned().collect();
+        for key in keys {
+            if let Some(part) = self.plan_part(&key) {
+                for route in &part.host_routes {
+                    self.contributors.entry(route.prefix).or_default().insert(key.clone());
+                }
+                self.parts.insert(key, part);
+            }
+        }
+        let mut plan = self.context.ranges_plan().clone();
+        let mut prefixes: Vec<&IpNet> = self.contributors.keys().collect();
+        prefixes.sort();
+        for prefix in prefixes {
+            if let Some(route) = self.merged(prefix) {
+                plan.routes.insert(*prefix, route);
+            }
+        }
+        for (key, part) in &self.parts {
+            plan.refusals.extend(part.refusals.iter().cloned());
+            plan.services.insert(key.clone(), part.explanation.clone());
+        }
+        self.plan = plan;
+    }
+
+    /// The host route of `prefix`, merged from its contributors in key order.
+    fn merged(&self, prefix: &IpNet) -> Option<Route> {
+        let mut routes = BTreeMap::new();
+        for key in self.contributors.get(prefix).into_iter().flatten() {
+            if let Some(part) = self.parts.get(key) {
+                for route in part.host_routes.iter().filter(|r| r.prefix == *prefix) {
+                    merge_host_route(&mut routes, route);
+                }
+            }
+        }
+        routes.remove(prefix)
+    }
+
+    /// Re-plans one Service and re-merges the host routes it had or has.
+    fn replan_service(&mut self, key: &ObjectKey) -> PlanDelta {
+        let old = self.parts.remove(key);
+        let new = self.plan_part(key);
+        let mut touched: BTreeSet<IpNet> = BTreeSet::new();
+        if let Some(old) = &old {
+            for route in &old.host_routes {
+                touched.insert(route.prefix);
+                if let Some(set) = self.contributors.get_mut(&route.prefix) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.contributors.remove(&route.prefix);
+                    }
+                }
+            }
+            for refusal in &old.refusals {
+                self.plan.refusals.remove(refusal);
+            }
+        }
+        match new {
+            Some(new) => {
+                for route in &new.host_routes {
+                    touched.insert(route.prefix);
+                    self.contributors.entry(route.prefix).or_default().insert(key.clone());
+                }
+                self.plan.refusals.extend(new.refusals.iter().cloned());
+                self.plan.services.insert(key.clone(), new.explanation.clone());
+                self.parts.insert(key.clone(), new);
+            }
+            None => {
+                self.plan.services.remove(key);
+            }
+        }
+        let mut delta = PlanDelta::default();
+        for prefix in touched {
+            let route = self.merged(&prefix);
+            let before = self.plan.routes.get(&prefix);
+            match route {
+                Some(route) if before != Some(&route) => {
+                    self.plan.routes.insert(prefix, route.clone());
+                    delta.upserted.push(route);
+                }
+                Some(_) => {}
+                None => {
+                    if self.plan.routes.remove(&prefix).is_some() {
+                        delta.removed.push(prefix);
+                    }
+                }
+            }
+        }
+        delta
+    }
+
+    /// Applies one change; returns the routes it changed.
+    pub fn apply(&mut self, change: Change) -> PlanDelta {
+        match change {
+            Change::Service(service) => {
+                let key = service.key.clone();
+                self.state.insert_service(service);
+                self.replan_service(&key)
+            }
+            Change::ServiceDeleted(key) => {
+                self.state.services.remove(&key);
+                self.replan_service(&key)
+            }
+            Change::EndpointSlice(slice) => {
+                let previous = self.state.endpoint_slices.get(&slice.key).and_then(EndpointSlice::service_key);
+                let current = slice.service_key();
+                if let Some(previous) = &previous {
+                    if let Some(set) = self.slices_by_service.get_mut(previous) {
+                        set.remove(&slice.key);
+                    }
+                }
+                if let Some(current) = &current {
+                    self.slices_by_service.entry(current.clone()).or_default().insert(slice.key.clone());
+                }
+                self.state.insert_endpoint_slice(slice);
+                let mut delta = PlanDelta::default();
+                for service in previous.into_iter().chain(current).collect::<BTreeSet<_>>() {
+                    let d = self.replan_service(&service);
+                    delta.upserted.extend(d.upserted);
+                    delta.removed.extend(d.removed);
+                }
+                delta
+            }
+            Change::EndpointSliceDeleted(key) => match self.state.endpoint_slices.remove(&key) {
+                Some(slice) => match slice.service_key() {
+                    Some(service) => {
+                        if let Some(set) = self.slices_by_service.get_mut(&service) {
+                            set.remove(&key);
+                        }
+                        self.replan_service(&service)
+                    }
+                    None => PlanDelta::default(),
+                },
+                None => PlanDelta::default(),
+            },
+            Change::Node(node) => {
+                self.state.insert_node(node);
+                self.replan_everything()
+            }
+            Change::NodeDeleted(name) => {
+                self.state.nodes.remove(&name);
+                self.replan_everything()
+            }
+        }
+    }
+
+    fn replan_everything(&mut self) -> PlanDelta {
+        let before = std::mem::take(&mut self.plan);
+        self.replan_all();
+        diff(&before, &self.plan)
+    }
+}
+
+/// The delta between two plans.
+pub fn diff(before: &Plan, after: &Plan) -> PlanDelta {
+    PlanDelta {
+        upserted: after.routes.iter().filter(|(p, r)| before.routes.get(p) != Some(r)).map(|(_, r)| r.clone()).collect(),
+        removed: before.routes.keys().filter(|p| !after.routes.contains_key(p)).copied().collect(),
+    }
+}

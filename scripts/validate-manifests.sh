@@ -159,7 +159,7 @@ for d in deployments:
         check(isinstance(sc.get("runAsUser"), int) and sc["runAsUser"] != 0, f"{cwhere}: runAsUser should be a non-root uid")
         check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cwhere}: capabilities.drop should be [ALL]")
         add = sc.get("capabilities", {}).get("add", [])
-        expected_add = ["NET_BIND_SERVICE"] if c["name"] == "gobgpd" else []
+        expected_add = []
         check(add == expected_add, f"{cwhere}: capabilities.add is {add}, expected {expected_add}")
         res = c.get("resources", {})
         check({"cpu", "memory"} <= set(res.get("requests", {})) and {"cpu", "memory"} <= set(res.get("limits", {})),

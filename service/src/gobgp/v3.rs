@@ -53,11 +53,10 @@ pub struct V3Client {
     client: GobgpApiClient<Channel>,
     timeout: Duration,
     batch_size: usize,
-    /// Encoded attributes shared by many paths (origin, LOCAL_PREF, communities of a route).
-    cache: EncodeCache,
 }
 
-#[derive(Clone, Default)]
+/// Encoded attributes shared by many paths (origin, LOCAL_PREF, communities of a route).
+#[derive(Default)]
 struct EncodeCache {
     origin: HashMap<u8, Bytes>,
     local_pref: HashMap<u32, Bytes>,
@@ -375,7 +374,7 @@ impl V3Client {
             .http2_adaptive_window(true);
         let channel = endpoint.connect_lazy();
         let client = GobgpApiClient::new(channel).max_decoding_message_size(256 << 20);
-        Ok(Self { client, timeout, batch_size: batch_size.max(1), cache: EncodeCache::default() })
+        Ok(Self { client, timeout, batch_size: batch_size.max(1) })
     }
 
     async fn call<T>(
@@ -455,33 +454,21 @@ impl GobgpClient for V3Client {
             return Ok(());
         }
         let mut client = self.client.clone();
-        if ops.len() <= self.batch_size {
-            let messages = encode_with(ops, self.batch_size, &mut self.cache);
+        let batch_size = self.batch_size;
+        if ops.len() <= batch_size {
+            let messages = encode_batches(ops, batch_size);
             self.call("AddPathStream", client.add_path_stream(tokio_stream::iter(messages))).await?;
             return Ok(());
         }
-        // Several messages in one call: encode each as the stream is polled, so that gobgpd works on
-        // one message while herald encodes the next.
-        let batch_size = self.batch_size;
-        let mut cache = std::mem::take(&mut self.cache);
+        // Several messages in one call: each is encoded when the stream is polled for it, so that
+        // gobgpd works on one message while herald encodes the next.
+        let mut cache = EncodeCache::default();
         let chunks: Vec<Vec<Op>> = ops.chunks(batch_size).map(<[Op]>::to_vec).collect();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let mut done_tx = Some(done_tx);
-        let mut chunks = chunks.into_iter();
-        let stream = futures::stream::poll_fn(move |_| match chunks.next() {
-            Some(chunk) => std::task::Poll::Ready(Some(futures::stream::iter(encode_with(&chunk, batch_size, &mut cache)))),
-            None => {
-                if let Some(tx) = done_tx.take() {
-                    let _ = tx.send(std::mem::take(&mut cache));
-                }
-                std::task::Poll::Ready(None)
-            }
+        let messages = futures::StreamExt::flat_map(tokio_stream::iter(chunks), move |chunk| {
+            tokio_stream::iter(encode_with(&chunk, batch_size, &mut cache))
         });
-        let result = self.call("AddPathStream", client.add_path_stream(futures::StreamExt::flatten(stream))).await;
-        if let Ok(cache) = done_rx.await {
-            self.cache = cache;
-        }
-        result.map(drop)
+        self.call("AddPathStream", client.add_path_stream(messages)).await?;
+        Ok(())
     }
 }
 

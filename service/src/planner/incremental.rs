@@ -6,7 +6,9 @@
 //! range route depends on all of them). The result equals [`super::plan`] of the same state: the
 //! property tests check it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 
@@ -57,9 +59,9 @@ impl IncrementalPlanner {
             config,
             state,
             context,
-            parts: HashMap::new(),
-            contributors: HashMap::new(),
-            slices_by_service: HashMap::new(),
+            parts: HashMap::default(),
+            contributors: HashMap::default(),
+            slices_by_service: HashMap::default(),
             plan: Plan::default(),
         };
         for slice in planner.state.endpoint_slices.values() {

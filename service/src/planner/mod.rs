@@ -12,7 +12,9 @@
 //! 6. Services sharing a host IP share one route;
 //! 7. a malformed IP is reported and skipped, and everything else is still planned.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -113,7 +115,7 @@ pub struct PlanContext {
 impl PlanContext {
     pub fn new(state: &ClusterState, config: &Config) -> PlanContext {
         let mut announcers = BTreeMap::new();
-        let mut ineligible = HashMap::new();
+        let mut ineligible = HashMap::default();
         for node in state.nodes.values() {
             match ineligibility(node, config) {
                 None => {
@@ -231,7 +233,7 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
 
     // Endpoint slices by Service (namespace, name), once, rather than a scan of all slices per
     // Service; keyed by borrowed names so that indexing allocates nothing per slice.
-    let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    let mut slices_by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::default();
     for slice in state.endpoint_slices.values() {
         if let Some(service) = slice.service_name.as_deref() {
             slices_by_service.entry((slice.key.namespace.as_str(), service)).or_default().push(slice);

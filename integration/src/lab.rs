@@ -281,6 +281,12 @@ impl Lab {
     /// sees the next session, not this one). gobgpd exits on SIGTERM after telling BIRD it is
     /// going; on SIGKILL, BIRD only sees the TCP connection close. Either way host1 loses the
     /// routes, as no graceful restart is configured.
+    /// Sends `signal` to gobgpd without waiting for anything (SIGSTOP / SIGCONT to hang it).
+    pub fn signal_gobgpd(&self, signal: i32) -> Result<()> {
+        let child = self.gobgpd.as_ref().context("gobgpd is not running")?;
+        send_signal(child, signal).context("cannot signal gobgpd")
+    }
+
     pub fn kill_gobgpd(&mut self, signal: i32) -> Result<ExitStatus> {
         let mut child = self.gobgpd.take().context("gobgpd is not running")?;
         send_signal(&child, signal).context("cannot signal gobgpd")?;

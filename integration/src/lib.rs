@@ -2,4 +2,5 @@
 
 pub mod fake_apiserver;
 pub mod lab;
+pub mod lab_herald;
 pub mod process;

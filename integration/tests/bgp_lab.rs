@@ -2,19 +2,11 @@
 //! routing table as the judge. Needs root; the test makes its own namespaces and removes them.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use herald_integration::lab::{Lab, RouteTable};
-use herald_integration::process::{heraldctl, repo_root, wait_until, Herald};
-
-const API_PORT: u16 = 50151;
-const LAB_RANGES: &str = "serviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/20}]\n";
-
-fn table(rows: &[(&str, &[&str])]) -> RouteTable {
-    rows.iter()
-        .map(|(prefix, hops)| (prefix.parse().unwrap(), hops.iter().map(|h| h.parse().unwrap()).collect()))
-        .collect()
-}
+use herald_integration::lab_herald::{table, write_atomically, LabHerald, LAB_RANGES};
+use herald_integration::process::{repo_root, wait_until};
 
 const ALL: &[&str] = &["198.19.0.1", "198.19.0.2", "198.19.0.3"];
 
@@ -27,57 +19,9 @@ fn lab_final_table(local_node: &str) -> RouteTable {
     ])
 }
 
-/// herald in the lab's pool namespace, reading `state` as its cluster.
-struct HeraldInLab {
-    herald: Herald,
-    wrap: Vec<String>,
-}
-
-impl HeraldInLab {
-    /// `ranges` is the config's range lists, `LAB_RANGES` for the seed lab's.
-    fn start(lab: &Lab, dir: &Path, state: &Path, ranges: &str) -> HeraldInLab {
-        let config = dir.join("herald.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "{ranges}source: {{file: {}}}\ngobgp: {{address: '127.0.0.1:{}'}}\napi: {{listen: '127.0.0.1:{API_PORT}'}}\n",
-                state.display(),
-                lab.gobgp_api_port()
-            ),
-        )
-        .unwrap();
-        let wrap = vec!["ip".to_string(), "netns".into(), "exec".into(), lab.pool_ns().to_string()];
-        let wrap_refs: Vec<&str> = wrap.iter().map(String::as_str).collect();
-        let herald = Herald::start(&config, API_PORT, dir.join("herald.log"), &wrap_refs).unwrap();
-        HeraldInLab { herald, wrap }
-    }
-
-    fn ctl(&self, args: &[&str]) -> String {
-        let wrap: Vec<&str> = self.wrap.iter().map(String::as_str).collect();
-        let out = heraldctl(&self.herald.api, args, &wrap);
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-    }
-}
-
 fn write_state(path: &Path, transform: impl Fn(String) -> String) {
     let lab_state = std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap();
-    // Write then rename, as editors and kubectl-driven scripts do: the reader never sees half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, transform(lab_state)).unwrap();
-    std::fs::rename(tmp, path).unwrap();
-}
-
-fn wait_table(lab: &Lab, herald: &HeraldInLab, expected: &RouteTable, timeout: Duration, what: &str) -> Duration {
-    let started = Instant::now();
-    match lab.wait_for_table(|t| t == expected, timeout) {
-        Ok(_) => started.elapsed(),
-        Err(e) => panic!(
-            "{what}: {e}\nhost1 has {:?}\nexpected {expected:?}\n{}\n--- herald log ---\n{}",
-            lab.host1_table().ok(),
-            lab.diagnostics(),
-            herald.herald.log_text()
-        ),
-    }
+    write_atomically(path, &transform(lab_state)).unwrap();
 }
 
 #[test]
@@ -86,10 +30,10 @@ fn host1_learns_the_lab_routes_and_follows_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let state: PathBuf = dir.path().join("cluster-state.yaml");
     write_state(&state, |s| s);
-    let herald = HeraldInLab::start(&lab, dir.path(), &state, LAB_RANGES);
+    let herald = LabHerald::start(&lab, dir.path(), &state, LAB_RANGES, "").unwrap();
 
     // The lab's final `ip route` on host1: both /20s over the three nodes, the /32s via node1.
-    wait_table(&lab, &herald, &lab_final_table("198.19.0.2"), Duration::from_secs(15), "initial routes");
+    herald.wait_table(&lab, &lab_final_table("198.19.0.2"), Duration::from_secs(15), "initial routes");
     let text = lab.host1_routes_v4().unwrap();
     for line in [
         "198.19.32.0/20 proto bird",
@@ -112,13 +56,13 @@ fn host1_learns_the_lab_routes_and_follows_the_cluster() {
 
     // The customer pod moves to node2: host1's /32s follow within 2 s.
     write_state(&state, |s| s.replace("nodeName: node1", "nodeName: node2"));
-    let moved = wait_table(&lab, &herald, &lab_final_table("198.19.0.3"), Duration::from_secs(2), "pod moved to node2");
+    let moved = herald.wait_table(&lab, &lab_final_table("198.19.0.3"), Duration::from_secs(2), "pod moved to node2");
     eprintln!("pod move reached host1 in {moved:?}");
 
     // Back to externalTrafficPolicy: Cluster: the host routes go, the ranges stay.
     write_state(&state, |s| s.replace("nodeName: node1", "nodeName: node2").replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster"));
     let ranges_only = table(&[("198.19.32.0/20", ALL), ("198.19.48.0/20", ALL)]);
-    let cluster = wait_table(&lab, &herald, &ranges_only, Duration::from_secs(2), "policy back to Cluster");
+    let cluster = herald.wait_table(&lab, &ranges_only, Duration::from_secs(2), "policy back to Cluster");
     eprintln!("policy change reached host1 in {cluster:?}");
 
     // A node that is not Ready leaves every ECMP set.
@@ -127,7 +71,7 @@ fn host1_learns_the_lab_routes_and_follows_the_cluster() {
             .replacen("status: \"True\"\n      reason: KubeletReady", "status: \"False\"\n      reason: KubeletNotReady", 1)
     });
     let without_control = table(&[("198.19.32.0/20", &ALL[1..]), ("198.19.48.0/20", &ALL[1..])]);
-    wait_table(&lab, &herald, &without_control, Duration::from_secs(2), "control NotReady");
+    herald.wait_table(&lab, &without_control, Duration::from_secs(2), "control NotReady");
 }
 
 /// IPv6: a dual-stack Local Service gets a /128 from its endpoint's node, over MP_REACH_NLRI.
@@ -144,7 +88,7 @@ fn ipv6_host_routes_reach_host1() {
             .replace("    - 198.19.48.10\n", "    - 198.19.48.10\n    - fd00:48::10\n")
     });
     let ranges = "serviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/20}, {cidr: 'fd00:48::/64'}]\n";
-    let herald = HeraldInLab::start(&lab, dir.path(), &state, ranges);
+    let herald = LabHerald::start(&lab, dir.path(), &state, ranges, "").unwrap();
     let expected = "fd00:48::10 via fd00:198:19::2 dev eth0 proto bird";
     let found = wait_until(Duration::from_secs(15), "the IPv6 host route on host1", || {
         lab.host1_routes_v6().ok().filter(|t| t.contains(expected) && t.contains("fd00:48::/64"))

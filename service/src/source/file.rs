@@ -20,7 +20,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, poll_interval: Duration::from_millis(100) }
+        Self { path, poll_interval: Duration::from_millis(50) }
     }
 
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {

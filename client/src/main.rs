@@ -135,7 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("cannot reach herald at {}", cli.server))?;
-    let mut client = PlanServiceClient::new(channel);
+    // A large cluster's plan is more than gRPC's default 4 MiB message limit.
+    let mut client = PlanServiceClient::new(channel).max_decoding_message_size(512 << 20);
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Routes { kind, node, service, prefix } => {

@@ -142,7 +142,30 @@ pub fn config(data: &[u8]) -> Result<(), String> {
             if config.gobgp.as_ref().is_some_and(|g| g.batch_size == 0 || g.anti_entropy_interval.0.is_zero()) {
                 return Err("Config::parse accepted a zero gobgp.batchSize or antiEntropyInterval".to_string());
             }
-            check_planned(yaobank_state(), &config, "the fuzzed config")
+            // The reconciler schedules `now + antiEntropyInterval`; Instant + Duration panics on overflow.
+            if let Some(gobgp) = &config.gobgp {
+                if Instant::now().checked_add(gobgp.anti_entropy_interval.0).is_none() {
+                    return Err(format!(
+                        "Config::parse accepted gobgp.antiEntropyInterval {:?}, which overflows the clock",
+                        gobgp.anti_entropy_interval.0
+                    ));
+                }
+            }
+            check_planned(yaobank_state(), &config, "the fuzzed config")?;
+            // The guard as `run` sets it up from the config, on a flapping node.
+            let guard_config = GuardConfig { hold_down: config.guard.hold_down.0, max_routes: config.guard.max_routes };
+            let full = plan(yaobank_state(), &config);
+            let mut fewer_state = yaobank_state().clone();
+            fewer_state.nodes.remove("node1");
+            let fewer = plan(&fewer_state, &config);
+            let mut guard = Guard::new(guard_config);
+            let t0 = Instant::now();
+            for (step, raw) in [&full, &fewer, &full].into_iter().enumerate() {
+                let guarded = guard.apply(raw, t0 + Duration::from_millis(step as u64));
+                check_guarded(raw, &guarded.plan, guard_config.max_routes)
+                    .map_err(|e| format!("guard step {step} with {guard_config:?}: {e}"))?;
+            }
+            Ok(())
         }
     }
 }
@@ -246,21 +269,18 @@ pub fn describe(state: &ClusterState, config: &Config) -> String {
 
 // ---- the planner's structured input ----
 
-const V4_NETS: &[&str] = &[
-    "10.0.0.", "10.96.0.", "10.255.0.", "198.19.32.", "198.19.48.", "198.19.0.", "192.168.1.", "8.0.0.", "0.0.0.",
-    "127.0.0.", "255.255.255.",
-];
+const V4_NETS: &[&str] = &["10.0.0.", "10.96.0.", "198.19.48.", "198.19.0.", "192.168.1.", "8.0.0.", "0.0.0.", "255.255.255."];
 const V6_NETS: &[&str] = &["fd00::", "fd00:ff::", "2001:db8::", "fe80::", "::ffff:a00:", "::"];
 const SPECIAL_IPS: &[&str] = &[
     "None", "", " ", "0.0.0.0", "::", "255.255.255.255", "1.2.3", "1.2.3.4.5", "0x0a.0.0.1", "10.0.0.256", "10.0.0.-1",
     "010.0.0.1", "8.0.0.1", "10.0.0.1", "10.0.0.01", "0177.0.0.1", "10.1", "167772161", "::ffff:10.0.0.1",
     "fe80::1%eth0", "fd00::1%0", "[fd00::1]", "10.0.0.1:80", "10.0.0.1/32", "FD00::1", "fd00:0:0:0:0:0:0:1", "١٠.0.0.1",
-    "10.0.0.1\0", "10.0.0.1\n", "\u{feff}10.0.0.1",
+    "10.0.0.1\0", "10.0.0.1\n", "\u{feff}10.0.0.1", "none", "None ",
 ];
 const NODE_NAMES: &[&str] = &["n0", "n1", "n2", "n3", "ghost"];
 const NAMESPACES: &[&str] = &["default", "ns", ""];
 const SERVICE_NAMES: &[&str] = &["a", "b", "c", ""];
-const SERVICE_TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName", "", "clusterip"];
+const SERVICE_TYPES: &[&str] = &["LoadBalancer", "ClusterIP", "NodePort", "ExternalName", "", "clusterip"];
 const LABEL_KEYS: &[&str] = &["pool", "zone", "bgp", "no-bgp", EXCLUDE_LABEL];
 const LABEL_VALUES: &[&str] = &["a", "b", "z1", ""];
 const SELECTORS: &[&str] = &["", "pool=a", "pool!=a", "zone in (z1,b)", "zone notin (z1)", "bgp", "!no-bgp", "pool=a,!bgp"];
@@ -270,38 +290,33 @@ fn pick<'a>(pool: &[&'a str], i: u8) -> &'a str {
     pool[usize::from(i) % pool.len()]
 }
 
-/// An IP as a Service or a Node might spell it.
+/// An IP as a Service or a Node might spell it: mostly plain addresses from a few shared networks (so
+/// that they meet ranges, deny prefixes and each other), sometimes in a hostile spelling.
 #[derive(Debug, Clone, Arbitrary)]
-enum IpText {
-    V4 { net: u8, host: u8 },
-    V6 { net: u8, host: u16 },
-    LeadingZeros { net: u8, host: u8 },
-    Zone { net: u8, host: u16, zone: u8 },
-    Padded { net: u8, host: u8, pad: u8 },
-    WithPrefix { net: u8, host: u8, len: u8 },
-    Mapped { net: u8, host: u8 },
-    Special(u8),
-    Junk(String),
+struct IpText {
+    form: u8,
+    net: u8,
+    host: u8,
 }
 
 impl IpText {
     fn render(&self) -> String {
-        match *self {
-            IpText::V4 { net, host } => format!("{}{host}", pick(V4_NETS, net)),
-            IpText::V6 { net, host } => format!("{}{host:x}", pick(V6_NETS, net)),
-            IpText::LeadingZeros { net, host } => {
-                let plain = format!("{}{host}", pick(V4_NETS, net));
-                plain.split('.').map(|o| format!("{:0>3}", o)).collect::<Vec<_>>().join(".")
+        let IpText { form, net, host } = *self;
+        let v4 = || format!("{}{}", pick(V4_NETS, net), host % 16);
+        let v6 = || format!("{}{:x}", pick(V6_NETS, net), host % 16);
+        match form % 32 {
+            0..=15 => v4(),
+            16..=21 => v6(),
+            22 => v4().split('.').map(|o| format!("{o:0>3}")).collect::<Vec<_>>().join("."),
+            23 => format!("{}%{}", v6(), pick(&["eth0", "0", "", "lo%1"], host)),
+            24 => {
+                let p = pick(&[" ", "\t", "\n", "\r\n", "\u{a0}", "\0"], host / 16);
+                format!("{p}{}{p}", v4())
             }
-            IpText::Zone { net, host, zone } => format!("{}{host:x}%{}", pick(V6_NETS, net), pick(&["eth0", "0", "", "lo%1"], zone)),
-            IpText::Padded { net, host, pad } => {
-                let p = pick(&[" ", "\t", "\n", "\r\n", "\u{a0}", "\0"], pad);
-                format!("{p}{}{host}{p}", pick(V4_NETS, net))
-            }
-            IpText::WithPrefix { net, host, len } => format!("{}{host}/{}", pick(V4_NETS, net), len % 40),
-            IpText::Mapped { net, host } => format!("::ffff:{}{host}", pick(V4_NETS, net)),
-            IpText::Special(i) => pick(SPECIAL_IPS, i).to_string(),
-            IpText::Junk(ref s) => s.clone(),
+            25 => format!("{}/{}", v4(), host % 40),
+            26 => format!("::ffff:{}", v4()),
+            27 => v6().to_uppercase(),
+            _ => pick(SPECIAL_IPS, host).to_string(),
         }
     }
 }
@@ -350,7 +365,8 @@ struct ConfigInput {
 struct NodeInput {
     name: u8,
     labels: Vec<(u8, u8)>,
-    ready: bool,
+    /// Not Ready when this is 0 mod 4.
+    ready: u8,
     ips: Vec<IpText>,
 }
 
@@ -365,10 +381,15 @@ struct ServiceInput {
     namespace: u8,
     name: u8,
     type_: u8,
+    /// Cluster policy when this is 0 mod 4: Local is the policy with host routes.
+    policy: u8,
     cluster_ips: Vec<IpText>,
     external_ips: Vec<IpText>,
     load_balancer_ips: Vec<IpText>,
-    local: bool,
+    /// Any text, into the list picked by the number.
+    junk_ip: Option<(u8, String)>,
+    /// The Service's own EndpointSlice.
+    endpoints: Vec<EndpointInput>,
     communities: Option<AnnotationInput>,
     large_communities: Option<AnnotationInput>,
 }
@@ -381,6 +402,18 @@ struct EndpointInput {
     terminating: Option<bool>,
 }
 
+impl EndpointInput {
+    fn build(&self) -> Endpoint {
+        Endpoint {
+            node_name: self.node.map(|n| pick(NODE_NAMES, n).to_string()),
+            ready: self.ready,
+            serving: self.serving,
+            terminating: self.terminating,
+        }
+    }
+}
+
+/// An EndpointSlice of its own, which may belong to any Service or none.
 #[derive(Debug, Clone, Arbitrary)]
 struct SliceInput {
     namespace: u8,
@@ -448,7 +481,7 @@ impl PlannerInput {
             state.insert_node(Node {
                 name: pick(NODE_NAMES, n.name).to_string(),
                 labels: n.labels.iter().map(|(k, v)| (pick(LABEL_KEYS, *k).to_string(), pick(LABEL_VALUES, *v).to_string())).collect(),
-                ready: n.ready,
+                ready: n.ready % 4 != 0,
                 // As `from_node` reads them: what does not parse is dropped.
                 internal_ips: n.ips.iter().filter_map(|ip| ip.render().parse().ok()).collect(),
             });
@@ -461,13 +494,27 @@ impl PlannerInput {
             if let Some(v) = annotation(&s.large_communities) {
                 annotations.insert(LARGE_COMMUNITIES_ANNOTATION.to_string(), v);
             }
+            let key = ObjectKey::new(pick(NAMESPACES, s.namespace), pick(SERVICE_NAMES, s.name));
+            let mut lists = [&s.cluster_ips, &s.external_ips, &s.load_balancer_ips]
+                .map(|ips| ips.iter().map(IpText::render).collect::<Vec<String>>());
+            if let Some((list, junk)) = &s.junk_ip {
+                lists[usize::from(*list) % 3].push(junk.clone());
+            }
+            let [cluster_ips, external_ips, load_balancer_ips] = lists;
+            if !s.endpoints.is_empty() {
+                state.insert_endpoint_slice(EndpointSlice {
+                    key: ObjectKey::new(key.namespace.clone(), format!("{}-own", key.name)),
+                    service_name: Some(key.name.clone()),
+                    endpoints: s.endpoints.iter().map(EndpointInput::build).collect(),
+                });
+            }
             state.insert_service(Service {
-                key: ObjectKey::new(pick(NAMESPACES, s.namespace), pick(SERVICE_NAMES, s.name)),
+                key,
                 type_: pick(SERVICE_TYPES, s.type_).to_string(),
-                cluster_ips: s.cluster_ips.iter().map(IpText::render).collect(),
-                external_ips: s.external_ips.iter().map(IpText::render).collect(),
-                load_balancer_ips: s.load_balancer_ips.iter().map(IpText::render).collect(),
-                external_traffic_policy: if s.local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
+                cluster_ips,
+                external_ips,
+                load_balancer_ips,
+                external_traffic_policy: if s.policy % 4 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
                 annotations,
             });
         }
@@ -475,16 +522,7 @@ impl PlannerInput {
             state.insert_endpoint_slice(EndpointSlice {
                 key: ObjectKey::new(pick(NAMESPACES, sl.namespace), format!("{}-{i}", pick(SERVICE_NAMES, sl.name))),
                 service_name: sl.service.map(|s| pick(SERVICE_NAMES, s).to_string()),
-                endpoints: sl
-                    .endpoints
-                    .iter()
-                    .map(|e| Endpoint {
-                        node_name: e.node.map(|n| pick(NODE_NAMES, n).to_string()),
-                        ready: e.ready,
-                        serving: e.serving,
-                        terminating: e.terminating,
-                    })
-                    .collect(),
+                endpoints: sl.endpoints.iter().map(EndpointInput::build).collect(),
             });
         }
         (state, config)

@@ -278,6 +278,10 @@ impl FromStr for Seconds {
             "m" => Duration::from_secs(number.checked_mul(60).ok_or_else(bad)?),
             _ => return Err(bad()),
         };
+        // Callers add it to `Instant::now()`, which panics on overflow (e.g. 18446744073709551615s).
+        if duration > Duration::from_secs(365 * 24 * 3600) {
+            return Err(format!("`{s}` is too long (at most 525600m, a year)"));
+        }
         Ok(Seconds(duration))
     }
 }

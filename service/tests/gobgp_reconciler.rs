@@ -166,11 +166,9 @@ impl Herald {
     async fn stop(self) -> SinkStatus {
         let Herald { plans, mut status } = self;
         drop(plans);
-        tokio::time::timeout(Duration::from_secs(15), async {
-            while status.changed().await.is_ok() {}
-        })
-        .await
-        .expect("the reconciler stops once the plan channel closes");
+        tokio::time::timeout(Duration::from_secs(15), async { while status.changed().await.is_ok() {} })
+            .await
+            .expect("the reconciler stops once the plan channel closes");
         status.borrow().clone()
     }
 }
@@ -271,7 +269,20 @@ async fn operator_paths_are_never_touched() {
     let id1 = node_id("node1").to_string();
     // Before herald starts: the same prefix, next hop and identifier as herald's node1 path, and a
     // prefix of its own with an identifier in herald's space.
-    g.cli(&["global", "rib", "add", "198.19.32.0/20", "nexthop", "198.19.0.1", "identifier", &id1, "community", "65000:1", "-a", "ipv4"]);
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.32.0/20",
+        "nexthop",
+        "198.19.0.1",
+        "identifier",
+        &id1,
+        "community",
+        "65000:1",
+        "-a",
+        "ipv4",
+    ]);
     g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "identifier", &id1, "-a", "ipv4"]);
     g.cli(&["global", "rib", "add", "2001:db8:99::/64", "nexthop", "2001:db8::9", "-a", "ipv6"]);
     let operator = |listed: &[Listed]| -> Vec<Listed> {
@@ -298,7 +309,18 @@ async fn operator_paths_are_never_touched() {
 
     // An operator path added while herald runs, then a change of communities (herald replaces its
     // paths), then herald drops the prefix altogether (herald withdraws its paths).
-    g.cli(&["global", "rib", "add", "198.19.38.11/32", "nexthop", "198.19.0.2", "identifier", &node_id("node2").to_string(), "-a", "ipv4"]);
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.38.11/32",
+        "nexthop",
+        "198.19.0.2",
+        "identifier",
+        &node_id("node2").to_string(),
+        "-a",
+        "ipv4",
+    ]);
     let theirs = operator(&g.paths().await);
     assert_eq!(theirs.len(), 4);
     let mut changed = lab_plan();
@@ -407,7 +429,8 @@ async fn paths_deleted_by_hand_come_back() {
     // A deletion that leaves gobgpd's path count unchanged (one of herald's paths deleted through
     // the API, an operator path added): only anti-entropy notices.
     let mut client = g.client().await;
-    let target = herald_paths(&g.paths().await).into_iter().find(|l| l.prefix.to_string() == "198.19.38.11/32").unwrap();
+    let target =
+        herald_paths(&g.paths().await).into_iter().find(|l| l.prefix.to_string() == "198.19.38.11/32").unwrap();
     delete_herald_path(&mut client, &target).await;
     g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "-a", "ipv4"]);
     assert!(!herald_paths(&g.paths().await).iter().any(|l| l.prefix == target.prefix));
@@ -425,13 +448,19 @@ async fn delete_herald_path(
 ) {
     use herald_api::gobgp::v3 as api;
     use prost::Message;
-    let any = |url: &str, bytes: Vec<u8>| pbjson_types::Any { type_url: format!("type.googleapis.com/apipb.{url}"), value: bytes.into() };
+    let any = |url: &str, bytes: Vec<u8>| pbjson_types::Any {
+        type_url: format!("type.googleapis.com/apipb.{url}"),
+        value: bytes.into(),
+    };
     let family = api::Family { afi: api::family::Afi::Ip as i32, safi: api::family::Safi::Unicast as i32 };
     let path = api::Path {
         nlri: Some(any(
             "IPAddressPrefix",
-            api::IpAddressPrefix { prefix_len: listed.prefix.prefix_len().into(), prefix: listed.prefix.addr().to_string() }
-                .encode_to_vec(),
+            api::IpAddressPrefix {
+                prefix_len: listed.prefix.prefix_len().into(),
+                prefix: listed.prefix.addr().to_string(),
+            }
+            .encode_to_vec(),
         )),
         pattrs: vec![
             any("OriginAttribute", api::OriginAttribute { origin: 0 }.encode_to_vec()),
@@ -453,33 +482,114 @@ async fn delete_herald_path(
         .unwrap();
 }
 
+/// Log lines of every test in this binary (tests tell theirs apart by gobgpd's address).
+fn logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct Writer(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for Writer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Writer(buffer))
+            .init();
+        buffer
+    })
+}
+
+fn log_text(address: &str) -> String {
+    let logs = logs().lock().unwrap();
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| l.contains(&format!("address={address}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// How many log lines about `address` contain `text`.
+fn log_lines(address: &str, text: &str) -> usize {
+    let logs = logs().lock().unwrap();
+    String::from_utf8_lossy(&logs)
+        .lines()
+        .filter(|l| l.contains(&format!("address={address}")) && l.contains(text))
+        .count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
+    logs();
     let mut g = Gobgpd::new(gobgpd::free_port());
     let p = lab_plan();
     let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(p.clone()));
-    let status = h
-        .wait(Duration::from_secs(10), "an error", |s| s.last_error.is_some())
-        .await;
+    let status = h.wait(Duration::from_secs(10), "an error", |s| s.last_error.is_some()).await;
     assert!(!status.reachable, "{status:?}");
     assert_eq!(status.pending_operations, 6, "{status:?}");
     assert_eq!(status.applied_generation, 0);
     assert!(status.in_rib.is_empty());
-    // Still retrying a while later.
+    // Still retrying a while later; one warning for all the retries.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!h.status.borrow().reachable);
+    assert_eq!(log_lines(&g.address(), "WARN"), 1);
+    assert_eq!(log_lines(&g.address(), "gobgpd unreachable"), 1);
 
     g.spawn_and_wait().await.unwrap();
     let status = h.converged(CONVERGE).await;
     assert!(status.last_error.is_none());
     assert_eq!(as_expected(&g.paths().await), expected(&p, 0, None));
+    assert_eq!(log_lines(&g.address(), "reachable and up to date again"), 1);
+
+    // Gone again for a while: one more warning, then one more recovery.
+    g.kill();
+    h.wait(Duration::from_secs(10), "gobgpd unreachable", |s| !s.reachable).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    g.spawn_and_wait().await.unwrap();
+    wait_for_plan_in_gobgpd(&g, &p, Duration::from_secs(10)).await;
+    h.wait(Duration::from_secs(10), "recovery", |s| s.reachable && s.last_error.is_none()).await;
+    assert_eq!(log_lines(&g.address(), "gobgpd unreachable"), 2, "{}", log_text(&g.address()));
+    assert_eq!(log_lines(&g.address(), "read gobgpd's RIB back after an error"), 1, "{}", log_text(&g.address()));
+    assert_eq!(log_lines(&g.address(), "reachable and up to date again"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn family_gobgpd_lacks_is_reported_not_retried() {
+    // gobgpd with an IPv4 RIB only: it accepts IPv6 paths and drops them.
+    let g =
+        Gobgpd::start_with("[[global.afi-safis]]\n  [global.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n")
+            .await;
+    let p = lab_plan();
+    let mut h = Herald::start(config(g.address(), Duration::from_secs(1)), Some(p.clone()));
+    let status = h.converged(CONVERGE).await;
+    assert_eq!(status.paths_added, 4, "{status:?}");
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("ipv6-unicast (2 paths)"), "{error}");
+    let in_rib: BTreeSet<String> = status.in_rib.iter().map(|p| p.to_string()).collect();
+    assert_eq!(in_rib, BTreeSet::from(["198.19.32.0/20".into(), "198.19.38.11/32".into()]));
+    // No busy loop: nothing more pushed through probes and anti-entropy passes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = h.status.borrow().clone();
+    assert_eq!((status.paths_added, status.paths_withdrawn), (4, 0), "{status:?}");
+    assert!(status.reachable);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_routes_carry_mp_reach_nlri() {
     let g = Gobgpd::start().await;
     let p = plan(vec![
-        route("2001:db8:40::/64", &[("node-a", "2001:db8::a"), ("node-b", "2001:db8::b")], &["64512:6"], &["64512:6:6"]),
+        route(
+            "2001:db8:40::/64",
+            &[("node-a", "2001:db8::a"), ("node-b", "2001:db8::b")],
+            &["64512:6"],
+            &["64512:6:6"],
+        ),
         route("2001:db8:41::7/128", &[("node-b", "2001:db8::b")], &[], &[]),
     ]);
     let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(p.clone()));
@@ -574,4 +684,35 @@ async fn plans_coalesce_while_gobgpd_hangs() {
     // Far fewer operations than 200 plans' worth.
     let status = h.status.borrow().clone();
     assert!(status.paths_added - added <= 8, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
+    let g = Gobgpd::start().await;
+    let cfg = config(g.address(), Duration::from_secs(60));
+    // A short call timeout, so that the test need not wait the default 10 s.
+    let client = herald::gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1)).unwrap();
+    let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
+    let status = herald::gobgp::spawn_with(client, &g.address(), herald::gobgp::settings(&cfg), plans_rx);
+    let mut h = Herald { plans, status };
+    h.publish(lab_plan());
+    h.converged(CONVERGE).await;
+
+    g.signal("STOP");
+    let mut last = lab_plan();
+    last.routes.remove(&"198.19.38.11/32".parse().unwrap());
+    h.publish(last.clone());
+    let status = h.wait(Duration::from_secs(10), "a timeout", |s| !s.reachable && s.last_error.is_some()).await;
+    assert!(status.last_error.as_deref().unwrap_or_default().contains("no answer"), "{status:?}");
+    assert_eq!(status.pending_operations, 1, "{status:?}");
+    // Retrying with backoff meanwhile; more plans come and go.
+    for i in 0..20u8 {
+        last.routes.get_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities =
+            BTreeSet::from([Community(u32::from(i))]);
+        h.publish(last.clone());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    g.signal("CONT");
+    h.converged(CONVERGE).await;
+    assert_eq!(as_expected(&g.paths().await), expected(&last, 0, None));
 }

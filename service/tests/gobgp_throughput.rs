@@ -32,7 +32,8 @@ fn cpu_seconds(pid: &str) -> f64 {
 /// `count` host routes on two of 64 nodes each: `2 * count` paths.
 fn plan(count: usize, community: u32) -> Plan {
     let routes = (0..count).map(|i| {
-        let hop = |n: usize| NextHop { node: format!("node-{n}"), address: format!("198.19.0.{}", 1 + n).parse().unwrap() };
+        let hop =
+            |n: usize| NextHop { node: format!("node-{n}"), address: format!("198.19.0.{}", 1 + n).parse().unwrap() };
         let prefix = format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000u32 + i as u32)).parse().unwrap();
         let route = Route {
             prefix,
@@ -102,6 +103,9 @@ async fn throughput() {
                 cpu_seconds(&gobgpd_pid) - gobgpd_cpu,
             );
             assert_eq!(view.own.len(), paths);
+            let started = Instant::now();
+            let counts = client.path_counts().await.unwrap();
+            eprintln!("path counts (GetTable, the 1 s probe) {counts:?} in {:.2?}", started.elapsed());
         }
     }
     assert_eq!(g.path_count().await, 0);

@@ -39,11 +39,48 @@ impl ApiState {
 
 pub struct PlanApi {
     state: ApiState,
+    deltas: Arc<DeltaCache>,
+}
+
+/// The last few plan-to-plan deltas, shared by every WatchPlan stream: with many watchers, each
+/// change is diffed once, not once per watcher.
+#[derive(Default)]
+struct DeltaCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(u64, u64, Arc<pb::WatchPlanResponse>)>>,
+}
+
+impl DeltaCache {
+    const CAPACITY: usize = 8;
+
+    fn get_or_compute(
+        &self,
+        from: u64,
+        to: u64,
+        compute: impl FnOnce() -> pb::WatchPlanResponse,
+    ) -> Arc<pb::WatchPlanResponse> {
+        let lookup = |entries: &std::collections::VecDeque<(u64, u64, Arc<pb::WatchPlanResponse>)>| {
+            entries.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, m)| m.clone())
+        };
+        if let Some(found) = lookup(&self.entries.lock().unwrap_or_else(|e| e.into_inner())) {
+            return found;
+        }
+        // Computed outside the lock: a large diff must not stall the other watchers.
+        let message = Arc::new(compute());
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = lookup(&entries) {
+            return found;
+        }
+        if entries.len() == Self::CAPACITY {
+            entries.pop_front();
+        }
+        entries.push_back((from, to, message.clone()));
+        message
+    }
 }
 
 impl PlanApi {
     pub fn new(state: ApiState) -> Self {
-        Self { state }
+        Self { state, deltas: Arc::default() }
     }
 
     pub fn into_service(self) -> PlanServiceServer<Self> {
@@ -190,6 +227,7 @@ impl PlanService for PlanApi {
     ) -> Result<Response<Self::WatchPlanStream>, Status> {
         let mut plans = self.state.plans.clone();
         let state = self.state.clone();
+        let deltas = self.deltas.clone();
         let stream = async_stream(move |tx| async move {
             let first = plans.borrow_and_update().clone();
             let in_rib = state.in_rib();
@@ -199,16 +237,18 @@ impl PlanService for PlanApi {
             if tx.send(Ok(message)).await.is_err() {
                 return;
             }
-            let mut previous = first.plan;
+            let mut previous = first;
             // A slow client skips intermediate plans: each message is the delta from the last one
             // it was sent, so it still ends equal to the plan.
             while plans.changed().await.is_ok() {
                 let current = plans.borrow_and_update().clone();
-                let in_rib = state.in_rib();
-                let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
-                let message = delta(&previous, &current.plan, current.generation, &has);
-                previous = current.plan;
-                if tx.send(Ok(message)).await.is_err() {
+                let message = deltas.get_or_compute(previous.generation, current.generation, || {
+                    let in_rib = state.in_rib();
+                    let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
+                    delta(&previous.plan, &current.plan, current.generation, &has)
+                });
+                previous = current;
+                if tx.send(Ok((*message).clone())).await.is_err() {
                     return;
                 }
             }

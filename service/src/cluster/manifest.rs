@@ -105,7 +105,11 @@ fn add_object(
     if object.pointer("/metadata/name").and_then(Value::as_str).is_none()
         && matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node")
     {
-        return Err(error("`metadata.name` is missing".to_string()));
+        // `name: no` is YAML 1.1's `false`: say so rather than "missing".
+        let found = object.pointer("/metadata/name").filter(|v| !v.is_null());
+        return Err(error(found.map_or("`metadata.name` is missing".to_string(), |v| {
+            format!("`metadata.name` must be a string, found {} (quote it)", json_type(v))
+        })));
     }
     match kind.as_str() {
         "Service" => state.insert_service(from_service(&typed::<core::Service>(object).map_err(error)?)),
@@ -119,7 +123,11 @@ fn add_object(
 }
 
 fn typed<T: DeserializeOwned>(object: &Value) -> Result<T, String> {
-    T::deserialize(object).map_err(|e| e.to_string())
+    // serde quotes a value of the wrong type whole: keep the message about a huge one short.
+    T::deserialize(object).map_err(|e| {
+        let (e, n) = (e.to_string(), e.to_string().chars().count());
+        if n <= 400 { e } else { format!("{}…{}", e.chars().take(200).collect::<String>(), e.chars().skip(n - 100).collect::<String>()) }
+    })
 }
 
 fn json_type(value: &Value) -> &'static str {

@@ -137,11 +137,8 @@ pub fn desired_paths(plan: &Plan, origin: Origin, local_pref: Option<u32>) -> Pa
             previous = Some(hop.node.as_str());
         }
     }
-    let mut names: BTreeSet<&str> = plan
-        .routes
-        .values()
-        .flat_map(|r| r.next_hops.iter().map(|h| h.node.as_str()))
-        .collect();
+    let mut names: BTreeSet<&str> =
+        plan.routes.values().flat_map(|r| r.next_hops.iter().map(|h| h.node.as_str())).collect();
     names.extend(extra.iter().map(String::as_str));
     let ids = allocate_identifiers(&names);
 
@@ -168,8 +165,9 @@ pub fn desired_paths(plan: &Plan, origin: Origin, local_pref: Option<u32>) -> Pa
                 ids[hop.node.as_str()]
             };
             previous = Some(hop.node.as_str());
+            // gobgpd keeps prefixes without host bits: compare them as it will list them.
             paths.insert(
-                PathKey { prefix: route.prefix, identifier },
+                PathKey { prefix: route.prefix.trunc(), identifier },
                 PathAttrs {
                     next_hop: hop.address,
                     origin,
@@ -290,10 +288,7 @@ mod tests {
         Route {
             prefix: prefix.parse().unwrap(),
             kind: RouteKind::ClusterRange,
-            next_hops: hops
-                .iter()
-                .map(|(n, a)| NextHop { node: n.to_string(), address: a.parse().unwrap() })
-                .collect(),
+            next_hops: hops.iter().map(|(n, a)| NextHop { node: n.to_string(), address: a.parse().unwrap() }).collect(),
             sources: Default::default(),
             reason: String::new(),
             communities: [Community(100 << 16 | 1)].into_iter().collect(),

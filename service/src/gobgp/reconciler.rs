@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::SinkStatus;
-use super::paths::{self, Op, PathSet};
+use super::paths::{self, Op, PathAttrs, PathSet};
 use crate::config::Origin;
 use crate::plan::PlanSnapshot;
 
@@ -65,12 +65,17 @@ pub struct RibView {
     pub others: u64,
     /// herald's paths that could not be read back.
     pub undecodable: u64,
+    /// Families ([`paths::Family`] order) gobgpd has no table for (not among its global afi-safis).
+    pub absent: [bool; 2],
 }
+
+/// Paths gobgpd holds per [`paths::Family`] (IPv4, IPv6); None: gobgpd has no table for the family.
+pub type FamilyCounts = [Option<u64>; 2];
 
 /// What the reconciler needs from a gobgpd API client. One implementation per API version.
 pub trait GobgpClient: Send + 'static {
-    /// How many paths (everyone's) gobgpd holds, per [`paths::Family`] (IPv4, IPv6). Cheap.
-    fn path_counts(&mut self) -> impl Future<Output = Result<[u64; 2], ClientError>> + Send;
+    /// How many paths (everyone's) gobgpd holds, per family. Cheap.
+    fn path_counts(&mut self) -> impl Future<Output = Result<FamilyCounts, ClientError>> + Send;
     /// Reads every path gobgpd holds and picks out herald's.
     fn list(&mut self) -> impl Future<Output = Result<RibView, ClientError>> + Send;
     /// Applies the operations, in one call: when it returns Ok, gobgpd has applied them all.
@@ -123,7 +128,11 @@ pub struct Reconciler<C> {
     /// Whether `applied` is known to match gobgpd; false: read back before pushing.
     known: bool,
     /// gobgpd's path counts last time they were seen.
-    baseline: Option<[u64; 2]>,
+    baseline: Option<FamilyCounts>,
+    /// Families gobgpd has no table for: their paths cannot be announced.
+    absent: [bool; 2],
+    /// What herald last said about absent families, to say it once.
+    absent_note: Option<String>,
     /// The error herald is stuck on, for logging once per state change.
     failing: Option<ClientError>,
     adopted_once: bool,
@@ -149,6 +158,8 @@ impl<C: GobgpClient> Reconciler<C> {
             applied: PathSet::new(),
             known: false,
             baseline: None,
+            absent: [false; 2],
+            absent_note: None,
             failing: None,
             adopted_once: false,
             pushed: 0,
@@ -230,10 +241,42 @@ impl<C: GobgpClient> Reconciler<C> {
         let started = Instant::now();
         self.desired = paths::desired_paths(&latest.plan, self.settings.origin, self.settings.local_pref);
         self.desired_at = Instant::now();
-        debug!(generation = latest.generation, paths = self.desired.len(),
-               elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "plan taken");
+        debug!(
+            generation = latest.generation,
+            paths = self.desired.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plan taken"
+        );
         self.plan = latest;
         true
+    }
+
+    /// The operations that turn what gobgpd holds into the plan, less those of absent families.
+    fn diff(&self) -> Vec<Op> {
+        let mut ops = paths::diff(&self.desired, &self.applied);
+        if self.absent.iter().any(|&a| a) {
+            ops.retain(|op| !self.absent[paths::Family::of(&op.key.prefix) as usize]);
+        }
+        ops
+    }
+
+    /// Says (once) that paths of the plan cannot be announced because gobgpd lacks their family.
+    fn absent_families_note(&mut self) {
+        let counts = paths::count_by_family(&self.desired);
+        let missing: Vec<String> = paths::Family::ALL
+            .into_iter()
+            .filter(|&f| self.absent[f as usize] && counts[f as usize] > 0)
+            .map(|f| format!("{} ({} paths)", f.as_str(), counts[f as usize]))
+            .collect();
+        let note = (!missing.is_empty()).then(|| {
+            format!("gobgpd has no RIB for {} (not among its global afi-safis): not announced", missing.join(", "))
+        });
+        if note != self.absent_note {
+            if let Some(n) = &note {
+                warn!(problem = %n, "part of the plan cannot be announced");
+            }
+            self.absent_note = note;
+        }
     }
 
     fn plan_changed(&self) -> bool {
@@ -253,7 +296,7 @@ impl<C: GobgpClient> Reconciler<C> {
             return Ok(());
         }
         let started = Instant::now();
-        let mut ops = paths::diff(&self.desired, &self.applied);
+        let mut ops = self.diff();
         let (mut added, mut withdrawn) = (0u64, 0u64);
         let mut pos = 0;
         let mut published = Instant::now();
@@ -265,8 +308,18 @@ impl<C: GobgpClient> Reconciler<C> {
             let chunk = &ops[pos..end];
             let batch_started = Instant::now();
             if let Err(e) = self.client.push(chunk).await {
-                // gobgpd may hold part of it: read back before going on.
-                self.known = false;
+                if e.kind == ErrorKind::Rejected {
+                    // gobgpd is there and refused part of the call; it may hold the rest. Additions
+                    // of the call count as unknown (re-added, or withdrawn if no longer wanted);
+                    // withdrawals stay to do. Both are harmless to repeat.
+                    for op in chunk.iter().filter(|op| !op.withdraw) {
+                        let unknown = PathAttrs { foreign_attributes: true, ..op.attrs.clone() };
+                        self.applied.insert(op.key, unknown);
+                    }
+                } else {
+                    // gobgpd may have restarted meanwhile: read back before going on.
+                    self.known = false;
+                }
                 return Err(e);
             }
             for op in chunk {
@@ -279,12 +332,12 @@ impl<C: GobgpClient> Reconciler<C> {
                     self.pushed += 1;
                 }
             }
-            debug!(paths = chunk.len(), elapsed_ms = batch_started.elapsed().as_secs_f64() * 1e3, "batch applied");
+            debug!(paths = chunk.len(), elapsed_ms = batch_started.elapsed().as_millis() as u64, "batch applied");
             pos = end;
             if self.plan_changed() && self.desired_at.elapsed() >= REPLAN_AFTER {
                 // A newer plan: what is left of this diff may be stale; diff against the new one.
                 self.refresh_plan();
-                ops = paths::diff(&self.desired, &self.applied);
+                ops = self.diff();
                 pos = 0;
             }
             if published.elapsed() >= STATUS_EVERY {
@@ -295,9 +348,16 @@ impl<C: GobgpClient> Reconciler<C> {
         // Counts after herald's changes: a later drop means gobgpd lost paths.
         self.baseline = Some(self.client.path_counts().await?);
         if added + withdrawn > 0 {
-            info!(generation = self.plan.generation, paths = self.applied.len(), added, withdrawn,
-                  elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "gobgpd holds the plan");
+            info!(
+                generation = self.plan.generation,
+                paths = self.applied.len(),
+                added,
+                withdrawn,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "gobgpd holds the plan"
+            );
         }
+        self.absent_families_note();
         self.publish(0, true);
         Ok(())
     }
@@ -305,17 +365,34 @@ impl<C: GobgpClient> Reconciler<C> {
     async fn read_back(&mut self) -> Result<(), ClientError> {
         let started = Instant::now();
         let view = self.client.list().await?;
+        self.absent = view.absent;
         let previous = std::mem::replace(&mut self.applied, view.own);
         self.known = true;
         self.baseline = None;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
         if !self.adopted_once {
             self.adopted_once = true;
-            info!(paths = self.applied.len(), others = view.others, elapsed_ms,
-                  "read herald's paths already in gobgpd");
+            info!(
+                paths = self.applied.len(),
+                others = view.others,
+                elapsed_ms,
+                "read herald's paths already in gobgpd"
+            );
+        } else if previous != self.applied && self.failing.is_some() {
+            info!(
+                paths = self.applied.len(),
+                others = view.others,
+                elapsed_ms,
+                "read gobgpd's RIB back after an error"
+            );
         } else if previous != self.applied {
-            warn!(paths = self.applied.len(), expected = previous.len(), others = view.others, elapsed_ms,
-                  "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing");
+            warn!(
+                paths = self.applied.len(),
+                expected = previous.len(),
+                others = view.others,
+                elapsed_ms,
+                "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing"
+            );
         } else {
             debug!(paths = self.applied.len(), others = view.others, elapsed_ms, "gobgpd's RIB as expected");
         }
@@ -329,11 +406,24 @@ impl<C: GobgpClient> Reconciler<C> {
     async fn probe(&mut self) -> Result<bool, ClientError> {
         let counts = self.client.path_counts().await?;
         let own = paths::count_by_family(&self.applied);
-        let dropped = (0..2).any(|i| counts[i] < own[i] || self.baseline.is_some_and(|b| counts[i] < b[i]));
+        let absent = counts.map(|c| c.is_none());
+        let dropped = (0..2).any(|i| {
+            let now = counts[i].unwrap_or(0);
+            now < own[i] || self.baseline.is_some_and(|b| now < b[i].unwrap_or(0))
+        });
         self.baseline = Some(counts);
+        if absent != self.absent {
+            info!(ipv4 = !absent[0], ipv6 = !absent[1], "gobgpd's address families changed; reading its RIB back");
+            return Ok(true);
+        }
         if dropped {
-            info!(ipv4 = counts[0], ipv6 = counts[1], herald_ipv4 = own[0], herald_ipv6 = own[1],
-                  "gobgpd holds fewer paths than before; reading its RIB back");
+            info!(
+                ipv4 = counts[0],
+                ipv6 = counts[1],
+                herald_ipv4 = own[0],
+                herald_ipv6 = own[1],
+                "gobgpd holds fewer paths than before; reading its RIB back"
+            );
         }
         if !self.status.borrow().reachable {
             self.status.send_modify(|s| s.reachable = true);
@@ -356,7 +446,7 @@ impl<C: GobgpClient> Reconciler<C> {
         // Pending against the newest plan, even if herald never got to take it.
         self.refresh_plan();
         let message = e.message.clone();
-        let pending = if self.plan.generation == 0 { 0 } else { paths::diff(&self.desired, &self.applied).len() as u64 };
+        let pending = if self.plan.generation == 0 { 0 } else { self.diff().len() as u64 };
         self.status.send_modify(|s| {
             s.reachable = reachable;
             s.last_error = Some(message);
@@ -381,6 +471,7 @@ impl<C: GobgpClient> Reconciler<C> {
         let paths_applied = self.applied.len() as u64;
         let generation = self.plan.generation;
         let (pushed, withdrawn) = (self.pushed, self.withdrawn);
+        let note = self.absent_note.clone();
         self.status.send_modify(|s| {
             s.reachable = true;
             s.pending_operations = pending;
@@ -389,7 +480,8 @@ impl<C: GobgpClient> Reconciler<C> {
             s.paths_added = pushed;
             s.paths_withdrawn = withdrawn;
             if converged {
-                s.last_error = None;
+                // Converged, but the plan may still hold paths gobgpd cannot take.
+                s.last_error = note;
                 if generation > 0 {
                     s.applied_generation = generation;
                     s.last_applied = Some(SystemTime::now());

@@ -20,8 +20,8 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
 
-use super::paths::{Family, HERALD_SOURCE_ASN, Op, PathAttrs, PathKey, PathSet, is_herald_identifier};
-use super::reconciler::{ClientError, ErrorKind, GobgpClient, RibView};
+use super::paths::{Family, HERALD_SOURCE_ASN, Op, PathAttrs, PathKey, is_herald_identifier};
+use super::reconciler::{ClientError, ErrorKind, FamilyCounts, GobgpClient, RibView};
 use crate::config::LargeCommunity;
 
 const PREFIX_URL: &str = "type.googleapis.com/apipb.IPAddressPrefix";
@@ -31,6 +31,9 @@ const MP_REACH_URL: &str = "type.googleapis.com/apipb.MpReachNLRIAttribute";
 const COMMUNITIES_URL: &str = "type.googleapis.com/apipb.CommunitiesAttribute";
 const LARGE_COMMUNITIES_URL: &str = "type.googleapis.com/apipb.LargeCommunitiesAttribute";
 const LOCAL_PREF_URL: &str = "type.googleapis.com/apipb.LocalPrefAttribute";
+
+/// The least time gobgpd gets to start answering ListPath (it gathers the whole table first).
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// gobgpd (gRPC-Go) refuses messages over 4 MiB; herald keeps its messages well below.
 const MAX_MESSAGE_BYTES: usize = 2 << 20;
@@ -50,8 +53,12 @@ fn any(url: &'static str, value: impl Message) -> Any {
 /// The client of one gobgpd, over one HTTP/2 connection that tonic re-establishes as needed.
 #[derive(Clone)]
 pub struct V3Client {
+    endpoint: Endpoint,
     client: GobgpApiClient<Channel>,
+    /// How long one call (or one message of a streamed answer) may take.
     timeout: Duration,
+    /// How long gobgpd may take to start answering ListPath: it gathers the whole table first.
+    list_timeout: Duration,
     batch_size: usize,
 }
 
@@ -129,26 +136,26 @@ fn encode_path(op: &Op, cache: &mut EncodeCache) -> api::Path {
     let PathKey { prefix, identifier } = op.key;
     let attrs = &op.attrs;
     let fam = Family::of(&prefix);
-    let nlri = any(PREFIX_URL, api::IpAddressPrefix {
-        prefix_len: prefix.prefix_len().into(),
-        prefix: prefix.network().to_string(),
-    });
+    let nlri = any(
+        PREFIX_URL,
+        api::IpAddressPrefix { prefix_len: prefix.prefix_len().into(), prefix: prefix.network().to_string() },
+    );
     let mut pattrs = Vec::with_capacity(5);
     pattrs.push(Any { type_url: ORIGIN_URL.to_string(), value: cache.origin(attrs.origin) });
-    let nlri = match (prefix, attrs.next_hop) {
+    match (prefix, attrs.next_hop) {
         (IpNet::V4(_), IpAddr::V4(hop)) => {
             pattrs.push(any(NEXT_HOP_URL, api::NextHopAttribute { next_hop: hop.to_string() }));
-            nlri
         }
-        (_, hop) => {
-            pattrs.push(any(MP_REACH_URL, api::MpReachNlriAttribute {
+        // IPv6, or an IPv4 prefix with an IPv6 next hop: the next hop goes with the NLRI.
+        (_, hop) => pattrs.push(any(
+            MP_REACH_URL,
+            api::MpReachNlriAttribute {
                 family: Some(family(fam)),
                 next_hops: vec![hop.to_string()],
                 nlris: vec![nlri.clone()],
-            }));
-            nlri
-        }
-    };
+            },
+        )),
+    }
     if !attrs.communities.is_empty() {
         pattrs.push(Any { type_url: COMMUNITIES_URL.to_string(), value: cache.communities(&attrs.communities) });
     }
@@ -186,12 +193,20 @@ fn encode_with(ops: &[Op], batch_size: usize, cache: &mut EncodeCache) -> Vec<ap
         paths.push(path);
         if paths.len() >= batch_size || bytes >= MAX_MESSAGE_BYTES {
             let full = std::mem::replace(&mut paths, Vec::with_capacity(batch_size.min(ops.len())));
-            messages.push(api::AddPathStreamRequest { table_type: api::TableType::Global as i32, vrf_id: String::new(), paths: full });
+            messages.push(api::AddPathStreamRequest {
+                table_type: api::TableType::Global as i32,
+                vrf_id: String::new(),
+                paths: full,
+            });
             bytes = 0;
         }
     }
     if !paths.is_empty() {
-        messages.push(api::AddPathStreamRequest { table_type: api::TableType::Global as i32, vrf_id: String::new(), paths });
+        messages.push(api::AddPathStreamRequest {
+            table_type: api::TableType::Global as i32,
+            vrf_id: String::new(),
+            paths,
+        });
     }
     cache.trim();
     messages
@@ -283,17 +298,20 @@ pub fn decode_path(path: &api::Path, interner: &mut Interner) -> Result<Decoded,
         }
     }
     let next_hop = next_hop.ok_or_else(|| format!("{prefix}: path without next hop"))?;
-    Ok(Decoded::Own(PathKey { prefix, identifier: path.identifier }, PathAttrs {
-        next_hop,
-        origin: origin.unwrap_or_else(|| {
-            foreign_attributes = true;
-            0
-        }),
-        local_pref,
-        communities,
-        large_communities: large,
-        foreign_attributes,
-    }))
+    Ok(Decoded::Own(
+        PathKey { prefix, identifier: path.identifier },
+        PathAttrs {
+            next_hop,
+            origin: origin.unwrap_or_else(|| {
+                foreign_attributes = true;
+                0
+            }),
+            local_pref,
+            communities,
+            large_communities: large,
+            foreign_attributes,
+        },
+    ))
 }
 
 /// Shares equal community lists between decoded paths.
@@ -359,6 +377,11 @@ fn status_error(call: &str, status: tonic::Status) -> ClientError {
     ClientError { kind, message }
 }
 
+/// gobgpd's answer for a family that is not among its global afi-safis.
+fn is_absent_family(e: &ClientError) -> bool {
+    e.kind == ErrorKind::Rejected && e.message.contains("address family") && e.message.contains("not supported")
+}
+
 fn timeout_error(call: &str, after: Duration) -> ClientError {
     ClientError { kind: ErrorKind::Timeout, message: format!("{call}: no answer from gobgpd in {after:?}") }
 }
@@ -368,13 +391,30 @@ impl V3Client {
     /// up yet.
     pub fn new(address: &str, batch_size: usize, timeout: Duration) -> Result<Self, ClientError> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClientError { kind: ErrorKind::Rejected, message: format!("bad gobgp address {address:?}: {e}") })?
+            .map_err(|e| ClientError {
+                kind: ErrorKind::Rejected,
+                message: format!("bad gobgp address {address:?}: {e}"),
+            })?
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
-        let channel = endpoint.connect_lazy();
-        let client = GobgpApiClient::new(channel).max_decoding_message_size(256 << 20);
-        Ok(Self { client, timeout, batch_size: batch_size.max(1) })
+        let client = Self::connect(&endpoint);
+        Ok(Self { endpoint, client, timeout, list_timeout: timeout.max(LIST_TIMEOUT), batch_size: batch_size.max(1) })
+    }
+
+    fn connect(endpoint: &Endpoint) -> GobgpApiClient<Channel> {
+        GobgpApiClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20)
+    }
+
+    /// After a timeout the connection may be dead without TCP noticing (a hung or partitioned
+    /// gobgpd): the next call gets a new one.
+    fn after<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        if let Err(e) = &result {
+            if e.kind == ErrorKind::Timeout {
+                self.client = Self::connect(&self.endpoint);
+            }
+        }
+        result
     }
 
     async fn call<T>(
@@ -382,22 +422,35 @@ impl V3Client {
         name: &str,
         fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, ClientError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        Self::call_within(self.timeout, name, fut).await
+    }
+
+    async fn call_within<T>(
+        timeout: Duration,
+        name: &str,
+        fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(status_error(name, status)),
-            Err(_) => Err(timeout_error(name, self.timeout)),
+            Err(_) => Err(timeout_error(name, timeout)),
         }
     }
 
     /// Every path gobgpd holds for a family, herald's decoded.
-    async fn list_family(&mut self, fam: Family, view: &mut RibView, interner: &mut Interner) -> Result<(), ClientError> {
+    async fn list_family(
+        &mut self,
+        fam: Family,
+        view: &mut RibView,
+        interner: &mut Interner,
+    ) -> Result<(), ClientError> {
         let request = api::ListPathRequest {
             table_type: api::TableType::Global as i32,
             family: Some(family(fam)),
             ..Default::default()
         };
         let mut client = self.client.clone();
-        let mut stream = self.call("ListPath", client.list_path(request)).await?;
+        let mut stream = Self::call_within(self.list_timeout, "ListPath", client.list_path(request)).await?;
         loop {
             let message = match tokio::time::timeout(self.timeout, stream.message()).await {
                 Ok(Ok(Some(m))) => m,
@@ -426,8 +479,25 @@ impl V3Client {
 }
 
 impl GobgpClient for V3Client {
-    async fn path_counts(&mut self) -> Result<[u64; 2], ClientError> {
-        let mut counts = [0; 2];
+    async fn path_counts(&mut self) -> Result<FamilyCounts, ClientError> {
+        let result = self.get_counts().await;
+        self.after(result)
+    }
+
+    async fn list(&mut self) -> Result<RibView, ClientError> {
+        let result = self.list_all().await;
+        self.after(result)
+    }
+
+    async fn push(&mut self, ops: &[Op]) -> Result<(), ClientError> {
+        let result = self.push_ops(ops).await;
+        self.after(result)
+    }
+}
+
+impl V3Client {
+    async fn get_counts(&mut self) -> Result<FamilyCounts, ClientError> {
+        let mut counts = [None; 2];
         for (i, fam) in Family::ALL.into_iter().enumerate() {
             let request = api::GetTableRequest {
                 table_type: api::TableType::Global as i32,
@@ -435,21 +505,29 @@ impl GobgpClient for V3Client {
                 name: String::new(),
             };
             let mut client = self.client.clone();
-            counts[i] = self.call("GetTable", client.get_table(request)).await?.num_path;
+            counts[i] = match self.call("GetTable", client.get_table(request)).await {
+                Ok(table) => Some(table.num_path),
+                Err(e) if is_absent_family(&e) => None,
+                Err(e) => return Err(e),
+            };
         }
         Ok(counts)
     }
 
-    async fn list(&mut self) -> Result<RibView, ClientError> {
-        let mut view = RibView { own: PathSet::new(), others: 0, undecodable: 0 };
+    async fn list_all(&mut self) -> Result<RibView, ClientError> {
+        let mut view = RibView::default();
         let mut interner = Interner::default();
         for fam in Family::ALL {
-            self.list_family(fam, &mut view, &mut interner).await?;
+            match self.list_family(fam, &mut view, &mut interner).await {
+                Ok(()) => {}
+                Err(e) if is_absent_family(&e) => view.absent[fam as usize] = true,
+                Err(e) => return Err(e),
+            }
         }
         Ok(view)
     }
 
-    async fn push(&mut self, ops: &[Op]) -> Result<(), ClientError> {
+    async fn push_ops(&mut self, ops: &[Op]) -> Result<(), ClientError> {
         if ops.is_empty() {
             return Ok(());
         }
@@ -501,7 +579,9 @@ mod tests {
 
     #[test]
     fn round_trips_ipv4_and_ipv6() {
-        for (prefix, hop) in [("198.19.32.0/20", "198.19.0.1"), ("2001:db8:1::/64", "2001:db8::1"), ("198.19.33.0/24", "2001:db8::2")] {
+        for (prefix, hop) in
+            [("198.19.32.0/20", "198.19.0.1"), ("2001:db8:1::/64", "2001:db8::1"), ("198.19.33.0/24", "2001:db8::2")]
+        {
             let op = op(prefix, hop, false);
             let path = encode_path(&op, &mut EncodeCache::default());
             let urls: Vec<&str> = path.pattrs.iter().map(|a| a.type_url.as_str()).collect();
@@ -530,7 +610,8 @@ mod tests {
 
     #[test]
     fn batches_respect_size() {
-        let ops: Vec<Op> = (0..2500).map(|i| op(&format!("10.{}.{}.0/24", i / 256, i % 256), "198.19.0.1", false)).collect();
+        let ops: Vec<Op> =
+            (0..2500).map(|i| op(&format!("10.{}.{}.0/24", i / 256, i % 256), "198.19.0.1", false)).collect();
         let messages = encode_batches(&ops, 1000);
         assert_eq!(messages.iter().map(|m| m.paths.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
         assert!(messages.iter().all(|m| m.encoded_len() < MAX_MESSAGE_BYTES + 4096));

@@ -37,9 +37,14 @@ pub fn free_port() -> u16 {
 impl Gobgpd {
     /// Starts gobgpd on a free port and waits until its API answers.
     pub async fn start() -> Gobgpd {
+        Gobgpd::start_with("").await
+    }
+
+    /// Like [`Gobgpd::start`], with more TOML after the `[global.config]` table.
+    pub async fn start_with(extra_config: &str) -> Gobgpd {
         let mut last = String::new();
         for _ in 0..5 {
-            let mut g = Gobgpd::new(free_port());
+            let mut g = Gobgpd::new_with(free_port(), extra_config);
             match g.spawn_and_wait().await {
                 Ok(()) => return g,
                 Err(e) => last = e,
@@ -50,12 +55,20 @@ impl Gobgpd {
 
     /// A gobgpd for `port`, not started yet.
     pub fn new(port: u16) -> Gobgpd {
-        let dir = tempfile::Builder::new().prefix("herald-gobgpd-").tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("gobgpd.toml"),
-            "[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n",
+        Gobgpd::new_with(port, "")
+    }
+
+    pub fn new_with(port: u16, extra_config: &str) -> Gobgpd {
+        Gobgpd::with_config(
+            port,
+            &format!("[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n{extra_config}"),
         )
-        .unwrap();
+    }
+
+    /// A gobgpd with API port `port` and a config of one's own (TOML), not started yet.
+    pub fn with_config(port: u16, config: &str) -> Gobgpd {
+        let dir = tempfile::Builder::new().prefix("herald-gobgpd-").tempdir().unwrap();
+        std::fs::write(dir.path().join("gobgpd.toml"), config).unwrap();
         Gobgpd { dir, port, child: None }
     }
 

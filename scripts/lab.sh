@@ -7,6 +7,7 @@
 #
 # Usage (as root):
 #   scripts/lab.sh up       create the lab; start herald too if target/{release,debug}/herald exists
+#                           (the newer of the two)
 #   scripts/lab.sh routes   host1's kernel routes (what the lab's `ip route` shows)
 #   scripts/lab.sh down     stop everything and delete the namespaces
 #
@@ -128,11 +129,11 @@ EOF
 # Runs herald in the pool namespace if it has been built. A herald that fails to start leaves the
 # lab up (gobgp CLI paths still work) and says why.
 start_herald() {
-    local herald=""
+    # The most recently built of the release and debug binaries.
+    local herald="" candidate
     for candidate in "$REPO/target/release/herald" "$REPO/target/debug/herald"; do
-        if [[ -x $candidate ]]; then
+        if [[ -x $candidate && ( -z $herald || $candidate -nt $herald ) ]]; then
             herald=$candidate
-            break
         fi
     done
     if [[ -z $herald ]]; then

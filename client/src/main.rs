@@ -55,8 +55,14 @@ enum Command {
     Explain { service: String },
     /// Follow plan changes as they happen.
     Watch,
-    /// herald's health: source, plan generation, gobgpd.
+    /// herald's health: source, plan generation, gobgpd and its BGP neighbors.
     Status,
+    /// The plan against gobgpd's RIB, path by path (herald's paths and others' marked).
+    Diff {
+        /// Show paths in sync too, not only the differences.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn kind_from_name(name: &str) -> anyhow::Result<pb::RouteKind> {
@@ -192,6 +198,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for note in &response.notes {
                 println!("note: {note}");
             }
+            for w in &response.wire {
+                println!("\n{} on the wire", w.prefix);
+                if !w.error.is_empty() {
+                    println!("  cannot read gobgpd: {}", w.error);
+                    continue;
+                }
+                let wire_paths = |paths: &[pb::WirePath]| {
+                    paths
+                        .iter()
+                        .map(|p| format!("{} (id {}{})", p.next_hop, p.identifier, if p.herald { "" } else { ", not herald's" }))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!("  planned:      {}", hops(&w.planned));
+                println!("  gobgpd RIB:   {}", if w.rib.is_empty() { "nothing".to_string() } else { wire_paths(&w.rib) });
+                for n in &w.neighbors {
+                    let neighbor = n.neighbor.clone().unwrap_or_default();
+                    let sent = if n.sent.is_empty() { "nothing".to_string() } else { wire_paths(&n.sent) };
+                    println!("  sent to {} ({}): {sent}", neighbor.address, neighbor.state);
+                    if !n.note.is_empty() {
+                        println!("    ! {}", n.note);
+                    }
+                }
+            }
+        }
+        Command::Diff { all } => {
+            let response = client.diff_rib(pb::DiffRibRequest {}).await?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            let mut rows = vec![vec!["STATE".to_string(), "PREFIX".into(), "NEXT HOP".into(), "NODE".into(), "PATH ID".into()]];
+            for e in &response.entries {
+                let state = pb::PathState::try_from(e.state).unwrap_or_default();
+                if state == pb::PathState::InSync && !all {
+                    continue;
+                }
+                let name = match state {
+                    pb::PathState::InSync => "in sync",
+                    pb::PathState::Missing => "missing",
+                    pb::PathState::Unexpected => "unexpected",
+                    pb::PathState::Foreign => "foreign",
+                    pb::PathState::Unspecified => "?",
+                };
+                rows.push(vec![name.to_string(), e.prefix.clone(), e.next_hop.clone(), e.node.clone(), e.identifier.to_string()]);
+            }
+            if rows.len() > 1 {
+                print!("{}", align(&rows));
+            }
+            println!(
+                "generation {}: {} in sync, {} missing, {} unexpected (herald's, being withdrawn), {} foreign (not herald's, never touched)",
+                response.generation, response.in_sync, response.missing, response.unexpected, response.foreign
+            );
         }
         Command::Watch => {
             let mut stream = client.watch_plan(pb::WatchPlanRequest {}).await?.into_inner();
@@ -233,6 +291,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         g.address, g.applied_generation, g.paths_applied, g.pending_operations, error_suffix(&g.last_error)
                     );
                 }
+            }
+            for n in &status.neighbors {
+                let add_path = match (n.add_path_ipv4, n.add_path_ipv6) {
+                    (true, true) => "ADD-PATH ipv4+ipv6",
+                    (true, false) => "ADD-PATH ipv4",
+                    (false, true) => "ADD-PATH ipv6",
+                    (false, false) => "no ADD-PATH",
+                };
+                println!("peer:    {} {} ({add_path}){}", n.address, n.state, if n.description.is_empty() { String::new() } else { format!(" {}", n.description) });
             }
             for alarm in &status.alarms {
                 println!("alarm:   {alarm}");

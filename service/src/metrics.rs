@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
 
+use crate::gobgp::inspect::Inspector;
 use crate::gobgp::SinkStatus;
 use crate::plan::{PlanSnapshot, RefusalCause, RouteKind};
 use crate::source::SourceSnapshot;
@@ -42,14 +43,14 @@ pub struct PeerLabels {
     pub state: String,
 }
 
-/// What the reconciler records about its work.
+/// The work of the gobgp sink, derived from the totals in its status.
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub operations: Family<OperationLabels, Counter>,
     pub errors: Counter,
+    /// From a plan's publication to gobgpd's RIB holding it.
     pub push_seconds: Histogram,
     pub peers: Family<PeerLabels, Gauge>,
-    pub gobgpd_restarts: Counter,
     pub repairs: Counter,
 }
 
@@ -61,8 +62,52 @@ impl Default for SinkMetrics {
             // 1 ms .. ~16 s
             push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             peers: Family::default(),
-            gobgpd_restarts: Counter::default(),
             repairs: Counter::default(),
+        }
+    }
+}
+
+/// Turns the sink's status changes into counters and the push latency histogram.
+#[derive(Default)]
+struct SinkTracker {
+    added: u64,
+    withdrawn: u64,
+    errors: u64,
+    repairs: u64,
+    applied_generation: u64,
+    /// When each not yet applied generation was published (bounded: old ones are dropped).
+    published: std::collections::VecDeque<(u64, std::time::Instant)>,
+}
+
+impl SinkTracker {
+    const KEPT: usize = 256;
+
+    fn plan_published(&mut self, generation: u64) {
+        if self.published.back().is_none_or(|(g, _)| *g < generation) {
+            if self.published.len() == Self::KEPT {
+                self.published.pop_front();
+            }
+            self.published.push_back((generation, std::time::Instant::now()));
+        }
+    }
+
+    fn observe(&mut self, metrics: &SinkMetrics, status: &SinkStatus) {
+        let operation = |name: &str| metrics.operations.get_or_create(&OperationLabels { operation: name.to_string() }).clone();
+        operation("add").inc_by(status.paths_added.saturating_sub(self.added));
+        operation("withdraw").inc_by(status.paths_withdrawn.saturating_sub(self.withdrawn));
+        metrics.errors.inc_by(status.errors.saturating_sub(self.errors));
+        metrics.repairs.inc_by(status.repairs.saturating_sub(self.repairs));
+        (self.added, self.withdrawn, self.errors, self.repairs) =
+            (status.paths_added, status.paths_withdrawn, status.errors, status.repairs);
+        if status.applied_generation > self.applied_generation {
+            self.applied_generation = status.applied_generation;
+            while let Some((generation, at)) = self.published.front().copied() {
+                if generation > status.applied_generation {
+                    break;
+                }
+                metrics.push_seconds.observe(at.elapsed().as_secs_f64());
+                self.published.pop_front();
+            }
         }
     }
 }
@@ -126,8 +171,7 @@ impl Metrics {
         registry.register("reconcile_errors", "Failed calls to gobgpd", m.sink.errors.clone());
         registry.register("push_duration_seconds", "Time to make gobgpd's RIB equal a new plan", m.sink.push_seconds.clone());
         registry.register("bgp_peer_state", "BGP neighbors of gobgpd, 1 for the current session state", m.sink.peers.clone());
-        registry.register("gobgpd_restarts", "Times herald found gobgpd restarted (empty RIB) and pushed everything again", m.sink.gobgpd_restarts.clone());
-        registry.register("drift_repairs", "Anti-entropy passes that found gobgpd's RIB differing and repaired it", m.sink.repairs.clone());
+        registry.register("rib_repairs", "Times gobgpd's RIB differed from what herald applied (gobgpd restarted, paths changed by hand) and was repaired", m.sink.repairs.clone());
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -168,19 +212,23 @@ impl Metrics {
         self.applied_generation.set(status.applied_generation as i64);
     }
 
-    /// Keeps the gauges equal to what the channels publish, until they close.
+    /// Keeps the metrics equal to what the channels publish, until they close.
     pub async fn follow(
         self: Arc<Self>,
         mut plans: watch::Receiver<PlanSnapshot>,
         mut source: watch::Receiver<SourceSnapshot>,
         mut sink: Option<watch::Receiver<SinkStatus>>,
     ) {
+        let mut tracker = SinkTracker::default();
         loop {
             let status = sink.as_mut().map(|s| s.borrow_and_update().clone());
-            self.observe_plan(&plans.borrow_and_update(), status.as_ref());
+            let plan = plans.borrow_and_update().clone();
+            tracker.plan_published(plan.generation);
+            self.observe_plan(&plan, status.as_ref());
             self.observe_source(&source.borrow_and_update());
             if let Some(status) = &status {
                 self.observe_sink(status);
+                tracker.observe(&self.sink, status);
             }
             let sink_changed = async {
                 match sink.as_mut() {
@@ -197,6 +245,27 @@ impl Metrics {
                 return;
             }
         }
+    }
+}
+
+/// Polls gobgpd's BGP neighbors every `every`, for `herald_bgp_peer_state`.
+pub async fn follow_peers(metrics: Arc<Metrics>, inspector: Inspector, every: std::time::Duration) {
+    let mut shown: Vec<PeerLabels> = Vec::new();
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        // An unreachable gobgpd shows as herald_gobgp_up 0; its neighbors are then unknown.
+        let current: Vec<PeerLabels> = match inspector.neighbors().await {
+            Ok(neighbors) => neighbors.into_iter().map(|n| PeerLabels { peer: n.address, state: n.state }).collect(),
+            Err(_) => Vec::new(),
+        };
+        for gone in shown.iter().filter(|l| !current.contains(l)) {
+            metrics.sink.peers.remove(gone);
+        }
+        for labels in &current {
+            metrics.sink.peers.get_or_create(labels).set(1);
+        }
+        shown = current;
     }
 }
 

@@ -8,7 +8,9 @@ use tracing::{error, info, warn};
 
 use crate::api::server::{self, ApiState};
 use crate::config::{Config, SourceConfig};
+use crate::gobgp::inspect::Inspector;
 use crate::metrics::Metrics;
+use std::time::Duration;
 use crate::cluster::ClusterState;
 use crate::guard::{Guard, GuardConfig};
 use crate::plan::{Plan, PlanSnapshot};
@@ -32,6 +34,8 @@ pub enum RunError {
     Source(String),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    Gobgp(String),
 }
 
 /// Publishes `plan` if it differs from the current one (the first plan is published even if empty).
@@ -128,9 +132,16 @@ pub async fn run(
     tokio::spawn(plan_loop(config.clone(), source_rx.clone(), plan_tx));
 
     let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
+    let gobgp = match &config.gobgp {
+        Some(g) => Some(Inspector::new(&g.address, Duration::from_secs(5)).map_err(|e| RunError::Gobgp(e.to_string()))?),
+        None => None,
+    };
     if let Some(metrics_config) = &config.metrics {
         let metrics = Metrics::new();
         tokio::spawn(metrics.clone().follow(plan_rx.clone(), source_rx.clone(), sink.clone()));
+        if let Some(inspector) = gobgp.clone() {
+            tokio::spawn(crate::metrics::follow_peers(metrics.clone(), inspector, Duration::from_secs(5)));
+        }
         let listener = tokio::net::TcpListener::bind(metrics_config.listen)
             .await
             .map_err(|e| RunError::Metrics(format!("cannot listen on {}: {e}", metrics_config.listen)))?;
@@ -140,7 +151,7 @@ pub async fn run(
             }
         });
     }
-    let state = ApiState { plans: plan_rx, source: source_rx, sink };
+    let state = ApiState { plans: plan_rx, source: source_rx, sink, gobgp };
     server::serve(&config.api, state, shutdown).await?;
     info!("herald stopped; announcements stay in gobgpd");
     Ok(())

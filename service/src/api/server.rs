@@ -18,6 +18,8 @@ use tracing::info;
 use super::proto;
 use crate::cluster::ObjectKey;
 use crate::config::{ApiConfig, TlsConfig};
+use crate::gobgp::inspect::{Inspector, Neighbor, WirePath};
+use crate::gobgp::paths::{desired_paths, Family};
 use crate::gobgp::SinkStatus;
 use crate::plan::{IpOutcome, Plan, PlanSnapshot, Route};
 use crate::source::SourceSnapshot;
@@ -29,6 +31,8 @@ pub struct ApiState {
     pub source: watch::Receiver<SourceSnapshot>,
     /// `None` when herald runs without gobgpd.
     pub sink: Option<watch::Receiver<SinkStatus>>,
+    /// A read-only look into gobgpd, for answers down to the wire; `None` without gobgpd.
+    pub gobgp: Option<Inspector>,
 }
 
 impl ApiState {
@@ -208,7 +212,21 @@ impl PlanService for PlanApi {
                 }
             })
             .collect();
+        let mut prefixes: Vec<IpNet> = explanation
+            .ips
+            .iter()
+            .filter_map(|ip| match ip.outcome {
+                IpOutcome::HostRoute(p) | IpOutcome::CoveredByRange(p) => Some(p),
+                IpOutcome::NotAnnounced(_) => None,
+            })
+            .collect();
+        prefixes.dedup();
+        let wire = match &self.state.gobgp {
+            Some(inspector) => wire_view(inspector, &snapshot.plan, &prefixes).await,
+            None => Vec::new(),
+        };
         Ok(Response::new(pb::ExplainServiceResponse {
+            wire,
             found: true,
             external_traffic_policy: if explanation.local_policy { "Local" } else { "Cluster" }.to_string(),
             r#type: explanation.type_.clone(),
@@ -256,6 +274,17 @@ impl PlanService for PlanApi {
         Ok(Response::new(stream))
     }
 
+    async fn diff_rib(
+        &self,
+        _request: Request<pb::DiffRibRequest>,
+    ) -> Result<Response<pb::DiffRibResponse>, Status> {
+        let Some(inspector) = &self.state.gobgp else {
+            return Err(Status::failed_precondition("herald runs without gobgpd (no `gobgp` in its config)"));
+        };
+        let snapshot = self.state.plans.borrow().clone();
+        Ok(Response::new(diff_rib(inspector, &snapshot).await?))
+    }
+
     async fn get_status(
         &self,
         _request: Request<pb::GetStatusRequest>,
@@ -285,7 +314,23 @@ impl PlanService for PlanApi {
                 last_applied: s.last_applied.map(timestamp),
             }
         });
+        let neighbors = match &self.state.gobgp {
+            Some(inspector) => match inspector.neighbors().await {
+                Ok(neighbors) => neighbors,
+                Err(e) => {
+                    alarms.push(format!("cannot list gobgpd's BGP neighbors: {e}"));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        for n in &neighbors {
+            if let Some(note) = neighbor_note(n, None) {
+                alarms.push(format!("BGP neighbor {}: {note}", n.address));
+            }
+        }
         Ok(Response::new(pb::GetStatusResponse {
+            neighbors: neighbors.iter().map(neighbor).collect(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             source: Some(pb::SourceStatus {
                 name: source.name,
@@ -300,6 +345,130 @@ impl PlanService for PlanApi {
             alarms,
         }))
     }
+}
+
+fn neighbor(n: &Neighbor) -> pb::Neighbor {
+    pb::Neighbor {
+        address: n.address.clone(),
+        description: n.description.clone(),
+        state: n.state.clone(),
+        add_path_ipv4: n.add_path_send[0],
+        add_path_ipv6: n.add_path_send[1],
+    }
+}
+
+fn wire_path(p: &WirePath) -> pb::WirePath {
+    pb::WirePath {
+        next_hop: p.next_hop.map(|h| h.to_string()).unwrap_or_default(),
+        identifier: p.identifier,
+        local_identifier: p.local_identifier,
+        herald: p.herald,
+    }
+}
+
+/// What is wrong with a neighbor, for a prefix of `family` (or any family herald uses).
+fn neighbor_note(n: &Neighbor, family: Option<Family>) -> Option<String> {
+    if !n.is_established() {
+        return Some(format!("session not established ({}): it learns nothing from herald", n.state));
+    }
+    let missing: Vec<&str> = [(Family::Ipv4, "IPv4"), (Family::Ipv6, "IPv6")]
+        .into_iter()
+        .enumerate()
+        .filter(|(i, (f, _))| family.is_none_or(|w| w == *f) && !n.add_path_send[*i])
+        .map(|(_, (_, name))| name)
+        .collect();
+    // Without a family given (status), only IPv4 is worth an alarm: many fabrics are IPv4 only.
+    let missing: Vec<&str> = if family.is_none() { missing.into_iter().filter(|m| *m == "IPv4").collect() } else { missing };
+    (!missing.is_empty()).then(|| {
+        format!(
+            "ADD-PATH send not negotiated for {}: the neighbor learns one next hop per prefix, not one per node (no ECMP)",
+            missing.join(", ")
+        )
+    })
+}
+
+/// gobgpd's RIB and adj-RIB-outs for `prefixes`.
+async fn wire_view(inspector: &Inspector, plan: &Plan, prefixes: &[IpNet]) -> Vec<pb::PrefixOnWire> {
+    let neighbors = inspector.neighbors().await;
+    let mut out = Vec::new();
+    for prefix in prefixes {
+        let planned = plan.routes.get(prefix).map(|r| proto::route(r, false).next_hops).unwrap_or_default();
+        let mut view = pb::PrefixOnWire { prefix: prefix.to_string(), planned, ..Default::default() };
+        match inspector.rib(Some(*prefix)).await {
+            Ok(rib) => view.rib = rib.iter().map(wire_path).collect(),
+            Err(e) => view.error = e.to_string(),
+        }
+        match &neighbors {
+            Ok(neighbors) => {
+                for n in neighbors {
+                    let sent = if n.is_established() {
+                        inspector.adj_out(&n.address, *prefix).await.unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
+                    let mut note = neighbor_note(n, Some(Family::of(prefix))).unwrap_or_default();
+                    let planned = view.planned.len();
+                    if note.is_empty() && sent.len() < planned {
+                        note = format!("sent {} of the {planned} planned paths", sent.len());
+                    }
+                    view.neighbors.push(pb::NeighborView { neighbor: Some(neighbor(n)), sent: sent.iter().map(wire_path).collect(), note });
+                }
+            }
+            Err(e) => view.error = e.to_string(),
+        }
+        out.push(view);
+    }
+    out
+}
+
+/// The plan against gobgpd's RIB, path by path.
+pub async fn diff_rib(inspector: &Inspector, snapshot: &PlanSnapshot) -> Result<pb::DiffRibResponse, Status> {
+    use pb::PathState;
+    let rib = inspector.rib(None).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    // Identifiers as the sink gives them; attributes do not matter here.
+    let desired = desired_paths(&snapshot.plan, crate::config::Origin::Igp, None);
+    let node_of = |prefix: &IpNet, hop: &IpAddr| -> String {
+        snapshot.plan.routes.get(prefix).and_then(|r| r.next_hops.iter().find(|h| h.address == *hop)).map(|h| h.node.clone()).unwrap_or_default()
+    };
+    let mut response = pb::DiffRibResponse { generation: snapshot.generation, ..Default::default() };
+    let mut matched = std::collections::HashSet::new();
+    for path in &rib {
+        let key = crate::gobgp::paths::PathKey { prefix: path.prefix, identifier: path.identifier };
+        let state = if !path.herald {
+            PathState::Foreign
+        } else if desired.get(&key).is_some_and(|a| Some(a.next_hop) == path.next_hop) {
+            matched.insert(key);
+            PathState::InSync
+        } else {
+            PathState::Unexpected
+        };
+        let next_hop = path.next_hop.map(|h| h.to_string()).unwrap_or_default();
+        let node = match (state, path.next_hop) {
+            (PathState::InSync, Some(hop)) => node_of(&path.prefix, &hop),
+            _ => String::new(),
+        };
+        response.entries.push(pb::RibEntry { prefix: path.prefix.to_string(), next_hop, node, identifier: path.identifier, state: state as i32 });
+    }
+    for (key, attrs) in desired.iter().filter(|(k, _)| !matched.contains(*k)) {
+        response.entries.push(pb::RibEntry {
+            prefix: key.prefix.to_string(),
+            next_hop: attrs.next_hop.to_string(),
+            node: node_of(&key.prefix, &attrs.next_hop),
+            identifier: key.identifier,
+            state: PathState::Missing as i32,
+        });
+    }
+    response.entries.sort_by(|a, b| (&a.prefix, &a.next_hop, a.identifier).cmp(&(&b.prefix, &b.next_hop, b.identifier)));
+    for e in &response.entries {
+        match PathState::try_from(e.state) {
+            Ok(PathState::InSync) => response.in_sync += 1,
+            Ok(PathState::Missing) => response.missing += 1,
+            Ok(PathState::Unexpected) => response.unexpected += 1,
+            Ok(PathState::Foreign) => response.foreign += 1,
+            _ => {}
+        }
+    }
+    Ok(response)
 }
 
 /// A stream fed by a task, so a slow reader applies backpressure to that task alone.

@@ -5,6 +5,7 @@
 //! - [`reconciler`]: the loop that pushes the diff, re-reads gobgpd's RIB and repairs it.
 //! - [`v3`]: the GoBGP v3 API client (`apipb`), behind [`reconciler::GobgpClient`].
 
+pub mod inspect;
 pub mod paths;
 pub mod reconciler;
 pub mod v3;
@@ -44,6 +45,11 @@ pub struct SinkStatus {
     pub paths_added: u64,
     /// Paths withdrawn since herald started.
     pub paths_withdrawn: u64,
+    /// Failed calls to gobgpd since herald started.
+    pub errors: u64,
+    /// Times gobgpd's RIB was found to differ from what herald applied (a restarted gobgpd, paths
+    /// changed by hand) and was repaired.
+    pub repairs: u64,
 }
 
 /// Starts a reconciler with a client of one's choosing (another API version, other timeouts).

@@ -386,6 +386,7 @@ impl<C: GobgpClient> Reconciler<C> {
                 "read gobgpd's RIB back after an error"
             );
         } else if previous != self.applied {
+            self.status.send_modify(|s| s.repairs += 1);
             warn!(
                 paths = self.applied.len(),
                 expected = previous.len(),
@@ -448,6 +449,7 @@ impl<C: GobgpClient> Reconciler<C> {
         let message = e.message.clone();
         let pending = if self.plan.generation == 0 { 0 } else { self.diff().len() as u64 };
         self.status.send_modify(|s| {
+            s.errors += 1;
             s.reachable = reachable;
             s.last_error = Some(message);
             s.pending_operations = pending;

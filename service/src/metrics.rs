@@ -83,6 +83,10 @@ impl SinkTracker {
     const KEPT: usize = 256;
 
     fn plan_published(&mut self, generation: u64) {
+        // Generation 0 is "no plan yet": nothing to push.
+        if generation == 0 {
+            return;
+        }
         if self.published.back().is_none_or(|(g, _)| *g < generation) {
             if self.published.len() == Self::KEPT {
                 self.published.pop_front();

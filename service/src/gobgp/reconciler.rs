@@ -343,6 +343,14 @@ impl<C: GobgpClient> Reconciler<C> {
             if published.elapsed() >= STATUS_EVERY {
                 self.publish((ops.len() - pos) as u64, false);
                 published = Instant::now();
+                // A push long enough to report on: say how far it is.
+                info!(
+                    generation = self.plan.generation,
+                    done = added + withdrawn,
+                    left = ops.len() - pos,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "pushing to gobgpd"
+                );
             }
         }
         // Counts after herald's changes: a later drop means gobgpd lost paths.

@@ -342,7 +342,12 @@ impl Tracker {
                 *M::buffer(&mut self.buffers) = Some(BTreeMap::new());
             }
             Step::InitApply(object) => {
-                M::buffer(&mut self.buffers).get_or_insert_with(BTreeMap::new).insert(object.key(), object);
+                let buffer = M::buffer(&mut self.buffers).get_or_insert_with(BTreeMap::new);
+                buffer.insert(object.key(), object);
+                // A large cluster's first list takes a while: say how far it is.
+                if buffer.len() % 10_000 == 0 {
+                    info!(source = SOURCE_NAME, kind = kind.as_str(), objects = buffer.len(), "listing");
+                }
             }
             Step::InitDone => {
                 let listed = M::buffer(&mut self.buffers).take().unwrap_or_default();

@@ -1,0 +1,154 @@
+//! "Why is my service (not) reachable?": metrics scraped from a running herald, explanations down to
+//! the wire, the RIB diff, and JSON logs, in the lab with real gobgpd and BIRD 2.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use herald_integration::lab::Lab;
+use herald_integration::lab_herald::{table, write_atomically, LabHerald, LAB_RANGES};
+use herald_integration::process::{repo_root, wait_until, workspace_bin};
+
+const ALL: &[&str] = &["198.19.0.1", "198.19.0.2", "198.19.0.3"];
+const METRICS_PORT: u16 = 9180;
+
+fn lab_state() -> String {
+    std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap()
+}
+
+fn scrape(lab: &Lab) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab.pool_ns(), "curl", "-sf", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of a sample line `name{labels} value` (labels written as in the exposition).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_explain_and_diff_answer_from_the_wire() {
+    let lab = Lab::start().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cluster-state.yaml");
+    // The lab, plus a Service asking for an IP outside the ranges.
+    let hostile = lab_state().replace("    - 198.19.48.10\n", "    - 198.19.48.10\n    - 8.8.8.8\n");
+    write_atomically(&state, &hostile).unwrap();
+    let herald =
+        LabHerald::start(&lab, dir.path(), &state, LAB_RANGES, &format!("metrics: {{listen: '127.0.0.1:{METRICS_PORT}'}}\n")).unwrap();
+    let expected = table(&[
+        ("198.19.32.0/20", ALL),
+        ("198.19.38.11/32", &["198.19.0.2"]),
+        ("198.19.48.0/20", ALL),
+        ("198.19.48.10/32", &["198.19.0.2"]),
+    ]);
+    herald.wait_table(&lab, &expected, Duration::from_secs(15), "lab routes");
+
+    // Metrics: names and labels as documented, values matching what host1 has.
+    let metrics = wait_until(Duration::from_secs(10), "metrics with the BGP peer", || {
+        let m = scrape(&lab);
+        m.contains("herald_bgp_peer_state{").then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", scrape(&lab)));
+    let expectations: &[(&str, f64)] = &[
+        ("herald_routes_planned{kind=\"cluster-range\"}", 1.0),
+        ("herald_routes_planned{kind=\"cluster-ip\"}", 1.0),
+        ("herald_routes_planned{kind=\"external-ip\"}", 1.0),
+        ("herald_routes_planned{kind=\"load-balancer-ip\"}", 0.0),
+        ("herald_routes_applied{kind=\"external-range\"}", 1.0),
+        ("herald_next_hops_planned", 8.0),
+        ("herald_plan_generation", 1.0),
+        ("herald_refused_ips{cause=\"outside-ranges\"}", 1.0),
+        ("herald_source_synced", 1.0),
+        ("herald_source_up", 1.0),
+        ("herald_gobgp_up", 1.0),
+        ("herald_gobgp_paths_applied", 8.0),
+        ("herald_gobgp_pending_operations", 0.0),
+        ("herald_gobgp_applied_generation", 1.0),
+        ("herald_reconcile_operations_total{operation=\"add\"}", 8.0),
+        ("herald_reconcile_operations_total{operation=\"withdraw\"}", 0.0),
+        ("herald_reconcile_errors_total", 0.0),
+        ("herald_push_duration_seconds_count", 1.0),
+        ("herald_bgp_peer_state{peer=\"198.19.15.254\",state=\"established\"}", 1.0),
+    ];
+    for (series, value) in expectations {
+        assert_eq!(sample(&metrics, series), Some(*value), "{series} in\n{metrics}");
+    }
+    // Every metric the Grafana dashboard draws is exported.
+    let dashboard = std::fs::read_to_string(repo_root().join("deploy/grafana/herald-dashboard.json")).unwrap();
+    let used: BTreeSet<&str> = dashboard
+        .match_indices("herald_")
+        .map(|(i, _)| {
+            let rest = &dashboard[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .filter(|name| !name.ends_with('_') && *name != "herald_")
+        .collect();
+    assert!(used.len() >= 10, "{used:?}");
+    for name in used {
+        let base = name.trim_end_matches("_bucket");
+        assert!(metrics.contains(&format!("{base}")), "the dashboard uses {name}, which herald does not export");
+    }
+
+    // Explain, down to the wire: gobgpd holds the path and sent it to host1 over ADD-PATH.
+    let explain = herald.ctl(&["explain", "yaobank/customer"]);
+    assert!(explain.contains("198.19.48.10/32 on the wire"), "{explain}");
+    assert!(explain.contains("sent to 198.19.15.254 (established): 198.19.0.2"), "{explain}");
+    assert!(explain.contains("8.8.8.8") && explain.contains("outside every range of serviceExternalIPs"), "{explain}");
+    let status = herald.ctl(&["status"]);
+    assert!(status.contains("peer:    198.19.15.254 established (ADD-PATH ipv4+ipv6)"), "{status}");
+
+    // The RIB diff: all in sync, and an operator's path marked foreign.
+    lab.gobgp(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.3", "-a", "ipv4"]).unwrap();
+    let diff = herald.ctl(&["diff"]);
+    assert!(diff.contains("foreign  198.19.99.0/24  198.19.0.3"), "{diff}");
+    assert!(diff.contains("8 in sync, 0 missing, 0 unexpected") && diff.contains("1 foreign"), "{diff}");
+
+    // A router that does not take ADD-PATH: herald says it sees one next hop only.
+    let conf = lab.dir().join("bird.conf");
+    let without = std::fs::read_to_string(&conf).unwrap().replace(" add paths rx;", "");
+    std::fs::write(&conf, without).unwrap();
+    lab.birdc(&["configure"]).unwrap();
+    let explain = wait_until(Duration::from_secs(20), "the ADD-PATH note", || {
+        let e = herald.ctl(&["explain", "yaobank/customer"]);
+        e.contains("ADD-PATH send not negotiated for IPv4").then_some(e)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", herald.ctl(&["explain", "yaobank/customer"]), herald.ctl(&["status"])));
+    assert!(explain.contains("one next hop per prefix"), "{explain}");
+    let status = herald.ctl(&["status"]);
+    assert!(status.contains("no ADD-PATH") && status.contains("alarm:   BGP neighbor 198.19.15.254: ADD-PATH"), "{status}");
+}
+
+#[test]
+fn json_logs_carry_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.yaml");
+    let port = herald_integration::process::free_port();
+    std::fs::write(
+        &config,
+        format!(
+            "{LAB_RANGES}source: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n",
+            repo_root().join("examples/yaobank/cluster-state.yaml").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(workspace_bin("herald"))
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let plan = lines.iter().find(|l| l["message"] == "plan updated").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(plan["routes"], 4, "{plan}");
+    assert_eq!(plan["generation"], 1, "{plan}");
+    assert_eq!(plan["level"], "INFO");
+}

@@ -152,18 +152,21 @@ pub fn config(data: &[u8]) -> Result<(), String> {
                 }
             }
             check_planned(yaobank_state(), &config, "the fuzzed config")?;
-            // The guard as `run` sets it up from the config, on a flapping node.
+            // The guard as `run` sets it up from the config, on a flapping node, with the plans of this
+            // config and (whose ranges surely give routes) of the yaobank one.
             let guard_config = GuardConfig { hold_down: config.guard.hold_down.0, max_routes: config.guard.max_routes };
-            let full = plan(yaobank_state(), &config);
             let mut fewer_state = yaobank_state().clone();
             fewer_state.nodes.remove("node1");
-            let fewer = plan(&fewer_state, &config);
-            let mut guard = Guard::new(guard_config);
-            let t0 = Instant::now();
-            for (step, raw) in [&full, &fewer, &full].into_iter().enumerate() {
-                let guarded = guard.apply(raw, t0 + Duration::from_millis(step as u64));
-                check_guarded(raw, &guarded.plan, guard_config.max_routes)
-                    .map_err(|e| format!("guard step {step} with {guard_config:?}: {e}"))?;
+            for ranges in [&config, yaobank_config()] {
+                let full = plan(yaobank_state(), ranges);
+                let fewer = plan(&fewer_state, ranges);
+                let mut guard = Guard::new(guard_config);
+                let t0 = Instant::now();
+                for (step, raw) in [&full, &fewer, &full].into_iter().enumerate() {
+                    let guarded = guard.apply(raw, t0 + Duration::from_millis(step as u64));
+                    check_guarded(raw, &guarded.plan, guard_config.max_routes)
+                        .map_err(|e| format!("guard step {step} with {guard_config:?}: {e}"))?;
+                }
             }
             Ok(())
         }

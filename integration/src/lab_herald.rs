@@ -83,3 +83,17 @@ pub fn table(rows: &[(&str, &[&str])]) -> RouteTable {
         .map(|(prefix, hops)| (prefix.parse().expect("prefix"), hops.iter().map(|h| h.parse().expect("next hop")).collect()))
         .collect()
 }
+
+/// The three nodes' addresses, next hops of the range routes.
+pub const ALL_NODES: &[&str] = &["198.19.0.1", "198.19.0.2", "198.19.0.3"];
+
+/// host1's table at the end of the seed lab, with the customer pod on `local_node`: both /20s over
+/// the three nodes, the customer's two /32s via its node.
+pub fn lab_final_table(local_node: &str) -> RouteTable {
+    table(&[
+        ("198.19.32.0/20", ALL_NODES),
+        ("198.19.38.11/32", &[local_node]),
+        ("198.19.48.0/20", ALL_NODES),
+        ("198.19.48.10/32", &[local_node]),
+    ])
+}

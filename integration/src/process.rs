@@ -27,6 +27,34 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
+/// `program` run through `wrap` (e.g. `ip netns exec NS`), or directly when `wrap` is empty.
+fn wrapped(program: &Path, wrap: &[&str]) -> Command {
+    match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Writes a config for a plan-only herald (no gobgpd) with the seed lab's ranges, reading `state`
+/// and serving its API on `port`; returns its path.
+pub fn plan_only_config(dir: &Path, state: &Path, port: u16) -> PathBuf {
+    let config = dir.join("herald.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "serviceClusterIPs: [{{cidr: 198.19.32.0/20}}]\nserviceExternalIPs: [{{cidr: 198.19.48.0/20}}]\n\
+             source: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n",
+            state.display()
+        ),
+    )
+    .expect("write herald's config");
+    config
+}
+
 /// A running `herald run`, killed on drop. Its log goes to a file, printed when a test fails.
 pub struct Herald {
     child: Option<Child>,
@@ -38,14 +66,7 @@ impl Herald {
     /// Starts `herald run --config <config>`; `wrap` prefixes the command (e.g. `ip netns exec NS`).
     pub fn start(config: &Path, api_port: u16, log: PathBuf, wrap: &[&str]) -> Result<Herald> {
         let herald = workspace_bin("herald");
-        let mut command = match wrap.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(&herald);
-                c
-            }
-            None => Command::new(&herald),
-        };
+        let mut command = wrapped(&herald, wrap);
         let log_file = std::fs::File::create(&log).context("herald log file")?;
         command
             .args(["run", "--config"])
@@ -100,16 +121,8 @@ impl Drop for Herald {
 
 /// Runs heraldctl against `server` (with `wrap`, e.g. inside a namespace) and returns its output.
 pub fn heraldctl(server: &str, args: &[&str], wrap: &[&str]) -> Output {
-    let ctl = workspace_bin("heraldctl");
-    let mut command = match wrap.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&ctl);
-            c
-        }
-        None => Command::new(&ctl),
-    };
-    command.arg("--server").arg(server).args(args).output().expect("run heraldctl")
+    wrapped(&workspace_bin("heraldctl"), wrap)
+        .arg("--server").arg(server).args(args).output().expect("run heraldctl")
 }
 
 /// Polls `probe` every 50 ms until it returns `Some`, for at most `timeout`.

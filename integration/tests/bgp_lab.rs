@@ -4,20 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use herald_integration::lab::{Lab, RouteTable};
-use herald_integration::lab_herald::{table, write_atomically, LabHerald, LAB_RANGES};
+use herald_integration::lab::Lab;
+use herald_integration::lab_herald::{lab_final_table, ALL_NODES, table, write_atomically, LabHerald, LAB_RANGES};
 use herald_integration::process::{repo_root, wait_until};
 
-const ALL: &[&str] = &["198.19.0.1", "198.19.0.2", "198.19.0.3"];
-
-fn lab_final_table(local_node: &str) -> RouteTable {
-    table(&[
-        ("198.19.32.0/20", ALL),
-        ("198.19.38.11/32", &[local_node]),
-        ("198.19.48.0/20", ALL),
-        ("198.19.48.10/32", &[local_node]),
-    ])
-}
+const ALL: &[&str] = ALL_NODES;
 
 fn write_state(path: &Path, transform: impl Fn(String) -> String) {
     let lab_state = std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap();

@@ -10,24 +10,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_integration::lab::{Lab, RouteTable};
-use herald_integration::lab_herald::{table, write_atomically, LabHerald, LAB_RANGES};
+use herald_integration::lab_herald::{lab_final_table, ALL_NODES, table, write_atomically, LabHerald, LAB_RANGES};
 use herald_integration::process::{repo_root, wait_until};
 use ipnet::IpNet;
 
-const ALL: &[&str] = &["198.19.0.1", "198.19.0.2", "198.19.0.3"];
+const ALL: &[&str] = ALL_NODES;
 const NODES: [(&str, &str); 3] = [("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")];
 
 fn lab_state() -> String {
     std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap()
-}
-
-fn lab_table(local_node: &str) -> RouteTable {
-    table(&[
-        ("198.19.32.0/20", ALL),
-        ("198.19.38.11/32", &[local_node]),
-        ("198.19.48.0/20", ALL),
-        ("198.19.48.10/32", &[local_node]),
-    ])
 }
 
 /// A cluster of the lab's three nodes and `services` Local Services, each with an external IP in
@@ -175,7 +166,7 @@ fn herald_restarts_without_a_single_withdrawal() {
     let lab = Lab::start().expect("lab");
     let dir = tempfile::tempdir().unwrap();
     let (mut herald, _state) = start(&lab, dir.path(), &lab_state(), "");
-    let expected = lab_table("198.19.0.2");
+    let expected = lab_final_table("198.19.0.2");
     herald.wait_table(&lab, &expected, Duration::from_secs(15), "initial routes");
     let withdrawals = withdrawals_received(&lab);
     let sampler = Sampler::start(lab.host1_ns().to_string(), expected.clone());
@@ -202,7 +193,7 @@ fn a_lost_source_keeps_the_last_plan_and_says_so() {
     let lab = Lab::start().expect("lab");
     let dir = tempfile::tempdir().unwrap();
     let (herald, state) = start(&lab, dir.path(), &lab_state(), "");
-    let expected = lab_table("198.19.0.2");
+    let expected = lab_final_table("198.19.0.2");
     herald.wait_table(&lab, &expected, Duration::from_secs(15), "initial routes");
     let sampler = Sampler::start(lab.host1_ns().to_string(), expected.clone());
     type Break = fn(&Path);
@@ -243,7 +234,7 @@ fn drift_is_repaired_and_operator_paths_are_never_touched() {
     let lab = Lab::start().expect("lab");
     let dir = tempfile::tempdir().unwrap();
     let (herald, state) = start(&lab, dir.path(), &lab_state(), "");
-    let expected = lab_table("198.19.0.2");
+    let expected = lab_final_table("198.19.0.2");
     herald.wait_table(&lab, &expected, Duration::from_secs(15), "herald's routes");
 
     // Drift: someone empties gobgpd's RIB by hand (the CLI's `del all`, the very call herald never
@@ -269,7 +260,7 @@ fn drift_is_repaired_and_operator_paths_are_never_touched() {
     // herald changes its own routes (the pod moves, then the policy goes back to Cluster): the
     // operator's paths stay, including the one on a prefix herald announces and then withdraws.
     write_atomically(&state, &lab_state().replace("nodeName: node1", "nodeName: node2")).unwrap();
-    herald.wait_table(&lab, &with_operator(lab_table("198.19.0.3")), Duration::from_secs(3), "pod moved, operator paths kept");
+    herald.wait_table(&lab, &with_operator(lab_final_table("198.19.0.3")), Duration::from_secs(3), "pod moved, operator paths kept");
     write_atomically(&state, &lab_state().replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster")).unwrap();
     let operator_only = with_operator(table(&[("198.19.32.0/20", ALL), ("198.19.48.0/20", ALL)]));
     herald.wait_table(&lab, &operator_only, Duration::from_secs(3), "herald's host routes gone, the operator's kept");
@@ -285,7 +276,7 @@ fn hung_gobgpd_under_churn_keeps_memory_bounded_and_converges() {
     let lab = Lab::start().expect("lab");
     let dir = tempfile::tempdir().unwrap();
     let (herald, state) = start(&lab, dir.path(), &lab_state(), "");
-    herald.wait_table(&lab, &lab_table("198.19.0.2"), Duration::from_secs(15), "initial routes");
+    herald.wait_table(&lab, &lab_final_table("198.19.0.2"), Duration::from_secs(15), "initial routes");
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
@@ -308,7 +299,7 @@ fn hung_gobgpd_under_churn_keeps_memory_bounded_and_converges() {
     let resumed = Instant::now();
     // The last change put the pod on the node of the last write.
     let last = if (changes - 1) % 2 == 0 { "198.19.0.3" } else { "198.19.0.2" };
-    herald.wait_table(&lab, &lab_table(last), Duration::from_secs(10), "convergence after SIGCONT");
+    herald.wait_table(&lab, &lab_final_table(last), Duration::from_secs(10), "convergence after SIGCONT");
     eprintln!(
         "{changes} changes while gobgpd hung 30 s: RSS {before} kB -> peak {peak} kB; converged {:?} after SIGCONT; status while hung:\n{status}",
         resumed.elapsed()
@@ -321,7 +312,7 @@ fn flapping_endpoints_are_damped_by_the_hold_down() {
     let lab = Lab::start().expect("lab");
     let dir = tempfile::tempdir().unwrap();
     let (herald, state) = start(&lab, dir.path(), &lab_state(), "guard: {holdDown: 1s}\n");
-    let up = lab_table("198.19.0.2");
+    let up = lab_final_table("198.19.0.2");
     herald.wait_table(&lab, &up, Duration::from_secs(15), "initial routes");
     let ready = lab_state();
     let not_ready = ready.replacen("      ready: true\n", "      ready: false\n", 1); // customer's endpoint

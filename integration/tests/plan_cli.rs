@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use herald_integration::process::{free_port, heraldctl, repo_root, wait_until, workspace_bin, Herald};
+use herald_integration::process::{free_port, heraldctl, plan_only_config, repo_root, wait_until, workspace_bin, Herald};
 
 fn herald(args: &[&str]) -> std::process::Output {
     Command::new(workspace_bin("herald")).current_dir(repo_root()).args(args).output().expect("run herald")
@@ -122,15 +122,7 @@ fn run_serves_the_plan_and_follows_the_file() {
     let lab_state = std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap();
     std::fs::write(&state, &lab_state).unwrap();
     let port = free_port();
-    let config = dir.path().join("herald.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "serviceClusterIPs: [{{cidr: 198.19.32.0/20}}]\nserviceExternalIPs: [{{cidr: 198.19.48.0/20}}]\nsource: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n",
-            state.display()
-        ),
-    )
-    .unwrap();
+    let config = plan_only_config(dir.path(), &state, port);
     let herald = Herald::start(&config, port, dir.path().join("herald.log"), &[]).unwrap();
     let routes = || {
         let out = heraldctl(&herald.api, &["routes", "-o", "json"], &[]);
@@ -183,15 +175,7 @@ fn grpcurl_lists_describes_and_calls() {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("herald.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "serviceClusterIPs: [{{cidr: 198.19.32.0/20}}]\nserviceExternalIPs: [{{cidr: 198.19.48.0/20}}]\nsource: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n",
-            repo_root().join("examples/yaobank/cluster-state.yaml").display()
-        ),
-    )
-    .unwrap();
+    let config = plan_only_config(dir.path(), &repo_root().join("examples/yaobank/cluster-state.yaml"), port);
     let herald = Herald::start(&config, port, dir.path().join("herald.log"), &[]).unwrap();
     let target = format!("127.0.0.1:{port}");
     let run = |args: &[&str]| {

@@ -118,16 +118,20 @@ impl Inspector {
         }
     }
 
+    /// The next message of a streamed answer, each within the timeout.
+    async fn next<T>(&self, call: &'static str, stream: &mut tonic::Streaming<T>) -> Result<Option<T>, InspectError> {
+        tokio::time::timeout(self.timeout, stream.message())
+            .await
+            .map_err(|_| InspectError { call, message: "stream stalled".to_string() })?
+            .map_err(|s| InspectError { call, message: s.message().to_string() })
+    }
+
     pub async fn neighbors(&self) -> Result<Vec<Neighbor>, InspectError> {
         let mut client = self.client.clone();
         let mut stream = self.within("ListPeer", client.list_peer(api::ListPeerRequest::default())).await?;
         let mut out = Vec::new();
         loop {
-            let message = tokio::time::timeout(self.timeout, stream.message())
-                .await
-                .map_err(|_| InspectError { call: "ListPeer", message: "stream stalled".to_string() })?
-                .map_err(|s| InspectError { call: "ListPeer", message: s.message().to_string() })?;
-            let Some(response) = message else { break };
+            let Some(response) = self.next("ListPeer", &mut stream).await? else { break };
             let Some(peer) = response.peer else { continue };
             let state = peer.state.unwrap_or_default();
             let conf = peer.conf.unwrap_or_default();
@@ -166,11 +170,7 @@ impl Inspector {
         let mut stream = self.within("ListPath", client.list_path(request)).await?;
         let mut out = Vec::new();
         loop {
-            let message = tokio::time::timeout(self.timeout, stream.message())
-                .await
-                .map_err(|_| InspectError { call: "ListPath", message: "stream stalled".to_string() })?
-                .map_err(|s| InspectError { call: "ListPath", message: s.message().to_string() })?;
-            let Some(response) = message else { break };
+            let Some(response) = self.next("ListPath", &mut stream).await? else { break };
             let Some(destination) = response.destination else { continue };
             let Ok(prefix) = destination.prefix.parse::<IpNet>() else { continue };
             for path in &destination.paths {

@@ -314,6 +314,10 @@ impl Config {
     /// Checks across fields, which serde cannot do while reading one value.
     fn check(&self) -> Result<(), String> {
         if let Some(gobgp) = &self.gobgp {
+            let port_ok = gobgp.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(format!("gobgp.address `{}` is not host:port (e.g. 127.0.0.1:50051)", gobgp.address));
+            }
             if gobgp.batch_size == 0 {
                 return Err("gobgp.batchSize must be at least 1".to_string());
             }

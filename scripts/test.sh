@@ -5,9 +5,8 @@
 #   scripts/test.sh --quick    unit and CLI tests only (no network namespaces, no Docker)
 #
 # It installs what the tests need (gobgpd, BIRD 2, grpcurl, ...), builds the workspace, runs
-# `cargo test` (which includes the network-namespace labs with real gobgpd and BIRD 2), fuzzes the
-# parsers and the planner for a bounded time (scripts/fuzz.sh), validates the Kubernetes manifests and
-# runs the Docker Compose end-to-end test.
+# `cargo test` (which includes the network-namespace labs with real gobgpd and BIRD 2), validates the
+# Kubernetes manifests and runs the Docker Compose end-to-end test. CI also fuzzes (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,12 +30,6 @@ fi
 
 step "cargo test"
 cargo test --workspace --no-fail-fast
-
-# Hostile input: the cluster-state, config and selector parsers and the planner under libFuzzer, a
-# bounded time each, on the stable toolchain (installs cargo-fuzz when missing). A crash leaves its
-# input in fuzz/regressions/ and fails the run.
-step "fuzzing (${HERALD_FUZZ_SECONDS:-20}s per target)"
-scripts/fuzz.sh "${HERALD_FUZZ_SECONDS:-20}"
 
 if [[ -x scripts/validate-manifests.sh ]]; then
     step "Kubernetes manifests"

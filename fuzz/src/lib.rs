@@ -143,13 +143,9 @@ pub fn config(data: &[u8]) -> Result<(), String> {
                 return Err("Config::parse accepted a zero gobgp.batchSize or antiEntropyInterval".to_string());
             }
             // The reconciler schedules `now + antiEntropyInterval`; Instant + Duration panics on overflow.
-            if let Some(gobgp) = &config.gobgp {
-                if Instant::now().checked_add(gobgp.anti_entropy_interval.0).is_none() {
-                    return Err(format!(
-                        "Config::parse accepted gobgp.antiEntropyInterval {:?}, which overflows the clock",
-                        gobgp.anti_entropy_interval.0
-                    ));
-                }
+            let interval = config.gobgp.as_ref().map(|g| g.anti_entropy_interval.0);
+            if let Some(interval) = interval.filter(|i| Instant::now().checked_add(*i).is_none()) {
+                return Err(format!("Config::parse accepted gobgp.antiEntropyInterval {interval:?}, which overflows the clock"));
             }
             check_planned(yaobank_state(), &config, "the fuzzed config")?;
             // The guard as `run` sets it up from the config, on a flapping node, with the plans of this

@@ -202,3 +202,68 @@ fn grpcurl_lists_describes_and_calls() {
         run(&["-d", r#"{"namespace":"yaobank","name":"customer"}"#, &target, "herald.v1.PlanService/ExplainService"]);
     assert!(ok && explain.contains("\"found\": true"), "{explain}");
 }
+
+/// Reflection v1 (what newer grpcurl and other tools speak) lists the same services as v1alpha.
+#[test]
+fn reflection_v1_lists_the_services() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = plan_only_config(dir.path(), &repo_root().join("examples/yaobank/cluster-state.yaml"), port);
+    let herald = Herald::start(&config, port, dir.path().join("herald.log"), &[]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let services = runtime.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let channel = loop {
+            match tonic::transport::Endpoint::from_shared(herald.api.clone()).unwrap().connect().await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => panic!("{e}\n{}", herald.log_text()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+        let mut stream = ServerReflectionClient::new(channel)
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().unwrap();
+        match response.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    });
+    for wanted in ["herald.v1.PlanService", "grpc.health.v1.Health"] {
+        assert!(services.iter().any(|s| s == wanted), "{services:?}");
+    }
+    assert!(!services.iter().any(|s| s.starts_with("apipb")), "gobgp's API is not herald's to serve: {services:?}");
+}
+
+/// No gobgpd at the configured address: the plan is still served, status says gobgpd is
+/// unreachable, and herald keeps retrying (it logs the failure once, not per retry).
+#[test]
+fn without_gobgpd_the_plan_is_still_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let closed = free_port();
+    let config = plan_only_config(dir.path(), &repo_root().join("examples/yaobank/cluster-state.yaml"), port);
+    let text = std::fs::read_to_string(&config).unwrap() + &format!("gobgp: {{address: '127.0.0.1:{closed}'}}\n");
+    std::fs::write(&config, text).unwrap();
+    let herald = Herald::start(&config, port, dir.path().join("herald.log"), &[]).unwrap();
+    let status = wait_until(Duration::from_secs(10), "status with gobgpd unreachable", || {
+        let out = heraldctl(&herald.api, &["status"], &[]);
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.contains("UNREACHABLE").then_some(s)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", herald.log_text()));
+    assert!(status.contains("4 routes") && status.contains("alarm:   gobgpd at"), "{status}");
+    let routes = String::from_utf8(heraldctl(&herald.api, &["routes"], &[]).stdout).unwrap();
+    assert_eq!(routes.lines().filter(|l| l.contains("  no  ")).count(), 4, "{routes}");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = herald.log_text();
+    assert_eq!(log.matches("gobgpd unreachable; retrying").count(), 1, "{log}");
+}

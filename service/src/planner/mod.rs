@@ -420,6 +420,10 @@ fn ip_outcome(
     let next_hops: BTreeSet<NextHop> =
         local.nodes.iter().filter_map(|n| context.announcers.get(*n)).filter_map(|a| a.next_hop_for(&ip)).collect();
     if next_hops.is_empty() {
+        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+        part.explanation.notes.push(format!(
+            "{ip}: no host route: no node of this pool with an {family} InternalIP has a ready (or serving, terminating) endpoint"
+        ));
         return covered();
     }
     if context.ranges_plan.routes.contains_key(&host) {

@@ -70,9 +70,19 @@ fn init_logging(format: LogFormat) {
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGTERM; stop herald with SIGINT");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        () = term => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
 }

@@ -214,16 +214,19 @@ pub fn merge_host_route(routes: &mut BTreeMap<IpNet, Route>, part: &Route) {
         None => {
             routes.insert(part.prefix, part.clone());
         }
-        Some(route) => {
-            route.next_hops.extend(part.next_hops.iter().cloned());
-            route.sources.extend(part.sources.iter().cloned());
-            route.communities.extend(part.communities.iter().copied());
-            route.large_communities.extend(part.large_communities.iter().copied());
-            let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
-            let why = part.reason.split(" on ").next().unwrap_or_default().to_string();
-            route.reason = format!("{why} on {}", nodes.join(", "));
-        }
+        Some(route) => merge_into(route, part),
     }
+}
+
+/// Adds `part`'s next hops, sources and communities to `route`; the reason names all the nodes.
+fn merge_into(route: &mut Route, part: &Route) {
+    route.next_hops.extend(part.next_hops.iter().cloned());
+    route.sources.extend(part.sources.iter().cloned());
+    route.communities.extend(part.communities.iter().copied());
+    route.large_communities.extend(part.large_communities.iter().copied());
+    let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
+    let why = part.reason.split(" on ").next().unwrap_or_default().to_string();
+    route.reason = format!("{why} on {}", nodes.join(", "));
 }
 
 /// Computes the plan.
@@ -453,11 +456,6 @@ fn ip_outcome(
     IpOutcome::HostRoute(host)
 }
 
-fn merge_into(existing: &mut Route, part: &Route) {
-    let mut routes = BTreeMap::from([(existing.prefix, existing.clone())]);
-    merge_host_route(&mut routes, part);
-    *existing = routes.remove(&part.prefix).expect("merged route");
-}
 
 pub mod incremental;
 pub mod invariants;

@@ -1,0 +1,414 @@
+//! Memory benchmark: `cargo bench -p herald --bench memory`.
+//!
+//! 1. In this process, at the scale scenario (1,000 nodes, 20,000 Services, 200,000 endpoints):
+//!    resident memory (VmRSS, and the peak VmHWM, from /proc/self/status) after building the
+//!    ClusterState, its plan, an IncrementalPlanner (which holds a state and a plan of its own),
+//!    and a reconciler that has pushed the plan into a real gobgpd (its desired and applied path
+//!    sets).
+//! 2. `herald run` with the file source on the same cluster written as YAML, the way
+//!    `kubectl get services,endpointslices,nodes -A -o yaml` prints it (a `List`, keys sorted,
+//!    the usual metadata and status fields), pushing into a real gobgpd: its peak RSS (VmHWM of
+//!    the child) once gobgpd holds the whole plan.
+//!
+//! `HERALD_MEMORY_YAML_ONLY=1` writes the YAML and reads it back in this process (and checks that
+//! it reads as the scale cluster).
+
+#[path = "../tests/support/gobgpd.rs"]
+mod gobgpd;
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gobgpd::Gobgpd;
+use herald::cluster::{ClusterState, TrafficPolicy};
+use herald::config::{GobgpConfig, Origin, Seconds};
+use herald::gobgp::v3::V3Client;
+use herald::plan::PlanSnapshot;
+use herald::planner::incremental::IncrementalPlanner;
+use herald::scale::{self, Scale};
+use tokio::sync::watch;
+
+const TARGET_MB: f64 = 200.0;
+
+/// (VmRSS, VmHWM) in MB of a process ("self" or a pid).
+fn memory(pid: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Stages {
+    last: f64,
+}
+
+impl Stages {
+    fn report(&mut self, what: &str) -> f64 {
+        let (rss, hwm) = memory("self");
+        println!("  {what:<72} VmRSS {rss:7.1} MB ({:+7.1} MB)   VmHWM {hwm:7.1} MB", rss - self.last);
+        self.last = rss;
+        rss
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster as `kubectl get services,endpointslices,nodes -A -o yaml` prints it.
+
+fn uid(kind: u32, i: u32) -> String {
+    format!("{kind:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i >> 16, i & 0xfff, (i >> 12) & 0xfff, u64::from(i) * 2654435761)
+}
+
+const CREATED: &str = "\"2025-03-14T09:26:53Z\"";
+
+fn node_yaml(out: &mut String, i: u32, node: &herald::cluster::Node) {
+    let name = &node.name;
+    let _ = write!(
+        out,
+        "- apiVersion: v1\n  kind: Node\n  metadata:\n    annotations:\n      node.alpha.kubernetes.io/ttl: \"0\"\n      volumes.kubernetes.io/controller-managed-attach-detach: \"true\"\n    creationTimestamp: {CREATED}\n    labels:\n"
+    );
+    let mut labels = node.labels.clone();
+    for (k, v) in [
+        ("beta.kubernetes.io/arch", "amd64"),
+        ("beta.kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", "amd64"),
+        ("kubernetes.io/os", "linux"),
+        ("topology.kubernetes.io/zone", ["zone-0", "zone-1", "zone-2"][i as usize % 3]),
+    ] {
+        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
+    }
+    for (k, v) in &labels {
+        let _ = writeln!(out, "      {k}: {v}");
+    }
+    let _ = write!(
+        out,
+        "    name: {name}\n    resourceVersion: \"{}\"\n    uid: {}\n  spec:\n    podCIDR: 10.{}.{}.0/24\n    podCIDRs:\n    - 10.{}.{}.0/24\n  status:\n    addresses:\n",
+        3_000_000 + i,
+        uid(1, i),
+        200 + i / 256,
+        i % 256,
+        200 + i / 256,
+        i % 256
+    );
+    for ip in &node.internal_ips {
+        let _ = write!(out, "    - address: {ip}\n      type: InternalIP\n");
+    }
+    let _ = write!(out, "    - address: {name}\n      type: Hostname\n");
+    out.push_str(
+        "    allocatable:\n      cpu: 31800m\n      ephemeral-storage: \"452107140114\"\n      hugepages-1Gi: \"0\"\n      hugepages-2Mi: \"0\"\n      memory: 129653368Ki\n      pods: \"110\"\n    capacity:\n      cpu: \"32\"\n      ephemeral-storage: 490563520Ki\n      hugepages-1Gi: \"0\"\n      hugepages-2Mi: \"0\"\n      memory: 131853432Ki\n      pods: \"110\"\n    conditions:\n",
+    );
+    for (type_, status, reason, message) in [
+        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        (
+            "Ready",
+            if node.ready { "\"True\"" } else { "\"False\"" },
+            if node.ready { "KubeletReady" } else { "KubeletNotReady" },
+            if node.ready { "kubelet is posting ready status" } else { "container runtime network not ready" },
+        ),
+    ] {
+        let status = if status.starts_with('"') { status.to_string() } else { format!("\"{status}\"") };
+        let _ = write!(
+            out,
+            "    - lastHeartbeatTime: \"2025-03-20T11:02:17Z\"\n      lastTransitionTime: {CREATED}\n      message: {message}\n      reason: {reason}\n      status: {status}\n      type: {type_}\n"
+        );
+    }
+    let _ = write!(
+        out,
+        "    daemonEndpoints:\n      kubeletEndpoint:\n        Port: 10250\n    nodeInfo:\n      architecture: amd64\n      bootID: {}\n      containerRuntimeVersion: containerd://1.7.24\n      kernelVersion: 6.1.0-31-amd64\n      kubeProxyVersion: v1.31.4\n      kubeletVersion: v1.31.4\n      machineID: \"{:032x}\"\n      operatingSystem: linux\n      osImage: Debian GNU/Linux 12 (bookworm)\n      systemUUID: {}\n",
+        uid(2, i),
+        u128::from(i) * 0x9E37_79B9_7F4A_7C15,
+        uid(3, i)
+    );
+}
+
+fn service_yaml(out: &mut String, i: u32, s: &herald::cluster::Service) {
+    let (ns, name) = (&s.key.namespace, &s.key.name);
+    let _ = write!(
+        out,
+        "- apiVersion: v1\n  kind: Service\n  metadata:\n    creationTimestamp: {CREATED}\n    labels:\n      app: {name}\n    name: {name}\n    namespace: {ns}\n    resourceVersion: \"{}\"\n    uid: {}\n  spec:\n    clusterIP: {}\n    clusterIPs:\n",
+        1_000_000 + i,
+        uid(4, i),
+        s.cluster_ips[0]
+    );
+    for ip in &s.cluster_ips {
+        let _ = writeln!(out, "    - {ip}");
+    }
+    if !s.external_ips.is_empty() {
+        out.push_str("    externalIPs:\n");
+        for ip in &s.external_ips {
+            let _ = writeln!(out, "    - {ip}");
+        }
+    }
+    match (s.external_traffic_policy, s.type_.as_str()) {
+        (TrafficPolicy::Local, _) => out.push_str("    externalTrafficPolicy: Local\n"),
+        (TrafficPolicy::Cluster, "LoadBalancer") => out.push_str("    externalTrafficPolicy: Cluster\n"),
+        _ => {}
+    }
+    out.push_str("    internalTrafficPolicy: Cluster\n    ipFamilies:\n");
+    for ip in &s.cluster_ips {
+        out.push_str(if ip.contains(':') { "    - IPv6\n" } else { "    - IPv4\n" });
+    }
+    let _ = write!(
+        out,
+        "    ipFamilyPolicy: {}\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      targetPort: 8080\n    selector:\n      app: {name}\n    sessionAffinity: None\n    type: {}\n  status:\n",
+        if s.cluster_ips.len() > 1 { "PreferDualStack" } else { "SingleStack" },
+        s.type_
+    );
+    if s.load_balancer_ips.is_empty() {
+        out.push_str("    loadBalancer: {}\n");
+    } else {
+        out.push_str("    loadBalancer:\n      ingress:\n");
+        for ip in &s.load_balancer_ips {
+            let _ = write!(out, "      - ip: {ip}\n        ipMode: VIP\n");
+        }
+    }
+}
+
+fn slice_yaml(out: &mut String, i: u32, slice: &herald::cluster::EndpointSlice) {
+    let (ns, name) = (&slice.key.namespace, &slice.key.name);
+    let service = slice.service_name.as_deref().unwrap_or_default();
+    out.push_str("- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n");
+    for (e, endpoint) in slice.endpoints.iter().enumerate() {
+        let pod = (i * 16 + e as u32) as u64;
+        let _ = write!(
+            out,
+            "  - addresses:\n    - 10.{}.{}.{}\n    conditions:\n      ready: {}\n      serving: {}\n      terminating: {}\n",
+            64 + (pod >> 16) % 64,
+            (pod >> 8) & 255,
+            pod & 255,
+            endpoint.ready.unwrap_or(true),
+            endpoint.serving.unwrap_or(true),
+            endpoint.terminating.unwrap_or(false)
+        );
+        if let Some(node) = &endpoint.node_name {
+            let _ = writeln!(out, "    nodeName: {node}");
+        }
+        let _ = write!(
+            out,
+            "    targetRef:\n      kind: Pod\n      name: {service}-7c9f8d6b5-{pod:05x}\n      namespace: {ns}\n      uid: {}\n    zone: zone-{}\n",
+            uid(5, pod as u32),
+            pod % 3
+        );
+    }
+    let _ = write!(
+        out,
+        "  kind: EndpointSlice\n  metadata:\n    annotations:\n      endpoints.kubernetes.io/last-change-trigger-time: \"2025-03-20T10:41:07Z\"\n    creationTimestamp: {CREATED}\n    generateName: {service}-\n    generation: 7\n    labels:\n      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n      kubernetes.io/service-name: {service}\n    name: {name}\n    namespace: {ns}\n    ownerReferences:\n    - apiVersion: v1\n      blockOwnerDeletion: true\n      controller: true\n      kind: Service\n      name: {service}\n      uid: {}\n    resourceVersion: \"{}\"\n    uid: {}\n  ports:\n  - name: http\n    port: 8080\n    protocol: TCP\n",
+        uid(4, i),
+        2_000_000 + i,
+        uid(6, i)
+    );
+}
+
+/// The cluster as one `List`, keys in kubectl's (sorted) order: `items` before `kind`.
+fn cluster_yaml(state: &ClusterState) -> String {
+    let mut out = String::with_capacity(128 << 20);
+    out.push_str("apiVersion: v1\nitems:\n");
+    for (i, s) in state.services.values().enumerate() {
+        service_yaml(&mut out, i as u32, s);
+    }
+    for (i, s) in state.endpoint_slices.values().enumerate() {
+        slice_yaml(&mut out, i as u32, s);
+    }
+    for (i, n) in state.nodes.values().enumerate() {
+        node_yaml(&mut out, i as u32, n);
+    }
+    out.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn in_process() -> (ClusterState, usize) {
+    println!("1. in this process (the bench binary: tokio, tonic; no API server):");
+    let mut stages = Stages { last: 0.0 };
+    let base = stages.report("at start");
+    let state = scale::cluster(Scale::LARGE);
+    let config = scale::config();
+    stages.report(&format!(
+        "+ ClusterState ({} nodes, {} Services, {} endpoints)",
+        state.nodes.len(),
+        state.services.len(),
+        state.endpoint_slices.values().map(|s| s.endpoints.len()).sum::<usize>()
+    ));
+    let plan = Arc::new(herald::planner::plan(&state, &config));
+    stages.report(&format!("+ its plan ({} routes, {} paths, {} Service explanations)", plan.routes.len(), plan.path_count(), plan.services.len()));
+    let planner = IncrementalPlanner::new(state.clone(), config.clone());
+    stages.report("+ IncrementalPlanner (its own ClusterState, plan and per-Service parts)");
+
+    let g = Gobgpd::start().await;
+    let cfg = GobgpConfig {
+        address: g.address(),
+        origin: Origin::Igp,
+        local_pref: None,
+        anti_entropy_interval: Seconds(Duration::from_secs(30)),
+        batch_size: 1000,
+    };
+    let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let (tx, rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone() });
+    let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), rx);
+    tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
+        .await
+        .expect("the plan reaches gobgpd")
+        .unwrap();
+    let paths = plan.path_count();
+    assert_eq!(g.path_count().await as usize, paths);
+    let rss = stages.report(&format!("+ reconciler after pushing the plan into gobgpd ({paths} paths, desired + applied)"));
+    let (_, hwm) = memory("self");
+    let (gobgpd_rss, gobgpd_hwm) = memory(&g.pid().unwrap().to_string());
+    println!(
+        "  => holding all of it: VmRSS {rss:.1} MB ({:.1} MB above the start), peak VmHWM {hwm:.1} MB; target <= {TARGET_MB:.0} MB: {}",
+        rss - base,
+        if hwm <= TARGET_MB { "met" } else { "NOT met" }
+    );
+    println!("  (gobgpd itself, another process: VmRSS {gobgpd_rss:.1} MB, VmHWM {gobgpd_hwm:.1} MB)");
+    drop(tx);
+    drop(planner);
+    (state, paths)
+}
+
+/// `herald run` on the cluster as YAML: its VmRSS and VmHWM once gobgpd holds the plan.
+async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
+    println!("2. `herald run`, file source, the same cluster as kubectl prints it:");
+    let t = Instant::now();
+    let yaml = cluster_yaml(state);
+    let cluster_path = dir.join("cluster.yaml");
+    std::fs::write(&cluster_path, &yaml).unwrap();
+    println!(
+        "  cluster.yaml: {:.1} MB, {} lines (written in {:.1} s)",
+        yaml.len() as f64 / 1e6,
+        yaml.bytes().filter(|b| *b == b'\n').count(),
+        t.elapsed().as_secs_f64()
+    );
+    drop(yaml);
+    let g = Gobgpd::start().await;
+    let config_path = dir.join("herald.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{}source:\n  file: {}\ngobgp:\n  address: {}\napi:\n  listen: 127.0.0.1:{}\n",
+            scale::CONFIG,
+            cluster_path.display(),
+            g.address(),
+            gobgpd::free_port()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.join("herald.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("herald runs");
+    let pid = child.id().to_string();
+    // Stopped (SIGTERM: herald's own shutdown, then SIGKILL after 10 s) whatever happens here.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.0.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = self.0.kill();
+                    let _ = self.0.wait();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let mut child = Running(child);
+    let mut peak = (0.0f64, 0.0f64);
+    let outcome = loop {
+        let (rss, hwm) = memory(&pid);
+        peak = (peak.0.max(rss), peak.1.max(hwm));
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break Err(format!("herald exited with {status}"));
+        }
+        if std::fs::read_to_string(&log_path).unwrap_or_default().contains("cluster state not usable") {
+            break Err("herald cannot read the cluster state".to_string());
+        }
+        if g.path_count().await as usize >= paths {
+            break Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(240) {
+            break Err("gobgpd did not get the plan within 240 s".to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (rss, hwm) = memory(&pid);
+    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    match outcome {
+        Ok(elapsed) => {
+            // Settled: a second later, still holding everything.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let (rss_later, hwm_later) = memory(&pid);
+            println!("  herald read, planned and pushed {paths} paths into gobgpd in {:.1} s", elapsed.as_secs_f64());
+            println!(
+                "  herald run: VmRSS {rss:.1} MB then {rss_later:.1} MB, peak VmHWM {:.1} MB; target <= {TARGET_MB:.0} MB: {}",
+                hwm.max(hwm_later),
+                if hwm.max(hwm_later) <= TARGET_MB {
+                    "met".to_string()
+                } else {
+                    format!("NOT met, {:.0} MB over", hwm.max(hwm_later) - TARGET_MB)
+                }
+            );
+        }
+        Err(e) => {
+            println!("  herald run FAILED: {e}; VmRSS {rss:.1} MB, peak VmHWM {:.1} MB (sampled peak RSS {:.1} MB)", hwm.max(peak.1), peak.0);
+            let interesting: Vec<&str> =
+                log_text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("cluster state")).take(5).collect();
+            for line in interesting {
+                println!("    log: {}", line.chars().take(400).collect::<String>());
+            }
+        }
+    }
+    drop(child);
+}
+
+#[tokio::main]
+async fn main() {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new().prefix("herald-memory-").tempdir().unwrap();
+    if std::env::var_os("HERALD_MEMORY_YAML_ONLY").is_some() {
+        // Writes the YAML and reads it back in this process: `HERALD_MEMORY_YAML_ONLY=1`.
+        let state = scale::cluster(Scale::LARGE);
+        let yaml = cluster_yaml(&state);
+        println!("{:.1} MB", yaml.len() as f64 / 1e6);
+        let t = Instant::now();
+        match herald::cluster::parse_manifest(&yaml) {
+            Ok(read) => {
+                println!("parsed in {:.1} s; VmHWM {:.1} MB", t.elapsed().as_secs_f64(), memory("self").1);
+                assert_eq!(read.services, state.services);
+                assert_eq!(read.endpoint_slices, state.endpoint_slices);
+                let ips = |s: &ClusterState| s.nodes.values().map(|n| (n.name.clone(), n.ready, n.internal_ips.clone())).collect::<Vec<(String, bool, Vec<IpAddr>)>>();
+                assert_eq!(ips(&read), ips(&state));
+            }
+            Err(e) => println!("parse failed after {:.1} s: {}", t.elapsed().as_secs_f64(), e.to_string().chars().take(300).collect::<String>()),
+        }
+        return;
+    }
+    let (state, paths) = in_process().await;
+    herald_run(dir.path(), &state, paths).await;
+    println!("bench took {:.0?}", started.elapsed());
+}

@@ -1,0 +1,404 @@
+//! Push benchmark against a real gobgpd: `cargo bench -p herald --bench push`.
+//!
+//! 100,000 paths into an empty gobgpd RIB, by:
+//! - `raw`: a minimal AddPathStream client written here, the floor for any client of gobgpd: every
+//!   message (1,000 paths each) built before the clock starts, then streamed in one call: the timed
+//!   part is gobgpd taking the paths, nothing else;
+//! - `herald`: the reconciler (`gobgp::spawn_with` + `V3Client`, herald's default settings), from
+//!   publishing the plan to the status saying gobgpd holds it: plan -> path set, diff, encoding,
+//!   pushes, the path count it takes afterwards;
+//! - `client`: herald's `V3Client::push` alone, fed the reconciler's operations in its chunks.
+//!
+//! The same paths (prefix, next hop, identifier, source AS, ORIGIN, one community) every time.
+//! Runs alternate (raw, herald, client, raw, ...), each with a fresh gobgpd; medians and ratios
+//! are of this run only (the machine is shared and noisy). Then unary `AddPath`, one path a call,
+//! and, for what the scale plan's range routes cost gobgpd, prefixes with many next hops each.
+//!
+//! `HERALD_PUSH_ONLY=raw|herald|client` runs one variant only (for `perf record`);
+//! `RUST_LOG=herald=debug` shows the reconciler's own timings.
+
+#[path = "../tests/support/gobgpd.rs"]
+mod gobgpd;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gobgpd::Gobgpd;
+use herald::config::{Community, GobgpConfig, Origin, Seconds};
+use herald::gobgp::paths::{self, PathSet};
+use herald::gobgp::reconciler::GobgpClient;
+use herald::gobgp::v3::V3Client;
+use herald::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_api::gobgp::v3 as api;
+use ipnet::IpNet;
+use pbjson_types::Any;
+use prost::Message;
+use prost::bytes::Bytes;
+use tokio::sync::watch;
+
+const ROUTES: usize = 50_000;
+const HOPS_PER_ROUTE: usize = 2;
+const PATHS: usize = ROUTES * HOPS_PER_ROUTE;
+const ROUNDS: usize = 9;
+const UNARY_PATHS: usize = 10_000;
+const UNARY_ROUNDS: usize = 3;
+const BATCH: usize = 1000;
+const COMMUNITY: u32 = 64512 << 16 | 100;
+
+/// CPU seconds (user + system) of a process, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
+}
+
+/// `ROUTES` host routes, each on `HOPS_PER_ROUTE` of 64 nodes.
+fn plan() -> Plan {
+    let hop = |n: usize| NextHop { node: format!("node-{n:02}"), address: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1 + n as u8)) };
+    let routes = (0..ROUTES).map(|i| {
+        let prefix = IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32)));
+        let route = Route {
+            prefix,
+            kind: RouteKind::LoadBalancerIp,
+            next_hops: (0..HOPS_PER_ROUTE).map(|h| hop((i + h) % 64)).collect(),
+            sources: BTreeSet::from([format!("ns-{}/svc-{i:05}", i % 100)]),
+            reason: String::new(),
+            communities: BTreeSet::from([Community(COMMUNITY)]),
+            large_communities: BTreeSet::new(),
+        };
+        (prefix, route)
+    });
+    Plan { routes: routes.collect(), ..Default::default() }
+}
+
+fn config(address: String) -> GobgpConfig {
+    GobgpConfig {
+        address,
+        origin: Origin::Igp,
+        local_pref: None,
+        anti_entropy_interval: Seconds(Duration::from_secs(30)),
+        batch_size: BATCH,
+    }
+}
+
+/// What the raw client starts from: the path in binary form, as any client would hold it.
+#[derive(Clone, Copy)]
+struct RawPath {
+    prefix: IpNet,
+    next_hop: IpAddr,
+    identifier: u32,
+}
+
+/// The raw client's encoder: NLRI and next hop per path, constant attributes shared.
+struct RawEncoder {
+    origin: Any,
+    communities: Any,
+}
+
+impl RawEncoder {
+    fn new() -> Self {
+        let any = |url: &str, bytes: Vec<u8>| Any { type_url: format!("type.googleapis.com/apipb.{url}"), value: Bytes::from(bytes) };
+        RawEncoder {
+            origin: any("OriginAttribute", api::OriginAttribute { origin: 0 }.encode_to_vec()),
+            communities: any("CommunitiesAttribute", api::CommunitiesAttribute { communities: vec![COMMUNITY] }.encode_to_vec()),
+        }
+    }
+
+    fn path(&self, p: &RawPath) -> api::Path {
+        let nlri = api::IpAddressPrefix { prefix_len: p.prefix.prefix_len().into(), prefix: p.prefix.network().to_string() };
+        let hop = api::NextHopAttribute { next_hop: p.next_hop.to_string() };
+        api::Path {
+            nlri: Some(Any { type_url: "type.googleapis.com/apipb.IPAddressPrefix".into(), value: nlri.encode_to_vec().into() }),
+            pattrs: vec![
+                self.origin.clone(),
+                Any { type_url: "type.googleapis.com/apipb.NextHopAttribute".into(), value: hop.encode_to_vec().into() },
+                self.communities.clone(),
+            ],
+            family: Some(api::Family { afi: api::family::Afi::Ip as i32, safi: api::family::Safi::Unicast as i32 }),
+            source_asn: paths::HERALD_SOURCE_ASN,
+            identifier: p.identifier,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    Raw,
+    Herald,
+    Client,
+}
+
+impl Variant {
+    fn name(self) -> &'static str {
+        match self {
+            Variant::Raw => "raw AddPathStream",
+            Variant::Herald => "herald reconciler",
+            Variant::Client => "herald V3Client::push",
+        }
+    }
+}
+
+struct Sample {
+    elapsed: Duration,
+    self_cpu: f64,
+    gobgpd_cpu: f64,
+}
+
+struct Inputs {
+    plan: Arc<Plan>,
+    raw: Arc<Vec<RawPath>>,
+    desired: PathSet,
+}
+
+fn raw_messages(raw: &[RawPath]) -> Vec<api::AddPathStreamRequest> {
+    let encoder = RawEncoder::new();
+    raw.chunks(BATCH)
+        .map(|chunk| api::AddPathStreamRequest {
+            table_type: api::TableType::Global as i32,
+            vrf_id: String::new(),
+            paths: chunk.iter().map(|p| encoder.path(p)).collect(),
+        })
+        .collect()
+}
+
+/// The reconciler, started and idle (it has read gobgpd's empty RIB back), then given the plan.
+async fn push_herald(g: &Gobgpd, plan: Arc<Plan>, started: &mut Option<(Instant, f64, f64)>, gobgpd_pid: &str) {
+    let cfg = config(g.address());
+    let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let (tx, rx) = watch::channel(PlanSnapshot::default());
+    let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), rx);
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reachable)).await.expect("reconciler ready").unwrap();
+    *started = Some((Instant::now(), cpu_seconds("self"), cpu_seconds(gobgpd_pid)));
+    tx.send_replace(PlanSnapshot { generation: 1, plan });
+    let s = tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
+        .await
+        .expect("reconciler converges")
+        .unwrap()
+        .clone();
+    assert_eq!(s.paths_applied as usize, PATHS);
+    assert_eq!(s.pending_operations, 0);
+}
+
+async fn push_client(g: &Gobgpd, desired: &PathSet) -> Duration {
+    let cfg = config(g.address());
+    let mut client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let per_push = herald::gobgp::settings(&cfg).ops_per_push;
+    // Connect first, as the reconciler has by the time it pushes.
+    client.path_counts().await.unwrap();
+    let ops = paths::diff(desired, &PathSet::new());
+    let t = Instant::now();
+    for chunk in ops.chunks(per_push) {
+        client.push(chunk).await.expect("push");
+    }
+    t.elapsed()
+}
+
+async fn run_once(variant: Variant, inputs: &Inputs) -> Sample {
+    let g = Gobgpd::start().await;
+    let pid = g.pid().unwrap().to_string();
+    let sample = match variant {
+        Variant::Raw => {
+            let messages = raw_messages(&inputs.raw);
+            // Connected before timing, like the others.
+            let mut client = g.client().await;
+            client.get_bgp(api::GetBgpRequest {}).await.unwrap();
+            let (c0, g0) = (cpu_seconds("self"), cpu_seconds(&pid));
+            let t = Instant::now();
+            client.add_path_stream(tokio_stream::iter(messages)).await.expect("AddPathStream");
+            Sample { elapsed: t.elapsed(), self_cpu: cpu_seconds("self") - c0, gobgpd_cpu: cpu_seconds(&pid) - g0 }
+        }
+        Variant::Herald => {
+            let mut started = None;
+            push_herald(&g, inputs.plan.clone(), &mut started, &pid).await;
+            let elapsed = started.unwrap().0.elapsed();
+            let (_, c0, g0) = started.unwrap();
+            Sample { elapsed, self_cpu: cpu_seconds("self") - c0, gobgpd_cpu: cpu_seconds(&pid) - g0 }
+        }
+        Variant::Client => {
+            let (c0, g0) = (cpu_seconds("self"), cpu_seconds(&pid));
+            let elapsed = push_client(&g, &inputs.desired).await;
+            Sample { elapsed, self_cpu: cpu_seconds("self") - c0, gobgpd_cpu: cpu_seconds(&pid) - g0 }
+        }
+    };
+    assert_eq!(g.path_count().await as usize, PATHS, "{variant:?}: gobgpd holds every path");
+    sample
+}
+
+async fn unary(raw: &[RawPath]) -> (Duration, f64) {
+    let g = Gobgpd::start().await;
+    let pid = g.pid().unwrap().to_string();
+    let mut client = g.client().await;
+    let encoder = RawEncoder::new();
+    let g0 = cpu_seconds(&pid);
+    let t = Instant::now();
+    for p in &raw[..UNARY_PATHS] {
+        client
+            .add_path(api::AddPathRequest {
+                table_type: api::TableType::Global as i32,
+                vrf_id: String::new(),
+                path: Some(encoder.path(p)),
+            })
+            .await
+            .expect("AddPath");
+    }
+    let elapsed = t.elapsed();
+    let gobgpd_cpu = cpu_seconds(&pid) - g0;
+    assert_eq!(g.path_count().await as usize, UNARY_PATHS);
+    (elapsed, gobgpd_cpu)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The reconciler's own timings (`RUST_LOG=herald=debug`): plan taken, each batch applied.
+        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    }
+    let started = Instant::now();
+    let plan = plan();
+    let desired = paths::desired_paths(&plan, Origin::Igp, None);
+    assert_eq!(desired.len(), PATHS);
+    let raw: Vec<RawPath> = desired
+        .iter()
+        .map(|(k, a)| RawPath { prefix: k.prefix, next_hop: a.next_hop, identifier: k.identifier })
+        .collect();
+    let inputs = Inputs { plan: Arc::new(plan), raw: Arc::new(raw), desired };
+    println!(
+        "push: {PATHS} paths ({ROUTES} /32 routes x {HOPS_PER_ROUTE} next hops, ORIGIN + NEXT_HOP + 1 community) into an empty gobgpd ({}), {BATCH} paths a message",
+        gobgpd::GOBGPD
+    );
+    println!("{ROUNDS} rounds of raw, herald, client, each run with a fresh gobgpd; wall time from push to acknowledgment");
+
+    // herald's own work before its first message, measured alone.
+    let time = |f: &mut dyn FnMut()| {
+        let mut v: Vec<f64> = (0..9)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[4]
+    };
+    let desired_ms = time(&mut || drop(std::hint::black_box(paths::desired_paths(&inputs.plan, Origin::Igp, None))));
+    let diff_ms = time(&mut || drop(std::hint::black_box(paths::diff(&inputs.desired, &PathSet::new()))));
+    let in_rib_ms = time(&mut || drop(std::hint::black_box(paths::prefixes_in_rib(&inputs.desired, &inputs.desired))));
+    println!("herald's CPU, alone: path set of the plan {desired_ms:.1} ms, diff against an empty RIB {diff_ms:.1} ms, inRib {in_rib_ms:.1} ms");
+
+    let variants = [Variant::Raw, Variant::Herald, Variant::Client];
+    if let Ok(only) = std::env::var("HERALD_PUSH_ONLY") {
+        // For profiling one variant: `HERALD_PUSH_ONLY=herald perf record -g target/release/deps/push-*`.
+        let v = match only.as_str() {
+            "raw" => Variant::Raw,
+            "herald" => Variant::Herald,
+            _ => Variant::Client,
+        };
+        for _ in 0..ROUNDS {
+            let s = run_once(v, &inputs).await;
+            println!("{}: {:.0} paths/s", v.name(), PATHS as f64 / s.elapsed.as_secs_f64());
+        }
+        return;
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    let mut cpus: Vec<Vec<(f64, f64)>> = vec![Vec::new(); variants.len()];
+    let mut round_ratios = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut line = format!("  round {round}:");
+        let mut round_rates = [0.0; 3];
+        for (i, &v) in variants.iter().enumerate() {
+            let s = run_once(v, &inputs).await;
+            let rate = PATHS as f64 / s.elapsed.as_secs_f64();
+            rates[i].push(rate);
+            cpus[i].push((s.self_cpu, s.gobgpd_cpu));
+            round_rates[i] = rate;
+            line += &format!(
+                "  {} {:.0} ms = {:.0} paths/s (CPU bench {:.2} s, gobgpd {:.2} s);",
+                match v {
+                    Variant::Raw => "raw",
+                    Variant::Herald => "herald",
+                    Variant::Client => "client",
+                },
+                s.elapsed.as_secs_f64() * 1e3,
+                rate,
+                s.self_cpu,
+                s.gobgpd_cpu
+            );
+        }
+        round_ratios.push(round_rates[1] / round_rates[0]);
+        println!("{line}");
+    }
+    let medians: Vec<f64> = rates.iter().map(|r| median(r.clone())).collect();
+    for (i, v) in variants.iter().enumerate() {
+        println!(
+            "{:<24} median {:>7.0} paths/s (min {:.0}, max {:.0}); median CPU: bench process {:.2} s, gobgpd {:.2} s",
+            v.name(),
+            medians[i],
+            rates[i].iter().copied().fold(f64::INFINITY, f64::min),
+            rates[i].iter().copied().fold(0.0, f64::max),
+            median(cpus[i].iter().map(|c| c.0).collect()),
+            median(cpus[i].iter().map(|c| c.1).collect()),
+        );
+    }
+    println!(
+        "herald / raw: {:.3} (ratio of medians); per-round ratios {:?}, median {:.3}; target >= 0.9",
+        medians[1] / medians[0],
+        round_ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        median(round_ratios.clone())
+    );
+    println!("herald V3Client::push alone / raw: {:.3}", medians[2] / medians[0]);
+
+    let mut unary_rates = Vec::new();
+    let mut unary_cpu = Vec::new();
+    for _ in 0..UNARY_ROUNDS {
+        let (elapsed, gobgpd_cpu) = unary(&inputs.raw).await;
+        unary_rates.push(UNARY_PATHS as f64 / elapsed.as_secs_f64());
+        unary_cpu.push(gobgpd_cpu);
+    }
+    let unary_median = median(unary_rates.clone());
+    println!(
+        "unary AddPath, one path a call, {UNARY_PATHS} paths x {UNARY_ROUNDS} fresh gobgpds: median {:.0} paths/s ({:?}); gobgpd CPU median {:.2} s; raw stream / unary: {:.0}x",
+        unary_median,
+        unary_rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+        median(unary_cpu),
+        medians[0] / unary_median
+    );
+    // What the scale plan's range routes look like to gobgpd: few prefixes, each from every node.
+    for (prefixes, hops) in [(6usize, 1000usize), (60, 100)] {
+        let wide: Vec<RawPath> = (0..prefixes)
+            .flat_map(|p| {
+                (0..hops).map(move |h| RawPath {
+                    prefix: IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6400_0000u32 + ((p as u32) << 16))), 16).unwrap(),
+                    next_hop: IpAddr::V4(Ipv4Addr::from(0x0a01_0000u32 + h as u32)),
+                    identifier: paths::IDENTIFIER_TAG | h as u32,
+                })
+            })
+            .collect();
+        let messages = raw_messages(&wide);
+        let g = Gobgpd::start().await;
+        let pid = g.pid().unwrap().to_string();
+        let mut client = g.client().await;
+        client.get_bgp(api::GetBgpRequest {}).await.unwrap();
+        let g0 = cpu_seconds(&pid);
+        let t = Instant::now();
+        client.add_path_stream(tokio_stream::iter(messages)).await.expect("AddPathStream");
+        let elapsed = t.elapsed();
+        assert_eq!(g.path_count().await as usize, wide.len());
+        println!(
+            "raw AddPathStream, {prefixes} prefixes x {hops} next hops ({} paths): {:.0} ms = {:.0} paths/s, gobgpd CPU {:.2} s",
+            wide.len(),
+            elapsed.as_secs_f64() * 1e3,
+            wide.len() as f64 / elapsed.as_secs_f64(),
+            cpu_seconds(&pid) - g0
+        );
+    }
+    println!("bench took {:.0?}", started.elapsed());
+}

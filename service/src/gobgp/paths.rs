@@ -392,14 +392,16 @@ pub struct Op {
     pub withdraw: bool,
 }
 
-/// What to do to turn `applied` into `desired`: additions and replacements first (so that a next
-/// hop that moves to another identifier is announced before the old one goes), then withdrawals.
-pub fn diff(desired: &PathSet, applied: &PathSet) -> Vec<Op> {
-    // At least this many additions (a first push adds everything).
-    let mut adds = Vec::with_capacity(desired.len().saturating_sub(applied.len()));
-    let mut withdrawals = Vec::new();
-    let mut d = desired.iter().peekable();
-    let mut a = applied.iter().peekable();
+/// Walks two sorted path sequences side by side: paths only in `desired` (or changed) go to `adds`,
+/// paths only in `applied` to `withdrawals`.
+fn walk<'a>(
+    desired: impl Iterator<Item = (&'a PathKey, &'a PathAttrs)>,
+    applied: impl Iterator<Item = (&'a PathKey, &'a PathAttrs)>,
+    adds: &mut Vec<Op>,
+    withdrawals: &mut Vec<Op>,
+) {
+    let mut d = desired.peekable();
+    let mut a = applied.peekable();
     loop {
         match (d.peek(), a.peek()) {
             (None, None) => break,
@@ -431,6 +433,15 @@ pub fn diff(desired: &PathSet, applied: &PathSet) -> Vec<Op> {
             },
         }
     }
+}
+
+/// What to do to turn `applied` into `desired`: additions and replacements first (so that a next
+/// hop that moves to another identifier is announced before the old one goes), then withdrawals.
+pub fn diff(desired: &PathSet, applied: &PathSet) -> Vec<Op> {
+    // At least this many additions (a first push adds everything).
+    let mut adds = Vec::with_capacity(desired.len().saturating_sub(applied.len()));
+    let mut withdrawals = Vec::new();
+    walk(desired.iter(), applied.iter(), &mut adds, &mut withdrawals);
     adds.append(&mut withdrawals);
     adds
 }
@@ -442,38 +453,7 @@ pub fn diff_prefixes<'a>(desired: &PathSet, applied: &PathSet, prefixes: impl In
     let mut withdrawals = Vec::new();
     for prefix in prefixes {
         let range = || PathKey { prefix: *prefix, identifier: 0 }..=PathKey { prefix: *prefix, identifier: u32::MAX };
-        let mut d = desired.range(range()).peekable();
-        let mut a = applied.range(range()).peekable();
-        loop {
-            match (d.peek(), a.peek()) {
-                (None, None) => break,
-                (Some((dk, dv)), None) => {
-                    adds.push(Op { key: **dk, attrs: (*dv).clone(), withdraw: false });
-                    d.next();
-                }
-                (None, Some((ak, av))) => {
-                    withdrawals.push(Op { key: **ak, attrs: (*av).clone(), withdraw: true });
-                    a.next();
-                }
-                (Some((dk, dv)), Some((ak, av))) => match dk.cmp(ak) {
-                    std::cmp::Ordering::Less => {
-                        adds.push(Op { key: **dk, attrs: (*dv).clone(), withdraw: false });
-                        d.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        withdrawals.push(Op { key: **ak, attrs: (*av).clone(), withdraw: true });
-                        a.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if dv != av {
-                            adds.push(Op { key: **dk, attrs: (*dv).clone(), withdraw: false });
-                        }
-                        d.next();
-                        a.next();
-                    }
-                },
-            }
-        }
+        walk(desired.range(range()), applied.range(range()), &mut adds, &mut withdrawals);
     }
     adds.append(&mut withdrawals);
     adds

@@ -68,7 +68,7 @@ fn metrics_explain_and_diff_answer_from_the_wire() {
         ("herald_bgp_peer_state{peer=\"198.19.15.254\",state=\"established\"}", 1.0),
     ];
     for (series, value) in expectations {
-        assert_eq!(sample(&metrics, series), Some(*value), "{series} in\n{metrics}");
+        assert_eq!(sample(&metrics, series), Some(*value), "{series} in\n{metrics}\n{}", herald.herald.log_text());
     }
     // Every metric the Grafana dashboard draws is exported.
     let dashboard = std::fs::read_to_string(repo_root().join("deploy/grafana/herald-dashboard.json")).unwrap();

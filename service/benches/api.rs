@@ -22,8 +22,7 @@ fn big_plan(routes: u32) -> Plan {
         let next_hops: BTreeSet<NextHop> = (0..1 + i % 3)
             .map(|n| NextHop { node: format!("node-{:04}", (i + n * 7) % 1000), address: IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + (i + n * 7) % 1000)) })
             .collect();
-        plan.routes.insert(
-            prefix,
+        plan.insert_route(
             Route {
                 prefix,
                 kind: RouteKind::ClusterIp,
@@ -54,7 +53,7 @@ async fn client(addr: std::net::SocketAddr) -> PlanServiceClient<tonic::transpor
 #[tokio::main]
 async fn main() {
     let plan = Arc::new(big_plan(100_000));
-    let (plan_tx, plans) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone() });
+    let (plan_tx, plans) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
     let (_source_tx, source) = watch::channel(SourceSnapshot::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -83,7 +82,7 @@ async fn main() {
     // 50 WatchPlan clients while 10 routes of a 10,000-route plan change 20 times a second for 5 s.
     const WATCHED_ROUTES: u32 = 10_000;
     let plan = Arc::new(big_plan(WATCHED_ROUTES));
-    plan_tx.send_replace(PlanSnapshot { generation: 1, plan: plan.clone() });
+    plan_tx.send_replace(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
     let published: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let mut watchers = Vec::new();
     for _ in 0..50 {
@@ -108,13 +107,13 @@ async fn main() {
         ticker.tick().await;
         for k in 0..10u32 {
             let prefix = IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0A60_0000 + (generation as u32 * 10 + k) % WATCHED_ROUTES)));
-            if let Some(route) = current.routes.get_mut(&prefix) {
+            if let Some(route) = current.route_mut(&prefix) {
                 route.reason = format!("changed at generation {generation}");
             }
         }
         let next = Arc::new(current.clone());
         published.lock().unwrap().push((generation, Instant::now()));
-        plan_tx.send_replace(PlanSnapshot { generation, plan: next });
+        plan_tx.send_replace(PlanSnapshot { generation, plan: next, ..Default::default() });
     }
     let published: std::collections::HashMap<u64, Instant> = published.lock().unwrap().iter().copied().collect();
     let mut latencies = Vec::new();

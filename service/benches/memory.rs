@@ -255,7 +255,7 @@ async fn in_process() -> (ClusterState, usize) {
         batch_size: 1000,
     };
     let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
-    let (tx, rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone() });
+    let (tx, rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
     let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), rx);
     tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
         .await

@@ -50,7 +50,7 @@ fn main() {
             .and_then(|k| incremental.state().services.get(&k))
             .is_some_and(|s| s.external_traffic_policy == herald::cluster::TrafficPolicy::Local);
         let t = Instant::now();
-        std::hint::black_box(incremental.apply(herald::planner::incremental::Change::EndpointSlice(slice)));
+        std::hint::black_box(incremental.apply(herald::planner::incremental::Change::EndpointSlice(slice.into())));
         let elapsed = t.elapsed();
         all.push(elapsed);
         if is_local {

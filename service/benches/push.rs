@@ -172,7 +172,7 @@ async fn push_herald(g: &Gobgpd, plan: Arc<Plan>, started: &mut Option<(Instant,
     let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), rx);
     tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reachable)).await.expect("reconciler ready").unwrap();
     *started = Some((Instant::now(), cpu_seconds("self"), cpu_seconds(gobgpd_pid)));
-    tx.send_replace(PlanSnapshot { generation: 1, plan });
+    tx.send_replace(PlanSnapshot { generation: 1, plan, ..Default::default() });
     let s = tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
         .await
         .expect("reconciler converges")

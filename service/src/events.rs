@@ -205,6 +205,7 @@ fn truncate(text: &mut String, max: usize) {
 }
 
 /// The causes of a set of refusals, for tests: what one Event each is expected for.
-pub fn causes(refusals: &BTreeSet<Refusal>) -> BTreeSet<(ObjectKey, String, String)> {
-    refusals.iter().map(|r| (r.service.clone(), r.ip.clone(), r.reason.clone())).collect()
+pub fn causes<'a>(refusals: impl IntoIterator<Item = &'a Refusal>) -> BTreeSet<(ObjectKey, String, String)> {
+    refusals.into_iter().map(|r| (r.service.clone(), r.ip.clone(), r.reason.clone())).collect()
 }
+

@@ -8,12 +8,13 @@
 //!
 //! Pure like the planner: the caller passes the time, and is told when to call again.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::plan::{NextHop, Plan};
+use crate::plan::{NextHop, Plan, Routes};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GuardConfig {
@@ -25,22 +26,18 @@ pub struct GuardConfig {
 #[derive(Debug, Default)]
 pub struct Guard {
     config: GuardConfig,
-    /// When each path last went away from the planner's output.
+    /// When each path last went away from the planner's output, while that is within hold-down.
     withdrawn_at: HashMap<(IpNet, NextHop), Instant>,
-    /// Paths of the last raw plan, to see which went away.
-    last_raw: BTreeSet<(IpNet, NextHop)>,
-    /// Prefixes of the last guarded plan (the ones announced), kept first when over maxRoutes.
-    announced: BTreeSet<IpNet>,
+    /// The last raw plan, to see which paths went away (a copy shares it, see [`Plan`]).
+    last_raw: Plan,
+    /// The routes of the last guarded plan (the ones announced), kept first when over maxRoutes.
+    announced: Routes,
 }
 
 /// A guarded plan, and when the guard wants to look again (a held path becomes due).
 pub struct Guarded {
     pub plan: Plan,
     pub wake_at: Option<Instant>,
-}
-
-fn paths(plan: &Plan) -> BTreeSet<(IpNet, NextHop)> {
-    plan.routes.iter().flat_map(|(p, r)| r.next_hops.iter().map(move |h| (*p, h.clone()))).collect()
 }
 
 impl Guard {
@@ -52,40 +49,53 @@ impl Guard {
         !self.config.hold_down.is_zero() || self.config.max_routes.is_some()
     }
 
-    /// Applies damping and the route limit to the planner's plan at time `now`.
+    /// Applies damping and the route limit to the planner's plan at time `now`. Costs in proportion
+    /// to the routes that changed since the last call and the paths held, not to the plan's size.
     pub fn apply(&mut self, raw: &Plan, now: Instant) -> Guarded {
-        let raw_paths = paths(raw);
         let mut plan = raw.clone();
         let mut wake_at: Option<Instant> = None;
         if !self.config.hold_down.is_zero() {
-            for gone in self.last_raw.difference(&raw_paths) {
-                self.withdrawn_at.insert(gone.clone(), now);
+            for (prefix, before, after) in self.last_raw.route_changes(raw) {
+                for hop in before.iter().flat_map(|r| r.next_hops.iter()) {
+                    if !after.is_some_and(|r| r.next_hops.contains(hop)) {
+                        self.withdrawn_at.insert((prefix, hop.clone()), now);
+                    }
+                }
             }
             let hold = self.config.hold_down;
             self.withdrawn_at.retain(|_, at| now.duration_since(*at) < hold);
             let mut held = 0usize;
+            let mut emptied = Vec::new();
             for ((prefix, hop), at) in &self.withdrawn_at {
-                if !raw_paths.contains(&(*prefix, hop.clone())) {
+                // Only paths the planner wants again are held; `plan` still has every raw path of
+                // `prefix` but those already held (one entry per path), so this looks at raw.
+                if !plan.routes.get(prefix).is_some_and(|r| r.next_hops.contains(hop)) {
                     continue;
                 }
                 if let Some(route) = plan.routes.get_mut(prefix) {
+                    let route = Arc::make_mut(route);
                     route.next_hops.remove(hop);
+                    if route.next_hops.is_empty() {
+                        emptied.push(*prefix);
+                    }
                     held += 1;
                     let due = *at + hold;
                     wake_at = Some(wake_at.map_or(due, |w| w.min(due)));
                 }
             }
-            plan.routes.retain(|_, r| !r.next_hops.is_empty());
+            for prefix in emptied {
+                plan.routes.remove(&prefix);
+            }
             if held > 0 {
                 plan.notes.push(format!("{held} flapping path(s) held down for up to {hold:?} before re-announcement"));
             }
         }
-        self.last_raw = raw_paths;
+        self.last_raw = raw.clone();
         if let Some(max) = self.config.max_routes.filter(|max| plan.routes.len() > *max) {
             let total = plan.routes.len();
             // Keep what is announced, then ranges, then the rest in prefix order.
             let mut order: Vec<IpNet> = plan.routes.keys().copied().collect();
-            order.sort_by_key(|p| (!self.announced.contains(p), !plan.routes[p].kind.is_range(), *p));
+            order.sort_by_key(|p| (!self.announced.contains_key(p), !plan.routes[p].kind.is_range(), *p));
             let refused: Vec<IpNet> = order.split_off(max);
             for prefix in &refused {
                 plan.routes.remove(prefix);
@@ -95,11 +105,10 @@ impl Guard {
                 refused.len()
             ));
         }
-        self.announced = plan.routes.keys().copied().collect();
+        self.announced = plan.routes.clone();
         Guarded { plan, wake_at }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -111,8 +120,7 @@ mod tests {
         let mut plan = Plan::default();
         for (prefix, kind, nodes) in routes {
             let prefix: IpNet = prefix.parse().unwrap();
-            plan.routes.insert(
-                prefix,
+            plan.insert_route(
                 Route {
                     prefix,
                     kind: *kind,
@@ -131,7 +139,7 @@ mod tests {
     }
 
     fn hops(plan: &Plan, prefix: &str) -> Vec<String> {
-        plan.routes.get(&prefix.parse().unwrap()).map(|r| r.next_hops.iter().map(|h| h.node.clone()).collect()).unwrap_or_default()
+        plan.routes.get(&prefix.parse::<IpNet>().unwrap()).map(|r| r.next_hops.iter().map(|h| h.node.clone()).collect()).unwrap_or_default()
     }
 
     #[test]

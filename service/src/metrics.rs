@@ -67,6 +67,10 @@ impl Default for SinkMetrics {
     }
 }
 
+/// The least time between two countings of the routes of a plan of `THROTTLED_ABOVE` routes or more.
+const PLAN_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+const THROTTLED_ABOVE: usize = 1000;
+
 /// Turns the sink's status changes into counters and the push latency histogram.
 #[derive(Default)]
 struct SinkTracker {
@@ -224,11 +228,24 @@ impl Metrics {
         mut sink: Option<watch::Receiver<SinkStatus>>,
     ) {
         let mut tracker = SinkTracker::default();
+        // Counting routes by kind walks the whole plan: for a large plan under churn it is done at
+        // most every PLAN_GAUGES_EVERY (a scrape comes every few seconds), not for every plan.
+        let mut gauges_at: Option<tokio::time::Instant> = None;
         loop {
             let status = sink.as_mut().map(|s| s.borrow_and_update().clone());
             let plan = plans.borrow_and_update().clone();
             tracker.plan_published(plan.generation);
-            self.observe_plan(&plan, status.as_ref());
+            let now = tokio::time::Instant::now();
+            let gauges_due = match gauges_at {
+                Some(at) if now < at + PLAN_GAUGES_EVERY && plan.plan.routes.len() >= THROTTLED_ABOVE => {
+                    Some(at + PLAN_GAUGES_EVERY)
+                }
+                _ => {
+                    self.observe_plan(&plan, status.as_ref());
+                    gauges_at = Some(now);
+                    None
+                }
+            };
             self.observe_source(&source.borrow_and_update());
             if let Some(status) = &status {
                 self.observe_sink(status);
@@ -240,10 +257,17 @@ impl Metrics {
                     None => std::future::pending().await,
                 }
             };
+            let gauges = async {
+                match gauges_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let closed = tokio::select! {
                 r = plans.changed() => r.is_err(),
                 r = source.changed() => r.is_err(),
                 r = sink_changed => r.is_err(),
+                () = gauges => false,
             };
             if closed {
                 return;

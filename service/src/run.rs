@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::server::{self, ApiState};
 use crate::config::{Config, SourceConfig};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::cluster::ClusterState;
 use crate::guard::{Guard, GuardConfig};
 use crate::plan::{Plan, PlanSnapshot};
+use crate::planner::incremental::IncrementalPlanner;
 use crate::source::file::FileSource;
 use crate::source::{ClusterSource, SourceSnapshot};
 
@@ -39,51 +40,116 @@ pub enum RunError {
 }
 
 /// Publishes `plan` if it differs from the current one (the first plan is published even if empty).
-fn publish(plans: &watch::Sender<PlanSnapshot>, plan: Plan, elapsed: std::time::Duration) {
+/// Says what is new: refused IPs and notes that the last plan did not have (a churning cluster
+/// publishes often; the same refusal is not repeated with every plan).
+fn publish(plans: &watch::Sender<PlanSnapshot>, plan: Plan, cluster_version: u64, elapsed: Duration) {
     plans.send_if_modified(|current| {
         if current.generation > 0 && *current.plan == plan {
             return false;
         }
+        let first = current.generation == 0;
         current.generation += 1;
-        current.plan = Arc::new(plan);
-        info!(generation = current.generation, routes = current.plan.routes.len(),
-              paths = current.plan.path_count(), refusals = current.plan.refusals.len(),
-              elapsed_ms = elapsed.as_secs_f64() * 1e3, "plan updated");
-        for refusal in &current.plan.refusals {
-            warn!(service = %refusal.service, ip = %refusal.ip, reason = %refusal.reason, "IP refused");
+        current.cluster_version = cluster_version;
+        let previous = std::mem::replace(&mut current.plan, Arc::new(plan));
+        let plan = &current.plan;
+        // Every plan at info would flood the log of a churning cluster: the first one, then debug.
+        if first {
+            info!(generation = current.generation, routes = plan.routes.len(), paths = plan.path_count(),
+                  refusals = plan.refusals.len(), elapsed_ms = elapsed.as_secs_f64() * 1e3, "plan updated");
+        } else {
+            debug!(generation = current.generation, routes = plan.routes.len(),
+                   elapsed_ms = elapsed.as_secs_f64() * 1e3, "plan updated");
         }
-        for note in &current.plan.notes {
+        for item in previous.refusals.diff(&plan.refusals) {
+            if let imbl::ordset::DiffItem::Add(refusal) = item {
+                warn!(service = %refusal.service, ip = %refusal.ip, reason = %refusal.reason, "IP refused");
+            }
+        }
+        for note in plan.notes.iter().filter(|n| !previous.notes.contains(n)) {
             warn!(note = %note, "plan note");
         }
         true
     });
 }
 
-/// Re-plans whenever the source publishes a new cluster state, passes the plan through the guard,
-/// and publishes it when it changed. Wakes up by itself when the guard holds a path back.
+/// Above this many object changes at once (or a quarter of the Services), the planner starts over
+/// rather than applying them one by one.
+const REPLAN_ABOVE: usize = 5_000;
+
+/// The planner's side of the pipeline: follows the source's cluster states with the incremental
+/// planner, fed with what changed between the last state and the new one.
+struct Planning {
+    config: Config,
+    planner: Option<IncrementalPlanner>,
+    planned: Option<Arc<ClusterState>>,
+}
+
+impl Planning {
+    /// Brings the plan up to `cluster`; false if the planner failed (the last plan stays).
+    fn follow(&mut self, cluster: &Arc<ClusterState>) -> bool {
+        if self.planned.as_ref().is_some_and(|p| Arc::ptr_eq(p, cluster)) {
+            return true;
+        }
+        let planner = self.planner.take();
+        let config = &self.config;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match planner {
+            Some(mut planner) => {
+                let changes = planner.state().changes_to(cluster);
+                if changes.len() > REPLAN_ABOVE.max(cluster.services.len() / 4) {
+                    return IncrementalPlanner::new(ClusterState::clone(cluster), config.clone());
+                }
+                for change in changes {
+                    planner.apply(change);
+                }
+                planner
+            }
+            None => IncrementalPlanner::new(ClusterState::clone(cluster), config.clone()),
+        }));
+        match result {
+            Ok(planner) => {
+                self.planner = Some(planner);
+                self.planned = Some(cluster.clone());
+                true
+            }
+            Err(_) => {
+                // Its state may be half changed: the next cluster state is planned from scratch.
+                self.planned = None;
+                false
+            }
+        }
+    }
+
+    fn plan(&self) -> Option<&Plan> {
+        self.planner.as_ref().map(IncrementalPlanner::plan)
+    }
+}
+
+/// Plans whenever the source publishes a new cluster state, passes the plan through the guard, and
+/// publishes it when it changed. Wakes up by itself when the guard holds a path back. Runs on a
+/// thread of its own: planning is CPU work, which must not hold up the reconciler's and the API's
+/// IO, and which under churn is a small step per change.
 async fn plan_loop(config: Arc<Config>, mut source: watch::Receiver<SourceSnapshot>, plans: watch::Sender<PlanSnapshot>) {
     let mut guard = Guard::new(GuardConfig {
         hold_down: config.guard.hold_down.0,
         max_routes: config.guard.max_routes,
     });
-    let mut last_cluster: Option<Arc<ClusterState>> = None;
-    let mut raw: Option<Arc<Plan>> = None;
+    let mut planning = Planning { config: Config::clone(&config), planner: None, planned: None };
     let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
-        let cluster = source.borrow_and_update().cluster.clone();
+        let (cluster, version) = {
+            let snapshot = source.borrow_and_update();
+            (snapshot.cluster.clone(), snapshot.version)
+        };
         let started = std::time::Instant::now();
-        if let Some(cluster) = cluster.filter(|c| last_cluster.as_ref().is_none_or(|l| !Arc::ptr_eq(l, c))) {
-            last_cluster = Some(cluster.clone());
-            let config = config.clone();
-            match tokio::task::spawn_blocking(move || crate::planner::plan(&cluster, &config)).await {
-                Ok(plan) => raw = Some(Arc::new(plan)),
-                Err(e) => error!(error = %e, "planner failed; keeping the last plan"),
+        if let Some(cluster) = &cluster {
+            if !planning.follow(cluster) {
+                error!("the planner failed; keeping the last plan");
             }
         }
-        if let Some(raw) = &raw {
+        if let Some(raw) = planning.plan() {
             let guarded = guard.apply(raw, std::time::Instant::now());
             wake_at = guarded.wake_at.map(tokio::time::Instant::from_std);
-            publish(&plans, guarded.plan, started.elapsed());
+            publish(&plans, guarded.plan, version, started.elapsed());
         }
         let sleep = async {
             match wake_at {
@@ -96,6 +162,20 @@ async fn plan_loop(config: Arc<Config>, mut source: watch::Receiver<SourceSnapsh
             () = sleep => {}
         }
     }
+}
+
+/// Starts the planner on a thread of its own (see [`plan_loop`]), following `source`; returns its
+/// plans. Call from within a Tokio runtime, which the thread uses for its timers.
+pub fn spawn_planner(
+    config: Arc<Config>,
+    source: watch::Receiver<SourceSnapshot>,
+) -> std::io::Result<watch::Receiver<PlanSnapshot>> {
+    let (plans, plan_rx) = watch::channel(PlanSnapshot::default());
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("herald-planner".to_string())
+        .spawn(move || runtime.block_on(plan_loop(config, source, plans)))?;
+    Ok(plan_rx)
 }
 
 /// Runs herald until `shutdown` resolves. Announcements stay in gobgpd on exit: a restart of herald
@@ -124,12 +204,12 @@ pub async fn run(
             kube_client = Some(client);
         }
     }
-    let (plan_tx, plan_rx) = watch::channel(PlanSnapshot::default());
+    let plan_rx = spawn_planner(config.clone(), source_rx.clone())
+        .map_err(|e| RunError::Source(format!("cannot start the planner thread: {e}")))?;
     if let Some(client) = kube_client {
         // Warning Events `IPRefused` on Services whose IPs the plan refuses.
         crate::events::spawn_event_recorder(client, plan_rx.clone());
     }
-    tokio::spawn(plan_loop(config.clone(), source_rx.clone(), plan_tx));
 
     let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
     let gobgp = match &config.gobgp {

@@ -143,7 +143,7 @@ pub fn cluster(scale: Scale) -> ClusterState {
 pub fn endpoint_change(state: &ClusterState, scale: Scale, rng: &mut Rng) -> EndpointSlice {
     let s = rng.below(scale.services);
     let key = ObjectKey::new(format!("ns-{}", s % 100), format!("svc-{s:05}-abcde"));
-    let mut slice = state.endpoint_slices.get(&key).cloned().expect("generated slice");
+    let mut slice = EndpointSlice::clone(state.endpoint_slices.get(&key).expect("generated slice"));
     if !slice.endpoints.is_empty() {
         let e = rng.below(slice.endpoints.len() as u32) as usize;
         let endpoint = &mut slice.endpoints[e];

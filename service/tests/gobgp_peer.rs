@@ -74,7 +74,7 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
         route("fd00:198:19:20::/64", &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")], &[]),
     ];
     let plan = Plan { routes: routes.into_iter().map(|r| (r.prefix, r)).collect(), ..Default::default() };
-    let (plans, plans_rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone().into() });
+    let (plans, plans_rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone().into(), ..Default::default() });
     let config = GobgpConfig {
         address: pool.address(),
         origin: Origin::Igp,
@@ -123,8 +123,8 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
 
     // A withdrawal reaches the router too: one next hop of the range goes.
     let mut less = plan.clone();
-    less.routes.get_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().next_hops.retain(|h| h.node != "node3");
-    plans.send_replace(PlanSnapshot { generation: 2, plan: less.into() });
+    less.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().next_hops.retain(|h| h.node != "node3");
+    plans.send_replace(PlanSnapshot { generation: 2, plan: less.into(), ..Default::default() });
     want.remove(&("198.19.32.0/20".into(), "198.19.0.3".into(), vec![64512 << 16 | 100]));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -324,13 +324,13 @@ async fn operator_paths_are_never_touched() {
     let theirs = operator(&g.paths().await);
     assert_eq!(theirs.len(), 4);
     let mut changed = lab_plan();
-    changed.routes.get_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities = BTreeSet::from([Community(7)]);
+    changed.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities = BTreeSet::from([Community(7)]);
     h.publish(changed.clone());
     h.converged(CONVERGE).await;
     assert_eq!(as_expected(&g.paths().await), expected(&changed, 0, None));
     let mut gone = changed.clone();
-    gone.routes.remove(&"198.19.32.0/20".parse().unwrap());
-    gone.routes.remove(&"198.19.38.11/32".parse().unwrap());
+    gone.routes.remove(&"198.19.32.0/20".parse::<ipnet::IpNet>().unwrap());
+    gone.routes.remove(&"198.19.38.11/32".parse::<ipnet::IpNet>().unwrap());
     h.publish(gone.clone());
     h.converged(CONVERGE).await;
     let listed = g.paths().await;
@@ -365,7 +365,7 @@ async fn restarted_herald_adopts_its_paths_without_withdrawing() {
 
     // A restart that comes with a changed plan: only the difference is applied.
     let mut changed = p.clone();
-    let range = changed.routes.get_mut(&"198.19.32.0/20".parse().unwrap()).unwrap();
+    let range = changed.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap();
     range.next_hops.retain(|h| h.node != "node3");
     range.communities.insert(Community(9));
     let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(changed.clone()));
@@ -603,7 +603,7 @@ async fn ipv6_routes_carry_mp_reach_nlri() {
 
     // Withdrawal of an IPv6 path.
     let mut less = p.clone();
-    less.routes.remove(&"2001:db8:41::7/128".parse().unwrap());
+    less.routes.remove(&"2001:db8:41::7/128".parse::<ipnet::IpNet>().unwrap());
     h.publish(less.clone());
     h.converged(CONVERGE).await;
     assert_eq!(as_expected(&g.paths().await), expected(&less, 0, None));
@@ -700,14 +700,14 @@ async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
 
     g.signal("STOP");
     let mut last = lab_plan();
-    last.routes.remove(&"198.19.38.11/32".parse().unwrap());
+    last.routes.remove(&"198.19.38.11/32".parse::<ipnet::IpNet>().unwrap());
     h.publish(last.clone());
     let status = h.wait(Duration::from_secs(10), "a timeout", |s| !s.reachable && s.last_error.is_some()).await;
     assert!(status.last_error.as_deref().unwrap_or_default().contains("no answer"), "{status:?}");
     assert_eq!(status.pending_operations, 1, "{status:?}");
     // Retrying with backoff meanwhile; more plans come and go.
     for i in 0..20u8 {
-        last.routes.get_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities =
+        last.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities =
             BTreeSet::from([Community(u32::from(i))]);
         h.publish(last.clone());
         tokio::time::sleep(Duration::from_millis(100)).await;

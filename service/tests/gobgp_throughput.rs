@@ -79,7 +79,7 @@ async fn throughput() {
     for (i, (what, p)) in ["pushed", "replaced", "withdrawn"].iter().zip(&plans).enumerate() {
         let (herald_cpu, gobgpd_cpu) = (cpu_seconds("self"), cpu_seconds(&gobgpd_pid));
         let started = Instant::now();
-        tx.send_replace(PlanSnapshot { generation: i as u64 + 1, plan: p.clone() });
+        tx.send_replace(PlanSnapshot { generation: i as u64 + 1, plan: p.clone(), ..Default::default() });
         converge(&mut status, i as u64 + 1).await;
         let elapsed = started.elapsed();
         let paths = 2 * routes;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use herald::cluster::{parse_manifest, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use herald::config::Config;
 use herald::guard::{Guard, GuardConfig};
-use herald::plan::{IpOutcome, Plan, RefusalCause};
+use herald::plan::{IpOutcome, Plan, RefusalCause, Route};
 use herald::planner::invariants::check_plan_invariants;
 use herald::planner::plan;
 use herald::selector::LabelSelector;
@@ -185,7 +185,7 @@ fn huge_numbers_are_type_errors_not_overflows() {
         if parse_manifest(&yaml).is_err() {
             manifest_error_at(&yaml, 6, "Service web");
         } else {
-            let state = cluster(manifest_ok(&yaml).services.into_values().collect());
+            let state = cluster(manifest_ok(&yaml).services.values().map(|s| Service::clone(s)).collect());
             let plan = planned(&state);
             assert!(plan.refusals.iter().all(|r| r.cause == RefusalCause::Malformed), "{value}: {:?}", plan.refusals);
             assert!(plan.routes.values().all(|r| r.kind.is_range()), "{value}");
@@ -237,7 +237,7 @@ fn nul_bytes_and_control_characters_are_errors_or_data() {
     let state = manifest_ok("kind: Service\nmetadata: {name: web}\nspec: {clusterIP: \"10.96.0.1\\0\", externalTrafficPolicy: Local}\n");
     let config = Config::parse(fuzz::WIDE_CONFIG).unwrap();
     let planned = plan(&state, &config);
-    assert!(planned.routes.keys().all(|p| p.prefix_len() < 32), "{:?}", planned.routes.keys());
+    assert!(planned.routes.keys().all(|p| p.prefix_len() < 32), "{:?}", planned.routes.keys().collect::<Vec<_>>());
     assert!(planned.refusals.iter().any(|r| r.cause == RefusalCause::Malformed));
 }
 
@@ -390,9 +390,9 @@ fn ips_spelled_to_fool_a_lenient_parser_are_refused_as_malformed() {
         }
         assert!(plan.refusals.iter().any(|r| r.ip == ip && r.cause == RefusalCause::Malformed), "{ip:?} not refused");
     }
-    assert!(plan.routes.is_empty() || plan.routes.values().all(|r| r.kind.is_range()), "{:?}", plan.routes.keys());
+    assert!(plan.routes.is_empty() || plan.routes.values().all(|r| r.kind.is_range()), "{:?}", plan.routes.keys().collect::<Vec<_>>());
     for never in ["8.0.0.1/32", "10.0.0.1/32", "10.0.0.10/32", "fe80::1/128"] {
-        assert!(!plan.routes.contains_key(&never.parse().unwrap()), "{never} announced");
+        assert!(!plan.routes.contains_key(&never.parse::<ipnet::IpNet>().unwrap()), "{never} announced");
     }
 }
 
@@ -427,8 +427,8 @@ fn cluster_ips_none_is_headless_in_any_position() {
             ips.join(", ")
         ));
         let state = manifest_ok(&yaml);
-        let plan = planned(&cluster(state.services.into_values().collect()));
-        assert!(plan.routes.values().all(|r| r.kind.is_range()), "{ips:?}: {:?}", plan.routes.keys());
+        let plan = planned(&cluster(state.services.values().map(|s| Service::clone(s)).collect()));
+        assert!(plan.routes.values().all(|r| r.kind.is_range()), "{ips:?}: {:?}", plan.routes.keys().collect::<Vec<_>>());
         assert!(plan.services.values().all(|s| s.ips.is_empty()), "{ips:?}");
     }
     // `none`, `NONE`, `"None "` are not the headless marker: malformed IPs, refused.
@@ -624,33 +624,33 @@ fn the_invariant_checker_catches_doctored_plans() {
     let good = plan(&state, &config);
     check_plan_invariants(&state, &config, &good).unwrap();
     let host: ipnet::IpNet = "198.19.48.1/32".parse().unwrap();
-    assert!(good.routes.contains_key(&host), "{:?}", good.routes.keys());
+    assert!(good.routes.contains_key(&host), "{:?}", good.routes.keys().collect::<Vec<_>>());
 
     let mut doctored: Vec<(&str, Plan)> = Vec::new();
     let mut p = good.clone();
-    let mut outside = p.routes[&host].clone();
+    let mut outside = Route::clone(&p.routes[&host]);
     outside.prefix = "99.0.0.1/32".parse().unwrap();
-    p.routes.insert(outside.prefix, outside);
+    p.insert_route(outside);
     doctored.push(("a refused IP outside every range announced", p));
     let mut p = good.clone();
-    p.routes.get_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
+    p.route_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
         node: "n1".to_string(),
         address: "10.0.0.99".parse().unwrap(),
     });
     doctored.push(("a next hop that is no InternalIP", p));
     let mut p = good.clone();
-    p.routes.get_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
+    p.route_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
         node: "ghost".to_string(),
         address: "10.0.0.1".parse().unwrap(),
     });
     doctored.push(("a next hop that is no node", p));
     let mut p = good.clone();
-    let mut default = p.routes[&host].clone();
+    let mut default = Route::clone(&p.routes[&host]);
     default.prefix = "0.0.0.0/0".parse().unwrap();
-    p.routes.insert(default.prefix, default);
+    p.insert_route(default);
     doctored.push(("a default route", p));
     let mut p = good.clone();
-    p.routes.get_mut(&host).unwrap().next_hops.clear();
+    p.route_mut(&host).unwrap().next_hops.clear();
     doctored.push(("a route without next hops", p));
     let mut p = good.clone();
     p.services.clear();
@@ -660,7 +660,7 @@ fn the_invariant_checker_catches_doctored_plans() {
     }
     // A next hop on a node that is not Ready.
     let mut not_ready = state.clone();
-    not_ready.nodes.get_mut("n2").unwrap().ready = false;
+    std::sync::Arc::make_mut(not_ready.nodes.get_mut("n2").unwrap()).ready = false;
     assert!(check_plan_invariants(&not_ready, &config, &good).is_err());
 }
 

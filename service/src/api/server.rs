@@ -134,14 +134,13 @@ impl Filter {
 /// The routes that differ between two plans, as a WatchPlan message.
 fn delta(old: &Plan, new: &Plan, generation: u64, in_rib: &dyn Fn(&IpNet) -> bool) -> pb::WatchPlanResponse {
     let mut message = pb::WatchPlanResponse { generation, ..Default::default() };
-    for (prefix, route) in &new.routes {
-        match old.routes.get(prefix) {
-            None => message.added.push(proto::route(route, in_rib(prefix))),
-            Some(previous) if previous != route => message.changed.push(proto::route(route, in_rib(prefix))),
-            Some(_) => {}
+    for (prefix, before, after) in old.route_changes(new) {
+        match (before, after) {
+            (None, Some(route)) => message.added.push(proto::route(route, in_rib(&prefix))),
+            (Some(_), Some(route)) => message.changed.push(proto::route(route, in_rib(&prefix))),
+            (_, None) => message.removed.push(prefix.to_string()),
         }
     }
-    message.removed = old.routes.keys().filter(|p| !new.routes.contains_key(p)).map(ToString::to_string).collect();
     message
 }
 

@@ -9,6 +9,7 @@ mod manifest;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use convert::{from_endpoint_slice, from_node, from_service};
 pub use manifest::{parse_manifest, ManifestError};
@@ -110,22 +111,90 @@ impl EndpointSlice {
     }
 }
 
+/// Objects of one kind by key, shared: see [`ClusterState`].
+pub type Objects<K, V> = imbl::OrdMap<K, Arc<V>>;
+
 /// Everything the planner reads about the cluster.
+///
+/// Persistent maps of shared objects, as [`crate::plan::Plan`]: a source publishes a copy after
+/// each change for nothing, and the planner finds what changed between two versions
+/// ([`ClusterState::changes_to`]) in time proportional to the change, not to the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterState {
-    pub nodes: BTreeMap<String, Node>,
-    pub services: BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    pub nodes: Objects<String, Node>,
+    pub services: Objects<ObjectKey, Service>,
+    pub endpoint_slices: Objects<ObjectKey, EndpointSlice>,
+}
+
+/// One object change, as a watch of the Kubernetes API reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Service(Arc<Service>),
+    ServiceDeleted(ObjectKey),
+    EndpointSlice(Arc<EndpointSlice>),
+    EndpointSliceDeleted(ObjectKey),
+    Node(Arc<Node>),
+    NodeDeleted(String),
 }
 
 impl ClusterState {
     pub fn insert_node(&mut self, node: Node) {
-        self.nodes.insert(node.name.clone(), node);
+        self.nodes.insert(node.name.clone(), Arc::new(node));
     }
     pub fn insert_service(&mut self, service: Service) {
-        self.services.insert(service.key.clone(), service);
+        self.services.insert(service.key.clone(), Arc::new(service));
     }
     pub fn insert_endpoint_slice(&mut self, slice: EndpointSlice) {
-        self.endpoint_slices.insert(slice.key.clone(), slice);
+        self.endpoint_slices.insert(slice.key.clone(), Arc::new(slice));
+    }
+
+    /// The object changes that turn `self` into `new`: Nodes first, then Services, then
+    /// EndpointSlices, each in key order. Visits only what the two states do not share.
+    pub fn changes_to(&self, new: &ClusterState) -> Vec<Change> {
+        use imbl::ordmap::DiffItem;
+        let mut changes = Vec::new();
+        for item in self.nodes.diff(&new.nodes) {
+            changes.push(match item {
+                DiffItem::Add(_, node) | DiffItem::Update { new: (_, node), .. } => Change::Node(node.clone()),
+                DiffItem::Remove(name, _) => Change::NodeDeleted(name.clone()),
+            });
+        }
+        for item in self.services.diff(&new.services) {
+            changes.push(match item {
+                DiffItem::Add(_, service) | DiffItem::Update { new: (_, service), .. } => Change::Service(service.clone()),
+                DiffItem::Remove(key, _) => Change::ServiceDeleted(key.clone()),
+            });
+        }
+        for item in self.endpoint_slices.diff(&new.endpoint_slices) {
+            changes.push(match item {
+                DiffItem::Add(_, slice) | DiffItem::Update { new: (_, slice), .. } => Change::EndpointSlice(slice.clone()),
+                DiffItem::Remove(key, _) => Change::EndpointSliceDeleted(key.clone()),
+            });
+        }
+        changes
+    }
+
+    /// Applies one change.
+    pub fn apply(&mut self, change: &Change) {
+        match change {
+            Change::Service(service) => {
+                self.services.insert(service.key.clone(), service.clone());
+            }
+            Change::ServiceDeleted(key) => {
+                self.services.remove(key);
+            }
+            Change::EndpointSlice(slice) => {
+                self.endpoint_slices.insert(slice.key.clone(), slice.clone());
+            }
+            Change::EndpointSliceDeleted(key) => {
+                self.endpoint_slices.remove(key);
+            }
+            Change::Node(node) => {
+                self.nodes.insert(node.name.clone(), node.clone());
+            }
+            Change::NodeDeleted(name) => {
+                self.nodes.remove(name);
+            }
+        }
     }
 }

@@ -349,27 +349,13 @@ fn changed_routes<'o, 'n>(
     limit: usize,
 ) -> Option<Vec<(IpNet, Option<&'o Route>, Option<&'n Route>)>> {
     let mut changed = Vec::new();
-    let mut o = old.routes.iter().peekable();
-    let mut n = new.routes.iter().peekable();
-    loop {
-        let order = match (o.peek(), n.peek()) {
-            (None, None) => break,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (Some((op, _)), Some((np, _))) => op.cmp(np),
-        };
-        let item = match order {
-            std::cmp::Ordering::Less => o.next().map(|(p, r)| (*p, Some(r), None)),
-            std::cmp::Ordering::Greater => n.next().map(|(p, r)| (*p, None, Some(r))),
-            std::cmp::Ordering::Equal => {
-                let ((p, or), (_, nr)) = (o.next()?, n.next()?);
-                if route_paths_equal(or, nr) {
-                    continue;
-                }
-                Some((*p, Some(or), Some(nr)))
+    for (prefix, o, n) in old.route_changes(new) {
+        if let (Some(o), Some(n)) = (o, n) {
+            if route_paths_equal(o, n) {
+                continue;
             }
-        };
-        changed.extend(item);
+        }
+        changed.push((prefix, o.map(|r| &**r), n.map(|r| &**r)));
         if changed.len() > limit {
             return None;
         }
@@ -539,7 +525,7 @@ mod tests {
     }
 
     fn plan(routes: Vec<Route>) -> Plan {
-        Plan { routes: routes.into_iter().map(|r| (r.prefix, r)).collect(), ..Default::default() }
+        Plan::from_routes(routes)
     }
 
     #[test]
@@ -614,8 +600,7 @@ mod tests {
     #[test]
     fn desired_kept_up_to_date_equals_desired_derived_again() {
         let mut rng = crate::scale::Rng::new(42);
-        let mut plan = plan((0..40).map(|i| random_route(&mut rng, i, 8)).collect());
-        plan.routes.retain(|_, r| !r.next_hops.is_empty());
+        let mut plan = plan((0..40).map(|i| random_route(&mut rng, i, 8)).filter(|r| !r.next_hops.is_empty()).collect());
         let mut desired = Desired::new(&plan, Origin::Egp, Some(150));
         let (mut incremental, mut rebuilt) = (0, 0);
         for step in 0..2000 {
@@ -628,7 +613,7 @@ mod tests {
                 if r.next_hops.is_empty() {
                     plan.routes.remove(&r.prefix);
                 } else {
-                    plan.routes.insert(r.prefix, r);
+                    plan.insert_route(r);
                 }
             }
             let changed = desired.update(&old, &plan);

@@ -7,31 +7,23 @@
 //! property tests check it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 
 use super::{merge_host_route, plan_service, PlanContext, ServicePlan};
-use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service};
+use crate::cluster::{ClusterState, EndpointSlice, ObjectKey};
 use crate::config::Config;
 use crate::plan::{Plan, Route};
 
-/// One object change, as a watch of the Kubernetes API reports it.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Service(Service),
-    ServiceDeleted(ObjectKey),
-    EndpointSlice(EndpointSlice),
-    EndpointSliceDeleted(ObjectKey),
-    Node(Node),
-    NodeDeleted(String),
-}
+pub use crate::cluster::Change;
 
 /// The routes a change touched: the new routes of changed prefixes, and the prefixes now gone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanDelta {
-    pub upserted: Vec<Route>,
+    pub upserted: Vec<Arc<Route>>,
     pub removed: Vec<IpNet>,
 }
 
@@ -88,7 +80,7 @@ impl IncrementalPlanner {
             .get(key)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.state.endpoint_slices.get(k))
+            .filter_map(|k| self.state.endpoint_slices.get(k).map(|s| &**s))
             .collect();
         Some(plan_service(&self.context, service, &slices))
     }
@@ -111,12 +103,12 @@ impl IncrementalPlanner {
         prefixes.sort();
         for prefix in prefixes {
             if let Some(route) = self.merged(prefix) {
-                plan.routes.insert(*prefix, route);
+                plan.insert_route(route);
             }
         }
         for (key, part) in &self.parts {
             plan.refusals.extend(part.refusals.iter().cloned());
-            plan.services.insert(key.clone(), part.explanation.clone());
+            plan.services.insert(key.clone(), Arc::new(part.explanation.clone()));
         }
         self.plan = plan;
     }
@@ -160,7 +152,7 @@ impl IncrementalPlanner {
                     self.contributors.entry(route.prefix).or_default().insert(key.clone());
                 }
                 self.plan.refusals.extend(new.refusals.iter().cloned());
-                self.plan.services.insert(key.clone(), new.explanation.clone());
+                self.plan.services.insert(key.clone(), Arc::new(new.explanation.clone()));
                 self.parts.insert(key.clone(), new);
             }
             None => {
@@ -172,7 +164,8 @@ impl IncrementalPlanner {
             let route = self.merged(&prefix);
             let before = self.plan.routes.get(&prefix);
             match route {
-                Some(route) if before != Some(&route) => {
+                Some(route) if before.map(|r| &**r) != Some(&route) => {
+                    let route = Arc::new(route);
                     self.plan.routes.insert(prefix, route.clone());
                     delta.upserted.push(route);
                 }
@@ -189,18 +182,18 @@ impl IncrementalPlanner {
 
     /// Applies one change; returns the routes it changed.
     pub fn apply(&mut self, change: Change) -> PlanDelta {
-        match change {
+        match &change {
             Change::Service(service) => {
                 let key = service.key.clone();
-                self.state.insert_service(service);
+                self.state.apply(&change);
                 self.replan_service(&key)
             }
             Change::ServiceDeleted(key) => {
-                self.state.services.remove(&key);
-                self.replan_service(&key)
+                self.state.apply(&change);
+                self.replan_service(key)
             }
             Change::EndpointSlice(slice) => {
-                let previous = self.state.endpoint_slices.get(&slice.key).and_then(EndpointSlice::service_key);
+                let previous = self.state.endpoint_slices.get(&slice.key).and_then(|s| s.service_key());
                 let current = slice.service_key();
                 if let Some(previous) = &previous {
                     if let Some(set) = self.slices_by_service.get_mut(previous) {
@@ -210,7 +203,7 @@ impl IncrementalPlanner {
                 if let Some(current) = &current {
                     self.slices_by_service.entry(current.clone()).or_default().insert(slice.key.clone());
                 }
-                self.state.insert_endpoint_slice(slice);
+                self.state.apply(&change);
                 let mut delta = PlanDelta::default();
                 for service in previous.into_iter().chain(current).collect::<BTreeSet<_>>() {
                     let d = self.replan_service(&service);
@@ -219,11 +212,11 @@ impl IncrementalPlanner {
                 }
                 delta
             }
-            Change::EndpointSliceDeleted(key) => match self.state.endpoint_slices.remove(&key) {
+            Change::EndpointSliceDeleted(key) => match self.state.endpoint_slices.remove(key) {
                 Some(slice) => match slice.service_key() {
                     Some(service) => {
                         if let Some(set) = self.slices_by_service.get_mut(&service) {
-                            set.remove(&key);
+                            set.remove(key);
                         }
                         self.replan_service(&service)
                     }
@@ -231,12 +224,8 @@ impl IncrementalPlanner {
                 },
                 None => PlanDelta::default(),
             },
-            Change::Node(node) => {
-                self.state.insert_node(node);
-                self.replan_everything()
-            }
-            Change::NodeDeleted(name) => {
-                self.state.nodes.remove(&name);
+            Change::Node(_) | Change::NodeDeleted(_) => {
+                self.state.apply(&change);
                 self.replan_everything()
             }
         }
@@ -251,8 +240,12 @@ impl IncrementalPlanner {
 
 /// The delta between two plans.
 pub fn diff(before: &Plan, after: &Plan) -> PlanDelta {
-    PlanDelta {
-        upserted: after.routes.iter().filter(|(p, r)| before.routes.get(p) != Some(r)).map(|(_, r)| r.clone()).collect(),
-        removed: before.routes.keys().filter(|p| !after.routes.contains_key(p)).copied().collect(),
+    let mut delta = PlanDelta::default();
+    for (prefix, _, route) in before.route_changes(after) {
+        match route {
+            Some(route) => delta.upserted.push(route.clone()),
+            None => delta.removed.push(prefix),
+        }
     }
+    delta
 }

@@ -13,6 +13,7 @@
 //! 7. a malformed IP is reported and skipped, and everything else is still planned.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::net::IpAddr;
@@ -159,6 +160,7 @@ impl PlanContext {
     /// Rule 1: every range from every eligible node with an address of its family.
     fn plan_ranges(&self) -> Plan {
         let mut plan = Plan::default();
+        let mut routes: BTreeMap<IpNet, Route> = BTreeMap::new();
         for range in self.role_ranges.iter().flatten() {
             let net = range.net();
             if let Some(reason) = denied(&self.config, &net) {
@@ -176,7 +178,7 @@ impl PlanContext {
                 continue;
             }
             let count = next_hops.len();
-            let route = plan.routes.entry(net).or_insert_with(|| Route {
+            let route = routes.entry(net).or_insert_with(|| Route {
                 prefix: net,
                 kind: range_kind(range.role),
                 next_hops,
@@ -189,6 +191,7 @@ impl PlanContext {
             route.communities.extend(range.config.communities.iter().copied());
             route.large_communities.extend(range.config.large_communities.iter().copied());
         }
+        plan.routes = routes.into_values().map(|r| (r.prefix, Arc::new(r))).collect();
         plan
     }
 
@@ -233,6 +236,8 @@ fn merge_into(route: &mut Route, part: &Route) {
 pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let context = PlanContext::new(state, config);
     let mut plan = context.ranges_plan.clone();
+    // Merged in an ordinary map, made persistent once at the end.
+    let mut routes: BTreeMap<IpNet, Route> = plan.routes.iter().map(|(p, r)| (*p, Route::clone(r))).collect();
 
     // Endpoint slices by Service (namespace, name), once, rather than a scan of all slices per
     // Service; keyed by borrowed names so that indexing allocates nothing per slice.
@@ -249,11 +254,12 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
             .unwrap_or_default();
         let part = plan_service(&context, service, slices);
         for route in &part.host_routes {
-            merge_host_route(&mut plan.routes, route);
+            merge_host_route(&mut routes, route);
         }
         plan.refusals.extend(part.refusals);
-        plan.services.insert(service.key.clone(), part.explanation);
+        plan.services.insert(service.key.clone(), Arc::new(part.explanation));
     }
+    plan.routes = routes.into_values().map(|r| (r.prefix, Arc::new(r))).collect();
     plan
 }
 

@@ -532,9 +532,9 @@ mod properties {
         fn independent_of_input_order(s in arb_state()) {
             let cfg = config(CONFIG);
             let mut reversed = ClusterState::default();
-            s.endpoint_slices.values().rev().for_each(|e| reversed.insert_endpoint_slice(e.clone()));
-            s.services.values().rev().for_each(|v| reversed.insert_service(v.clone()));
-            s.nodes.values().rev().for_each(|n| reversed.insert_node(n.clone()));
+            s.endpoint_slices.values().rev().for_each(|e| reversed.insert_endpoint_slice(EndpointSlice::clone(e)));
+            s.services.values().rev().for_each(|v| reversed.insert_service(Service::clone(v)));
+            s.nodes.values().rev().for_each(|n| reversed.insert_node(Node::clone(n)));
             prop_assert_eq!(plan(&s, &cfg), plan(&reversed, &cfg));
         }
     }
@@ -554,39 +554,39 @@ mod incremental_equals_full {
         let pick = |n: usize| which % n.max(1);
         match what % 6 {
             0 if !state.endpoint_slices.is_empty() => {
-                let mut slice = state.endpoint_slices.values().nth(pick(state.endpoint_slices.len())).unwrap().clone();
+                let mut slice = EndpointSlice::clone(state.endpoint_slices.values().nth(pick(state.endpoint_slices.len())).unwrap());
                 match how % 3 {
                     0 => slice.endpoints.iter_mut().for_each(|e| e.ready = Some(!e.is_ready())),
                     1 => slice.endpoints.push(Endpoint { node_name: Some(format!("n{}", how % 5)), ..Default::default() }),
                     _ => slice.service_name = Some(format!("s{}", how % 12)),
                 }
-                Change::EndpointSlice(slice)
+                Change::EndpointSlice(slice.into())
             }
             1 if !state.endpoint_slices.is_empty() => {
                 Change::EndpointSliceDeleted(state.endpoint_slices.keys().nth(pick(state.endpoint_slices.len())).unwrap().clone())
             }
             2 if !state.services.is_empty() => {
-                let mut service = state.services.values().nth(pick(state.services.len())).unwrap().clone();
+                let mut service = Service::clone(state.services.values().nth(pick(state.services.len())).unwrap());
                 match how % 3 {
                     0 => service.external_traffic_policy = if service.external_traffic_policy == TrafficPolicy::Local { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
                     1 => service.external_ips.push(format!("198.19.48.{}", how)),
                     _ => service.cluster_ips = vec![format!("198.19.33.{}", how % 4)],
                 }
-                Change::Service(service)
+                Change::Service(service.into())
             }
             3 if !state.services.is_empty() => {
                 Change::ServiceDeleted(state.services.keys().nth(pick(state.services.len())).unwrap().clone())
             }
             4 if !state.nodes.is_empty() => {
-                let mut node = state.nodes.values().nth(pick(state.nodes.len())).unwrap().clone();
+                let mut node = Node::clone(state.nodes.values().nth(pick(state.nodes.len())).unwrap());
                 node.ready = !node.ready;
-                Change::Node(node)
+                Change::Node(node.into())
             }
             5 if !state.nodes.is_empty() => Change::NodeDeleted(state.nodes.keys().nth(pick(state.nodes.len())).unwrap().clone()),
             _ => {
                 // A new Local Service sharing an IP with others, and its slice.
                 let name = format!("new{which}");
-                Change::Service(with_external(svc(&name, &["198.19.33.1"], true), &["198.19.48.7"]))
+                Change::Service(with_external(svc(&name, &["198.19.33.1"], true), &["198.19.48.7"]).into())
             }
         }
     }

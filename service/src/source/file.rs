@@ -77,8 +77,10 @@ impl ClusterSource for FileSource {
                 Ok(state) => {
                     info!(source = %name, services = state.services.len(), nodes = state.nodes.len(),
                           endpoint_slices = state.endpoint_slices.len(), "cluster state read");
+                    let version = updates.borrow().version + 1;
                     updates.send_replace(SourceSnapshot {
                         cluster: Some(Arc::new(state)),
+                        version,
                         status: SourceStatus {
                             name: name.clone(),
                             synced: true,

@@ -7,10 +7,11 @@
 //!   at `InitDone`; `Apply` / `Delete` events change the state in place. Updates that do not change
 //!   what herald reads (a Node heartbeat, a Service status that is not a load-balancer IP) change
 //!   nothing and publish nothing.
-//! - The state is kept in an `Arc`; it is copied only when a change arrives while the published
-//!   snapshot still shares it (`Arc::make_mut`), i.e. at most once per publication.
-//! - Changes are coalesced: after the first change, herald waits `coalesce` (50 ms) and publishes
-//!   whatever has arrived by then, so a burst of events gives one new plan, not one per event.
+//! - The state is a persistent map: a published copy shares all of it, and a change after
+//!   publication copies only the path to the object changed.
+//! - A change is published at once, with every other event already received; publications are at
+//!   least `min_interval` (5 ms) apart, so a burst of events gives a few new states, not one per
+//!   event, and a lone change waits for nothing.
 //! - Errors never withdraw anything: the last published state stays, the error is put in
 //!   `status.last_error`, the watcher backs off (kube's default backoff: 0.8 s doubling to 30 s,
 //!   jittered) and resumes from its last resourceVersion. A `410 Gone` (the resourceVersion was
@@ -19,13 +20,12 @@
 //!   error when the API server answers again, since a resumed watch that has nothing to report
 //!   would otherwise never say that it is back.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use kube::api::ListParams;
@@ -40,9 +40,15 @@ use tracing::{debug, info, warn};
 
 use super::{ClusterSource, SourceSnapshot};
 use crate::cluster::{
-    from_endpoint_slice, from_node, from_service, ClusterState, EndpointSlice, Node, ObjectKey, Service,
+    from_endpoint_slice, from_node, from_service, ClusterState, EndpointSlice, Node, ObjectKey, Objects, Service,
 };
 use crate::config::KubernetesSourceConfig;
+
+/// The least time between two publications of the cluster state, unless configured otherwise.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How many events already received are applied before the loop looks at anything else.
+const MAX_EVENTS_AT_ONCE: usize = 1024;
 
 /// The source's name in `GetStatus`.
 pub const SOURCE_NAME: &str = "kubernetes";
@@ -94,7 +100,7 @@ pub async fn client(config: &KubernetesSourceConfig) -> Result<Client, ClientErr
 /// Watches Services, EndpointSlices and Nodes cluster-wide and publishes the cluster state.
 pub struct KubernetesSource {
     client: Client,
-    coalesce: Duration,
+    min_interval: Duration,
     probe_interval: Duration,
     watcher_config: watcher::Config,
 }
@@ -103,15 +109,16 @@ impl KubernetesSource {
     pub fn new(client: Client) -> Self {
         Self {
             client,
-            coalesce: Duration::from_millis(50),
+            min_interval: DEFAULT_MIN_INTERVAL,
             probe_interval: Duration::from_secs(2),
             watcher_config: watcher::Config::default(),
         }
     }
 
-    /// How long changes are gathered before a new state is published (default 50 ms).
-    pub fn with_coalesce(mut self, coalesce: Duration) -> Self {
-        self.coalesce = coalesce;
+    /// The least time between two publications (default 5 ms): changes arriving meanwhile are
+    /// published together when it has passed.
+    pub fn with_min_interval(mut self, min_interval: Duration) -> Self {
+        self.min_interval = min_interval;
         self
     }
 
@@ -174,16 +181,16 @@ trait Model: Clone + PartialEq + Send + Sync + 'static {
     type Key: Ord + Clone + Send + Sync;
     const KIND: Kind;
     fn key(&self) -> Self::Key;
-    fn map(state: &ClusterState) -> &BTreeMap<Self::Key, Self>;
-    fn map_mut(state: &mut ClusterState) -> &mut BTreeMap<Self::Key, Self>;
-    fn buffer(buffers: &mut Buffers) -> &mut Option<BTreeMap<Self::Key, Self>>;
+    fn map(state: &ClusterState) -> &Objects<Self::Key, Self>;
+    fn map_mut(state: &mut ClusterState) -> &mut Objects<Self::Key, Self>;
+    fn buffer(buffers: &mut Buffers) -> &mut Option<Objects<Self::Key, Self>>;
 }
 
 #[derive(Default)]
 struct Buffers {
-    services: Option<BTreeMap<ObjectKey, Service>>,
-    endpoint_slices: Option<BTreeMap<ObjectKey, EndpointSlice>>,
-    nodes: Option<BTreeMap<String, Node>>,
+    services: Option<Objects<ObjectKey, Service>>,
+    endpoint_slices: Option<Objects<ObjectKey, EndpointSlice>>,
+    nodes: Option<Objects<String, Node>>,
 }
 
 impl Model for Service {
@@ -192,13 +199,13 @@ impl Model for Service {
     fn key(&self) -> ObjectKey {
         self.key.clone()
     }
-    fn map(state: &ClusterState) -> &BTreeMap<ObjectKey, Self> {
+    fn map(state: &ClusterState) -> &Objects<ObjectKey, Self> {
         &state.services
     }
-    fn map_mut(state: &mut ClusterState) -> &mut BTreeMap<ObjectKey, Self> {
+    fn map_mut(state: &mut ClusterState) -> &mut Objects<ObjectKey, Self> {
         &mut state.services
     }
-    fn buffer(buffers: &mut Buffers) -> &mut Option<BTreeMap<ObjectKey, Self>> {
+    fn buffer(buffers: &mut Buffers) -> &mut Option<Objects<ObjectKey, Self>> {
         &mut buffers.services
     }
 }
@@ -209,13 +216,13 @@ impl Model for EndpointSlice {
     fn key(&self) -> ObjectKey {
         self.key.clone()
     }
-    fn map(state: &ClusterState) -> &BTreeMap<ObjectKey, Self> {
+    fn map(state: &ClusterState) -> &Objects<ObjectKey, Self> {
         &state.endpoint_slices
     }
-    fn map_mut(state: &mut ClusterState) -> &mut BTreeMap<ObjectKey, Self> {
+    fn map_mut(state: &mut ClusterState) -> &mut Objects<ObjectKey, Self> {
         &mut state.endpoint_slices
     }
-    fn buffer(buffers: &mut Buffers) -> &mut Option<BTreeMap<ObjectKey, Self>> {
+    fn buffer(buffers: &mut Buffers) -> &mut Option<Objects<ObjectKey, Self>> {
         &mut buffers.endpoint_slices
     }
 }
@@ -226,13 +233,13 @@ impl Model for Node {
     fn key(&self) -> String {
         self.name.clone()
     }
-    fn map(state: &ClusterState) -> &BTreeMap<String, Self> {
+    fn map(state: &ClusterState) -> &Objects<String, Self> {
         &state.nodes
     }
-    fn map_mut(state: &mut ClusterState) -> &mut BTreeMap<String, Self> {
+    fn map_mut(state: &mut ClusterState) -> &mut Objects<String, Self> {
         &mut state.nodes
     }
-    fn buffer(buffers: &mut Buffers) -> &mut Option<BTreeMap<String, Self>> {
+    fn buffer(buffers: &mut Buffers) -> &mut Option<Objects<String, Self>> {
         &mut buffers.nodes
     }
 }
@@ -306,7 +313,8 @@ struct KindStatus {
 type ProbeFuture = Pin<Box<dyn Future<Output = Vec<(Kind, u64, Result<(), String>)>> + Send>>;
 
 struct Tracker {
-    state: Arc<ClusterState>,
+    /// Published by copy after each change: a copy shares everything (see [`ClusterState`]).
+    state: ClusterState,
     buffers: Buffers,
     kinds: [KindStatus; 3],
     /// Something changed since the last publication (or nothing was published yet).
@@ -339,11 +347,11 @@ impl Tracker {
         match step {
             Step::Init => {
                 debug!(kind = kind.as_str(), "list started");
-                *M::buffer(&mut self.buffers) = Some(BTreeMap::new());
+                *M::buffer(&mut self.buffers) = Some(Objects::default());
             }
             Step::InitApply(object) => {
-                let buffer = M::buffer(&mut self.buffers).get_or_insert_with(BTreeMap::new);
-                buffer.insert(object.key(), object);
+                let buffer = M::buffer(&mut self.buffers).get_or_insert_with(Objects::default);
+                buffer.insert(object.key(), Arc::new(object));
                 // A large cluster's first list takes a while: say how far it is.
                 if buffer.len() % 10_000 == 0 {
                     info!(source = SOURCE_NAME, kind = kind.as_str(), objects = buffer.len(), "listing");
@@ -355,7 +363,7 @@ impl Tracker {
                 info!(source = SOURCE_NAME, kind = kind.as_str(), objects = listed.len(),
                       relist = !first, "list complete");
                 if M::map(&self.state) != &listed {
-                    *M::map_mut(Arc::make_mut(&mut self.state)) = listed;
+                    *M::map_mut(&mut self.state) = listed;
                     self.dirty = true;
                 }
                 self.kinds[kind as usize].synced = true;
@@ -363,8 +371,8 @@ impl Tracker {
             }
             Step::Apply(object) => {
                 let key = object.key();
-                if M::map(&self.state).get(&key) != Some(&object) {
-                    M::map_mut(Arc::make_mut(&mut self.state)).insert(key, object);
+                if M::map(&self.state).get(&key).map(|o| &**o) != Some(&object) {
+                    M::map_mut(&mut self.state).insert(key, Arc::new(object));
                     self.dirty = true;
                 }
                 self.clear_error(kind);
@@ -372,7 +380,7 @@ impl Tracker {
             Step::Delete(object) => {
                 let key = object.key();
                 if M::map(&self.state).contains_key(&key) {
-                    M::map_mut(Arc::make_mut(&mut self.state)).remove(&key);
+                    M::map_mut(&mut self.state).remove(&key);
                     self.dirty = true;
                 }
                 self.clear_error(kind);
@@ -446,13 +454,14 @@ impl ClusterSource for KubernetesSource {
         ]);
 
         let mut tracker = Tracker {
-            state: Arc::new(ClusterState::default()),
+            state: ClusterState::default(),
             buffers: Buffers::default(),
             kinds: Default::default(),
             dirty: false,
             published: false,
         };
         let mut publish_at: Option<Instant> = None;
+        let mut last_published: Option<Instant> = None;
         let mut probing: Option<ProbeFuture> = None;
         let mut next_probe = Instant::now();
         let mut reported_error: Option<String> = None;
@@ -461,19 +470,36 @@ impl ClusterSource for KubernetesSource {
             let probe_due = probing.is_none() && tracker.kinds.iter().any(|k| k.error.is_some());
             tokio::select! {
                 change = changes.next() => match change {
-                    Some(change) => tracker.apply_change(change),
+                    Some(change) => {
+                        tracker.apply_change(change);
+                        // And whatever else has arrived, to publish it together (bounded: a
+                        // first list of a large cluster must not hold up the loop).
+                        for _ in 0..MAX_EVENTS_AT_ONCE {
+                            match changes.next().now_or_never() {
+                                Some(Some(change)) => tracker.apply_change(change),
+                                _ => break,
+                            }
+                        }
+                    }
                     None => return, // the watchers never end
                 },
                 () = tokio::time::sleep_until(publish_at.unwrap_or_else(Instant::now)), if publish_at.is_some() => {
                     publish_at = None;
+                    last_published = Some(Instant::now());
                     tracker.dirty = false;
                     let first = !tracker.published;
                     tracker.published = true;
-                    let cluster = tracker.state.clone();
-                    info!(source = SOURCE_NAME, services = cluster.services.len(), nodes = cluster.nodes.len(),
-                          endpoint_slices = cluster.endpoint_slices.len(), first, "cluster state published");
+                    let cluster = Arc::new(tracker.state.clone());
+                    if first {
+                        info!(source = SOURCE_NAME, services = cluster.services.len(), nodes = cluster.nodes.len(),
+                              endpoint_slices = cluster.endpoint_slices.len(), "first cluster state published");
+                    } else {
+                        debug!(services = cluster.services.len(), endpoint_slices = cluster.endpoint_slices.len(),
+                               "cluster state published");
+                    }
                     updates.send_modify(|s| {
                         s.cluster = Some(cluster);
+                        s.version += 1;
                         s.status.synced = true;
                         s.status.last_update = Some(SystemTime::now());
                     });
@@ -499,12 +525,10 @@ impl ClusterSource for KubernetesSource {
                 () = updates.closed() => return,
             }
 
-            if tracker.dirty && tracker.all_synced() && publish_at.is_none() {
-                publish_at = Some(Instant::now() + self.coalesce);
-            }
-            if !tracker.published && tracker.all_synced() && publish_at.is_none() {
-                // The first complete state is published even when it is empty.
-                publish_at = Some(Instant::now() + self.coalesce);
+            // The first complete state is published even when it is empty.
+            if (tracker.dirty || !tracker.published) && tracker.all_synced() && publish_at.is_none() {
+                let now = Instant::now();
+                publish_at = Some(last_published.map_or(now, |at| (at + self.min_interval).max(now)));
             }
             let error = tracker.last_error();
             if error != reported_error {
@@ -520,11 +544,13 @@ impl ClusterSource for KubernetesSource {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn tracker() -> Tracker {
         Tracker {
-            state: Arc::new(ClusterState::default()),
+            state: ClusterState::default(),
             buffers: Buffers::default(),
             kinds: Default::default(),
             dirty: false,
@@ -592,11 +618,7 @@ mod tests {
         t.apply(Step::Apply(service("b")));
         assert_eq!(published.services.len(), 1, "the published state must not change");
         assert_eq!(t.state.services.len(), 2);
-        // Not shared any more: further changes go in place.
-        let before = Arc::as_ptr(&t.state);
-        drop(published);
-        t.apply(Step::Apply(service("c")));
-        assert_eq!(Arc::as_ptr(&t.state), before);
+        assert_eq!(published.changes_to(&t.state).len(), 1);
     }
 
     #[test]

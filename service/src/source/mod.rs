@@ -32,6 +32,8 @@ pub struct SourceStatus {
 #[derive(Debug, Clone, Default)]
 pub struct SourceSnapshot {
     pub cluster: Option<Arc<ClusterState>>,
+    /// Grows by one with each cluster state published; 0 before the first.
+    pub version: u64,
     pub status: SourceStatus,
 }
 

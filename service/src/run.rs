@@ -91,10 +91,13 @@ impl Planning {
             return true;
         }
         let planner = self.planner.take();
+        let planned = self.planned.take();
         let config = &self.config;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match planner {
-            Some(mut planner) => {
-                let changes = planner.state().changes_to(cluster);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match (planner, planned) {
+            (Some(mut planner), Some(planned)) => {
+                // Diffed against the source's previous state, not the planner's copy of it: the two
+                // states of the source share their structure, so only the change is visited.
+                let changes = planned.changes_to(cluster);
                 if changes.len() > REPLAN_ABOVE.max(cluster.services.len() / 4) {
                     return IncrementalPlanner::new(ClusterState::clone(cluster), config.clone());
                 }
@@ -103,7 +106,7 @@ impl Planning {
                 }
                 planner
             }
-            None => IncrementalPlanner::new(ClusterState::clone(cluster), config.clone()),
+            _ => IncrementalPlanner::new(ClusterState::clone(cluster), config.clone()),
         }));
         match result {
             Ok(planner) => {
@@ -111,11 +114,8 @@ impl Planning {
                 self.planned = Some(cluster.clone());
                 true
             }
-            Err(_) => {
-                // Its state may be half changed: the next cluster state is planned from scratch.
-                self.planned = None;
-                false
-            }
+            // Its state may be half changed: the next cluster state is planned from scratch.
+            Err(_) => false,
         }
     }
 

@@ -716,3 +716,38 @@ async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
     h.converged(CONVERGE).await;
     assert_eq!(as_expected(&g.paths().await), expected(&last, 0, None));
 }
+
+/// Anti-entropy reads gobgpd's RIB beside the pushes: what herald pushes while a read is under way
+/// must neither be taken for drift (a repair) nor be undone by the older read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_during_an_anti_entropy_read_are_kept() {
+    let g = Gobgpd::start().await;
+    let mut current = big_plan(5000, 50, 1);
+    let mut h = Herald::start(config(g.address(), Duration::from_secs(1)), Some(current.clone()));
+    h.converged(Duration::from_secs(60)).await;
+
+    // A route's communities change every 10 ms for 3.5 s: three or four reads of 10,000 paths, each
+    // with pushes landing while it runs.
+    let prefixes: Vec<ipnet::IpNet> = current.routes.keys().copied().collect();
+    let started = Instant::now();
+    let mut step = 0u32;
+    while started.elapsed() < Duration::from_millis(3500) {
+        step += 1;
+        let prefix = prefixes[(step as usize * 37) % prefixes.len()];
+        current.route_mut(&prefix).unwrap().communities = BTreeSet::from([Community(64512 << 16 | step)]);
+        h.publish(current.clone());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = h.converged(Duration::from_secs(30)).await;
+    assert!(step > 100, "only {step} plans");
+    assert_eq!(status.repairs, 0, "herald's own pushes were taken for drift");
+    assert_eq!(as_expected(&g.paths().await), expected(&current, 0, None));
+    // And drift is still found: one of herald's paths deleted by hand, an operator path added.
+    let mut client = g.client().await;
+    let target = herald_paths(&g.paths().await).into_iter().next().unwrap();
+    delete_herald_path(&mut client, &target).await;
+    g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "-a", "ipv4"]);
+    wait_for_plan_in_gobgpd(&g, &current, Duration::from_secs(5)).await;
+    let status = h.wait(Duration::from_secs(5), "the repair counted", |s| s.repairs == 1).await;
+    assert_eq!(status.paths_applied, 10_000);
+}

@@ -36,7 +36,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    fn in_rib(&self) -> Option<Arc<std::collections::HashSet<IpNet>>> {
+    fn in_rib(&self) -> Option<crate::gobgp::InRib> {
         self.sink.as_ref().map(|s| s.borrow().in_rib.clone())
     }
 }

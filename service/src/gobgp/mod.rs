@@ -10,8 +10,6 @@ pub mod paths;
 pub mod reconciler;
 pub mod v3;
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
@@ -20,6 +18,10 @@ use tracing::Instrument;
 
 use crate::config::GobgpConfig;
 use crate::plan::PlanSnapshot;
+
+/// A set of prefixes gobgpd holds, published with every status: persistent, so that publishing it
+/// costs nothing and a change of one prefix copies a path of the tree, not the set.
+pub type InRib = imbl::OrdSet<IpNet>;
 
 /// How long herald waits for gobgpd to answer one call (or one message of a streamed answer).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +42,7 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
     pub last_applied: Option<SystemTime>,
     /// Prefixes for which gobgpd holds herald's path for every next hop of the applied plan.
-    pub in_rib: Arc<HashSet<IpNet>>,
+    pub in_rib: InRib,
     /// Paths added or replaced since herald started.
     pub paths_added: u64,
     /// Paths withdrawn since herald started.

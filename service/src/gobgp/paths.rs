@@ -100,6 +100,11 @@ pub struct PathKey {
     pub identifier: u32,
 }
 
+/// The keys of every path of `prefix`, for a range of a [`PathSet`].
+pub fn prefix_range(prefix: IpNet) -> std::ops::RangeInclusive<PathKey> {
+    PathKey { prefix, identifier: 0 }..=PathKey { prefix, identifier: u32::MAX }
+}
+
 /// A path's attributes, as herald sets them and as it reads them back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathAttrs {
@@ -292,7 +297,7 @@ impl Desired {
         };
         let mut prefixes = Vec::with_capacity(changed.len());
         for (prefix, _, route) in changed {
-            let range = PathKey { prefix, identifier: 0 }..=PathKey { prefix, identifier: u32::MAX };
+            let range = prefix_range(prefix);
             let gone: Vec<PathKey> = self.paths.range(range).map(|(k, _)| *k).collect();
             for key in gone {
                 self.paths.remove(&key);
@@ -438,7 +443,7 @@ pub fn diff_prefixes<'a>(desired: &PathSet, applied: &PathSet, prefixes: impl In
     let mut adds = Vec::new();
     let mut withdrawals = Vec::new();
     for prefix in prefixes {
-        let range = || PathKey { prefix: *prefix, identifier: 0 }..=PathKey { prefix: *prefix, identifier: u32::MAX };
+        let range = || prefix_range(*prefix);
         walk(desired.range(range()), applied.range(range()), &mut adds, &mut withdrawals);
     }
     adds.append(&mut withdrawals);
@@ -488,7 +493,7 @@ pub fn prefixes_in_rib(desired: &PathSet, applied: &PathSet) -> HashSet<IpNet> {
 
 /// Whether `desired` has paths of `prefix` and `applied` holds every one of them as desired.
 pub fn prefix_in_rib(desired: &PathSet, applied: &PathSet, prefix: IpNet) -> bool {
-    let range = || PathKey { prefix, identifier: 0 }..=PathKey { prefix, identifier: u32::MAX };
+    let range = || prefix_range(prefix);
     let mut any = false;
     for (key, attrs) in desired.range(range()) {
         any = true;

@@ -572,7 +572,13 @@ impl V3Client {
         // Several messages in one call, each encoded here (from the caller's operations, nothing
         // copied) while gobgpd works on the one before: at most two messages ahead of gobgpd.
         let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let feed = async move {
+        // When gobgpd last took a message (the transport's flow control holds the next one back
+        // until it does). A long call is not a hung gobgpd: gobgpd takes paths of a prefix with a
+        // thousand next hops at a few hundred a second, so a call of 8,000 of them outlasts any
+        // fixed deadline worth having. What times out is a call that stops moving.
+        let progress = std::sync::Mutex::new(tokio::time::Instant::now());
+        let moved = || *progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        let feed = async {
             let mut cache = EncodeCache::default();
             // A short first message: gobgpd, idle since the previous call, starts on it sooner.
             let (head, rest) = ops.split_at(ops.len().min(batch_size).min(FIRST_MESSAGE_PATHS));
@@ -581,22 +587,33 @@ impl V3Client {
                     if tx.send(message).await.is_err() {
                         return; // The call is over (gobgpd refused it).
                     }
+                    moved();
                 }
             }
+            drop(tx);
         };
-        let call = Self::call_within(
-            self.timeout,
-            "AddPathStream",
-            client.add_path_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        );
+        let call = client.add_path_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
         tokio::pin!(call, feed);
         let mut fed = false;
         loop {
+            let stalled_at = *progress.lock().unwrap_or_else(|e| e.into_inner()) + self.timeout;
             tokio::select! {
-                // The call ends after the last message, or early on an error or the timeout: either
-                // way it decides, and whatever is left to feed is dropped with it.
-                result = &mut call => return result.map(|_| ()),
-                () = &mut feed, if !fed => fed = true,
+                // The call ends after the last message, or early on an error: either way it
+                // decides, and whatever is left to feed is dropped with it.
+                result = &mut call => return match result {
+                    Ok(_) => Ok(()),
+                    Err(status) => Err(status_error("AddPathStream", status)),
+                },
+                // Fed: gobgpd has what is left in flight to apply, within one timeout.
+                () = &mut feed, if !fed => {
+                    fed = true;
+                    moved();
+                }
+                () = tokio::time::sleep_until(stalled_at) => {
+                    if *progress.lock().unwrap_or_else(|e| e.into_inner()) + self.timeout <= tokio::time::Instant::now() {
+                        return Err(timeout_error("AddPathStream", self.timeout));
+                    }
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 use ipnet::IpNet;
 
 use super::{merge_host_route, plan_service, PlanContext, ServicePlan};
-use crate::cluster::{ClusterState, EndpointSlice, ObjectKey};
+use crate::cluster::{ClusterState, EndpointSlice, ObjectKey, Service};
 use crate::config::Config;
 use crate::plan::{Plan, Route};
 
@@ -74,29 +74,32 @@ impl IncrementalPlanner {
     }
 
     fn plan_part(&self, key: &ObjectKey) -> Option<ServicePlan> {
-        let service = self.state.services.get(key)?;
+        self.state.services.get(key).map(|service| self.plan_one(service))
+    }
+
+    fn plan_one(&self, service: &Service) -> ServicePlan {
         let slices: Vec<&EndpointSlice> = self
             .slices_by_service
-            .get(key)
+            .get(&service.key)
             .into_iter()
             .flatten()
             .filter_map(|k| self.state.endpoint_slices.get(k).map(|s| &**s))
             .collect();
-        Some(plan_service(&self.context, service, &slices))
+        plan_service(&self.context, service, &slices)
     }
 
     fn replan_all(&mut self) {
         self.context = PlanContext::new(&self.state, &self.config);
         self.parts.clear();
         self.contributors.clear();
-        let keys: Vec<ObjectKey> = self.state.services.keys().cloned().collect();
-        for key in keys {
-            if let Some(part) = self.plan_part(&key) {
-                for route in &part.host_routes {
-                    self.contributors.entry(route.prefix).or_default().insert(key.clone());
-                }
-                self.parts.insert(key, part);
+        let services: Vec<&Service> = self.state.services.values().map(|s| &**s).collect();
+        let parts = super::plan_each(&services, |service| self.plan_one(service));
+        let keys: Vec<ObjectKey> = services.iter().map(|s| s.key.clone()).collect();
+        for (key, part) in keys.into_iter().zip(parts) {
+            for route in &part.host_routes {
+                self.contributors.entry(route.prefix).or_default().insert(key.clone());
             }
+            self.parts.insert(key, part);
         }
         let mut plan = self.context.ranges_plan().clone();
         let mut prefixes: Vec<&IpNet> = self.contributors.keys().collect();

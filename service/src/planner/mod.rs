@@ -232,6 +232,28 @@ fn merge_into(route: &mut Route, part: &Route) {
     route.reason = format!("{why} on {}", nodes.join(", "));
 }
 
+/// From this many Services on, they are planned on two threads.
+const PLAN_IN_TWO_ABOVE: usize = 2_000;
+
+/// `plan_one` of each Service, in order. Services are planned independently of each other: a large
+/// cluster's are planned in two halves at once (two cores nearly halve a full plan of 20,000).
+pub(crate) fn plan_each<'a>(services: &[&'a Service], plan_one: impl Fn(&'a Service) -> ServicePlan + Sync) -> Vec<ServicePlan> {
+    if services.len() < PLAN_IN_TWO_ABOVE {
+        return services.iter().map(|s| plan_one(s)).collect();
+    }
+    let (first, second) = services.split_at(services.len() / 2);
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| second.iter().map(|s| plan_one(s)).collect::<Vec<_>>());
+        let mut parts: Vec<ServicePlan> = first.iter().map(|s| plan_one(s)).collect();
+        match second.join() {
+            Ok(rest) => parts.extend(rest),
+            // As if planned on this thread: the caller handles a planner that panics.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        parts
+    })
+}
+
 /// Computes the plan.
 pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let context = PlanContext::new(state, config);
@@ -247,12 +269,16 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
             slices_by_service.entry((slice.key.namespace.as_str(), service)).or_default().push(slice);
         }
     }
-    for service in state.services.values() {
+    let plan_one = |service: &Service| {
         let slices = slices_by_service
             .get(&(service.key.namespace.as_str(), service.key.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let part = plan_service(&context, service, slices);
+        plan_service(&context, service, slices)
+    };
+    let services: Vec<&Service> = state.services.values().map(|s| &**s).collect();
+    let parts = plan_each(&services, plan_one);
+    for (service, part) in services.iter().zip(parts) {
         for route in &part.host_routes {
             merge_host_route(&mut routes, route);
         }

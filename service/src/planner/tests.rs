@@ -396,6 +396,27 @@ fn seed_lab_stages() {
     );
 }
 
+/// A cluster large enough to be planned in two halves gets the plan Service by Service would give,
+/// in the full planner and in the incremental one.
+#[test]
+fn a_large_cluster_planned_in_two_halves_equals_one_by_one() {
+    let state = crate::scale::cluster(crate::scale::Scale::small(40, 2 * PLAN_IN_TWO_ABOVE as u32 + 1));
+    let config = crate::scale::config();
+    let context = PlanContext::new(&state, &config);
+    let services: Vec<&Service> = state.services.values().map(|s| &**s).collect();
+    let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in state.endpoint_slices.values() {
+        slices.entry(slice.service_key().unwrap()).or_default().push(slice);
+    }
+    let plan_one = |s: &Service| plan_service(&context, s, slices.get(&s.key).map(Vec::as_slice).unwrap_or_default());
+    let one_by_one: Vec<ServicePlan> = services.iter().map(|s| plan_one(s)).collect();
+    let halves = plan_each(&services, plan_one);
+    assert_eq!(halves, one_by_one);
+    let full = plan(&state, &config);
+    assert!(full.routes.len() > 100, "{} routes", full.routes.len());
+    assert_eq!(crate::planner::incremental::IncrementalPlanner::new(state, config).plan(), &full);
+}
+
 mod properties {
     use proptest::prelude::*;
 

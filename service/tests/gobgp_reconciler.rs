@@ -120,14 +120,13 @@ struct Herald {
 }
 
 impl Herald {
+    /// Starts the reconciler; with `first`, the plan is there before it starts (as in `herald run`,
+    /// whose planner publishes first), so that what it reports about it does not race its start.
     fn start(config: GobgpConfig, first: Option<Plan>) -> Herald {
-        let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
+        let first = first.map(|p| PlanSnapshot { generation: 1, plan: std::sync::Arc::new(p), ..Default::default() });
+        let (plans, plans_rx) = watch::channel(first.unwrap_or_default());
         let status = herald::gobgp::spawn(config, plans_rx);
-        let mut h = Herald { plans, status };
-        if let Some(p) = first {
-            h.publish(p);
-        }
-        h
+        Herald { plans, status }
     }
 
     fn publish(&mut self, plan: Plan) -> u64 {
@@ -524,6 +523,16 @@ fn log_lines(address: &str, text: &str) -> usize {
         .count()
 }
 
+/// Waits (at most 5 s) until `count` log lines about `address` contain `text`, then checks that
+/// there are exactly that many: a line is logged just after the status it goes with is published.
+async fn expect_log_lines(address: &str, text: &str, count: usize) {
+    let started = Instant::now();
+    while log_lines(address, text) < count && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(log_lines(address, text), count, "{text:?} in\n{}", log_text(address));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
     logs();
@@ -538,14 +547,14 @@ async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
     // Still retrying a while later; one warning for all the retries.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(!h.status.borrow().reachable);
-    assert_eq!(log_lines(&g.address(), "WARN"), 1);
-    assert_eq!(log_lines(&g.address(), "gobgpd unreachable"), 1);
+    expect_log_lines(&g.address(), "WARN", 1).await;
+    expect_log_lines(&g.address(), "gobgpd unreachable", 1).await;
 
     g.spawn_and_wait().await.unwrap();
     let status = h.converged(CONVERGE).await;
     assert!(status.last_error.is_none());
     assert_eq!(as_expected(&g.paths().await), expected(&p, 0, None));
-    assert_eq!(log_lines(&g.address(), "reachable and up to date again"), 1);
+    expect_log_lines(&g.address(), "reachable and up to date again", 1).await;
 
     // Gone again for a while: one more warning, then one more recovery.
     g.kill();
@@ -554,9 +563,9 @@ async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
     g.spawn_and_wait().await.unwrap();
     wait_for_plan_in_gobgpd(&g, &p, Duration::from_secs(10)).await;
     h.wait(Duration::from_secs(10), "recovery", |s| s.reachable && s.last_error.is_none()).await;
-    assert_eq!(log_lines(&g.address(), "gobgpd unreachable"), 2, "{}", log_text(&g.address()));
-    assert_eq!(log_lines(&g.address(), "read gobgpd's RIB back after an error"), 1, "{}", log_text(&g.address()));
-    assert_eq!(log_lines(&g.address(), "reachable and up to date again"), 2);
+    expect_log_lines(&g.address(), "gobgpd unreachable", 2).await;
+    expect_log_lines(&g.address(), "read gobgpd's RIB back after an error", 1).await;
+    expect_log_lines(&g.address(), "reachable and up to date again", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,7 @@ impl Guard {
         Guarded { plan, wake_at }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -52,6 +52,8 @@ pub struct SinkMetrics {
     pub push_seconds: Histogram,
     pub peers: Family<PeerLabels, Gauge>,
     pub repairs: Counter,
+    /// Restarts of gobgpd whose graceful-restart deferral ended before herald's plan was in.
+    pub restart_misses: Counter,
 }
 
 impl Default for SinkMetrics {
@@ -63,6 +65,7 @@ impl Default for SinkMetrics {
             push_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             peers: Family::default(),
             repairs: Counter::default(),
+            restart_misses: Counter::default(),
         }
     }
 }
@@ -78,6 +81,7 @@ struct SinkTracker {
     withdrawn: u64,
     errors: u64,
     repairs: u64,
+    restart_misses: u64,
     applied_generation: u64,
     /// When each not yet applied generation was published (bounded: old ones are dropped).
     published: std::collections::VecDeque<(u64, std::time::Instant)>,
@@ -107,6 +111,8 @@ impl SinkTracker {
         metrics.repairs.inc_by(status.repairs.saturating_sub(self.repairs));
         (self.added, self.withdrawn, self.errors, self.repairs) =
             (status.paths_added, status.paths_withdrawn, status.errors, status.repairs);
+        metrics.restart_misses.inc_by(status.restart_misses.saturating_sub(self.restart_misses));
+        self.restart_misses = status.restart_misses;
         if status.applied_generation > self.applied_generation {
             self.applied_generation = status.applied_generation;
             while let Some((generation, at)) = self.published.front().copied() {
@@ -134,6 +140,7 @@ pub struct Metrics {
     paths_applied: Gauge,
     pending: Gauge,
     applied_generation: Gauge,
+    restart_deferral: Gauge,
     pub sink: SinkMetrics,
 }
 
@@ -161,6 +168,7 @@ impl Metrics {
             paths_applied: Gauge::default(),
             pending: Gauge::default(),
             applied_generation: Gauge::default(),
+            restart_deferral: Gauge::default(),
             sink: SinkMetrics::default(),
             registry: Registry::default(),
         };
@@ -180,6 +188,8 @@ impl Metrics {
         registry.register("push_duration_seconds", "Time to make gobgpd's RIB equal a new plan", m.sink.push_seconds.clone());
         registry.register("bgp_peer_state", "BGP neighbors of gobgpd, 1 for the current session state", m.sink.peers.clone());
         registry.register("rib_repairs", "Times gobgpd's RIB differed from what herald applied (gobgpd restarted, paths changed by hand) and was repaired", m.sink.repairs.clone());
+        registry.register("gobgp_restart_deferral_seconds", "The longest graceful-restart deferral time of gobgpd's neighbors, read when it last lost herald's paths", m.restart_deferral.clone());
+        registry.register("gobgp_restart_deferral_misses", "Restarts of gobgpd that sent End-of-RIB to a peer before herald's plan was in", m.sink.restart_misses.clone());
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -218,6 +228,9 @@ impl Metrics {
         self.paths_applied.set(status.paths_applied as i64);
         self.pending.set(status.pending_operations as i64);
         self.applied_generation.set(status.applied_generation as i64);
+        if let Some(window) = status.graceful_restart {
+            self.restart_deferral.set(window.deferral.as_secs() as i64);
+        }
     }
 
     /// Keeps the metrics equal to what the channels publish, until they close.

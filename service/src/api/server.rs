@@ -24,6 +24,9 @@ use crate::gobgp::SinkStatus;
 use crate::plan::{IpOutcome, Plan, PlanSnapshot, Route};
 use crate::source::SourceSnapshot;
 
+/// How long a restarted gobgpd that got herald's plan too late stays among the status alarms.
+const RESTART_MISS_SHOWN: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// The channels the API reads.
 #[derive(Clone)]
 pub struct ApiState {
@@ -303,6 +306,12 @@ impl PlanService for PlanApi {
             if !s.reachable {
                 alarms.push(format!("gobgpd at {} is unreachable: {}", s.address, s.last_error.clone().unwrap_or_default()));
             }
+            if let Some((at, what)) = &s.restart_miss {
+                // A past event: shown for a while, counted for good in the metrics.
+                if at.elapsed().is_ok_and(|ago| ago < RESTART_MISS_SHOWN) {
+                    alarms.push(what.clone());
+                }
+            }
             pb::GobgpStatus {
                 address: s.address,
                 reachable: s.reachable,
@@ -378,12 +387,24 @@ fn neighbor_note(n: &Neighbor, family: Option<Family>) -> Option<String> {
         .collect();
     // Without a family given (status), only IPv4 is worth an alarm: many fabrics are IPv4 only.
     let missing: Vec<&str> = if family.is_none() { missing.into_iter().filter(|m| *m == "IPv4").collect() } else { missing };
-    (!missing.is_empty()).then(|| {
+    let add_path = (!missing.is_empty()).then(|| {
         format!(
             "ADD-PATH send not negotiated for {}: the neighbor learns one next hop per prefix, not one per node (no ECMP)",
             missing.join(", ")
         )
-    })
+    });
+    let graceful_restart = match n.graceful_restart {
+        (true, false) => Some(
+            "graceful restart configured in gobgpd but not advertised by the neighbor: it drops herald's routes \
+             whenever gobgpd restarts (enable graceful restart on the router; see the README)"
+                .to_string(),
+        ),
+        _ => None,
+    };
+    match (add_path, graceful_restart) {
+        (Some(a), Some(g)) => Some(format!("{a}; {g}")),
+        (a, g) => a.or(g),
+    }
 }
 
 /// gobgpd's RIB and adj-RIB-outs for `prefixes`.

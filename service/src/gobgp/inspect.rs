@@ -18,6 +18,7 @@ use super::v3::is_own;
 const NEXT_HOP_URL: &str = "type.googleapis.com/apipb.NextHopAttribute";
 const MP_REACH_URL: &str = "type.googleapis.com/apipb.MpReachNLRIAttribute";
 const ADD_PATH_URL: &str = "type.googleapis.com/apipb.AddPathCapability";
+const GRACEFUL_RESTART_URL: &str = "type.googleapis.com/apipb.GracefulRestartCapability";
 
 #[derive(Debug, thiserror::Error)]
 #[error("gobgpd {call}: {message}")]
@@ -36,6 +37,9 @@ pub struct Neighbor {
     /// Per family (IPv4, IPv6): both sides agreed that gobgpd may send several paths per prefix.
     /// Without it the neighbor learns one next hop per prefix, and ECMP over nodes is lost.
     pub add_path_send: [bool; 2],
+    /// Graceful restart configured in gobgpd, and advertised by the neighbor: both are needed for
+    /// the neighbor to keep herald's routes while gobgpd restarts.
+    pub graceful_restart: (bool, bool),
 }
 
 impl Neighbor {
@@ -135,6 +139,10 @@ impl Inspector {
             let Some(peer) = response.peer else { continue };
             let state = peer.state.unwrap_or_default();
             let conf = peer.conf.unwrap_or_default();
+            let graceful_restart = (
+                peer.graceful_restart.is_some_and(|g| g.enabled),
+                state.remote_cap.iter().any(|c| c.type_url == GRACEFUL_RESTART_URL),
+            );
             let session = api::peer_state::SessionState::try_from(state.session_state)
                 .map(|s| s.as_str_name().to_lowercase())
                 .unwrap_or_else(|_| "unknown".to_string());
@@ -143,6 +151,7 @@ impl Inspector {
                 description: conf.description,
                 state: session,
                 add_path_send: add_path_send(&state),
+                graceful_restart,
             });
         }
         out.sort_by(|a, b| a.address.cmp(&b.address));

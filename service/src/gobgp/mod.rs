@@ -3,11 +3,14 @@
 //! - [`paths`]: the plan as the set of paths gobgpd should hold for herald (one per prefix and next
 //!   hop), how herald's paths are told from everyone else's, and the diff.
 //! - [`reconciler`]: the loop that pushes the diff, re-reads gobgpd's RIB and repairs it.
+//! - [`restart`]: whether a restarted gobgpd got herald's plan before its graceful-restart deferral
+//!   ended, and the neighbors it wrongly holds back from.
 //! - [`v3`]: the GoBGP v3 API client (`apipb`), behind [`reconciler::GobgpClient`].
 
 pub mod inspect;
 pub mod paths;
 pub mod reconciler;
+pub mod restart;
 pub mod v3;
 
 use std::time::{Duration, SystemTime};
@@ -52,6 +55,12 @@ pub struct SinkStatus {
     /// Times gobgpd's RIB was found to differ from what herald applied (a restarted gobgpd, paths
     /// changed by hand) and was repaired.
     pub repairs: u64,
+    /// The graceful-restart window gobgpd gave herald when it last lost herald's paths.
+    pub graceful_restart: Option<restart::Window>,
+    /// Times a restarted gobgpd sent End-of-RIB to a peer before herald's plan was in.
+    pub restart_misses: u64,
+    /// The last of those: when, and what happened.
+    pub restart_miss: Option<(SystemTime, String)>,
 }
 
 /// Starts a reconciler with a client of one's choosing (another API version, other timeouts).

@@ -11,8 +11,14 @@
 //! - When idle it asks gobgpd for its path counts every second: fewer paths than herald holds (or
 //!   than last time) means gobgpd restarted or someone deleted paths, and herald reads back and
 //!   repairs at once.
-//! - Errors are retried with backoff (100 ms doubling to 2 s); a warning is logged when gobgpd
-//!   becomes unreachable or starts failing, and an info when it is back, not once per retry.
+//! - Errors are retried with backoff (100 ms doubling to 2 s; every 200 ms at most while gobgpd
+//!   refuses connections, so that a restarted gobgpd gets herald's plan within its graceful-restart
+//!   deferral); a warning is logged when gobgpd becomes unreachable or starts failing, and an info
+//!   when it is back, not once per retry.
+//! - After a restart of gobgpd it follows graceful restart ([`super::restart`]): it reads gobgpd's
+//!   window before pushing, judges afterwards whether every peer got the whole plan before gobgpd's
+//!   End-of-RIB (alarm if not), and has gobgpd re-send its RIB to neighbors without graceful restart
+//!   that gobgpd holds back from.
 //! - Nothing is pushed before the first plan (generation 0 means "no plan yet"), so a herald that
 //!   starts never withdraws what its predecessor announced before it knows the plan.
 //!
@@ -31,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use super::{InRib, SinkStatus};
 use super::paths::{self, Desired, Op, PathAttrs, PathSet};
+use super::restart::{self, PeerRestart, Verdict};
 use crate::config::Origin;
 use crate::plan::PlanSnapshot;
 
@@ -82,6 +89,10 @@ pub trait GobgpClient: Clone + Send + 'static {
     fn list(&mut self) -> impl Future<Output = Result<RibView, ClientError>> + Send;
     /// Applies the operations, in one call: when it returns Ok, gobgpd has applied them all.
     fn push(&mut self, ops: &[Op]) -> impl Future<Output = Result<(), ClientError>> + Send;
+    /// gobgpd's BGP neighbors as graceful restart sees them.
+    fn peers(&mut self) -> impl Future<Output = Result<Vec<PeerRestart>, ClientError>> + Send;
+    /// Asks gobgpd to send `peer` its RIB again (a soft reset out: the session stays up).
+    fn resend(&mut self, peer: &str) -> impl Future<Output = Result<(), ClientError>> + Send;
 }
 
 /// How the reconciler behaves.
@@ -95,6 +106,8 @@ pub struct Settings {
     pub probe_interval: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The longest wait before trying again while gobgpd refuses connections (restarting).
+    pub reconnect_max: Duration,
 }
 
 impl Settings {
@@ -107,6 +120,7 @@ impl Settings {
             probe_interval: Duration::from_secs(1),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            reconnect_max: Duration::from_millis(200),
         }
     }
 }
@@ -163,6 +177,11 @@ pub struct Reconciler<C> {
     reading: Option<(tokio::task::JoinHandle<Result<RibView, ClientError>>, BTreeSet<IpNet>)>,
     pushed: u64,
     withdrawn: u64,
+    /// When herald last knew gobgpd to hold the paths herald applied: the sessions of a gobgpd
+    /// that restarted after it came up later.
+    alive_at: Option<SystemTime>,
+    /// A restart of gobgpd (or herald's own start) followed for graceful restart.
+    episode: Option<restart::Episode>,
 }
 
 impl<C: GobgpClient> Reconciler<C> {
@@ -193,6 +212,8 @@ impl<C: GobgpClient> Reconciler<C> {
             reading: None,
             pushed: 0,
             withdrawn: 0,
+            alive_at: None,
+            episode: None,
         }
     }
 
@@ -207,8 +228,14 @@ impl<C: GobgpClient> Reconciler<C> {
                     self.recovered();
                 }
                 Err(e) => {
+                    // A gobgpd that refuses connections is restarting, or gone: retry soon, as its
+                    // graceful-restart deferral runs from the moment it is back.
+                    let wait = match e.kind {
+                        ErrorKind::Unreachable => backoff.min(self.settings.reconnect_max),
+                        _ => backoff,
+                    };
                     self.failed(e);
-                    let until = tokio::time::Instant::now() + backoff;
+                    let until = tokio::time::Instant::now() + wait;
                     backoff = (backoff * 2).min(self.settings.backoff_max);
                     if !self.sleep_until(until).await {
                         return;
@@ -250,7 +277,14 @@ impl<C: GobgpClient> Reconciler<C> {
                     }
                     _ = probe => {
                         match self.probe().await {
-                            Ok(false) => continue,
+                            Ok(false) => {
+                                self.alive_at = Some(SystemTime::now());
+                                if let Err(e) = self.follow_restart(false).await {
+                                    self.failed(e);
+                                    break;
+                                }
+                                continue;
+                            }
                             Ok(true) => {
                                 self.known = false;
                                 break;
@@ -370,6 +404,7 @@ impl<C: GobgpClient> Reconciler<C> {
         }
         let started = Instant::now();
         let mut ops = self.diff();
+        self.restart_window(ops.len()).await?;
         if !ops.is_empty() {
             // Until the push is through, `applied` and `desired` differ by more than `dirty` says.
             self.dirty = None;
@@ -458,6 +493,9 @@ impl<C: GobgpClient> Reconciler<C> {
         }
         self.absent_families_note();
         self.publish(0, true);
+        if let Some(episode) = &mut self.episode {
+            episode.pushed.get_or_insert((added + withdrawn, elapsed));
+        }
         // gobgpd's counts after herald's changes: a later drop means gobgpd lost paths. Worked out
         // from herald's own changes when the counts before them are known (herald's pushes change
         // only herald's paths), asked otherwise: asking took ~3 ms with 30,000 paths, for every
@@ -472,7 +510,8 @@ impl<C: GobgpClient> Reconciler<C> {
             }
             None => self.baseline = Some(self.client.path_counts().await?),
         }
-        Ok(())
+        self.alive_at = Some(SystemTime::now());
+        self.follow_restart(true).await
     }
 
     async fn read_back(&mut self) -> Result<(), ClientError> {
@@ -480,6 +519,13 @@ impl<C: GobgpClient> Reconciler<C> {
         let view = self.client.list().await?;
         self.absent = view.absent;
         let previous = std::mem::replace(&mut self.applied, view.own);
+        // gobgpd lost some of herald's paths (restarted, most likely), or herald has just started:
+        // follow what graceful restart made of it.
+        let lost = previous.keys().any(|key| !self.applied.contains_key(key));
+        if lost || (!self.adopted_once && self.episode.is_none()) {
+            // A new restart supersedes one still followed.
+            self.episode = Some(restart::Episode::new(self.alive_at.filter(|_| self.adopted_once)));
+        }
         self.dirty = None;
         self.in_rib_stale = None;
         self.known = true;
@@ -514,6 +560,150 @@ impl<C: GobgpClient> Reconciler<C> {
         }
         if view.undecodable > 0 {
             warn!(paths = view.undecodable, "some of herald's paths in gobgpd could not be read; replacing them");
+        }
+        Ok(())
+    }
+
+    /// Before herald pushes `paths` into a restarted gobgpd: reads its neighbors (kept to judge
+    /// against afterwards) and says what window graceful restart gives herald.
+    async fn restart_window(&mut self, paths: usize) -> Result<(), ClientError> {
+        let Some(episode) = &self.episode else { return Ok(()) };
+        if episode.before.is_some() {
+            return Ok(());
+        }
+        let since = episode.since;
+        let peers = match self.client.peers().await {
+            Ok(peers) => peers,
+            Err(e) if e.kind == ErrorKind::Rejected => {
+                debug!(error = %e, "cannot read gobgpd's neighbors; not following graceful restart");
+                self.episode = None;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let window = restart::window(&peers);
+        self.status.send_modify(|s| s.graceful_restart = Some(window));
+        if since.is_some() || window.deferring > 0 {
+            if window.deferring > 0 {
+                info!(
+                    deferring = window.deferring,
+                    established = window.established,
+                    deferral_s = window.deferral.as_secs(),
+                    restart_time_s = window.restart_time.as_secs(),
+                    paths,
+                    "gobgpd is in graceful-restart restarting mode: it holds back its routes until every peer's \
+                     End-of-RIB or deferral_s after a session comes up; herald's plan has to be in by then"
+                );
+            } else if peers.iter().any(|p| p.enabled) {
+                info!(
+                    established = window.established,
+                    restart_time_s = window.restart_time.as_secs(),
+                    paths,
+                    "gobgpd lost herald's paths and is not in restarting mode (not started with -r): it sends \
+                     its RIB and End-of-RIB as soon as a session is up"
+                );
+            }
+        }
+        if let Some(episode) = &mut self.episode {
+            episode.before = Some(peers);
+        }
+        Ok(())
+    }
+
+    /// After a push into a restarted gobgpd (`after_push`), or while it is still in restarting mode:
+    /// judges once whether each peer got the whole plan before gobgpd's End-of-RIB, has gobgpd send
+    /// its RIB again to neighbors without graceful restart it holds back from, and ends the
+    /// episode once gobgpd has left restarting mode.
+    async fn follow_restart(&mut self, after_push: bool) -> Result<(), ClientError> {
+        let Some(episode) = &self.episode else { return Ok(()) };
+        if episode.before.is_none() {
+            return Ok(());
+        }
+        let peers = match self.client.peers().await {
+            Ok(peers) => peers,
+            Err(e) if e.kind == ErrorKind::Rejected => {
+                debug!(error = %e, "cannot read gobgpd's neighbors; not following graceful restart");
+                self.episode = None;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let episode = self.episode.as_mut().expect("checked above");
+        if !episode.judged {
+            episode.judged = true;
+            let (paths, push) = episode.pushed.unwrap_or_default();
+            let window = restart::window(&peers);
+            let mut fit = Vec::new();
+            let mut missed = Vec::new();
+            for peer in &peers {
+                match restart::judge(episode.before(&peer.address), peer, episode.since) {
+                    Verdict::Fit => fit.push(peer.address.as_str()),
+                    Verdict::Missed(when) => missed.push((peer.address.as_str(), when)),
+                    Verdict::Unjudged => {}
+                }
+            }
+            if !missed.is_empty() {
+                let peers_text = missed
+                    .iter()
+                    .map(|(address, when)| match when {
+                        restart::Missed::BeforePush => format!("{address} (before herald began)"),
+                        restart::Missed::DuringPush => format!("{address} (during herald's push)"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let message = format!(
+                    "gobgpd restarted and sent End-of-RIB to {peers_text} before herald's plan of {paths} paths was in \
+                     (the push took {} ms): those peers dropped routes until the push reached them",
+                    push.as_millis()
+                );
+                warn!(
+                    peers = %peers_text,
+                    paths,
+                    push_ms = push.as_millis() as u64,
+                    deferral_s = window.deferral.as_secs(),
+                    "a restarted gobgpd's graceful-restart deferral ended before herald's plan was in; peers dropped routes"
+                );
+                self.status.send_modify(|s| {
+                    s.restart_misses += 1;
+                    s.restart_miss = Some((SystemTime::now(), message));
+                });
+            } else if !fit.is_empty() && episode.since.is_some() {
+                info!(
+                    peers = %fit.join(", "),
+                    paths,
+                    push_ms = push.as_millis() as u64,
+                    deferral_s = window.deferral.as_secs(),
+                    deferring = window.deferring,
+                    "herald's plan is in the restarted gobgpd before its graceful-restart deferral ended"
+                );
+            }
+        }
+        let since = episode.since;
+        let mut resend = Vec::new();
+        for peer in &peers {
+            let resent = episode.resent.contains(&peer.address);
+            if restart::needs_resend(episode.before(&peer.address), peer, since, resent) && (after_push || !resent) {
+                resend.push(peer.address.clone());
+            }
+        }
+        for address in resend {
+            self.client.resend(&address).await?;
+            let episode = self.episode.as_mut().expect("checked above");
+            if episode.resent.insert(address.clone()) {
+                warn!(
+                    peer = %address,
+                    "gobgpd holds back its routes from a neighbor that does not do graceful restart (its \
+                     restarting mode, osrg/gobgp#2596); asked it to send them (soft reset out)"
+                );
+            } else {
+                debug!(peer = %address, "asked gobgpd again to send its routes to a neighbor it holds back from");
+            }
+        }
+        if !peers.iter().any(|p| p.local_restarting) {
+            if self.episode.as_ref().is_some_and(|e| e.since.is_some()) {
+                debug!("gobgpd is out of graceful-restart restarting mode");
+            }
+            self.episode = None;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::paths::{Family, HERALD_SOURCE_ASN, Op, PathAttrs, PathKey, is_herald_identifier};
 use super::reconciler::{ClientError, ErrorKind, FamilyCounts, GobgpClient, RibView};
+use super::restart::PeerRestart;
 use crate::config::LargeCommunity;
 
 const PREFIX_URL: &str = "type.googleapis.com/apipb.IPAddressPrefix";
@@ -31,6 +32,7 @@ const MP_REACH_URL: &str = "type.googleapis.com/apipb.MpReachNLRIAttribute";
 const COMMUNITIES_URL: &str = "type.googleapis.com/apipb.CommunitiesAttribute";
 const LARGE_COMMUNITIES_URL: &str = "type.googleapis.com/apipb.LargeCommunitiesAttribute";
 const LOCAL_PREF_URL: &str = "type.googleapis.com/apipb.LocalPrefAttribute";
+const GRACEFUL_RESTART_CAP_URL: &str = "type.googleapis.com/apipb.GracefulRestartCapability";
 
 /// The least time gobgpd gets to start answering ListPath (it gathers the whole table first).
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -524,9 +526,64 @@ impl GobgpClient for V3Client {
         let result = self.push_ops(ops).await;
         self.after(result)
     }
+
+    async fn peers(&mut self) -> Result<Vec<PeerRestart>, ClientError> {
+        let result = self.list_peers().await;
+        self.after(result)
+    }
+
+    async fn resend(&mut self, peer: &str) -> Result<(), ClientError> {
+        // Soft, out, one named peer: never the hard reset or the "all" of the same call.
+        let request = api::ResetPeerRequest {
+            address: peer.to_string(),
+            communication: String::new(),
+            soft: true,
+            direction: api::reset_peer_request::SoftResetDirection::Out as i32,
+        };
+        let mut client = self.client.clone();
+        let result = self.call("ResetPeer", client.reset_peer(request)).await.map(drop);
+        self.after(result)
+    }
+}
+
+/// A neighbor of ListPeer, as graceful restart sees it.
+fn peer_restart(peer: api::Peer) -> PeerRestart {
+    let state = peer.state.unwrap_or_default();
+    let conf = peer.conf.unwrap_or_default();
+    let gr = peer.graceful_restart.unwrap_or_default();
+    let up_since_secs = peer
+        .timers
+        .and_then(|t| t.state)
+        .and_then(|s| s.uptime)
+        .map(|t| u64::try_from(t.seconds).unwrap_or(0))
+        .unwrap_or(0);
+    PeerRestart {
+        address: if conf.neighbor_address.is_empty() { state.neighbor_address.clone() } else { conf.neighbor_address },
+        established: state.session_state == api::peer_state::SessionState::Established as i32,
+        up_since_secs,
+        enabled: gr.enabled,
+        peer_capable: state.remote_cap.iter().any(|c| c.type_url == GRACEFUL_RESTART_CAP_URL),
+        local_restarting: gr.local_restarting,
+        restart_time: gr.restart_time,
+        deferral_time: gr.deferral_time,
+    }
 }
 
 impl V3Client {
+    async fn list_peers(&mut self) -> Result<Vec<PeerRestart>, ClientError> {
+        let mut client = self.client.clone();
+        let mut stream = self.call("ListPeer", client.list_peer(api::ListPeerRequest::default())).await?;
+        let mut peers = Vec::new();
+        loop {
+            match tokio::time::timeout(self.timeout, stream.message()).await {
+                Ok(Ok(Some(response))) => peers.extend(response.peer.map(peer_restart)),
+                Ok(Ok(None)) => return Ok(peers),
+                Ok(Err(status)) => return Err(status_error("ListPeer", status)),
+                Err(_) => return Err(timeout_error("ListPeer", self.timeout)),
+            }
+        }
+    }
+
     async fn get_counts(&mut self) -> Result<FamilyCounts, ClientError> {
         let mut counts = [None; 2];
         for (i, fam) in Family::ALL.into_iter().enumerate() {

@@ -9,7 +9,9 @@
 //!
 //! The pool namespace stands for the whole cluster: it holds gobgpd (where herald runs too) and
 //! the node addresses, so paths announced with a node as next hop are reachable from host1 over
-//! the shared link. BIRD on host1 installs what it learns into host1's kernel, merging paths of
+//! the shared link. A lab may start a second speaker ([`Lab::add_speaker`]): a second gobgpd, from
+//! 198.19.0.11 with its API on 127.0.0.1:50052, as the pool Deployment's second replica on another
+//! node; BIRD peers with both. BIRD on host1 installs what it learns into host1's kernel, merging paths of
 //! one prefix into an ECMP route, exactly like the router of the original lab. The gobgpd and BIRD
 //! configs are in `integration/lab/`, shared with `scripts/lab.sh`.
 //!
@@ -51,12 +53,15 @@ pub const HOST1_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x198, 0x19, 0, 0, 0, 0, 0x
 /// has namespaces of its own, so the addresses and ports never clash.
 const GOBGPD_CONFIG: &str = include_str!("../lab/gobgpd.toml");
 const BIRD_CONFIG: &str = include_str!("../lab/bird.conf");
-/// BIRD's name for the session with gobgpd, as in `BIRD_CONFIG`.
-const BGP_PROTOCOL: &str = "pool";
+/// BIRD's names for its sessions with the speakers, as in `BIRD_CONFIG`.
+const BGP_PROTOCOLS: [&str; SPEAKERS] = ["pool", "pool2"];
+/// The speakers a lab can run: the first, and a second replica.
+pub const SPEAKERS: usize = 2;
 
 const V4_PREFIX_LEN: u8 = 20;
 const V6_PREFIX_LEN: u8 = 64;
-/// The same in every lab, as each gobgpd listens inside its own pool namespace.
+/// The same in every lab, as each gobgpd listens inside its own pool namespace; the second speaker's
+/// is the next port.
 const GOBGP_API_PORT: u16 = 50051;
 /// Both ends of the veth pair; each lives in its own namespace, so the name never clashes, and
 /// `eth0` makes host1's `ip route` read exactly like the original lab's.
@@ -128,7 +133,29 @@ pub struct Lab {
     nodes: Vec<LabNode>,
     dir: TempDir,
     bird: Option<Child>,
-    gobgpd: Option<Child>,
+    /// Per speaker; a second speaker exists once [`Lab::add_speaker`] made it.
+    gobgpd: Vec<Option<Child>>,
+}
+
+/// gobgpd's BGP address (and router id) as speaker `speaker`.
+pub fn speaker_v4(speaker: usize) -> Ipv4Addr {
+    let [a, b, c, d] = POOL_V4.octets();
+    Ipv4Addr::new(a, b, c, d + speaker as u8)
+}
+
+fn speaker_v6(speaker: usize) -> Ipv6Addr {
+    let mut segments = POOL_V6.segments();
+    segments[7] += speaker as u16;
+    Ipv6Addr::from(segments)
+}
+
+/// How gobgpd starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GobgpdStart {
+    /// As on a first start.
+    Fresh,
+    /// With `-r`: graceful restart's restarting mode, as the sidecar restarts in a pod.
+    Restarting,
 }
 
 impl Lab {
@@ -159,11 +186,11 @@ impl Lab {
             nodes: options.nodes,
             dir,
             bird: None,
-            gobgpd: None,
+            gobgpd: vec![None],
         };
         lab.create_network()?;
         // Copies in the lab's directory, so that everything of a failed run is in one place.
-        fs::write(lab.gobgpd_config_path(), GOBGPD_CONFIG)
+        fs::write(lab.gobgpd_config_path(0), GOBGPD_CONFIG)
             .context("cannot write gobgpd's config")?;
         fs::write(lab.bird_config_path(), BIRD_CONFIG).context("cannot write BIRD's config")?;
         lab.start_bird()?;
@@ -198,6 +225,11 @@ impl Lab {
         GOBGP_API_PORT
     }
 
+    /// Port of speaker `speaker`'s gobgpd API on 127.0.0.1 inside the pool namespace.
+    pub fn gobgp_api_port_of(&self, speaker: usize) -> u16 {
+        GOBGP_API_PORT + speaker as u16
+    }
+
     /// A command that runs `program` inside the pool namespace (where herald belongs).
     pub fn pool_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
@@ -208,9 +240,14 @@ impl Lab {
     /// Runs the gobgp CLI against this lab's gobgpd and returns its output,
     /// e.g. `lab.gobgp(&["global", "rib", "-a", "ipv4"])`.
     pub fn gobgp(&self, args: &[&str]) -> Result<String> {
+        self.gobgp_of(0, args)
+    }
+
+    /// The gobgp CLI against speaker `speaker`'s gobgpd.
+    pub fn gobgp_of(&self, speaker: usize, args: &[&str]) -> Result<String> {
         run(self
             .pool_cmd("gobgp")
-            .args(["-u", "127.0.0.1", "-p", &GOBGP_API_PORT.to_string()])
+            .args(["-u", "127.0.0.1", "-p", &self.gobgp_api_port_of(speaker).to_string()])
             .args(args))
     }
 
@@ -252,43 +289,61 @@ impl Lab {
     /// global settings (the BGP session comes up later: see [`Lab::wait_established`]).
     /// Its output is appended to `gobgpd.log` in [`Lab::dir`].
     pub fn start_gobgpd(&mut self) -> Result<()> {
+        self.start_gobgpd_of(0, GobgpdStart::Fresh)
+    }
+
+    /// Starts speaker `speaker`'s gobgpd (`gobgpd.log`, `gobgpd2.log` in [`Lab::dir`]).
+    pub fn start_gobgpd_of(&mut self, speaker: usize, start: GobgpdStart) -> Result<()> {
         ensure!(
-            self.gobgpd.is_none(),
-            "gobgpd is already running in {}",
-            self.pool_ns
+            self.gobgpd.get(speaker).is_some_and(Option::is_none),
+            "speaker {speaker}'s gobgpd is already running, or the lab has no such speaker"
         );
-        let log = self.open_log("gobgpd.log")?;
-        let child = self
-            .pool_cmd("gobgpd")
+        let log = self.open_log(&speaker_file("gobgpd", speaker, "log"))?;
+        let mut command = self.pool_cmd("gobgpd");
+        command
             .arg("-f")
-            .arg(self.gobgpd_config_path())
-            .args(["--api-hosts", &format!("127.0.0.1:{GOBGP_API_PORT}")])
+            .arg(self.gobgpd_config_path(speaker))
+            .args(["--api-hosts", &format!("127.0.0.1:{}", self.gobgp_api_port_of(speaker))])
             // Plain-text logs at info level show session state changes and are readable in a
             // failure message; pprof is off because nothing uses it.
-            .args(["--log-plain", "--log-level", "info", "--pprof-disable"])
+            .args(["--log-plain", "--log-level", "info", "--pprof-disable"]);
+        if start == GobgpdStart::Restarting {
+            command.arg("-r");
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("cannot spawn gobgpd (is it installed? see scripts/install-deps.sh)")?;
         // `gobgp global` fails until gobgpd has both opened its API and applied its config.
-        self.gobgpd = Some(self.await_ready(child, "gobgpd", || self.gobgp(&["global"]))?);
+        let child = self.await_ready(child, "gobgpd", || self.gobgp_of(speaker, &["global"]))?;
+        self.gobgpd[speaker] = Some(child);
         Ok(())
+    }
+
+    /// Sends `signal` to gobgpd without waiting for anything (SIGSTOP / SIGCONT to hang it).
+    pub fn signal_gobgpd(&self, signal: i32) -> Result<()> {
+        let child = self.gobgpd[0].as_ref().context("gobgpd is not running")?;
+        send_signal(child, signal).context("cannot signal gobgpd")
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`, `libc::SIGKILL`) to gobgpd, waits for it to exit and
     /// for BIRD to notice that the session is down (so that a following [`Lab::wait_established`]
     /// sees the next session, not this one). gobgpd exits on SIGTERM after telling BIRD it is
-    /// going; on SIGKILL, BIRD only sees the TCP connection close. Either way host1 loses the
-    /// routes, as no graceful restart is configured.
-    /// Sends `signal` to gobgpd without waiting for anything (SIGSTOP / SIGCONT to hang it).
-    pub fn signal_gobgpd(&self, signal: i32) -> Result<()> {
-        let child = self.gobgpd.as_ref().context("gobgpd is not running")?;
-        send_signal(child, signal).context("cannot signal gobgpd")
+    /// going (a Cease: BIRD drops its routes at once); on SIGKILL, BIRD only sees the TCP
+    /// connection close, and keeps the routes for gobgpd's graceful-restart time.
+    pub fn kill_gobgpd(&mut self, signal: i32) -> Result<ExitStatus> {
+        self.kill_gobgpd_of(0, signal)
     }
 
-    pub fn kill_gobgpd(&mut self, signal: i32) -> Result<ExitStatus> {
-        let mut child = self.gobgpd.take().context("gobgpd is not running")?;
+    /// [`Lab::kill_gobgpd`] for speaker `speaker`.
+    pub fn kill_gobgpd_of(&mut self, speaker: usize, signal: i32) -> Result<ExitStatus> {
+        let mut child = self
+            .gobgpd
+            .get_mut(speaker)
+            .and_then(Option::take)
+            .with_context(|| format!("speaker {speaker}'s gobgpd is not running"))?;
         send_signal(&child, signal).context("cannot signal gobgpd")?;
         let Some(status) = wait_timeout(&mut child, STOP_GRACE)? else {
             child.kill()?;
@@ -297,7 +352,7 @@ impl Lab {
         };
         poll(STOP_GRACE, || {
             let state = self
-                .birdc(&["show", "protocols", BGP_PROTOCOL])
+                .birdc(&["show", "protocols", BGP_PROTOCOLS[speaker]])
                 .map_err(|e| format!("{e:#}"))?;
             if state.contains("Established") {
                 Err(state)
@@ -313,18 +368,75 @@ impl Lab {
 
     /// Stops gobgpd with SIGTERM, if it runs, and starts it again with an empty RIB.
     pub fn restart_gobgpd(&mut self) -> Result<()> {
-        if self.gobgpd.is_some() {
+        if self.gobgpd[0].is_some() {
             self.kill_gobgpd(libc::SIGTERM)?;
         }
         self.start_gobgpd()
     }
 
+    /// Starts the pool's second speaker: the address 198.19.0.11 (and fd00:198:19::11) on the pool
+    /// side of the link, a gobgpd from it with the lab's config, and BIRD's session with it; waits
+    /// until that session is established. Returns the speaker's number (1).
+    pub fn add_speaker(&mut self) -> Result<usize> {
+        let speaker = self.gobgpd.len();
+        ensure!(speaker < SPEAKERS, "the lab has all its {SPEAKERS} speakers");
+        for addr in [format!("{}/{V4_PREFIX_LEN}", speaker_v4(speaker)), format!("{}/{V6_PREFIX_LEN}", speaker_v6(speaker))] {
+            let mut args = vec!["-n", self.pool_ns.as_str(), "addr", "add", addr.as_str(), "dev", IFACE];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ip(&args)?;
+        }
+        let first = POOL_V4.to_string();
+        ensure!(GOBGPD_CONFIG.contains(&first), "gobgpd.toml does not name {first}");
+        fs::write(self.gobgpd_config_path(speaker), GOBGPD_CONFIG.replace(&first, &speaker_v4(speaker).to_string()))
+            .context("cannot write the second speaker's gobgpd config")?;
+        self.gobgpd.push(None);
+        self.start_gobgpd_of(speaker, GobgpdStart::Fresh)?;
+        self.birdc(&["enable", BGP_PROTOCOLS[speaker]])?;
+        self.wait_established_of(speaker, START_TIMEOUT)?;
+        Ok(speaker)
+    }
+
+    /// Replaces speaker `speaker`'s gobgpd config by `edit` of it, for gobgpd's next start.
+    pub fn edit_gobgpd_config(&self, speaker: usize, edit: impl FnOnce(&str) -> String) -> Result<()> {
+        let path = self.gobgpd_config_path(speaker);
+        let text = fs::read_to_string(&path).context("cannot read gobgpd's config")?;
+        fs::write(&path, edit(&text)).context("cannot write gobgpd's config")
+    }
+
+    /// Replaces BIRD's config by `edit` of it and has BIRD load it (`birdc configure`); BIRD
+    /// restarts the sessions whose settings changed.
+    pub fn reconfigure_bird(&self, edit: impl FnOnce(&str) -> String) -> Result<()> {
+        let path = self.bird_config_path();
+        let text = fs::read_to_string(&path).context("cannot read BIRD's config")?;
+        fs::write(&path, edit(&text)).context("cannot write BIRD's config")?;
+        let out = self.birdc(&["configure"])?;
+        ensure!(out.contains("Reconfigured") || out.contains("Reconfiguration in progress"), "birdc configure: {out}");
+        Ok(())
+    }
+
+    /// How many routes BIRD holds from speaker `speaker` (both families, stale ones included).
+    pub fn routes_from(&self, speaker: usize) -> Result<usize> {
+        let out = self.birdc(&["show", "route", "protocol", BGP_PROTOCOLS[speaker], "count"])?;
+        // "N of M routes for K networks in table master4", one line per table.
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+            .sum())
+    }
+
     /// Waits until BIRD reports the session with gobgpd established; returns how long it took.
     pub fn wait_established(&self, timeout: Duration) -> Result<Duration> {
+        self.wait_established_of(0, timeout)
+    }
+
+    /// [`Lab::wait_established`] for speaker `speaker`.
+    pub fn wait_established_of(&self, speaker: usize, timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         poll(timeout, || {
             let status = self
-                .birdc(&["show", "protocols", BGP_PROTOCOL])
+                .birdc(&["show", "protocols", BGP_PROTOCOLS[speaker]])
                 .map_err(|e| format!("{e:#}"))?;
             if status.contains("Established") {
                 Ok(())
@@ -398,15 +510,22 @@ impl Lab {
     /// What to print when something in the lab fails: BIRD's view of the session and the tails of
     /// the gobgpd and BIRD logs.
     pub fn diagnostics(&self) -> String {
-        let session = self
-            .birdc(&["show", "protocols", "all", BGP_PROTOCOL])
-            .unwrap_or_else(|e| format!("{e:#}"));
-        format!(
-            "--- birdc show protocols all {BGP_PROTOCOL} ---\n{}\n\
-             --- gobgpd.log (last {LOG_TAIL_LINES} lines) ---\n{}\n\
-             --- bird.log (last {LOG_TAIL_LINES} lines) ---\n{}",
-            session.trim_end(),
-            log_tail(&self.dir().join("gobgpd.log")),
+        let mut out = String::new();
+        for speaker in 0..self.gobgpd.len() {
+            let protocol = BGP_PROTOCOLS[speaker];
+            let session = self
+                .birdc(&["show", "protocols", "all", protocol])
+                .unwrap_or_else(|e| format!("{e:#}"));
+            let log = speaker_file("gobgpd", speaker, "log");
+            out += &format!(
+                "--- birdc show protocols all {protocol} ---\n{}\n\
+                 --- {log} (last {LOG_TAIL_LINES} lines) ---\n{}\n",
+                session.trim_end(),
+                log_tail(&self.dir().join(&log)),
+            );
+        }
+        out + &format!(
+            "--- bird.log (last {LOG_TAIL_LINES} lines) ---\n{}",
             log_tail(&self.dir().join("bird.log")),
         )
     }
@@ -506,8 +625,8 @@ impl Lab {
         bail!("{failure}\n{}", self.diagnostics())
     }
 
-    fn gobgpd_config_path(&self) -> PathBuf {
-        self.dir().join("gobgpd.toml")
+    fn gobgpd_config_path(&self, speaker: usize) -> PathBuf {
+        self.dir().join(speaker_file("gobgpd", speaker, "toml"))
     }
 
     fn bird_config_path(&self) -> PathBuf {
@@ -532,9 +651,19 @@ impl Lab {
     }
 }
 
+/// `gobgpd.log` for the first speaker, `gobgpd2.log` for the second.
+fn speaker_file(stem: &str, speaker: usize, extension: &str) -> String {
+    match speaker {
+        0 => format!("{stem}.{extension}"),
+        n => format!("{stem}{}.{extension}", n + 1),
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
-        for (name, child) in [("gobgpd", self.gobgpd.take()), ("bird", self.bird.take())] {
+        let gobgpds = self.gobgpd.iter_mut().map(|child| ("gobgpd", child.take()));
+        let children: Vec<(&str, Option<Child>)> = gobgpds.chain([("bird", self.bird.take())]).collect();
+        for (name, child) in children {
             if let Some(Err(e)) = child.map(|mut child| stop(&mut child)) {
                 eprintln!("lab cleanup: cannot stop {name}: {e}");
             }
@@ -652,7 +781,7 @@ fn gateway(words: &[&str], line: &str) -> Result<Option<IpAddr>> {
 
 /// Keeps the `proto bird` routes of `ip route` output, with their continuation lines, dropping
 /// `metric` and `pref` and indenting continuation lines by four spaces.
-fn bird_routes(text: &str) -> String {
+pub fn bird_routes(text: &str) -> String {
     let mut out = String::new();
     let mut keep = false;
     for line in text.lines() {
@@ -907,9 +1036,11 @@ mod tests {
             );
         }
         for needle in [
-            format!("protocol bgp {BGP_PROTOCOL} {{"),
+            format!("protocol bgp {} from speaker {{", BGP_PROTOCOLS[0]),
+            format!("protocol bgp {} from speaker {{", BGP_PROTOCOLS[1]),
             format!("local {HOST1_V4} as {HOST1_ASN};"),
             format!("neighbor {POOL_V4} as {POOL_ASN};"),
+            format!("neighbor {} as {POOL_ASN};", speaker_v4(1)),
         ] {
             assert!(BIRD_CONFIG.contains(&needle), "bird.conf lacks {needle}");
         }

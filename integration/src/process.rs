@@ -72,6 +72,8 @@ impl Herald {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info,herald=debug")
+            // Plain lines: tests look for fields (`deferral_s=15`) in the log.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

@@ -3,135 +3,21 @@
 //! herald only if its failures never show there.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herald_integration::lab::{Lab, RouteTable};
-use herald_integration::lab_herald::{lab_final_table, ALL_NODES, table, write_atomically, LabHerald, LAB_RANGES};
+use herald_integration::lab_herald::{
+    big_state, lab_final_table, lab_state, start_with_state, table, withdrawals_received, write_atomically, LabHerald, Sampler, ALL_NODES,
+};
 use herald_integration::process::{repo_root, wait_until};
-use ipnet::IpNet;
 
 const ALL: &[&str] = ALL_NODES;
-const NODES: [(&str, &str); 3] = [("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")];
-
-fn lab_state() -> String {
-    std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap()
-}
-
-/// A cluster of the lab's three nodes and `services` Local Services, each with an external IP in
-/// 198.19.48.0/20 and one endpoint on each of `per_service` nodes.
-fn big_state(services: u32, per_service: usize) -> String {
-    let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n");
-    for (name, ip) in NODES {
-        let _ = write!(
-            y,
-            "- apiVersion: v1\n  kind: Node\n  metadata: {{name: {name}}}\n  status:\n    addresses: [{{type: InternalIP, address: {ip}}}]\n    conditions: [{{type: Ready, status: \"True\"}}]\n"
-        );
-    }
-    for i in 0..services {
-        let external = format!("198.19.{}.{}", 48 + (i + 1) / 256, (i + 1) % 256);
-        let cluster = format!("198.19.{}.{}", 33 + i / 256, i % 256);
-        let _ = write!(
-            y,
-            "- apiVersion: v1\n  kind: Service\n  metadata: {{name: s{i}, namespace: big}}\n  spec:\n    type: ClusterIP\n    clusterIPs: [{cluster}]\n    externalIPs: [{external}]\n    externalTrafficPolicy: Local\n"
-        );
-        let endpoints: Vec<String> = NODES
-            .iter()
-            .cycle()
-            .skip(i as usize % 3)
-            .take(per_service)
-            .map(|(n, _)| format!("{{addresses: [10.0.0.1], conditions: {{ready: true}}, nodeName: {n}}}"))
-            .collect();
-        let _ = write!(
-            y,
-            "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: s{i}-1, namespace: big, labels: {{kubernetes.io/service-name: s{i}}}}}\n  addressType: IPv4\n  endpoints: [{}]\n",
-            endpoints.join(", ")
-        );
-    }
-    y
-}
-
-/// What herald plans, as a route table (to compare with host1's).
-fn planned_table(herald: &LabHerald) -> Option<RouteTable> {
-    let json: serde_json::Value = serde_json::from_str(&herald.ctl(&["routes", "-o", "json"])).ok()?;
-    // proto3 JSON omits an empty list: no "routes" before the first plan.
-    let table = json["routes"]
-        .as_array()?
-        .iter()
-        .map(|r| {
-            let prefix: IpNet = r["prefix"].as_str().unwrap().parse().unwrap();
-            let hops: BTreeSet<std::net::IpAddr> =
-                r["nextHops"].as_array().unwrap().iter().map(|h| h["address"].as_str().unwrap().parse().unwrap()).collect();
-            (prefix, hops)
-        })
-        .collect();
-    Some(table)
-}
-
-/// Samples host1's table every 50 ms on a thread until stopped; returns the samples that differ
-/// from `expected`.
-struct Sampler {
-    stop: Arc<AtomicBool>,
-    handle: std::thread::JoinHandle<(usize, Vec<RouteTable>)>,
-}
-
-impl Sampler {
-    fn start(host1_ns: String, expected: RouteTable) -> Sampler {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut samples = 0;
-            let mut wrong = Vec::new();
-            // Bounded: at most 10 minutes of samples, whatever the caller does.
-            let deadline = Instant::now() + Duration::from_secs(600);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let out = std::process::Command::new("ip").args(["-n", &host1_ns, "route"]).output().unwrap();
-                let text = String::from_utf8_lossy(&out.stdout);
-                let bird: String = text
-                    .split_inclusive('\n')
-                    .fold((String::new(), false), |(mut acc, in_bird), line| {
-                        let keep = line.contains("proto bird") || (in_bird && line.starts_with(char::is_whitespace));
-                        if keep {
-                            acc.push_str(line);
-                        }
-                        (acc, keep)
-                    })
-                    .0;
-                let t = herald_integration::lab::parse_routes(&bird).unwrap_or_default();
-                samples += 1;
-                if t != expected {
-                    wrong.push(t);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (samples, wrong)
-        });
-        Sampler { stop, handle }
-    }
-
-    fn finish(self) -> (usize, Vec<RouteTable>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle.join().unwrap()
-    }
-}
-
-/// BIRD's count of withdrawals received from gobgpd.
-fn withdrawals_received(lab: &Lab) -> u64 {
-    let text = lab.birdc(&["show", "protocols", "all", "pool"]).unwrap();
-    text.lines()
-        .filter(|l| l.trim_start().starts_with("Import withdraws:"))
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .sum()
-}
 
 fn start(lab: &Lab, dir: &Path, state_text: &str, extra: &str) -> (LabHerald, std::path::PathBuf) {
-    let state = dir.join("cluster-state.yaml");
-    write_atomically(&state, state_text).unwrap();
-    let herald = LabHerald::start(lab, dir, &state, LAB_RANGES, extra).unwrap();
-    (herald, state)
+    start_with_state(lab, 0, dir, state_text, extra).unwrap()
 }
 
 #[test]
@@ -141,7 +27,7 @@ fn gobgpd_killed_mid_push_gets_the_whole_plan_back_within_5s() {
     // 3,400 Local services × 3 next hops: ~10,000 paths.
     let (herald, _state) = start(&lab, dir.path(), &big_state(3400, 3), "");
     let plan = wait_until(Duration::from_secs(20), "herald's plan", || {
-        planned_table(&herald).filter(|t| t.len() > 3000)
+        herald.planned_table().filter(|t| t.len() > 3000)
     })
     .unwrap_or_else(|e| panic!("{e}: {}\n{}", &herald.ctl(&["status"]), herald.herald.log_text()));
     let paths: usize = plan.values().map(BTreeSet::len).sum();

@@ -156,20 +156,26 @@ async fn gobgpd_restarts_and_is_reachable_over_grpc() -> Result<()> {
         TIMEOUT,
     )?;
 
-    // A crashed gobgpd takes its routes with it...
+    // A crashed gobgpd's routes stay on host1 (graceful restart: BIRD keeps them for gobgpd's
+    // restart time)...
     lab.kill_gobgpd(libc::SIGKILL)?;
     let killed = Instant::now();
-    lab.wait_for_table(RouteTable::is_empty, TIMEOUT)?;
-    eprintln!(
-        "routes gone from host1 {:?} after SIGKILL",
-        killed.elapsed()
+    assert_eq!(
+        lab.host1_table()?,
+        table(&[("198.19.48.0/20", &["198.19.0.3"])])
     );
 
-    // ...and a restarted one comes back with an empty RIB.
+    // ...until a restarted one comes back with an empty RIB: its End-of-RIB tells host1 to drop
+    // what it kept.
     lab.start_gobgpd()?;
     lab.wait_established(TIMEOUT)?;
     eprintln!(
         "session re-established {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    lab.wait_for_table(RouteTable::is_empty, TIMEOUT)?;
+    eprintln!(
+        "routes gone from host1 {:?} after SIGKILL",
         killed.elapsed()
     );
     rib(&lab, "add", "198.19.48.0/20", "198.19.0.1", 1, "ipv4")?;

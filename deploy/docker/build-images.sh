@@ -2,18 +2,21 @@
 # Build the images of the compose lab (deploy/compose/docker-compose.yaml):
 #
 #   debian:bookworm-slim   only when missing (scripts/docker-base-image.sh; no registry needed)
-#   herald-gobgpd:dev      deploy/docker/gobgpd.Dockerfile, context deploy/docker (Dockerfiles only)
+#   herald-gobgpd:dev      deploy/docker/gobgpd.Dockerfile, context deploy/docker (Dockerfiles and
+#                          gobgpd-start, its entrypoint)
 #   herald-bird:dev        deploy/docker/bird.Dockerfile,   context deploy/docker
+#   herald-pause:dev       deploy/docker/pause.Dockerfile,  context deploy/docker (owns the pod's
+#                          network namespace in the Compose lab)
 #   herald:dev             deploy/docker/herald.Dockerfile, context: a temporary directory under
 #                          /tmp holding the stripped host-built binaries (bin/herald, bin/heraldctl)
 #
 # Usage: deploy/docker/build-images.sh [--cargo] [--no-herald]
 #   --cargo      run `cargo build --release -p herald [-p heraldctl]` first
-#   --no-herald  build only the base, gobgpd and bird images (the network half of the lab)
+#   --no-herald  build only the base, gobgpd, bird and pause images (the network half of the lab)
 # Environment:
 #   HERALD_BIN     herald binary to package      (default target/release/herald)
 #   HERALDCTL_BIN  heraldctl binary, optional    (default target/release/heraldctl if present)
-#   HERALD_IMAGE, HERALD_GOBGPD_IMAGE, HERALD_BIRD_IMAGE   image names (defaults above)
+#   HERALD_IMAGE, HERALD_GOBGPD_IMAGE, HERALD_BIRD_IMAGE, HERALD_PAUSE_IMAGE   image names (defaults above)
 # Nothing is written inside the repository.
 set -euo pipefail
 
@@ -22,13 +25,14 @@ DOCKER_DIR=$REPO/deploy/docker
 HERALD_IMAGE=${HERALD_IMAGE:-herald:dev}
 HERALD_GOBGPD_IMAGE=${HERALD_GOBGPD_IMAGE:-herald-gobgpd:dev}
 HERALD_BIRD_IMAGE=${HERALD_BIRD_IMAGE:-herald-bird:dev}
+HERALD_PAUSE_IMAGE=${HERALD_PAUSE_IMAGE:-herald-pause:dev}
 
 CARGO=0 HERALD=1
 for arg; do
   case $arg in
     --cargo) CARGO=1 ;;
     --no-herald) HERALD=0 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--cargo] [--no-herald]" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +59,9 @@ log "$HERALD_GOBGPD_IMAGE: $(size "$HERALD_GOBGPD_IMAGE") ($((SECONDS - t))s)"
 t=$SECONDS
 build -f "$DOCKER_DIR/bird.Dockerfile" -t "$HERALD_BIRD_IMAGE" "$DOCKER_DIR"
 log "$HERALD_BIRD_IMAGE: $(size "$HERALD_BIRD_IMAGE") ($((SECONDS - t))s)"
+t=$SECONDS
+build -f "$DOCKER_DIR/pause.Dockerfile" -t "$HERALD_PAUSE_IMAGE" "$DOCKER_DIR"
+log "$HERALD_PAUSE_IMAGE: $(size "$HERALD_PAUSE_IMAGE") ($((SECONDS - t))s)"
 
 if [[ $HERALD -eq 1 ]]; then
   if [[ $CARGO -eq 1 ]]; then

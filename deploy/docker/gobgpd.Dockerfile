@@ -5,6 +5,7 @@
 #   docker build -f deploy/docker/gobgpd.Dockerfile -t herald-gobgpd:dev deploy/docker
 #
 # The configuration is not baked in: mount it at /etc/gobgp/gobgpd.toml (deploy/compose/gobgpd/).
+# The entrypoint is gobgpd-start (beside this file), which adds -r on a restart.
 #
 # Runs as the unprivileged user gobgpd (uid 10179) with no capabilities at all. BGP's port 179 is
 # below 1024, which a non-root process may bind only when the network namespace's sysctl
@@ -30,7 +31,12 @@ RUN set -eux; \
     useradd --system --uid 10179 --gid gobgpd --home-dir /nonexistent --no-create-home \
             --shell /usr/sbin/nologin gobgpd; \
     mkdir -p /etc/gobgp; \
+    # gobgpd-start's state: tells a restart from a first start (see there).
+    install -d -o 10179 -g 10179 -m 0755 /run/gobgpd; \
     gobgpd --version
+
+# Executable in the repository (mode 0755); the legacy builder, which has no --chmod, keeps it.
+COPY gobgpd-start /usr/local/bin/gobgpd-start
 
 # BGP, gobgpd's gRPC API (bound to 127.0.0.1 by the default command: only containers sharing the
 # network namespace, i.e. herald in the same pod, can reach it).
@@ -42,5 +48,7 @@ USER 10179:10179
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
     CMD ["gobgp", "global"]
 
-ENTRYPOINT ["gobgpd"]
+# gobgpd, with -r (graceful restart's restarting mode) when it restarts in the same pod: see
+# gobgpd-start. Its state directory must outlive the container's restarts (a volume, an emptyDir).
+ENTRYPOINT ["gobgpd-start"]
 CMD ["--config-file=/etc/gobgp/gobgpd.toml", "--api-hosts=127.0.0.1:50051", "--log-plain", "--pprof-disable"]

@@ -18,6 +18,12 @@
 #   exactly each time. herald's API is queried from the host with heraldctl (target/*/heraldctl)
 #   when it exists. Then back to stage 1 (the /32s are withdrawn) and to stage 3 again, written in
 #   place this time instead of renamed over.
+# Phase 3, crashes: gobgpd's processes SIGKILLed (as the kernel's OOM killer would: Docker's restart
+#   policy brings the container back), then herald's; then `docker kill gobgpd` (which Docker counts
+#   as a stop by hand: no restart) and `docker start gobgpd`. Each time host1 is polled for 30 s and
+#   no poll may miss a route of the lab's table (graceful restart, and the pod container keeping the
+#   namespace), the container must be back in the pod, herald's API must answer from the host with
+#   gobgpd in sync, and a restarted gobgpd must have run with -r and sent its End-of-RIB.
 #
 # The project is named herald-e2e-$$ and always torn down (trap), then checked to be gone. Runs are
 # serialised with a lock: the lab's addresses (198.19.0.0/20) are fixed, so two cannot coexist;
@@ -38,7 +44,7 @@ for arg; do
     --network-only) NETWORK_ONLY=1 ;;
     --no-cargo) CARGO=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--network-only] [--no-cargo] [--keep]" >&2; exit 2 ;;
   esac
 done
@@ -106,10 +112,12 @@ leftovers() {
   { docker ps -aq --filter "$f"; docker network ls -q --filter "$f"; docker volume ls -q --filter "$f"; } 2>/dev/null
 }
 
-FAILED=1 STARTED=0
+FAILED=1 STARTED=0 WATCHER=
 cleanup() {
   local status=$? left
   trap - EXIT INT TERM
+  # A watch of host1 still running (phase 3 failed midway): stop it before the project goes.
+  if [[ -n ${WATCHER:-} ]]; then kill "$WATCHER" 2>/dev/null || true; wait "$WATCHER" 2>/dev/null || true; fi
   if [[ $FAILED -ne 0 || $status -ne 0 ]]; then
     status=$(( status == 0 ? 1 : status ))
   fi
@@ -214,6 +222,8 @@ log "project $PROJECT up (gobgpd ${GB:0:12}, host1 ${H1:0:12})"
 wait_for "BGP session gobgpd <-> host1 Established" \
   sh -c "docker exec $H1 birdc -s /run/bird/bird.ctl show protocols pool | grep -q Established"
 log "session up $((SECONDS - tu))s after compose up"
+[[ $(docker logs "$GB" 2>&1 | grep -c 'restarting mode (-r)') -eq 0 ]] ||
+  fail "gobgpd's first start was in graceful-restart restarting mode (-r)"
 
 # The bridge gateway is not on a node address, and the nodes are free on-link addresses.
 gw=$(docker exec "$H1" ip -4 route show default | awk '{ print $3 }')
@@ -266,8 +276,8 @@ wait_routes "herald, stage 2 (customer Local): + 198.19.38.11 via node1" "$STAGE
 replace_state "$STAGE3"
 wait_routes "herald, stage 3 (+ external IP): + 198.19.48.10 via node1 (the lab's final table)" "$LAB_ROUTES"
 
-API_PORT=$(compose port gobgpd 50151 | awk -F: '{ print $NF }')
-[[ $API_PORT =~ ^[0-9]+$ ]] || fail "herald's API port is not published (compose port gobgpd 50151: '$API_PORT')"
+API_PORT=$(compose port pod 50151 | awk -F: '{ print $NF }')
+[[ $API_PORT =~ ^[0-9]+$ ]] || fail "herald's API port is not published (compose port pod 50151: '$API_PORT')"
 # The release build (made with the image's herald) first, else the newest target/*/heraldctl.
 if [[ -z ${HERALDCTL:-} ]]; then
   if [[ -x $REPO/target/release/heraldctl ]]; then HERALDCTL=$REPO/target/release/heraldctl
@@ -295,4 +305,80 @@ wait_routes "herald, stage 3 again (file rewritten in place)" "$LAB_ROUTES"
 restarts=$(docker inspect -f '{{.RestartCount}}' "$HR")
 [[ $restarts -eq 0 ]] || fail "herald restarted $restarts time(s)"
 [[ $(docker inspect -f '{{.State.Running}}' "$HR") == true ]] || fail "herald is not running"
+
+# --- phase 3: crashes ------------------------------------------------------------------------------
+WATCH_SECONDS=${E2E_WATCH_SECONDS:-30}
+# watch_host1 FILE: polls host1's routes for WATCH_SECONDS, one line per poll in FILE: "ok", or
+# "differs: <what host1 had>".
+watch_host1() {
+  local end=$((SECONDS + WATCH_SECONDS)) got
+  : >"$1"
+  while (( SECONDS < end )); do
+    got=$(bird_routes 2>/dev/null || echo "(cannot read host1's routes)")
+    if [[ $got == "$LAB_ROUTES" ]]; then echo ok; else echo "differs: ${got//$'\n'/; }"; fi >>"$1"
+    sleep 0.1
+  done
+}
+# crash CONTAINER: every process of the container dies at once (SIGKILL of its init from the host).
+crash() {
+  local pid
+  pid=$(docker inspect -f '{{.State.Pid}}' "$1")
+  [[ $pid -gt 0 ]] || fail "container $1 has no process to crash"
+  kill -KILL "$pid"
+}
+kill_and_start() { docker kill "$1" >/dev/null && docker start "$1" >/dev/null; }
+# in_sync: herald's API answers from the host, gobgpd holds the plan, the session is up, no alarm.
+in_sync() {
+  local out
+  out=$("$HERALDCTL" --server "http://127.0.0.1:$API_PORT" status 2>&1) || return 1
+  [[ $out == *"(reachable)"*"8 paths applied, 0 pending"* && $out == *"peer:    198.19.15.254 established"* && $out != *"alarm:"* ]]
+}
+syncs() { docker logs "$GB" 2>&1 | grep -c 'sync finished' || true; }
+restarting_starts() { docker logs "$GB" 2>&1 | grep -c 'restarting mode (-r)' || true; }
+# survive WHAT CONTAINER ACTION: does ACTION to CONTAINER while host1 is watched, then checks that
+# the container is back, herald in sync, no poll missed a route (and, for gobgpd, that it restarted
+# with -r and sent its End-of-RIB).
+survive() {
+  local what=$1 ctr=$2 action=$3 started restarts syncs0 r0 t watcher polls bad
+  started=$(docker inspect -f '{{.State.StartedAt}}' "$ctr")
+  restarts=$(docker inspect -f '{{.RestartCount}}' "$ctr")
+  syncs0=$(syncs)
+  r0=$(restarting_starts)
+  watch_host1 "$WORK/watch" & watcher=$!
+  WATCHER=$watcher
+  sleep 1
+  t=$SECONDS
+  "$action" "$ctr"
+  wait_for "$what: back in the pod" sh -c "[ \"\$(docker inspect -f '{{.State.Running}} {{.State.StartedAt}}' $ctr)\" != 'true $started' ] &&
+    [ \"\$(docker inspect -f '{{.State.Running}}' $ctr)\" = true ]"
+  local back=$((SECONDS - t))
+  if [[ $action == crash && $(docker inspect -f '{{.RestartCount}}' "$ctr") -le $restarts ]]; then
+    fail "$what: the container is back, but not by its restart policy"
+  fi
+  if [[ -n ${HERALDCTL:-} && -x $HERALDCTL ]]; then
+    wait_for "$what: herald's API answers from the host, gobgpd in sync" in_sync
+  else
+    wait_for "$what: herald's API port accepts connections" timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$API_PORT"
+  fi
+  local synced=$((SECONDS - t))
+  if [[ $ctr == "$GB" ]]; then
+    wait_for "$what: gobgpd restarted in restarting mode (-r) and sent host1 its End-of-RIB" \
+      sh -c "[ \$(docker logs $GB 2>&1 | grep -c 'sync finished') -gt $syncs0 ]"
+    (( $(restarting_starts) > r0 )) || fail "$what: gobgpd-start did not pass -r"
+  fi
+  wait "$watcher"
+  WATCHER=
+  polls=$(wc -l <"$WORK/watch")
+  bad=$(grep -c -v '^ok$' "$WORK/watch" || true)
+  if (( bad > 0 )); then
+    grep -v '^ok$' "$WORK/watch" | head -n 5 >&2
+    fail "$what: $bad of $polls polls of host1 missed routes of the lab's table"
+  fi
+  (( polls >= 20 )) || fail "$what: only $polls polls of host1 in ${WATCH_SECONDS}s"
+  log "ok: $what: $polls polls of host1 in ${WATCH_SECONDS}s, 0 missing a route; back in ${back}s, in sync in ${synced}s"
+}
+[[ -n ${HERALDCTL:-} && -x $HERALDCTL ]] || log "no heraldctl: phase 3 checks herald's port only, not its status"
+survive "gobgpd crashed" "$GB" crash
+survive "herald crashed" "$HR" crash
+survive "docker kill + docker start gobgpd" "$GB" kill_and_start
 FAILED=0

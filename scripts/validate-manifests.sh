@@ -101,6 +101,7 @@ while read -r name dir; do
     done
     if ! "$TOOLS/bin/python" - "$name" "$out/$name.yaml" <<'PY'; then
 import sys
+import tomllib
 import yaml
 
 name, path = sys.argv[1], sys.argv[2]
@@ -188,6 +189,25 @@ for d in deployments:
     gobgp_template = volumes.get("gobgpd-template", {}).get("configMap", {}).get("name")
     check(gobgp_template in configs and "@NODE_IP@" in configs[gobgp_template]["data"]["gobgpd.toml"],
           f"{where}: gobgpd template ConfigMap missing or without @NODE_IP@")
+    # Graceful restart: on for every neighbor and family, no BGP listener (a restarted gobgpd's first
+    # session comes 5 to 9 s after it starts), gobgpd-start's state in an emptyDir (-r on a restart),
+    # and a rolling update that waits for a new speaker's session.
+    if gobgp_template in configs:
+        gobgpd_toml = tomllib.loads(configs[gobgp_template]["data"]["gobgpd.toml"])
+        check(gobgpd_toml.get("global", {}).get("config", {}).get("port") == -1, f"{gobgp_template}: global port should be -1")
+        for n in gobgpd_toml.get("neighbors", []):
+            address = n.get("config", {}).get("neighbor-address")
+            gr = n.get("graceful-restart", {}).get("config", {})
+            check(gr.get("enabled") is True and gr.get("restart-time", 0) > 0 and gr.get("deferral-time", 0) > 0,
+                  f"{gobgp_template}: neighbor {address}: graceful restart enabled, with restart-time and deferral-time")
+            for family in n.get("afi-safis", []):
+                check(family.get("mp-graceful-restart", {}).get("config", {}).get("enabled") is True,
+                      f"{gobgp_template}: neighbor {address}: mp-graceful-restart on {family.get('config', {}).get('afi-safi-name')}")
+    gobgpd = next((c for c in pod["containers"] if c["name"] == "gobgpd"), {})
+    state = next((m for m in gobgpd.get("volumeMounts", []) if m.get("mountPath") == "/run/gobgpd"), {})
+    check("emptyDir" in volumes.get(state.get("name"), {}) and not state.get("readOnly"),
+          f"{where}: gobgpd needs a writable emptyDir at /run/gobgpd (gobgpd-start's state)")
+    check(spec.get("minReadySeconds", 0) >= 20, f"{where}: minReadySeconds should cover gobgpd's first session (20 s or more)")
 
 for pdb in by_kind.get("PodDisruptionBudget", []):
     selector = pdb["spec"]["selector"]["matchLabels"]

@@ -564,6 +564,19 @@ impl<C: GobgpClient> Reconciler<C> {
         Ok(())
     }
 
+    /// gobgpd's neighbors, for the restart followed; None when gobgpd cannot say (which ends it).
+    async fn restart_peers(&mut self) -> Result<Option<Vec<PeerRestart>>, ClientError> {
+        match self.client.peers().await {
+            Ok(peers) => Ok(Some(peers)),
+            Err(e) if e.kind == ErrorKind::Rejected => {
+                debug!(error = %e, "cannot read gobgpd's neighbors; not following graceful restart");
+                self.episode = None;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Before herald pushes `paths` into a restarted gobgpd: reads its neighbors (kept to judge
     /// against afterwards) and says what window graceful restart gives herald.
     async fn restart_window(&mut self, paths: usize) -> Result<(), ClientError> {
@@ -572,15 +585,7 @@ impl<C: GobgpClient> Reconciler<C> {
             return Ok(());
         }
         let since = episode.since;
-        let peers = match self.client.peers().await {
-            Ok(peers) => peers,
-            Err(e) if e.kind == ErrorKind::Rejected => {
-                debug!(error = %e, "cannot read gobgpd's neighbors; not following graceful restart");
-                self.episode = None;
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
+        let Some(peers) = self.restart_peers().await? else { return Ok(()) };
         let window = restart::window(&peers);
         self.status.send_modify(|s| s.graceful_restart = Some(window));
         if since.is_some() || window.deferring > 0 {
@@ -615,81 +620,102 @@ impl<C: GobgpClient> Reconciler<C> {
     /// its RIB again to neighbors without graceful restart it holds back from, and ends the
     /// episode once gobgpd has left restarting mode.
     async fn follow_restart(&mut self, after_push: bool) -> Result<(), ClientError> {
-        let Some(episode) = &self.episode else { return Ok(()) };
-        if episode.before.is_none() {
+        if self.episode.as_ref().is_none_or(|e| e.before.is_none()) {
             return Ok(());
         }
-        let peers = match self.client.peers().await {
-            Ok(peers) => peers,
-            Err(e) if e.kind == ErrorKind::Rejected => {
-                debug!(error = %e, "cannot read gobgpd's neighbors; not following graceful restart");
-                self.episode = None;
-                return Ok(());
+        let Some(peers) = self.restart_peers().await? else { return Ok(()) };
+        if self.episode.as_ref().is_some_and(|e| !e.judged) {
+            self.judge_restart(&peers);
+        }
+        self.resend_held_back(&peers, after_push).await?;
+        if !peers.iter().any(|p| p.local_restarting) {
+            if self.episode.as_ref().is_some_and(|e| e.since.is_some()) {
+                debug!("gobgpd is out of graceful-restart restarting mode");
             }
-            Err(e) => return Err(e),
-        };
-        let episode = self.episode.as_mut().expect("checked above");
-        if !episode.judged {
-            episode.judged = true;
-            let (paths, push) = episode.pushed.unwrap_or_default();
-            let window = restart::window(&peers);
-            let mut fit = Vec::new();
-            let mut missed = Vec::new();
-            for peer in &peers {
-                match restart::judge(episode.before(&peer.address), peer, episode.since) {
-                    Verdict::Fit => fit.push(peer.address.as_str()),
-                    Verdict::Missed(when) => missed.push((peer.address.as_str(), when)),
-                    Verdict::Unjudged => {}
-                }
-            }
-            if !missed.is_empty() {
-                let peers_text = missed
-                    .iter()
-                    .map(|(address, when)| match when {
-                        restart::Missed::BeforePush => format!("{address} (before herald began)"),
-                        restart::Missed::DuringPush => format!("{address} (during herald's push)"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let message = format!(
-                    "gobgpd restarted and sent End-of-RIB to {peers_text} before herald's plan of {paths} paths was in \
-                     (the push took {} ms): those peers dropped routes until the push reached them",
-                    push.as_millis()
-                );
-                warn!(
-                    peers = %peers_text,
-                    paths,
-                    push_ms = push.as_millis() as u64,
-                    deferral_s = window.deferral.as_secs(),
-                    "a restarted gobgpd's graceful-restart deferral ended before herald's plan was in; peers dropped routes"
-                );
-                self.status.send_modify(|s| {
-                    s.restart_misses += 1;
-                    s.restart_miss = Some((SystemTime::now(), message));
-                });
-            } else if !fit.is_empty() && episode.since.is_some() {
-                info!(
-                    peers = %fit.join(", "),
-                    paths,
-                    push_ms = push.as_millis() as u64,
-                    deferral_s = window.deferral.as_secs(),
-                    deferring = window.deferring,
-                    "herald's plan is in the restarted gobgpd before its graceful-restart deferral ended"
-                );
+            self.episode = None;
+        }
+        Ok(())
+    }
+
+    /// Says whether every peer got herald's whole plan before the restarted gobgpd's End-of-RIB;
+    /// a peer that did not raises the alarm.
+    fn judge_restart(&mut self, peers: &[PeerRestart]) {
+        let Some(episode) = &mut self.episode else { return };
+        episode.judged = true;
+        let (paths, push) = episode.pushed.unwrap_or_default();
+        let window = restart::window(peers);
+        let mut fit = Vec::new();
+        let mut missed = Vec::new();
+        for peer in peers {
+            match restart::judge(episode.before(&peer.address), peer, episode.since) {
+                Verdict::Fit => fit.push(peer.address.as_str()),
+                Verdict::Missed(restart::Missed::BeforePush) => missed.push(format!("{} (before herald began)", peer.address)),
+                Verdict::Missed(restart::Missed::DuringPush) => missed.push(format!("{} (during herald's push)", peer.address)),
+                Verdict::Unjudged => {}
             }
         }
-        let since = episode.since;
-        let mut resend = Vec::new();
-        for peer in &peers {
-            let resent = episode.resent.contains(&peer.address);
-            if restart::needs_resend(episode.before(&peer.address), peer, since, resent) && (after_push || !resent) {
-                resend.push(peer.address.clone());
-            }
+        if !missed.is_empty() {
+            let peers_text = missed.join(", ");
+            warn!(
+                peers = %peers_text,
+                paths,
+                push_ms = push.as_millis() as u64,
+                deferral_s = window.deferral.as_secs(),
+                "a restarted gobgpd's graceful-restart deferral ended before herald's plan was in; peers dropped routes"
+            );
+            let message = format!(
+                "gobgpd restarted and sent End-of-RIB to {peers_text} before herald's plan of {paths} paths was in \
+                 (the push took {} ms): those peers dropped routes until the push reached them",
+                push.as_millis()
+            );
+            self.status.send_modify(|s| {
+                s.restart_misses += 1;
+                s.restart_miss = Some((SystemTime::now(), message));
+            });
+        } else if !fit.is_empty() && episode.since.is_some() {
+            let what = if episode.before.iter().flatten().any(|p| p.local_restarting) {
+                "herald's plan is in the restarted gobgpd before its graceful-restart deferral ended"
+            } else {
+                "herald's plan is in the restarted gobgpd before its sessions came up"
+            };
+            info!(
+                peers = %fit.join(", "),
+                paths,
+                push_ms = push.as_millis() as u64,
+                deferral_s = window.deferral.as_secs(),
+                deferring = window.deferring,
+                "{what}"
+            );
         }
+    }
+
+    /// Has gobgpd send its RIB to the neighbors without graceful restart that it holds back from
+    /// (after each push while it does: it holds back herald's changes too).
+    async fn resend_held_back(&mut self, peers: &[PeerRestart], after_push: bool) -> Result<(), ClientError> {
+        let Some(episode) = &self.episode else { return Ok(()) };
+        let resend: Vec<String> = peers
+            .iter()
+            .filter(|peer| {
+                let resent = episode.resent.contains(&peer.address);
+                restart::needs_resend(episode.before(&peer.address), peer, episode.since, resent) && (after_push || !resent)
+            })
+            .map(|peer| peer.address.clone())
+            .collect();
         for address in resend {
-            self.client.resend(&address).await?;
-            let episode = self.episode.as_mut().expect("checked above");
-            if episode.resent.insert(address.clone()) {
+            match self.client.resend(&address).await {
+                Ok(()) => {}
+                // gobgpd refused (the neighbor is gone, say): not asked again until the next push.
+                Err(e) if e.kind == ErrorKind::Rejected => {
+                    warn!(peer = %address, error = %e, "gobgpd refused to send its routes to a neighbor again");
+                    if let Some(episode) = &mut self.episode {
+                        episode.resent.insert(address);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let first = self.episode.as_mut().is_some_and(|e| e.resent.insert(address.clone()));
+            if first {
                 warn!(
                     peer = %address,
                     "gobgpd holds back its routes from a neighbor that does not do graceful restart (its \
@@ -698,12 +724,6 @@ impl<C: GobgpClient> Reconciler<C> {
             } else {
                 debug!(peer = %address, "asked gobgpd again to send its routes to a neighbor it holds back from");
             }
-        }
-        if !peers.iter().any(|p| p.local_restarting) {
-            if self.episode.as_ref().is_some_and(|e| e.since.is_some()) {
-                debug!("gobgpd is out of graceful-restart restarting mode");
-            }
-            self.episode = None;
         }
         Ok(())
     }

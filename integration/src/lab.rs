@@ -511,8 +511,7 @@ impl Lab {
     /// the gobgpd and BIRD logs.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for speaker in 0..self.gobgpd.len() {
-            let protocol = BGP_PROTOCOLS[speaker];
+        for (speaker, protocol) in BGP_PROTOCOLS.iter().enumerate().take(self.gobgpd.len()) {
             let session = self
                 .birdc(&["show", "protocols", "all", protocol])
                 .unwrap_or_else(|e| format!("{e:#}"));

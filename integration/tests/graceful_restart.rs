@@ -3,7 +3,8 @@
 //! network namespaces the tests make. host1's kernel table, polled every 50 ms, is the judge: no
 //! poll may miss a route or a next hop of the plan.
 //!
-//! The lab's gobgpd.toml advertises a restart time of 10 s and a deferral time of 15 s.
+//! The lab's gobgpd.toml advertises a restart time of 10 s and a deferral time of 15 s; the tests of
+//! a restart as deployed (no BGP listener) raise the restart time to 30 s.
 
 use std::time::{Duration, Instant};
 
@@ -22,13 +23,31 @@ const BIRD_FLUSH: Duration = Duration::from_secs(3);
 /// Paths of the lab's final table: two /20s over three nodes, two /32s over one.
 const LAB_PATHS: usize = 8;
 
-/// gobgpd without a BGP listener, as the Kubernetes and Compose configs run it: host1 cannot dial
-/// in, and gobgpd's own first connection comes 5 to 9 s after it starts (gobgpd's connect loop),
-/// which is when its graceful-restart deferral can end at the earliest. With a listener, BIRD
-/// (retrying every second) can dial in and send its End-of-RIB within a fraction of a second.
-fn dial_out(config: &str) -> String {
-    assert!(config.contains("port = 179"), "{config}");
-    config.replace("port = 179", "port = -1")
+/// A lab with herald (`extra` config) announcing the seed lab's final table on host1.
+fn lab_with_herald(extra: &str) -> (Lab, LabHerald, tempfile::TempDir) {
+    let lab = Lab::start().expect("lab");
+    let dir = tempfile::tempdir().unwrap();
+    let (herald, _state) = start_with_state(&lab, 0, dir.path(), &lab_state(), extra).unwrap();
+    herald.wait_table(&lab, &lab_final_table("198.19.0.2"), Duration::from_secs(15), "initial routes");
+    (lab, herald, dir)
+}
+
+/// Runs the lab's gobgpd as deployed: without a BGP listener, as the Kubernetes and Compose configs
+/// have it, so that host1 cannot dial in and gobgpd's own first connection comes 5 to 9 s after it
+/// starts (gobgpd's connect loop; 5 to 9 s later again if BIRD turns it down), which is when its
+/// graceful-restart deferral can end at the earliest (with a listener, BIRD, retrying every second,
+/// can dial in and send its End-of-RIB within a second); and with a restart time of 30 s, which
+/// that covers. gobgpd starts again with it and herald's routes are back on host1.
+fn as_deployed(lab: &mut Lab, herald: &LabHerald, expected: &RouteTable) {
+    lab.edit_gobgpd_config(0, |config| {
+        for setting in ["port = 179", "restart-time = 10"] {
+            assert!(config.contains(setting), "{config}");
+        }
+        config.replace("port = 179", "port = -1").replace("restart-time = 10", "restart-time = 30")
+    })
+    .unwrap();
+    lab.restart_gobgpd().unwrap();
+    herald.wait_table(lab, expected, Duration::from_secs(40), "routes with gobgpd as deployed");
 }
 
 fn gobgpd_log(lab: &Lab, speaker: usize) -> String {
@@ -55,7 +74,7 @@ fn missing(expected: &RouteTable, wrong: &[RouteTable]) -> usize {
 /// gobgpd logged its `syncs_before + 1`th "sync finished".
 fn wait_sync(lab: &Lab, speaker: usize, syncs_before: usize, herald: &LabHerald) {
     // gobgpd dials 5 to 9 s after it starts, and again 5 to 9 s later if that fails.
-    wait_until(Duration::from_secs(30), "gobgpd's End-of-RIB after its restart", || {
+    wait_until(Duration::from_secs(40), "gobgpd's End-of-RIB after its restart", || {
         (syncs(lab, speaker) > syncs_before).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n--- herald ---\n{}", lab.diagnostics(), herald.herald.log_text()));
@@ -63,13 +82,9 @@ fn wait_sync(lab: &Lab, speaker: usize, syncs_before: usize, herald: &LabHerald)
 
 #[test]
 fn gobgpd_killed_and_restarted_loses_no_route() {
-    let mut lab = Lab::start().expect("lab");
-    let dir = tempfile::tempdir().unwrap();
-    let (herald, _state) = start_with_state(&lab, 0, dir.path(), &lab_state(), "").unwrap();
+    let (mut lab, herald, _dir) = lab_with_herald("");
     let expected = lab_final_table("198.19.0.2");
-    herald.wait_table(&lab, &expected, Duration::from_secs(15), "initial routes");
-    // As deployed: gobgpd opens the sessions itself, so its first one comes 5 to 9 s after it starts.
-    lab.edit_gobgpd_config(0, dial_out).unwrap();
+    as_deployed(&mut lab, &herald, &expected);
     let sampler = Sampler::start(lab.host1_ns().to_string(), expected.clone());
     for round in 1..=2 {
         let before = syncs(&lab, 0);
@@ -77,7 +92,8 @@ fn gobgpd_killed_and_restarted_loses_no_route() {
         let killed = Instant::now();
         std::thread::sleep(Duration::from_secs(1));
         lab.start_gobgpd_of(0, GobgpdStart::Restarting).unwrap();
-        let session = lab.wait_established(Duration::from_secs(15)).unwrap();
+        // gobgpd dials 5 to 9 s after it starts, and again 5 to 9 s later if BIRD turned that down.
+        let session = lab.wait_established(Duration::from_secs(30)).unwrap();
         wait_sync(&lab, 0, before, &herald);
         eprintln!(
             "round {round}: gobgpd back 1 s after SIGKILL; session up {session:?} after its start; End-of-RIB sent {:?} after the kill",
@@ -109,7 +125,7 @@ fn a_large_plan_is_in_a_restarted_gobgpd_before_its_deferral_ends() {
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", herald.ctl(&["status"]), herald.herald.log_text()));
     let paths: usize = plan.values().map(|hops| hops.len()).sum();
     herald.wait_table(&lab, &plan, Duration::from_secs(60), "the plan on host1");
-    lab.edit_gobgpd_config(0, dial_out).unwrap();
+    as_deployed(&mut lab, &herald, &plan);
     let sampler = Sampler::start(lab.host1_ns().to_string(), plan.clone());
     let before = syncs(&lab, 0);
     lab.kill_gobgpd(libc::SIGKILL).unwrap();
@@ -137,11 +153,8 @@ fn a_large_plan_is_in_a_restarted_gobgpd_before_its_deferral_ends() {
 
 #[test]
 fn gobgpd_down_longer_than_its_restart_time_loses_its_routes_until_it_returns() {
-    let mut lab = Lab::start().expect("lab");
-    let dir = tempfile::tempdir().unwrap();
-    let (herald, _state) = start_with_state(&lab, 0, dir.path(), &lab_state(), "").unwrap();
+    let (mut lab, herald, _dir) = lab_with_herald("");
     let expected = lab_final_table("198.19.0.2");
-    herald.wait_table(&lab, &expected, Duration::from_secs(15), "initial routes");
     lab.kill_gobgpd(libc::SIGKILL).unwrap();
     let killed = Instant::now();
     // Graceful restart keeps the routes for the restart time, not for ever.
@@ -156,16 +169,14 @@ fn gobgpd_down_longer_than_its_restart_time_loses_its_routes_until_it_returns() 
 
 #[test]
 fn a_router_without_graceful_restart_gets_a_restarted_gobgpd_s_routes_at_once() {
-    let mut lab = Lab::start().expect("lab");
+    let (mut lab, herald, _dir) = lab_with_herald("");
+    let expected = lab_final_table("198.19.0.2");
     // The trap of osrg/gobgp#2596: gobgpd -r holds back its routes from a neighbor without graceful
     // restart until its deferral time ends. herald has it send them.
     lab.reconfigure_bird(|c| c.replace("graceful restart on;", "graceful restart off;")).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     lab.wait_established(Duration::from_secs(15)).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (herald, _state) = start_with_state(&lab, 0, dir.path(), &lab_state(), "").unwrap();
-    let expected = lab_final_table("198.19.0.2");
-    herald.wait_table(&lab, &expected, Duration::from_secs(15), "initial routes");
+    herald.wait_table(&lab, &expected, Duration::from_secs(15), "routes after BIRD's reconfiguration");
     let status = herald.ctl(&["status"]);
     assert!(status.contains("graceful restart configured in gobgpd but not advertised by the neighbor"), "{status}");
     lab.kill_gobgpd(libc::SIGKILL).unwrap();
@@ -189,12 +200,8 @@ fn a_router_without_graceful_restart_gets_a_restarted_gobgpd_s_routes_at_once() 
 #[test]
 fn a_restarted_gobgpd_that_gets_the_plan_too_late_raises_an_alarm() {
     const METRICS_PORT: u16 = 9181;
-    let mut lab = Lab::start().expect("lab");
-    let dir = tempfile::tempdir().unwrap();
-    let extra = format!("metrics: {{listen: '127.0.0.1:{METRICS_PORT}'}}\n");
-    let (herald, _state) = start_with_state(&lab, 0, dir.path(), &lab_state(), &extra).unwrap();
+    let (mut lab, herald, _dir) = lab_with_herald(&format!("metrics: {{listen: '127.0.0.1:{METRICS_PORT}'}}\n"));
     let expected = lab_final_table("198.19.0.2");
-    herald.wait_table(&lab, &expected, Duration::from_secs(15), "initial routes");
     // herald hangs while gobgpd restarts, and comes back only after gobgpd's End-of-RIB.
     signal(&herald, libc::SIGSTOP);
     let before = syncs(&lab, 0);

@@ -519,12 +519,9 @@ impl<C: GobgpClient> Reconciler<C> {
         let view = self.client.list().await?;
         self.absent = view.absent;
         let previous = std::mem::replace(&mut self.applied, view.own);
-        // gobgpd lost some of herald's paths (restarted, most likely), or herald has just started:
-        // follow what graceful restart made of it.
-        let lost = previous.keys().any(|key| !self.applied.contains_key(key));
-        if lost || (!self.adopted_once && self.episode.is_none()) {
-            // A new restart supersedes one still followed.
-            self.episode = Some(restart::Episode::new(self.alive_at.filter(|_| self.adopted_once)));
+        // herald has just started: follow what graceful restart makes of gobgpd's state too.
+        if !self.follow_if_lost(&previous) && !self.adopted_once && self.episode.is_none() {
+            self.episode = Some(restart::Episode::new(None));
         }
         self.dirty = None;
         self.in_rib_stale = None;
@@ -562,6 +559,16 @@ impl<C: GobgpClient> Reconciler<C> {
             warn!(paths = view.undecodable, "some of herald's paths in gobgpd could not be read; replacing them");
         }
         Ok(())
+    }
+
+    /// When gobgpd holds fewer of herald's paths than `previous` (it restarted, most likely), starts
+    /// following what graceful restart makes of it (a new restart supersedes one still followed).
+    fn follow_if_lost(&mut self, previous: &PathSet) -> bool {
+        let lost = previous.keys().any(|key| !self.applied.contains_key(key));
+        if lost {
+            self.episode = Some(restart::Episode::new(self.alive_at));
+        }
+        lost
     }
 
     /// gobgpd's neighbors, for the restart followed; None when gobgpd cannot say (which ends it).
@@ -765,7 +772,8 @@ impl<C: GobgpClient> Reconciler<C> {
         self.status.send_modify(|s| s.repairs += 1);
         warn!(paths = read.len(), expected = self.applied.len(), others = view.others,
               "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing");
-        self.applied = read;
+        let previous = std::mem::replace(&mut self.applied, read);
+        self.follow_if_lost(&previous);
         self.dirty = None;
         self.in_rib_stale = None;
         self.baseline = None;

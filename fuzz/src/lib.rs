@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald::config::{Cidr, Community, Config, LargeCommunity, OtherPool, PoolName, RangeConfig};
+use herald::config::{Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName, RangeConfig};
 use herald::guard::{Guard, GuardConfig};
 use herald::planner::invariants::{check_guarded, check_plan_invariants};
 use herald::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
@@ -341,6 +341,8 @@ struct RangeInput {
     cidr: CidrInput,
     communities: Vec<(u16, u16)>,
     large_communities: Vec<(u32, u32, u32)>,
+    /// Small widths, where ranges are spread over few nodes each.
+    max_paths: Option<u8>,
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -361,6 +363,9 @@ struct ConfigInput {
     /// This pool's name and the other pools' ranges (one other pool, "pool-m").
     pool: u8,
     other_pool: Vec<CidrInput>,
+    /// ecmp.maxPaths (small: the fuzzed pools are small) and ecmp.longestPrefix.
+    max_paths: u8,
+    longest_prefix: (u8, u8),
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -429,12 +434,13 @@ struct SliceInput {
     family: u8,
 }
 
-/// An addressType: mostly the two IP families, sometimes FQDN or one the API does not define.
+/// An addressType: mostly IPv4 (as most of the IPs drawn), sometimes IPv6, FQDN or one the API
+/// does not define.
 fn address_type(n: u8) -> AddressType {
-    match n % 8 {
-        0..=3 => AddressType::Ipv4,
-        4..=5 => AddressType::Ipv6,
-        6 => AddressType::Fqdn,
+    match n % 16 {
+        0..=11 => AddressType::Ipv4,
+        12..=13 => AddressType::Ipv6,
+        14 => AddressType::Fqdn,
         _ => AddressType::Other("ipv4".to_string()),
     }
 }
@@ -474,6 +480,7 @@ impl PlannerInput {
                         cidr: r.cidr.build()?,
                         communities: r.communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
                         large_communities: r.large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
+                        max_paths: r.max_paths.map(|k| u32::from(k % 8)),
                     })
                 })
                 .collect()
@@ -491,6 +498,11 @@ impl PlannerInput {
             allowed_communities: c.allowed_communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
             allowed_large_communities: c.allowed_large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
             pool: PoolName(pick(&["pool-a", "pool-z"], c.pool).to_string()),
+            ecmp: EcmpConfig {
+                max_paths: u32::from(c.max_paths % 6),
+                // As the config check allows: 1..=31 and 1..=127.
+                longest_prefix: LongestPrefix { ipv4: 1 + c.longest_prefix.0 % 31, ipv6: 1 + c.longest_prefix.1 % 127 },
+            },
             other_pools: {
                 let ranges: Vec<Cidr> = c.other_pool.iter().filter_map(CidrInput::build).collect();
                 if ranges.is_empty() { Vec::new() } else { vec![OtherPool { name: PoolName("pool-m".to_string()), ranges }] }
@@ -527,7 +539,14 @@ impl PlannerInput {
                 state.insert_endpoint_slice(EndpointSlice {
                     key: ObjectKey::new(key.namespace.clone(), format!("{}-own", key.name)),
                     service_name: Some(key.name.clone()),
-                    address_type: address_type(s.family),
+                    // Mostly the family of the Service's first IP, as the EndpointSlice controller
+                    // makes them; sometimes anything.
+                    address_type: match cluster_ips.iter().chain(&external_ips).chain(&load_balancer_ips).next() {
+                        Some(ip) if s.family % 4 != 0 => {
+                            if ip.trim().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_ipv6()) { AddressType::Ipv6 } else { AddressType::Ipv4 }
+                        }
+                        _ => address_type(s.family),
+                    },
                     endpoints: s.endpoints.iter().map(EndpointInput::build).collect(),
                 });
             }

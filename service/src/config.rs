@@ -32,6 +32,9 @@ pub struct Config {
     pub service_external_ips: Vec<RangeConfig>,
     #[serde(default, rename = "serviceLoadBalancerIPs")]
     pub service_load_balancer_ips: Vec<RangeConfig>,
+    /// The router's ECMP width, and how ranges are spread over more nodes than that.
+    #[serde(default)]
+    pub ecmp: EcmpConfig,
     /// Prefixes never announced, whatever else says so (infrastructure ranges). Default routes are
     /// never announced in any case.
     #[serde(default)]
@@ -96,6 +99,57 @@ pub struct OtherPool {
     pub ranges: Vec<Cidr>,
 }
 
+/// How many next hops the routers use per prefix, and how herald fits its announcements to that.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EcmpConfig {
+    /// The most next hops herald announces for one prefix: the routers' `maximum-paths` (BIRD's
+    /// `merge paths ... limit`). 0: no limit. A range of a pool larger than this is announced as
+    /// parts of itself, each from this many nodes, so that every node carries some of it.
+    #[serde(default)]
+    pub max_paths: u32,
+    /// The longest prefix a range is cut into.
+    #[serde(default)]
+    pub longest_prefix: LongestPrefix,
+}
+
+/// The longest prefix length of a range's parts, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LongestPrefix {
+    #[serde(default = "default_longest_v4")]
+    pub ipv4: u8,
+    #[serde(default = "default_longest_v6")]
+    pub ipv6: u8,
+}
+
+/// Parts of 16 addresses: fine-grained enough for any pool (a /20 in 256 parts), short enough to
+/// stay clear of the /32 and /128 host routes and of fabrics that drop the longest prefixes.
+fn default_longest_v4() -> u8 {
+    28
+}
+fn default_longest_v6() -> u8 {
+    124
+}
+
+impl Default for LongestPrefix {
+    fn default() -> Self {
+        LongestPrefix { ipv4: default_longest_v4(), ipv6: default_longest_v6() }
+    }
+}
+
+impl LongestPrefix {
+    pub fn of(&self, net: &IpNet) -> u8 {
+        match net {
+            IpNet::V4(_) => self.ipv4,
+            IpNet::V6(_) => self.ipv6,
+        }
+    }
+}
+
+/// The most paths per prefix gobgpd can be told to send: its `add-paths send-max` is 8-bit.
+pub const MAX_PATHS_LIMIT: u32 = 255;
+
 /// Safety limits between the planner and the fabric (see `guard`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -135,6 +189,10 @@ pub struct RangeConfig {
     pub communities: Vec<Community>,
     #[serde(default)]
     pub large_communities: Vec<LargeCommunity>,
+    /// This range's own `ecmp.maxPaths` (its routers' ECMP width), for the range and the host
+    /// routes inside it.
+    #[serde(default)]
+    pub max_paths: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -367,6 +425,35 @@ impl Config {
 
     /// Checks across fields, which serde cannot do while reading one value.
     fn check(&self) -> Result<(), String> {
+        let max_paths = |what: String, value: u32| {
+            if value > MAX_PATHS_LIMIT {
+                Err(format!(
+                    "{what} {value} is more than gobgpd can be told to send per prefix (its add-paths send-max is at most {MAX_PATHS_LIMIT})"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        max_paths("ecmp.maxPaths".to_string(), self.ecmp.max_paths)?;
+        for (list, ranges) in [
+            ("serviceClusterIPs", &self.service_cluster_ips),
+            ("serviceExternalIPs", &self.service_external_ips),
+            ("serviceLoadBalancerIPs", &self.service_load_balancer_ips),
+        ] {
+            for (i, range) in ranges.iter().enumerate() {
+                if let Some(value) = range.max_paths {
+                    max_paths(format!("{list}[{i}].maxPaths"), value)?;
+                }
+            }
+        }
+        // The parts must stay shorter than the host routes (/32, /128) they would otherwise clash with.
+        let longest = self.ecmp.longest_prefix;
+        if !(1..=31).contains(&longest.ipv4) {
+            return Err(format!("ecmp.longestPrefix.ipv4 {} must be between 1 and 31 (host routes are /32)", longest.ipv4));
+        }
+        if !(1..=127).contains(&longest.ipv6) {
+            return Err(format!("ecmp.longestPrefix.ipv6 {} must be between 1 and 127 (host routes are /128)", longest.ipv6));
+        }
         let mut names = std::collections::BTreeSet::from([&self.pool]);
         for (i, other) in self.other_pools.iter().enumerate() {
             if !names.insert(&other.name) {

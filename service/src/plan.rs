@@ -20,11 +20,47 @@ pub enum RouteKind {
     ClusterIp,
     ExternalIp,
     LoadBalancerIp,
+    /// A part of a range spread over more nodes than `ecmp.maxPaths` ([`Route::part_of`]).
+    ClusterRangePart,
+    ExternalRangePart,
+    LoadBalancerRangePart,
 }
 
 impl RouteKind {
+    pub const ALL: [RouteKind; 9] = [
+        RouteKind::ClusterRange,
+        RouteKind::ExternalRange,
+        RouteKind::LoadBalancerRange,
+        RouteKind::ClusterIp,
+        RouteKind::ExternalIp,
+        RouteKind::LoadBalancerIp,
+        RouteKind::ClusterRangePart,
+        RouteKind::ExternalRangePart,
+        RouteKind::LoadBalancerRangePart,
+    ];
+
+    /// A range or a part of one: announced from the pool's nodes, not from a Service's endpoints.
     pub fn is_range(self) -> bool {
-        matches!(self, RouteKind::ClusterRange | RouteKind::ExternalRange | RouteKind::LoadBalancerRange)
+        !self.is_host()
+    }
+
+    pub fn is_part(self) -> bool {
+        matches!(self, RouteKind::ClusterRangePart | RouteKind::ExternalRangePart | RouteKind::LoadBalancerRangePart)
+    }
+
+    /// A host route of a Service IP.
+    pub fn is_host(self) -> bool {
+        matches!(self, RouteKind::ClusterIp | RouteKind::ExternalIp | RouteKind::LoadBalancerIp)
+    }
+
+    /// The kind of a part of a range of this kind.
+    pub fn part(self) -> RouteKind {
+        match self {
+            RouteKind::ClusterRange => RouteKind::ClusterRangePart,
+            RouteKind::ExternalRange => RouteKind::ExternalRangePart,
+            RouteKind::LoadBalancerRange => RouteKind::LoadBalancerRangePart,
+            other => other,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +71,9 @@ impl RouteKind {
             RouteKind::ClusterIp => "cluster-ip",
             RouteKind::ExternalIp => "external-ip",
             RouteKind::LoadBalancerIp => "load-balancer-ip",
+            RouteKind::ClusterRangePart => "cluster-range-part",
+            RouteKind::ExternalRangePart => "external-range-part",
+            RouteKind::LoadBalancerRangePart => "load-balancer-range-part",
         }
     }
 }
@@ -62,6 +101,12 @@ pub struct Route {
     pub reason: String,
     pub communities: BTreeSet<Community>,
     pub large_communities: BTreeSet<LargeCommunity>,
+    /// For a part of a range: the range.
+    pub part_of: Option<IpNet>,
+    /// Nodes that would announce the route but for `ecmp.maxPaths`: for a host route, endpoint
+    /// nodes beyond the limit; for a spread range, nodes that carry none of its parts (there are
+    /// more nodes than parts × maxPaths, the parts being as long as `ecmp.longestPrefix` allows).
+    pub left_out: BTreeSet<String>,
 }
 
 /// Which of a Service's IP lists an IP came from.
@@ -200,6 +245,16 @@ pub struct Plan {
     /// Problems with the config or the pool that an operator should see (a range with no eligible
     /// node, a range refused by the deny list).
     pub notes: Vec<String>,
+    /// Every node of the cluster, as the plan sees it (shared: it changes only with the nodes).
+    pub nodes: Arc<BTreeMap<String, NodeExplanation>>,
+}
+
+/// A node, as the plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeExplanation {
+    pub addresses: Vec<IpAddr>,
+    /// Why the node announces nothing; None when it is eligible.
+    pub ineligible: Option<String>,
 }
 
 impl Plan {

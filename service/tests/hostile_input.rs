@@ -685,9 +685,9 @@ fn the_planner_target_reaches_every_outcome() {
         seed ^= seed << 17;
         seed
     };
-    let (mut host_routes, mut ranges, mut causes) = (0, 0, std::collections::BTreeSet::new());
-    for _ in 0..3_000 {
-        let len = (next() % 600) as usize;
+    let (mut host_routes, mut ranges, mut parts, mut capped, mut causes) = (0, 0, 0, 0, std::collections::BTreeSet::new());
+    for _ in 0..10_000 {
+        let len = (next() % 1000) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         fuzz::planner(&bytes).unwrap();
         let Ok(input) = <fuzz::PlannerInput as arbitrary::Arbitrary>::arbitrary_take_rest(arbitrary::Unstructured::new(&bytes))
@@ -696,10 +696,13 @@ fn the_planner_target_reaches_every_outcome() {
         };
         let (state, config) = input.build();
         let plan = plan(&state, &config);
-        host_routes += plan.routes.values().filter(|r| !r.kind.is_range()).count();
-        ranges += plan.routes.values().filter(|r| r.kind.is_range()).count();
+        host_routes += plan.routes.values().filter(|r| r.kind.is_host()).count();
+        ranges += plan.routes.values().filter(|r| r.kind.is_range() && !r.kind.is_part()).count();
+        parts += plan.routes.values().filter(|r| r.kind.is_part()).count();
+        capped += plan.routes.values().filter(|r| !r.left_out.is_empty()).count();
         causes.extend(plan.refusals.iter().map(|r| r.cause));
     }
-    assert!(host_routes > 0 && ranges > 0, "host routes {host_routes}, ranges {ranges}");
+    eprintln!("host routes {host_routes}, ranges {ranges}, parts {parts}, capped {capped}");
+    assert!(host_routes > 0 && ranges > 0 && parts > 0 && capped > 0, "host routes {host_routes}, ranges {ranges}, parts {parts}, routes with nodes left out {capped}");
     assert_eq!(causes.len(), RefusalCause::ALL.len(), "refusal causes reached: {causes:?}");
 }

@@ -12,6 +12,9 @@ pub fn route_kind(kind: RouteKind) -> pb::RouteKind {
         RouteKind::ClusterIp => pb::RouteKind::ClusterIp,
         RouteKind::ExternalIp => pb::RouteKind::ExternalIp,
         RouteKind::LoadBalancerIp => pb::RouteKind::LoadBalancerIp,
+        RouteKind::ClusterRangePart => pb::RouteKind::ClusterRangePart,
+        RouteKind::ExternalRangePart => pb::RouteKind::ExternalRangePart,
+        RouteKind::LoadBalancerRangePart => pb::RouteKind::LoadBalancerRangePart,
     }
 }
 
@@ -29,6 +32,8 @@ pub fn route(route: &Route, in_rib: bool) -> pb::Route {
         communities: route.communities.iter().map(ToString::to_string).collect(),
         large_communities: route.large_communities.iter().map(ToString::to_string).collect(),
         in_rib,
+        part_of: route.part_of.map(|r| r.to_string()).unwrap_or_default(),
+        left_out: route.left_out.iter().cloned().collect(),
     }
 }
 

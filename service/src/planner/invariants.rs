@@ -51,9 +51,9 @@ fn role_ranges(config: &Config, role: IpRole) -> &[RangeConfig] {
 
 fn role_of_kind(kind: RouteKind) -> IpRole {
     match kind {
-        RouteKind::ClusterRange | RouteKind::ClusterIp => IpRole::Cluster,
-        RouteKind::ExternalRange | RouteKind::ExternalIp => IpRole::External,
-        RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp => IpRole::LoadBalancer,
+        RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => IpRole::Cluster,
+        RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => IpRole::External,
+        RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
     }
 }
 
@@ -77,6 +77,24 @@ fn denied(net: &IpNet, config: &Config) -> bool {
     net.prefix_len() == 0 || config.deny_prefixes.iter().any(|d| d.0.contains(net) || net.contains(&d.0))
 }
 
+/// The most next hops `route` may have, if limited: for a range (or a part of one), the smallest
+/// maxPaths of the configured ranges of that CIDR; for a host route, that of the narrowest range of
+/// its role holding it; either falling back to ecmp.maxPaths.
+fn max_paths(config: &Config, route: &crate::plan::Route) -> Option<usize> {
+    let of = |r: &RangeConfig| r.max_paths.unwrap_or(config.ecmp.max_paths) as usize;
+    let k = if route.kind.is_range() {
+        let whole = route.part_of.unwrap_or(route.prefix);
+        ROLES.iter().flat_map(|role| role_ranges(config, *role)).filter(|r| r.cidr.0 == whole).map(of).filter(|k| *k > 0).min()?
+    } else {
+        role_ranges(config, role_of_kind(route.kind))
+            .iter()
+            .filter(|r| r.cidr.0.contains(&route.prefix))
+            .max_by_key(|r| r.cidr.0.prefix_len())
+            .map_or(config.ecmp.max_paths as usize, of)
+    };
+    (k > 0).then_some(k)
+}
+
 /// Inside a range of one of the other pools.
 fn in_other_pool(config: &Config, ip: &IpAddr) -> bool {
     config.other_pools.iter().flat_map(|p| &p.ranges).any(|r| r.0.contains(ip))
@@ -94,10 +112,11 @@ fn strict_ip(raw: &str) -> Option<IpAddr> {
 
 /// Checks `plan` against `state` and `config`:
 ///
-/// - every route is keyed by its own prefix, has at least one next hop, is no default route, has no
-///   host bits set and overlaps no deny prefix;
-/// - a range route is exactly a configured CIDR of its kind's list; a host route is a /32 or /128
-///   inside a configured range of its kind's list, and never a node's own address;
+/// - every route is keyed by its own prefix, has at least one next hop and at most its maxPaths, is
+///   no default route, has no host bits set and overlaps no deny prefix;
+/// - a range route is exactly a configured CIDR of its kind's list, a part a smaller part of one
+///   (no longer than ecmp.longestPrefix); a host route is a /32 or /128 inside a configured range of
+///   its kind's list, and never a node's own address;
 /// - every next hop is an eligible node (pool, Ready, not excluded) and one of that node's
 ///   InternalIPs, of the prefix's family;
 /// - a host route comes only from Local Services that list its IP (strictly parsed) under a role whose
@@ -130,7 +149,20 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
         }
         let role = role_of_kind(route.kind);
         let ranges = role_ranges(config, role);
-        if route.kind.is_range() {
+        if route.kind.is_part() {
+            let whole = route.part_of.filter(|whole| ranges.iter().any(|r| r.cidr.0 == *whole));
+            match whole {
+                None => v.push(format!("part {prefix} ({}) is a part of no CIDR of {}", route.kind, role.config_list())),
+                Some(whole) => {
+                    if !whole.contains(&prefix) || whole.prefix_len() >= prefix.prefix_len() {
+                        v.push(format!("part {prefix} is no smaller part of {whole}"));
+                    }
+                    if prefix.prefix_len() > config.ecmp.longest_prefix.of(&prefix) {
+                        v.push(format!("part {prefix} is longer than ecmp.longestPrefix"));
+                    }
+                }
+            }
+        } else if route.kind.is_range() {
             if !ranges.iter().any(|r| r.cidr.0 == prefix) {
                 v.push(format!("range route {prefix} ({}) is no CIDR of {}", route.kind, role.config_list()));
             }
@@ -144,6 +176,9 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             if node_addresses.contains(&prefix.addr()) {
                 v.push(format!("host route {prefix} is a node's own address"));
             }
+        }
+        if let Some(k) = max_paths(config, route).filter(|k| route.next_hops.len() > *k) {
+            v.push(format!("route {prefix} has {} next hops, above ecmp.maxPaths {k}", route.next_hops.len()));
         }
         for hop in &route.next_hops {
             match state.nodes.get(&hop.node) {

@@ -26,7 +26,8 @@ use ipnet::IpNet;
 use crate::cluster::{AddressType, ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
 use crate::config::{Community, Config, LargeCommunity, PoolName, RangeConfig};
 use crate::plan::{
-    IpExplanation, IpOutcome, IpRole, NextHop, Plan, Refusal, RefusalCause, Route, RouteKind, ServiceExplanation,
+    IpExplanation, IpOutcome, IpRole, NextHop, NodeExplanation, Plan, Refusal, RefusalCause, Route, RouteKind,
+    ServiceExplanation,
 };
 
 /// Nodes carrying this label are never next hops (the upstream Kubernetes convention).
@@ -39,6 +40,8 @@ pub const LARGE_COMMUNITIES_ANNOTATION: &str = "herald.dev/large-communities";
 #[derive(Debug, Clone)]
 struct Announcer {
     name: String,
+    /// [`spread::node_key`] of the name.
+    key: u64,
     v4: Option<IpAddr>,
     v6: Option<IpAddr>,
 }
@@ -109,35 +112,57 @@ pub struct PlanContext {
     /// Why each ineligible node is not eligible.
     ineligible: HashMap<String, &'static str>,
     node_addresses: BTreeSet<IpAddr>,
+    /// The nodes the node selector picks (eligible or not) with an address of each family (IPv4,
+    /// IPv6): what a range's part count follows, so that readiness flaps never re-cut a range.
+    pool_sizes: [usize; 2],
     /// Configured ranges per role: cluster, external, load balancer.
     role_ranges: [Vec<Range>; 3],
     config: Config,
     /// The other pools' ranges, narrowest first.
     other_ranges: Vec<(PoolName, IpNet)>,
-    /// The plan of the ranges alone (rule 1), with its notes.
+    /// The part count of each range announced in parts.
+    part_counts: HashMap<IpNet, usize>,
+    /// The plan of the ranges alone (rule 1), with its notes and the nodes.
     ranges_plan: Plan,
+}
+
+/// The ranges of one CIDR (it may be in several lists), merged into one route.
+struct RangeGroup {
+    kind: RouteKind,
+    sources: BTreeSet<String>,
+    communities: BTreeSet<Community>,
+    large_communities: BTreeSet<LargeCommunity>,
+    /// The smallest maxPaths of the group's ranges (0: no limit).
+    max_paths: usize,
 }
 
 impl PlanContext {
     pub fn new(state: &ClusterState, config: &Config) -> PlanContext {
         let mut announcers = BTreeMap::new();
         let mut ineligible = HashMap::default();
+        let mut nodes = BTreeMap::new();
+        let mut pool_sizes = [0usize; 2];
         for node in state.nodes.values() {
-            match ineligibility(node, config) {
+            let v4 = node.internal_ips.iter().copied().find(IpAddr::is_ipv4);
+            let v6 = node.internal_ips.iter().copied().find(IpAddr::is_ipv6);
+            if config.node_selector.matches(&node.labels) {
+                pool_sizes[0] += usize::from(v4.is_some());
+                pool_sizes[1] += usize::from(v6.is_some());
+            }
+            let why = ineligibility(node, config);
+            match why {
                 None => {
-                    announcers.insert(
-                        node.name.clone(),
-                        Announcer {
-                            name: node.name.clone(),
-                            v4: node.internal_ips.iter().copied().find(IpAddr::is_ipv4),
-                            v6: node.internal_ips.iter().copied().find(IpAddr::is_ipv6),
-                        },
-                    );
+                    let name = node.name.clone();
+                    announcers.insert(name.clone(), Announcer { key: spread::node_key(&name), name, v4, v6 });
                 }
                 Some(why) => {
                     ineligible.insert(node.name.clone(), why);
                 }
             }
+            nodes.insert(
+                node.name.clone(),
+                NodeExplanation { addresses: node.internal_ips.clone(), ineligible: why.map(str::to_string) },
+            );
         }
         let role_ranges = [
             (IpRole::Cluster, &config.service_cluster_ips),
@@ -154,6 +179,7 @@ impl PlanContext {
             announcers,
             ineligible,
             node_addresses: state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect(),
+            pool_sizes,
             role_ranges,
             config: config.clone(),
             other_ranges: {
@@ -165,48 +191,154 @@ impl PlanContext {
                 ranges.sort_by_key(|(name, net)| (std::cmp::Reverse(net.prefix_len()), name.clone()));
                 ranges
             },
+            part_counts: HashMap::default(),
             ranges_plan: Plan::default(),
         };
         context.ranges_plan = context.plan_ranges();
+        context.ranges_plan.nodes = Arc::new(nodes);
         context
     }
 
-    /// Rule 1: every range from every eligible node with an address of its family.
-    fn plan_ranges(&self) -> Plan {
+    /// The ECMP width for a range config: its own maxPaths, else the global one (0: no limit).
+    fn max_paths(&self, range: &RangeConfig) -> usize {
+        range.max_paths.unwrap_or(self.config.ecmp.max_paths) as usize
+    }
+
+    /// The ECMP width of a host route: that of the narrowest range of its role holding it.
+    pub fn host_max_paths(&self, prefix: &IpNet, kind: RouteKind) -> usize {
+        let role = match kind {
+            RouteKind::ClusterIp => 0,
+            RouteKind::ExternalIp => 1,
+            _ => 2,
+        };
+        self.role_ranges[role]
+            .iter()
+            .filter(|r| r.net().contains(prefix))
+            .max_by_key(|r| r.net().prefix_len())
+            .map_or(self.config.ecmp.max_paths as usize, |r| self.max_paths(&r.config))
+    }
+
+    /// Rule 1: every range from every eligible node with an address of its family; with more such
+    /// nodes in the pool than its maxPaths, as parts of itself spread over all of them ([`spread`]).
+    fn plan_ranges(&mut self) -> Plan {
         let mut plan = Plan::default();
-        let mut routes: BTreeMap<IpNet, Route> = BTreeMap::new();
+        let mut groups: BTreeMap<IpNet, RangeGroup> = BTreeMap::new();
         for range in self.role_ranges.iter().flatten() {
             let net = range.net();
             if let Some(reason) = denied(&self.config, &net) {
                 plan.notes.push(format!("{} ({net}) is not announced: {reason}", range.source));
                 continue;
             }
-            let next_hops: BTreeSet<NextHop> =
-                self.announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
-            if next_hops.is_empty() {
+            let max_paths = self.max_paths(&range.config);
+            let group = groups.entry(net).or_insert_with(|| RangeGroup {
+                kind: range_kind(range.role),
+                sources: BTreeSet::new(),
+                communities: BTreeSet::new(),
+                large_communities: BTreeSet::new(),
+                max_paths,
+            });
+            group.sources.insert(range.source.clone());
+            group.communities.extend(range.config.communities.iter().copied());
+            group.large_communities.extend(range.config.large_communities.iter().copied());
+            // One CIDR in two lists with two widths: the narrower router decides.
+            if max_paths > 0 && (group.max_paths == 0 || max_paths < group.max_paths) {
+                group.max_paths = max_paths;
+            }
+        }
+        let mut routes: BTreeMap<IpNet, Route> = BTreeMap::new();
+        let mut parts: Vec<Route> = Vec::new();
+        for (net, group) in groups {
+            let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+            let hops: Vec<NextHop> = self.announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
+            if hops.is_empty() {
                 plan.notes.push(format!(
-                    "{} ({net}) is not announced: no eligible node has an {} InternalIP",
-                    range.source,
-                    if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+                    "{} ({net}) is not announced: no eligible node has an {family} InternalIP",
+                    group.sources.iter().cloned().collect::<Vec<_>>().join(", ")
                 ));
                 continue;
             }
-            let count = next_hops.len();
-            let route = routes.entry(net).or_insert_with(|| Route {
-                prefix: net,
-                kind: range_kind(range.role),
+            let route = |prefix: IpNet, kind: RouteKind, next_hops: BTreeSet<NextHop>, reason: String| Route {
+                prefix,
+                kind,
                 next_hops,
-                sources: BTreeSet::new(),
-                reason: format!("{} range, announced from every eligible node ({count})", range.role.config_list()),
-                communities: BTreeSet::new(),
-                large_communities: BTreeSet::new(),
-            });
-            route.sources.insert(range.source.clone());
-            route.communities.extend(range.config.communities.iter().copied());
-            route.large_communities.extend(range.config.large_communities.iter().copied());
+                sources: group.sources.clone(),
+                reason,
+                communities: group.communities.clone(),
+                large_communities: group.large_communities.clone(),
+                part_of: None,
+                left_out: BTreeSet::new(),
+            };
+            let list = group.kind.as_str().trim_end_matches("-range");
+            let n = hops.len();
+            let k = group.max_paths;
+            let pool = self.pool_sizes[usize::from(net.addr().is_ipv6())];
+            if k == 0 || pool <= k {
+                let reason = format!("{list} range, announced from every eligible node ({n})");
+                routes.insert(net, route(net, group.kind, hops.into_iter().collect(), reason));
+                continue;
+            }
+            let keys: Vec<u64> = hops.iter().map(|h| self.announcers[&h.node].key).collect();
+            let pick = |indices: Vec<usize>| -> BTreeSet<NextHop> { indices.into_iter().map(|i| hops[i].clone()).collect() };
+            let count = spread::part_count(net.prefix_len(), self.config.ecmp.longest_prefix.of(&net), pool, k);
+            let width = k.min(n);
+            let chosen = spread::top(&net, k, &keys);
+            // Indices (into hops) of the nodes that carry some of the range.
+            let mut carried: BTreeSet<usize> = chosen.iter().copied().collect();
+            let mut aggregate = route(
+                net,
+                group.kind,
+                pick(chosen),
+                if count > 1 {
+                    format!("{list} range, the aggregate of its {count} parts: from {width} of {n} eligible nodes (ecmp.maxPaths {k})")
+                } else {
+                    format!("{list} range, from {width} of {n} eligible nodes (ecmp.maxPaths {k}; it cannot be cut longer than /{})", net.prefix_len())
+                },
+            );
+            if count > 1 {
+                self.part_counts.insert(net, count);
+                carried.clear();
+                for (i, (prefix, members)) in spread::parts(&net, count).into_iter().zip(spread::assign(&net, count, k, &keys)).enumerate() {
+                    carried.extend(members.iter().copied());
+                    let reason = format!("part {} of {count} of the {list} range {net}: from {width} of {n} eligible nodes (ecmp.maxPaths {k})", i + 1);
+                    parts.push(Route { part_of: Some(net), ..route(prefix, group.kind.part(), pick(members), reason) });
+                }
+            }
+            aggregate.left_out =
+                hops.iter().enumerate().filter(|(i, _)| !carried.contains(i)).map(|(_, h)| h.node.clone()).collect();
+            if !aggregate.left_out.is_empty() {
+                plan.notes.push(format!(
+                    "{net}: {} of {n} eligible nodes carry none of it: {count} part(s) of {width} nodes (ecmp.maxPaths {k}) are all a /{} allows (ecmp.longestPrefix)",
+                    aggregate.left_out.len(),
+                    self.config.ecmp.longest_prefix.of(&net)
+                ));
+            }
+            routes.insert(net, aggregate);
+        }
+        // A part that is itself a configured range (nested ranges) is announced as that range.
+        for part in parts {
+            match routes.get(&part.prefix) {
+                Some(existing) => plan.notes.push(format!(
+                    "{} is both a part of {} and the range of {}: announced as the latter",
+                    part.prefix,
+                    part.part_of.map(|r| r.to_string()).unwrap_or_default(),
+                    existing.sources.iter().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                None => {
+                    routes.insert(part.prefix, part);
+                }
+            }
         }
         plan.routes = routes.into_values().map(|r| (r.prefix, Arc::new(r))).collect();
         plan
+    }
+
+    /// The most specific announced prefix of `range` that holds `ip`: its part, when it is spread.
+    fn covering(&self, range: &IpNet, ip: &IpAddr) -> IpNet {
+        self.part_counts
+            .get(range)
+            .and_then(|count| spread::part_holding(range, *count, ip))
+            .filter(|part| self.ranges_plan.routes.get(part).is_some_and(|r| r.part_of == Some(*range)))
+            .unwrap_or(*range)
     }
 
     /// The plan of the ranges alone.
@@ -238,26 +370,60 @@ pub struct ServicePlan {
     pub explanation: ServiceExplanation,
 }
 
-/// Merges a Service's part of a host route into the plan's route for that prefix. Services are
-/// merged in key order, so the route's kind is the first Service's and its reason the last's.
-pub fn merge_host_route(routes: &mut BTreeMap<IpNet, Route>, part: &Route) {
+/// Merges a Service's part of a host route into the plan's route for that prefix, keeping to `k`
+/// next hops (0: no limit; [`PlanContext::host_max_paths`]). Services are merged in key order, so
+/// the route's kind is the first Service's and its reason the last's.
+pub fn merge_host_route(routes: &mut BTreeMap<IpNet, Route>, part: &Route, k: usize) {
     match routes.get_mut(&part.prefix) {
         None => {
             routes.insert(part.prefix, part.clone());
         }
-        Some(route) => merge_into(route, part),
+        Some(route) => merge_into(route, part, k),
     }
 }
 
 /// Adds `part`'s next hops, sources and communities to `route`; the reason names all the nodes.
-fn merge_into(route: &mut Route, part: &Route) {
+fn merge_into(route: &mut Route, part: &Route, k: usize) {
     route.next_hops.extend(part.next_hops.iter().cloned());
+    route.left_out.extend(part.left_out.iter().cloned());
     route.sources.extend(part.sources.iter().cloned());
     route.communities.extend(part.communities.iter().copied());
     route.large_communities.extend(part.large_communities.iter().copied());
-    let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
+    keep_to_max_paths(route, k);
     let why = part.reason.split(" on ").next().unwrap_or_default().to_string();
-    route.reason = format!("{why} on {}", nodes.join(", "));
+    route.reason = host_reason(&why, route, k);
+}
+
+/// Keeps a host route's `k` (0: all) next hops that score highest for its prefix ([`spread::top`]),
+/// the same ones on every replica; the others are left out. The best `k` of a union of nodes are
+/// among the best `k` of each part of it, so capping each Service's part, then their merge, gives
+/// the best `k` of all the endpoint nodes.
+fn keep_to_max_paths(route: &mut Route, k: usize) {
+    if k > 0 && route.next_hops.len() > k {
+        let hops: Vec<NextHop> = std::mem::take(&mut route.next_hops).into_iter().collect();
+        let keys: Vec<u64> = hops.iter().map(|h| spread::node_key(&h.node)).collect();
+        let chosen: BTreeSet<usize> = spread::top(&route.prefix, k, &keys).into_iter().collect();
+        for (i, hop) in hops.into_iter().enumerate() {
+            if chosen.contains(&i) {
+                route.next_hops.insert(hop);
+            } else {
+                route.left_out.insert(hop.node);
+            }
+        }
+    }
+    let announcing: BTreeSet<&str> = route.next_hops.iter().map(|h| h.node.as_str()).collect();
+    route.left_out.retain(|node| !announcing.contains(node.as_str()));
+}
+
+/// "{why} on node1, node2", and how many endpoint nodes `ecmp.maxPaths` left out.
+fn host_reason(why: &str, route: &Route, k: usize) -> String {
+    let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
+    let mut reason = format!("{why} on {}", nodes.join(", "));
+    if !route.left_out.is_empty() {
+        let all = route.next_hops.len() + route.left_out.len();
+        reason.push_str(&format!(" ({} of {all} endpoint nodes: ecmp.maxPaths {k})", nodes.len()));
+    }
+    reason
 }
 
 /// From this many Services on, they are planned on two threads.
@@ -308,7 +474,7 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let parts = plan_each(&services, plan_one);
     for (service, part) in services.iter().zip(parts) {
         for route in &part.host_routes {
-            merge_host_route(&mut routes, route);
+            merge_host_route(&mut routes, route, context.host_max_paths(&route.prefix, route.kind));
         }
         plan.refusals.extend(part.refusals);
         plan.services.insert(service.key.clone(), Arc::new(part.explanation));
@@ -594,7 +760,7 @@ fn ip_outcome(
     }
     let covered = || {
         if context.ranges_plan.routes.contains_key(&range.net()) {
-            IpOutcome::CoveredByRange(range.net())
+            IpOutcome::CoveredByRange(context.covering(&range.net(), &ip))
         } else {
             IpOutcome::NotAnnounced(format!("its range {} is not announced (see the plan's notes)", range.net()))
         }
@@ -622,24 +788,35 @@ fn ip_outcome(
         // A configured /32 range already announces this IP from every eligible node.
         return IpOutcome::CoveredByRange(host);
     }
-    let nodes: Vec<&str> = next_hops.iter().map(|n| n.node.as_str()).collect();
-    let reason = format!("{}; {family} {} on {}", policy.as_str(), family_nodes.reason, nodes.join(", "));
     let mut communities: BTreeSet<Community> = range.config.communities.iter().copied().collect();
     communities.extend(local.communities.iter().copied());
     let mut large_communities: BTreeSet<LargeCommunity> = range.config.large_communities.iter().copied().collect();
     large_communities.extend(local.large_communities.iter().copied());
-    let route = Route {
+    let k = context.max_paths(&range.config);
+    let mut route = Route {
         prefix: host,
         kind: role.host_route_kind(),
         next_hops,
         sources: BTreeSet::from([service.key.to_string()]),
-        reason,
+        reason: String::new(),
         communities,
         large_communities,
+        part_of: None,
+        left_out: BTreeSet::new(),
     };
+    keep_to_max_paths(&mut route, k);
+    route.reason = host_reason(&format!("{}; {family} {}", policy.as_str(), family_nodes.reason), &route, k);
+    if !route.left_out.is_empty() {
+        part.explanation.notes.push(format!(
+            "{ip}: announced from {} of its {} endpoint nodes (ecmp.maxPaths {k}); left out: {}",
+            route.next_hops.len(),
+            route.next_hops.len() + route.left_out.len(),
+            route.left_out.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
     // The same IP twice in one Service (cluster and external lists): one route.
     match part.host_routes.iter_mut().find(|r| r.prefix == host) {
-        Some(existing) => merge_into(existing, &route),
+        Some(existing) => merge_into(existing, &route, k),
         None => part.host_routes.push(route),
     }
     IpOutcome::HostRoute(host)
@@ -648,6 +825,7 @@ fn ip_outcome(
 
 pub mod incremental;
 pub mod invariants;
+pub mod spread;
 
 #[cfg(test)]
 mod tests;

@@ -585,7 +585,7 @@ mod properties {
         })
     }
 
-    pub(super) const CONFIG: &str = "pool: pool-m\nnodeSelector: pool in (a,b)\n\
+    pub(super) const CONFIG: &str = "pool: pool-m\nnodeSelector: pool in (a,b)\necmp: {maxPaths: 2}\n\
         serviceClusterIPs: [{cidr: 198.19.32.0/20}, {cidr: 'fd00:32::/112'}]\n\
         serviceExternalIPs: [{cidr: 198.19.48.0/24}, {cidr: 'fd00:48::/64'}]\n\
         otherPools: [{name: pool-z, ranges: [8.8.0.0/17]}]";
@@ -825,4 +825,208 @@ fn each_refusal_names_the_pool_that_records_its_event() {
     let by_ip: BTreeMap<&str, &str> = p.refusals.iter().map(|r| (r.ip.as_str(), r.event_pool.0.as_str())).collect();
     assert_eq!(by_ip, BTreeMap::from([("8.8.8.8", "pool-a"), ("198.19.57.1", "pool-b"), ("bad", "pool-a")]));
     assert!(p.refusals.iter().find(|r| r.ip == "8.8.8.8").unwrap().reason.contains("nor inside a range of the other pools (pool-a)"));
+}
+
+/// `ecmp.maxPaths`: ranges and host routes fitted to the routers' ECMP width.
+mod ecmp {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `n` Ready nodes, `node-0` .. at 198.19.1.1 ...
+    fn pool(n: usize) -> Vec<Node> {
+        (0..n).map(|i| node(&format!("node-{i}"), &[&format!("198.19.{}.{}", 1 + i / 250, 1 + i % 250)])).collect()
+    }
+
+    /// The nodes of a route.
+    fn nodes_of(route: &Route) -> BTreeSet<String> {
+        route.next_hops.iter().map(|h| h.node.clone()).collect()
+    }
+
+    /// The parts of `range` in a plan, in address order.
+    fn parts_of<'a>(plan: &'a Plan, range: &str) -> Vec<&'a Route> {
+        let range: IpNet = range.parse().unwrap();
+        plan.routes.values().filter(|r| r.part_of == Some(range)).map(|r| &**r).collect()
+    }
+
+    #[test]
+    fn a_range_of_a_pool_wider_than_max_paths_is_spread_over_every_node() {
+        let cfg = config("ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]");
+        let p = plan(&state(pool(40), vec![], vec![]), &cfg);
+        let parts = parts_of(&p, "198.19.32.0/20");
+        assert_eq!(parts.iter().map(|r| r.prefix.to_string()).collect::<Vec<_>>(),
+                   ["198.19.32.0/22", "198.19.36.0/22", "198.19.40.0/22", "198.19.44.0/22"]);
+        assert!(parts.iter().all(|r| r.next_hops.len() == 16 && r.kind == RouteKind::ClusterRangePart));
+        let carried: BTreeSet<String> = parts.iter().flat_map(|r| nodes_of(r)).collect();
+        assert_eq!(carried.len(), 40, "every node carries a part");
+        let aggregate = &p.routes[&"198.19.32.0/20".parse::<IpNet>().unwrap()];
+        assert_eq!(aggregate.kind, RouteKind::ClusterRange);
+        assert_eq!(aggregate.next_hops.len(), 16);
+        assert!(aggregate.left_out.is_empty());
+        assert_eq!(parts[0].reason, "part 1 of 4 of the cluster range 198.19.32.0/20: from 16 of 40 eligible nodes (ecmp.maxPaths 16)");
+        assert_eq!(aggregate.reason, "cluster range, the aggregate of its 4 parts: from 16 of 40 eligible nodes (ecmp.maxPaths 16)");
+        // No limit, or a pool no wider than it: as before, one route from every node.
+        for yaml in ["serviceClusterIPs: [{cidr: 198.19.32.0/20}]", "ecmp: {maxPaths: 40}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]"] {
+            let p = plan(&state(pool(40), vec![], vec![]), &config(yaml));
+            assert_eq!(p.routes.len(), 1);
+            assert_eq!(p.routes.values().next().unwrap().next_hops.len(), 40);
+        }
+    }
+
+    #[test]
+    fn a_range_that_cannot_be_cut_enough_says_who_is_left_out() {
+        // 40 nodes, 2 paths a prefix, parts no longer than /28: a /27 gives 2 parts, 4 nodes.
+        let cfg = config("ecmp: {maxPaths: 2}\nserviceExternalIPs: [{cidr: 198.19.48.0/27}]");
+        let p = plan(&state(pool(40), vec![], vec![]), &cfg);
+        let parts = parts_of(&p, "198.19.48.0/27");
+        assert_eq!(parts.len(), 2);
+        let aggregate = &p.routes[&"198.19.48.0/27".parse::<IpNet>().unwrap()];
+        assert_eq!(aggregate.left_out.len(), 40 - 4, "{:?}", aggregate.left_out);
+        assert!(p.notes.iter().any(|n| n.contains("36 of 40 eligible nodes carry none of it")), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn per_range_max_paths_and_the_narrower_of_two_lists() {
+        let cfg = config(
+            "ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20, maxPaths: 8}]\n\
+             serviceExternalIPs: [{cidr: 198.19.48.0/20, maxPaths: 0}, {cidr: 198.19.64.0/24}]\nserviceLoadBalancerIPs: [{cidr: 198.19.64.0/24, maxPaths: 4}]",
+        );
+        let p = plan(&state(pool(40), vec![], vec![]), &cfg);
+        assert!(parts_of(&p, "198.19.32.0/20").iter().all(|r| r.next_hops.len() == 8));
+        assert_eq!(parts_of(&p, "198.19.32.0/20").len(), 8);
+        // maxPaths 0 on the range: no limit for it.
+        assert!(parts_of(&p, "198.19.48.0/20").is_empty());
+        assert_eq!(p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()].next_hops.len(), 40);
+        // In two lists with 16 and 4: 4.
+        assert!(parts_of(&p, "198.19.64.0/24").iter().all(|r| r.next_hops.len() == 4));
+    }
+
+    #[test]
+    fn host_routes_keep_to_max_paths_and_say_who_is_left_out() {
+        let cfg = config("ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]");
+        let nodes = pool(40);
+        let endpoints: Vec<Ep> = (0..20).map(|i| READY(Box::leak(format!("node-{i}").into_boxed_str()))).collect();
+        let s = state(nodes, vec![svc("a", &["198.19.38.11"], true), svc("b", &["198.19.38.11"], true)], vec![slice("a", "1", &endpoints[..18]), slice("b", "1", &endpoints[8..])]);
+        let p = plan(&s, &cfg);
+        let host = &p.routes[&"198.19.38.11/32".parse::<IpNet>().unwrap()];
+        assert_eq!(host.next_hops.len(), 16);
+        assert_eq!(host.left_out.len(), 4);
+        assert!(host.reason.ends_with("(16 of 20 endpoint nodes: ecmp.maxPaths 16)"), "{}", host.reason);
+        // The same 16 whichever Service's endpoints they are: the best 16 of all 20.
+        let keys: Vec<u64> = (0..20).map(|i| crate::planner::spread::node_key(&format!("node-{i}"))).collect();
+        let best: BTreeSet<String> = crate::planner::spread::top(&host.prefix, 16, &keys).into_iter().map(|i| format!("node-{i}")).collect();
+        assert_eq!(nodes_of(host), best);
+        let a = &p.services[&ObjectKey::new("ns", "a")];
+        assert!(a.notes.iter().any(|n| n.starts_with("198.19.38.11: announced from ") && n.contains("(ecmp.maxPaths 16); left out: ")), "{:?}", a.notes);
+        // Incrementally, the same.
+        let incremental = crate::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
+        assert_eq!(incremental.plan(), &p);
+    }
+
+    #[test]
+    fn config_rejects_what_gobgpd_cannot_honour() {
+        for (yaml, needle) in [
+            ("ecmp: {maxPaths: 256}", "ecmp.maxPaths 256"),
+            ("ecmp: {maxPaths: -1}", "maxPaths"),
+            ("serviceClusterIPs: [{cidr: 10.0.0.0/8, maxPaths: 1000}]", "serviceClusterIPs[0].maxPaths 1000"),
+            ("ecmp: {longestPrefix: {ipv4: 32}}", "ecmp.longestPrefix.ipv4 32"),
+            ("ecmp: {longestPrefix: {ipv6: 128}}", "ecmp.longestPrefix.ipv6 128"),
+            ("ecmp: {longestPrefix: {ipv4: 0}}", "ecmp.longestPrefix.ipv4 0"),
+            ("ecmp: {maxPath: 16}", "maxPath"),
+        ] {
+            let e = Config::parse(yaml).unwrap_err();
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+        assert_eq!(Config::parse("ecmp: {maxPaths: 255}").unwrap().ecmp.max_paths, 255);
+    }
+
+    /// A pool of `size` nodes, those in `not_ready` not Ready, and one /20 range with maxPaths `k`.
+    fn spread_case(size: usize, k: usize, not_ready: &BTreeSet<usize>) -> (ClusterState, Config) {
+        let mut nodes = pool(size);
+        for i in not_ready {
+            nodes[*i].ready = false;
+        }
+        let mut cfg = config("serviceClusterIPs: [{cidr: 198.19.32.0/20}]");
+        // Set here, not parsed: the planner takes any width; the config check stops at what
+        // gobgpd's send-max can say (255), and the properties are drawn up to 256.
+        cfg.ecmp.max_paths = k as u32;
+        (state(nodes, vec![], vec![]), cfg)
+    }
+
+    /// (prefix, node) of every path of the range and its parts.
+    fn range_paths(p: &Plan) -> BTreeSet<(IpNet, String)> {
+        p.routes.values().filter(|r| r.kind.is_range()).flat_map(|r| r.next_hops.iter().map(|h| (r.prefix, h.node.clone()))).collect()
+    }
+
+    fn arb_pool() -> impl Strategy<Value = (usize, usize, BTreeSet<usize>)> {
+        // 1 to 2,000 nodes (mostly fewer, where the corner cases are), K 1 to 256, a few NotReady.
+        (prop_oneof![1usize..64, 1usize..400, 1usize..2001], 1usize..=256)
+            .prop_flat_map(|(n, k)| (Just(n), Just(k), proptest::collection::btree_set(0..n, 0..n.min(8))))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// No route above K; every eligible node in some part when parts × K ≥ N; no node in more
+        /// than ⌈parts·K/N⌉ + 1 parts; the plan the same for the nodes in any order.
+        #[test]
+        fn spread_plans_are_bounded_covering_and_balanced((size, k, not_ready) in arb_pool()) {
+            let (s, cfg) = spread_case(size, k, &not_ready);
+            let p = plan(&s, &cfg);
+            let eligible = size - not_ready.len();
+            prop_assert!(p.routes.values().all(|r| r.next_hops.len() <= k), "a route above maxPaths {k}");
+            let parts = parts_of(&p, "198.19.32.0/20");
+            let mut load: BTreeMap<String, usize> = BTreeMap::new();
+            for part in &parts {
+                for hop in &part.next_hops {
+                    *load.entry(hop.node.clone()).or_default() += 1;
+                }
+            }
+            let count = parts.len().max(1);
+            if eligible > 0 && count * k >= eligible && size > k {
+                prop_assert_eq!(load.len(), eligible, "eligible nodes without a part");
+            }
+            if !parts.is_empty() && eligible > 0 {
+                let bound = (count * k).div_ceil(eligible) + 1;
+                prop_assert!(load.values().all(|l| *l <= bound), "a node above {} parts", bound);
+            }
+            let mut reversed = ClusterState::default();
+            s.nodes.values().rev().for_each(|n| reversed.insert_node(Node::clone(n)));
+            prop_assert_eq!(&plan(&reversed, &cfg), &p);
+            if eligible > 0 {
+                if let Err(v) = crate::planner::invariants::check_plan_invariants(&s, &cfg, &p) {
+                    prop_assert!(false, "{v}");
+                }
+            }
+        }
+
+        /// A node going NotReady or Ready again changes at most 2 × its own paths + a few (see
+        /// spread::tests::STABILITY_SLACK; the part count follows the pool, not readiness); a
+        /// Service changes no range route.
+        #[test]
+        fn one_node_moves_few_paths_and_services_none((size, k, not_ready) in arb_pool(), which in any::<prop::sample::Index>()) {
+            let (s, cfg) = spread_case(size, k, &not_ready);
+            let before = plan(&s, &cfg);
+            let flipped = which.index(size);
+            let mut after_not_ready = not_ready.clone();
+            if !after_not_ready.remove(&flipped) {
+                after_not_ready.insert(flipped);
+            }
+            let (s2, _) = spread_case(size, k, &after_not_ready);
+            let after = plan(&s2, &cfg);
+            let (a, b) = (range_paths(&before), range_paths(&after));
+            let name = format!("node-{flipped}");
+            let own = a.iter().chain(&b).filter(|(_, n)| *n == name).count();
+            let changed = a.symmetric_difference(&b).count();
+            let slack = crate::planner::spread::tests::STABILITY_SLACK;
+            prop_assert!(changed <= 2 * own + slack, "{} paths changed for a node of {} paths", changed, own);
+
+            let mut with_service = s.clone();
+            with_service.insert_service(svc("new", &["198.19.38.11"], true));
+            with_service.insert_endpoint_slice(slice("new", "1", &[READY("node-0")]));
+            prop_assert_eq!(range_paths(&plan(&with_service, &cfg)), range_paths(&before));
+        }
+    }
 }

@@ -612,6 +612,12 @@ fn spawn_planner(config: Config, mut source: watch::Receiver<SourceSnapshot>) ->
     (rx, task)
 }
 
+/// A recorder's reporting as the only replica: always leading (while the sender lives).
+fn alone() -> (watch::Sender<bool>, herald::events::Reporting) {
+    let (leading, rx) = watch::channel(true);
+    (leading, herald::events::Reporting { instance: "test".to_string(), leading: rx })
+}
+
 #[tokio::test]
 async fn one_event_per_refusal_cause_across_plan_changes() {
     let server = FakeApiServer::start().await.unwrap();
@@ -620,7 +626,8 @@ async fn one_event_per_refusal_cause_across_plan_changes() {
     let source = Source::start(&server).await;
     let config = Config::parse(CONFIG).unwrap();
     let (mut plans, planner) = spawn_planner(config, source.rx.clone());
-    let recorder = herald::events::spawn_event_recorder(source.client.clone(), plans.clone());
+    let (_leading, reporting) = alone();
+    let recorder = herald::events::spawn_event_recorder(source.client.clone(), plans.clone(), reporting);
     let _tasks = Tasks(vec![planner, recorder]);
 
     let generation = |plans: &watch::Receiver<PlanSnapshot>| plans.borrow().generation;
@@ -745,7 +752,8 @@ async fn events_are_retried_when_the_api_server_fails() {
     // The plan arrives while the API server is down: the Events come once it is back.
     server.start_outage(Outage::Unavailable);
     let (tx, rx) = watch::channel(PlanSnapshot::default());
-    let recorder = herald::events::spawn_event_recorder(source.client.clone(), rx);
+    let (_leading, reporting) = alone();
+    let recorder = herald::events::spawn_event_recorder(source.client.clone(), rx, reporting);
     let _tasks = Tasks(vec![recorder]);
     tx.send_replace(PlanSnapshot { generation: 1, plan: Arc::new(plan.clone()), ..Default::default() });
     tokio::time::sleep(Duration::from_secs(1)).await;

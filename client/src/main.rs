@@ -176,13 +176,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", response.notes.join("\n"));
                 return Ok(());
             }
-            println!("Service {namespace}/{name}: type {}, externalTrafficPolicy {}", response.r#type, response.external_traffic_policy);
+            println!(
+                "Service {namespace}/{name}: type {}, externalTrafficPolicy {}, internalTrafficPolicy {}",
+                response.r#type, response.external_traffic_policy, response.internal_traffic_policy
+            );
             let mut rows = vec![vec!["IP".to_string(), "ROLE".into(), "ANNOUNCED".into(), "PREFIX".into(), "NEXT HOPS".into(), "WHY".into()]];
             for ip in &response.ips {
                 rows.push(vec![
                     ip.ip.clone(),
                     ip.role.clone(),
-                    if ip.announced { "yes" } else { "no" }.into(),
+                    match (ip.announced, ip.pool.as_str()) {
+                        (true, _) => "yes".to_string(),
+                        (false, "") => "no".to_string(),
+                        (false, pool) => format!("by {pool}"),
+                    },
                     ip.prefix.clone(),
                     hops(&ip.next_hops),
                     ip.reason.clone(),

@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
-use herald::cluster::{parse_manifest, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald::config::{Cidr, Community, Config, LargeCommunity, RangeConfig};
+use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald::config::{Cidr, Community, Config, LargeCommunity, OtherPool, PoolName, RangeConfig};
 use herald::guard::{Guard, GuardConfig};
 use herald::planner::invariants::{check_guarded, check_plan_invariants};
 use herald::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
@@ -358,6 +358,9 @@ struct ConfigInput {
     deny: Vec<CidrInput>,
     allowed_communities: Vec<(u16, u16)>,
     allowed_large_communities: Vec<(u32, u32, u32)>,
+    /// This pool's name and the other pools' ranges (one other pool, "pool-m").
+    pool: u8,
+    other_pool: Vec<CidrInput>,
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -391,6 +394,10 @@ struct ServiceInput {
     endpoints: Vec<EndpointInput>,
     communities: Option<AnnotationInput>,
     large_communities: Option<AnnotationInput>,
+    /// internalTrafficPolicy Local when odd.
+    internal_policy: u8,
+    /// The own slice's addressType ([`address_type`]).
+    family: u8,
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -419,6 +426,17 @@ struct SliceInput {
     name: u8,
     service: Option<u8>,
     endpoints: Vec<EndpointInput>,
+    family: u8,
+}
+
+/// An addressType: mostly the two IP families, sometimes FQDN or one the API does not define.
+fn address_type(n: u8) -> AddressType {
+    match n % 8 {
+        0..=3 => AddressType::Ipv4,
+        4..=5 => AddressType::Ipv6,
+        6 => AddressType::Fqdn,
+        _ => AddressType::Other("ipv4".to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -472,6 +490,11 @@ impl PlannerInput {
             deny_prefixes: c.deny.iter().filter_map(CidrInput::build).collect(),
             allowed_communities: c.allowed_communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
             allowed_large_communities: c.allowed_large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
+            pool: PoolName(pick(&["pool-a", "pool-z"], c.pool).to_string()),
+            other_pools: {
+                let ranges: Vec<Cidr> = c.other_pool.iter().filter_map(CidrInput::build).collect();
+                if ranges.is_empty() { Vec::new() } else { vec![OtherPool { name: PoolName("pool-m".to_string()), ranges }] }
+            },
             ..Config::default()
         };
 
@@ -504,6 +527,7 @@ impl PlannerInput {
                 state.insert_endpoint_slice(EndpointSlice {
                     key: ObjectKey::new(key.namespace.clone(), format!("{}-own", key.name)),
                     service_name: Some(key.name.clone()),
+                    address_type: address_type(s.family),
                     endpoints: s.endpoints.iter().map(EndpointInput::build).collect(),
                 });
             }
@@ -514,6 +538,7 @@ impl PlannerInput {
                 external_ips,
                 load_balancer_ips,
                 external_traffic_policy: if s.policy % 4 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
+                internal_traffic_policy: if s.internal_policy % 2 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
                 annotations,
             });
         }
@@ -521,6 +546,7 @@ impl PlannerInput {
             state.insert_endpoint_slice(EndpointSlice {
                 key: ObjectKey::new(pick(NAMESPACES, sl.namespace), format!("{}-{i}", pick(SERVICE_NAMES, sl.name))),
                 service_name: sl.service.map(|s| pick(SERVICE_NAMES, s).to_string()),
+                address_type: address_type(sl.family),
                 endpoints: sl.endpoints.iter().map(EndpointInput::build).collect(),
             });
         }

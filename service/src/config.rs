@@ -16,9 +16,16 @@ use crate::selector::LabelSelector;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
+    /// This pool's name: the other pools' configs name it in their `otherPools`.
+    #[serde(default)]
+    pub pool: PoolName,
     /// Which nodes belong to this herald's pool (label-selector syntax; empty: all nodes).
     #[serde(default)]
     pub node_selector: LabelSelector,
+    /// The other pools of the cluster and their ranges: a Service IP in one of them is that
+    /// pool's to announce, not refused here.
+    #[serde(default)]
+    pub other_pools: Vec<OtherPool>,
     #[serde(default, rename = "serviceClusterIPs")]
     pub service_cluster_ips: Vec<RangeConfig>,
     #[serde(default, rename = "serviceExternalIPs")]
@@ -104,6 +111,47 @@ fn dns_subdomain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
         )));
     }
     Ok(Some(name))
+}
+
+/// A pool's name. It appears in Event notes, Lease names and metrics labels: a DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolName(pub String);
+
+impl Default for PoolName {
+    fn default() -> Self {
+        PoolName("default".to_string())
+    }
+}
+
+impl FromStr for PoolName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let label = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if label {
+            Ok(PoolName(s.to_string()))
+        } else {
+            Err(format!("`{s}` is not a pool name (a DNS label: lowercase letters, digits and '-', at most 63)"))
+        }
+    }
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Another pool's herald, as far as this one needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtherPool {
+    pub name: PoolName,
+    /// Every CIDR the other pool announces Service IPs from (its three lists together).
+    pub ranges: Vec<Cidr>,
 }
 
 /// Safety limits between the planner and the fabric (see `guard`).
@@ -316,7 +364,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Community, LargeCommunity, Seconds);
+deserialize_from_str!(Community, LargeCommunity, Seconds, PoolName);
 
 /// A duration written `500ms`, `2s` or `1m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +401,12 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The name of the first of all pools (this one and `otherPools`) in name order: the one that
+    /// speaks, in Events, for what no pool announces.
+    pub fn first_pool(&self) -> &PoolName {
+        self.other_pools.iter().map(|p| &p.name).chain([&self.pool]).min().unwrap_or(&self.pool)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
@@ -371,6 +425,18 @@ impl Config {
 
     /// Checks across fields, which serde cannot do while reading one value.
     fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::from([&self.pool]);
+        for (i, other) in self.other_pools.iter().enumerate() {
+            if !names.insert(&other.name) {
+                return Err(format!(
+                    "otherPools[{i}].name `{}` names this pool or another entry again: pool names must differ",
+                    other.name
+                ));
+            }
+            if other.ranges.is_empty() {
+                return Err(format!("otherPools[{i}] ({}) has no ranges", other.name));
+            }
+        }
         if let Some(gobgp) = &self.gobgp {
             let port_ok = gobgp.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !port_ok {

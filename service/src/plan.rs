@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::cluster::ObjectKey;
-use crate::config::{Community, LargeCommunity};
+use crate::cluster::{ObjectKey, TrafficPolicy};
+use crate::config::{Community, LargeCommunity, PoolName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
@@ -142,6 +142,9 @@ pub struct Refusal {
     pub role: IpRole,
     pub cause: RefusalCause,
     pub reason: String,
+    /// The one pool whose herald records the Kubernetes Event for this refusal: every pool refuses
+    /// an IP that no pool may announce, and one Event says it.
+    pub event_pool: PoolName,
 }
 
 /// What became of one IP of a Service.
@@ -151,6 +154,8 @@ pub enum IpOutcome {
     HostRoute(IpNet),
     /// Reachable through a range route (Cluster policy, or Local with no eligible endpoint).
     CoveredByRange(IpNet),
+    /// Inside a range of another pool (`otherPools`): that pool's herald announces it, not this one.
+    OtherPool { pool: PoolName, range: IpNet },
     /// Neither; the reason says why.
     NotAnnounced(String),
 }
@@ -166,9 +171,11 @@ pub struct IpExplanation {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceExplanation {
     pub type_: String,
-    pub local_policy: bool,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
     pub ips: Vec<IpExplanation>,
-    /// Nodes with an endpoint of the Service, each with what herald made of it.
+    /// Nodes with an endpoint of the Service, each with what herald made of it (per family when
+    /// the Service has endpoints of both).
     pub endpoint_nodes: BTreeMap<String, String>,
     pub notes: Vec<String>,
 }

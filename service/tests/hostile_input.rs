@@ -17,7 +17,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use herald::cluster::{parse_manifest, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use herald::config::Config;
 use herald::guard::{Guard, GuardConfig};
 use herald::plan::{IpOutcome, Plan, RefusalCause, Route};
@@ -329,24 +329,28 @@ fn local_service(name: &str, cluster: &[&str], external: &[&str], lb: &[&str]) -
         external_ips: strings(external),
         load_balancer_ips: strings(lb),
         external_traffic_policy: TrafficPolicy::Local,
+        internal_traffic_policy: TrafficPolicy::Cluster,
         annotations: BTreeMap::new(),
     }
 }
 
-/// A cluster of two nodes with a ready endpoint of every Service on both.
+/// A cluster of two nodes with a ready endpoint of every Service on both, in each family.
 fn cluster(services: Vec<Service>) -> ClusterState {
     let mut state = ClusterState::default();
     state.insert_node(node("n1", &["10.0.0.1", "fd00::1"]));
     state.insert_node(node("n2", &["10.0.0.2", "fd00::2"]));
     for service in services {
-        state.insert_endpoint_slice(EndpointSlice {
-            key: ObjectKey::new("shop", format!("{}-1", service.key.name)),
-            service_name: Some(service.key.name.clone()),
-            endpoints: ["n1", "n2"]
-                .into_iter()
-                .map(|n| Endpoint { node_name: Some(n.to_string()), ..Default::default() })
-                .collect(),
-        });
+        for address_type in [AddressType::Ipv4, AddressType::Ipv6] {
+            state.insert_endpoint_slice(EndpointSlice {
+                key: ObjectKey::new("shop", format!("{}-{}", service.key.name, address_type.as_str())),
+                service_name: Some(service.key.name.clone()),
+                address_type,
+                endpoints: ["n1", "n2"]
+                    .into_iter()
+                    .map(|n| Endpoint { node_name: Some(n.to_string()), ..Default::default() })
+                    .collect(),
+            });
+        }
         state.insert_service(service);
     }
     state
@@ -522,6 +526,13 @@ fn hostile_configs_are_errors_that_name_the_value() {
         ("events: {leaseNamespace: '-herald'}", &["-herald"]),
         ("source: {file: a, kubernetes: {}}", &["source"]),
         ("unknownKey: 1", &["unknownKey"]),
+        ("pool: Pool_A", &["Pool_A", "pool name"]),
+        ("pool: ''", &["pool name"]),
+        ("pool: a\notherPools: [{name: a, ranges: [10.0.0.0/8]}]", &["otherPools[0]", "`a`", "must differ"]),
+        ("otherPools: [{name: b, ranges: [10.0.0.0/8]}, {name: b, ranges: [11.0.0.0/8]}]", &["otherPools[1]", "`b`"]),
+        ("otherPools: [{name: b, ranges: []}]", &["otherPools[0]", "no ranges"]),
+        ("otherPools: [{name: b, ranges: [10.0.0.1/8]}]", &["host bits set"]),
+        ("otherPools: [{name: b}]", &["ranges"]),
         ("- a\n- b", &["line 1", "expected mapping start"]),
         ("\0", &[""]),
         ("a: &a [*a]", &[""]),

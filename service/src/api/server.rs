@@ -198,7 +198,14 @@ impl PlanService for PlanApi {
                 let (announced, prefix, reason) = match &ip.outcome {
                     IpOutcome::HostRoute(p) => (true, Some(*p), "host route of its own".to_string()),
                     IpOutcome::CoveredByRange(p) => (true, Some(*p), format!("reachable through the range {p}")),
+                    IpOutcome::OtherPool { pool, range } => {
+                        (false, None, format!("announced by pool {pool}: inside its range {range}"))
+                    }
                     IpOutcome::NotAnnounced(reason) => (false, None, reason.clone()),
+                };
+                let pool = match &ip.outcome {
+                    IpOutcome::OtherPool { pool, .. } => pool.to_string(),
+                    _ => String::new(),
                 };
                 let route = prefix.and_then(|p| snapshot.plan.routes.get(&p));
                 pb::ServiceIp {
@@ -208,6 +215,7 @@ impl PlanService for PlanApi {
                     prefix: prefix.map(|p| p.to_string()).unwrap_or_default(),
                     next_hops: route.map(|r| proto::route(r, false).next_hops).unwrap_or_default(),
                     reason,
+                    pool,
                 }
             })
             .collect();
@@ -216,7 +224,7 @@ impl PlanService for PlanApi {
             .iter()
             .filter_map(|ip| match ip.outcome {
                 IpOutcome::HostRoute(p) | IpOutcome::CoveredByRange(p) => Some(p),
-                IpOutcome::NotAnnounced(_) => None,
+                IpOutcome::OtherPool { .. } | IpOutcome::NotAnnounced(_) => None,
             })
             .collect();
         prefixes.dedup();
@@ -227,7 +235,8 @@ impl PlanService for PlanApi {
         Ok(Response::new(pb::ExplainServiceResponse {
             wire,
             found: true,
-            external_traffic_policy: if explanation.local_policy { "Local" } else { "Cluster" }.to_string(),
+            external_traffic_policy: explanation.external_traffic_policy.as_str().to_string(),
+            internal_traffic_policy: explanation.internal_traffic_policy.as_str().to_string(),
             r#type: explanation.type_.clone(),
             ips,
             endpoint_nodes: explanation.endpoint_nodes.iter().map(|(n, s)| format!("{n}: {s}")).collect(),

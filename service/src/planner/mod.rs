@@ -6,8 +6,11 @@
 //!    every eligible node, next hop the node's InternalIP of the CIDR's family;
 //! 2. eligible: matches the pool's nodeSelector, Ready, not excluded from external load balancers;
 //! 3. a Service with externalTrafficPolicy: Local gets a host route per IP inside an allowed range,
-//!    announced only from eligible nodes with a ready endpoint (else serving+terminating ones);
-//! 4. an IP outside the allowed ranges is never announced, and is reported;
+//!    announced only from eligible nodes with a ready endpoint (else serving+terminating ones) of
+//!    that IP's family; with internalTrafficPolicy: Local, its cluster IPs do (kube-proxy serves them
+//!    from local endpoints only, whatever externalTrafficPolicy says). FQDN slices are not endpoints;
+//! 4. an IP outside the allowed ranges is never announced; inside another pool's (`otherPools`) it
+//!    is that pool's, else it is refused and reported (one pool records the Event);
 //! 5. headless and ExternalName Services give nothing; each IP family stands on its own;
 //! 6. Services sharing a host IP share one route;
 //! 7. a malformed IP is reported and skipped, and everything else is still planned.
@@ -20,8 +23,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::cluster::{ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
-use crate::config::{Community, Config, LargeCommunity, RangeConfig};
+use crate::cluster::{AddressType, ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
+use crate::config::{Community, Config, LargeCommunity, PoolName, RangeConfig};
 use crate::plan::{
     IpExplanation, IpOutcome, IpRole, NextHop, Plan, Refusal, RefusalCause, Route, RouteKind, ServiceExplanation,
 };
@@ -109,6 +112,8 @@ pub struct PlanContext {
     /// Configured ranges per role: cluster, external, load balancer.
     role_ranges: [Vec<Range>; 3],
     config: Config,
+    /// The other pools' ranges, narrowest first.
+    other_ranges: Vec<(PoolName, IpNet)>,
     /// The plan of the ranges alone (rule 1), with its notes.
     ranges_plan: Plan,
 }
@@ -151,6 +156,15 @@ impl PlanContext {
             node_addresses: state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect(),
             role_ranges,
             config: config.clone(),
+            other_ranges: {
+                let mut ranges: Vec<(PoolName, IpNet)> = config
+                    .other_pools
+                    .iter()
+                    .flat_map(|pool| pool.ranges.iter().map(|r| (pool.name.clone(), r.0)))
+                    .collect();
+                ranges.sort_by_key(|(name, net)| (std::cmp::Reverse(net.prefix_len()), name.clone()));
+                ranges
+            },
             ranges_plan: Plan::default(),
         };
         context.ranges_plan = context.plan_ranges();
@@ -198,6 +212,20 @@ impl PlanContext {
     /// The plan of the ranges alone.
     pub fn ranges_plan(&self) -> &Plan {
         &self.ranges_plan
+    }
+
+    /// The other pool whose narrowest range holds `ip`, and that range.
+    fn other_pool_of(&self, ip: &IpAddr) -> Option<&(PoolName, IpNet)> {
+        self.other_ranges.iter().find(|(_, net)| net.contains(ip))
+    }
+
+    /// " nor of the other pools (a, b)", or nothing without other pools.
+    fn other_pools_named(&self) -> String {
+        if self.config.other_pools.is_empty() {
+            return String::new();
+        }
+        let names: Vec<&str> = self.config.other_pools.iter().map(|p| p.name.0.as_str()).collect();
+        format!(", nor inside a range of the other pools ({})", names.join(", "))
     }
 }
 
@@ -289,47 +317,107 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     plan
 }
 
-/// The nodes that should announce a Local Service's host routes, and what each endpoint node is.
+/// How an endpoint stands, best first: a node's description is its best endpoint's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EndpointState {
+    Ready,
+    Draining,
+    NotReady,
+}
+
+impl EndpointState {
+    fn of(endpoint: &crate::cluster::Endpoint) -> EndpointState {
+        if endpoint.is_ready() {
+            EndpointState::Ready
+        } else if endpoint.is_draining() {
+            EndpointState::Draining
+        } else {
+            EndpointState::NotReady
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready endpoint",
+            EndpointState::Draining => "serving, terminating endpoint",
+            EndpointState::NotReady => "endpoint not ready",
+        }
+    }
+}
+
+/// The nodes that announce a Service's host routes of one IP family, and why them.
+#[derive(Debug, Default)]
+struct FamilyNodes<'a> {
+    nodes: BTreeSet<&'a str>,
+    reason: &'static str,
+}
+
+/// The announcing nodes of a Local Service, per IP family: eligible nodes with a ready endpoint of
+/// that family, else (none ready) with a serving, terminating one. An IPv4 IP is announced only from
+/// nodes with an IPv4 endpoint: kube-proxy on a node with only IPv6 endpoints has nowhere to send
+/// it. Also fills in the explanation's endpoint nodes and notes.
 fn local_nodes<'a>(
     context: &PlanContext,
     slices: &[&'a EndpointSlice],
     explanation: &mut ServiceExplanation,
-) -> (BTreeSet<&'a str>, &'static str) {
-    let mut ready = BTreeSet::new();
-    let mut draining = BTreeSet::new();
-    for endpoint in slices.iter().flat_map(|s| &s.endpoints) {
-        let Some(node) = endpoint.node_name.as_deref() else { continue };
-        let status = if endpoint.is_ready() {
-            "ready endpoint"
-        } else if endpoint.is_draining() {
-            "serving, terminating endpoint"
-        } else {
-            "endpoint not ready"
+) -> [FamilyNodes<'a>; 2] {
+    // Per node, the best endpoint state of each family (IPv4, IPv6).
+    let mut states: BTreeMap<&'a str, [Option<EndpointState>; 2]> = BTreeMap::new();
+    let mut families_seen = [false; 2];
+    for slice in slices {
+        let family = match slice.address_type {
+            AddressType::Ipv4 => 0,
+            AddressType::Ipv6 => 1,
+            AddressType::Fqdn | AddressType::Other(_) => {
+                explanation.notes.push(format!(
+                    "EndpointSlice {} (addressType {}) ignored: kube-proxy routes only to IP endpoints",
+                    slice.key,
+                    slice.address_type.as_str()
+                ));
+                continue;
+            }
         };
-        let why_not = if context.announcers.contains_key(node) {
-            None
-        } else {
-            Some(context.ineligible.get(node).copied().unwrap_or("unknown node"))
-        };
-        let entry = explanation.endpoint_nodes.entry(node.to_string()).or_default();
-        let text = match why_not {
-            None => status.to_string(),
-            Some(why) => format!("{status}; not a next hop: {why}"),
-        };
-        // A node with several endpoints keeps its best description: ready over draining over not ready.
-        if entry.is_empty() || (status == "ready endpoint" && !entry.starts_with("ready")) {
-            *entry = text;
-        }
-        if why_not.is_some() {
-            continue;
-        }
-        if endpoint.is_ready() {
-            ready.insert(node);
-        } else if endpoint.is_draining() {
-            draining.insert(node);
+        for endpoint in &slice.endpoints {
+            let Some(node) = endpoint.node_name.as_deref() else { continue };
+            families_seen[family] = true;
+            let state = EndpointState::of(endpoint);
+            let best = &mut states.entry(node).or_default()[family];
+            *best = Some(best.map_or(state, |b| b.min(state)));
         }
     }
-    if !ready.is_empty() { (ready, "ready endpoints") } else { (draining, "serving, terminating endpoints") }
+    let mut out: [FamilyNodes<'a>; 2] = Default::default();
+    for (family, result) in out.iter_mut().enumerate() {
+        let eligible = |state: EndpointState| {
+            states
+                .iter()
+                .filter(|(node, s)| s[family] == Some(state) && context.announcers.contains_key(**node))
+                .map(|(node, _)| *node)
+                .collect::<BTreeSet<&str>>()
+        };
+        let ready = eligible(EndpointState::Ready);
+        *result = if ready.is_empty() {
+            FamilyNodes { nodes: eligible(EndpointState::Draining), reason: "serving, terminating endpoints" }
+        } else {
+            FamilyNodes { nodes: ready, reason: "ready endpoints" }
+        };
+    }
+    let both = families_seen[0] && families_seen[1];
+    for (node, best) in states {
+        let described: Vec<String> = best
+            .iter()
+            .zip(["IPv4", "IPv6"])
+            .filter_map(|(state, family)| {
+                state.map(|s| if both { format!("{family}: {}", s.as_str()) } else { s.as_str().to_string() })
+            })
+            .collect();
+        let mut text = described.join("; ");
+        if !context.announcers.contains_key(node) {
+            let why = context.ineligible.get(node).copied().unwrap_or("unknown node");
+            text = format!("{text}; not a next hop: {why}");
+        }
+        explanation.endpoint_nodes.insert(node.to_string(), text);
+    }
+    out
 }
 
 /// The communities a Service asks for that the config allows; the rest are noted.
@@ -363,19 +451,60 @@ fn annotation_communities(
     )
 }
 
+/// The traffic policy that gives an IP a host route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalPolicy {
+    External,
+    Internal,
+}
+
+impl LocalPolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            LocalPolicy::External => "externalTrafficPolicy: Local",
+            LocalPolicy::Internal => "internalTrafficPolicy: Local",
+        }
+    }
+}
+
 /// What a Local Service's host routes carry, shared by all of its IPs.
 struct LocalAnnouncement<'a> {
-    nodes: BTreeSet<&'a str>,
-    node_reason: &'static str,
+    /// Per family: IPv4, IPv6.
+    nodes: [FamilyNodes<'a>; 2],
     communities: BTreeSet<Community>,
     large_communities: BTreeSet<LargeCommunity>,
+    external: bool,
+    internal: bool,
+}
+
+impl LocalAnnouncement<'_> {
+    /// The policy that gives an IP of `role` a host route of its own, if one does. An IP's own
+    /// policy first: internalTrafficPolicy for cluster IPs, externalTrafficPolicy for the others;
+    /// externalTrafficPolicy: Local also gives the cluster IPs one (Calico's rule, the seed lab's).
+    fn policy_for(&self, role: IpRole) -> Option<LocalPolicy> {
+        match role {
+            IpRole::Cluster if self.internal => Some(LocalPolicy::Internal),
+            _ if self.external => Some(LocalPolicy::External),
+            _ => None,
+        }
+    }
+
+    fn family(&self, ip: &IpAddr) -> &FamilyNodes<'_> {
+        &self.nodes[usize::from(ip.is_ipv6())]
+    }
 }
 
 /// Plans one Service: rules 3 to 7.
 pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&EndpointSlice]) -> ServicePlan {
-    let local = service.external_traffic_policy == TrafficPolicy::Local;
+    let external = service.external_traffic_policy == TrafficPolicy::Local;
+    let internal = service.internal_traffic_policy == TrafficPolicy::Local;
     let mut part = ServicePlan {
-        explanation: ServiceExplanation { type_: service.type_.clone(), local_policy: local, ..Default::default() },
+        explanation: ServiceExplanation {
+            type_: service.type_.clone(),
+            external_traffic_policy: service.external_traffic_policy,
+            internal_traffic_policy: service.internal_traffic_policy,
+            ..Default::default()
+        },
         ..Default::default()
     };
     if service.has_no_ips() {
@@ -386,11 +515,11 @@ pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&Endpoin
         });
         return part;
     }
-    let announcement = local.then(|| {
-        let (nodes, node_reason) = local_nodes(context, slices, &mut part.explanation);
+    let announcement = (external || internal).then(|| {
+        let nodes = local_nodes(context, slices, &mut part.explanation);
         let (communities, large_communities) =
             annotation_communities(service, &context.config, &mut part.explanation.notes);
-        LocalAnnouncement { nodes, node_reason, communities, large_communities }
+        LocalAnnouncement { nodes, communities, large_communities, external, internal }
     });
     let lists = [
         (IpRole::Cluster, &service.cluster_ips),
@@ -416,7 +545,22 @@ fn ip_outcome(
     local: Option<&LocalAnnouncement>,
 ) -> IpOutcome {
     let mut refuse = |cause: RefusalCause, reason: String| {
-        part.refusals.push(Refusal { service: service.key.clone(), ip: raw.to_string(), role, cause, reason: reason.clone() });
+        // Inside this pool's ranges (denied, a node's address), the refusal is this pool's alone;
+        // what no pool may announce, every pool refuses, and the first pool says so.
+        let event_pool = match cause {
+            RefusalCause::Denied | RefusalCause::NodeAddress => context.config.pool.clone(),
+            RefusalCause::Malformed | RefusalCause::OutsideRanges | RefusalCause::NotConfigured => {
+                context.config.first_pool().clone()
+            }
+        };
+        part.refusals.push(Refusal {
+            service: service.key.clone(),
+            ip: raw.to_string(),
+            role,
+            cause,
+            reason: reason.clone(),
+            event_pool,
+        });
         IpOutcome::NotAnnounced(reason)
     };
     let ip: IpAddr = match raw.trim().parse() {
@@ -426,8 +570,12 @@ fn ip_outcome(
     // The narrowest allowed range holding the IP decides its communities.
     let Some(range) = role_ranges.iter().filter(|r| r.net().contains(&ip)).max_by_key(|r| r.net().prefix_len())
     else {
+        if let Some((pool, range)) = context.other_pool_of(&ip) {
+            return IpOutcome::OtherPool { pool: pool.clone(), range: *range };
+        }
+        let others = context.other_pools_named();
         if role_ranges.is_empty() {
-            let reason = format!("{} is empty: {} IPs are not announced", role.config_list(), role.as_str());
+            let reason = format!("{} is empty: {} IPs are not announced{others}", role.config_list(), role.as_str());
             // An unannounced cluster IP with no cluster ranges configured is the normal case, not news.
             return if role == IpRole::Cluster {
                 IpOutcome::NotAnnounced(reason)
@@ -435,7 +583,7 @@ fn ip_outcome(
                 refuse(RefusalCause::NotConfigured, reason)
             };
         }
-        return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}", role.config_list()));
+        return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}{others}", role.config_list()));
     };
     let host = IpNet::from(ip);
     if let Some(reason) = denied(&context.config, &host) {
@@ -451,14 +599,23 @@ fn ip_outcome(
             IpOutcome::NotAnnounced(format!("its range {} is not announced (see the plan's notes)", range.net()))
         }
     };
-    let Some(local) = local else { return covered() };
-    let next_hops: BTreeSet<NextHop> =
-        local.nodes.iter().filter_map(|n| context.announcers.get(*n)).filter_map(|a| a.next_hop_for(&ip)).collect();
+    let Some((local, policy)) = local.and_then(|l| l.policy_for(role).map(|p| (l, p))) else { return covered() };
+    let family_nodes = local.family(&ip);
+    let next_hops: BTreeSet<NextHop> = family_nodes
+        .nodes
+        .iter()
+        .filter_map(|n| context.announcers.get(*n))
+        .filter_map(|a| a.next_hop_for(&ip))
+        .collect();
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
     if next_hops.is_empty() {
-        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-        part.explanation.notes.push(format!(
-            "{ip}: no host route: no node of this pool with an {family} InternalIP has a ready (or serving, terminating) endpoint"
-        ));
+        let mut note = format!(
+            "{ip}: no host route: no node of this pool with an {family} InternalIP has a ready (or serving, terminating) {family} endpoint"
+        );
+        if policy == LocalPolicy::Internal {
+            note.push_str(" (internalTrafficPolicy: Local: kube-proxy drops its traffic on every node until one has)");
+        }
+        part.explanation.notes.push(note);
         return covered();
     }
     if context.ranges_plan.routes.contains_key(&host) {
@@ -466,7 +623,7 @@ fn ip_outcome(
         return IpOutcome::CoveredByRange(host);
     }
     let nodes: Vec<&str> = next_hops.iter().map(|n| n.node.as_str()).collect();
-    let reason = format!("externalTrafficPolicy: Local; {} on {}", local.node_reason, nodes.join(", "));
+    let reason = format!("{}; {family} {} on {}", policy.as_str(), family_nodes.reason, nodes.join(", "));
     let mut communities: BTreeSet<Community> = range.config.communities.iter().copied().collect();
     communities.extend(local.communities.iter().copied());
     let mut large_communities: BTreeSet<LargeCommunity> = range.config.large_communities.iter().copied().collect();

@@ -66,7 +66,7 @@ pub struct EventsConfig {
     /// replica records within about this long. Whole seconds.
     #[serde(default = "default_lease_duration", deserialize_with = "whole_seconds")]
     pub lease_duration: Seconds,
-    /// The Lease's name (default `herald-events`).
+    /// The Lease's name (default `herald-events-<pool>`).
     #[serde(default, deserialize_with = "dns_subdomain")]
     pub lease_name: Option<String>,
     /// The Lease's namespace (default: `$POD_NAMESPACE`, else the kubeconfig's namespace).

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::cluster::ObjectKey;
-use crate::config::EventsConfig;
+use crate::config::{Config, PoolName};
 use crate::lease::{self, Candidate, LeaseSettings};
 use crate::plan::{PlanSnapshot, Refusal};
 
@@ -67,21 +67,25 @@ struct Recorded {
     absent_since: Option<Instant>,
 }
 
-/// Who records: this replica's name (the Events' `reportingInstance`), and whether it holds the
-/// pool's Events Lease. Only the holder records.
+/// Who records: for which pool (the refusals whose `event_pool` it is), this replica's name (the
+/// Events' `reportingInstance`), and whether it holds the pool's Events Lease. Only the holder
+/// records.
 #[derive(Debug, Clone)]
 pub struct Reporting {
+    pub pool: PoolName,
     pub instance: String,
     pub leading: watch::Receiver<bool>,
 }
 
-/// Campaigns for the pool's Events Lease and records the plan's refusals while holding it. Release
-/// the candidate on shutdown: another replica then takes over at once.
-pub fn spawn(client: Client, config: &EventsConfig, plans: watch::Receiver<PlanSnapshot>) -> Candidate {
-    let settings = LeaseSettings::from_config(config, client.default_namespace());
+/// Campaigns for the pool's Events Lease and records the plan's refusals that are this pool's to
+/// record while holding it. Release the candidate on shutdown: another replica then takes over at
+/// once.
+pub fn spawn(client: Client, config: &Config, plans: watch::Receiver<PlanSnapshot>) -> Candidate {
+    let settings = LeaseSettings::from_config(&config.events, &config.pool, client.default_namespace());
     let instance = settings.identity.clone();
     let candidate = lease::spawn_candidate(client.clone(), settings);
-    spawn_event_recorder(client, plans, Reporting { instance, leading: candidate.leading() });
+    let reporting = Reporting { pool: config.pool.clone(), instance, leading: candidate.leading() };
+    spawn_event_recorder(client, plans, reporting);
     candidate
 }
 
@@ -93,6 +97,7 @@ pub fn spawn_event_recorder(client: Client, plans: watch::Receiver<PlanSnapshot>
 
 struct EventRecorder {
     client: Client,
+    pool: PoolName,
     instance: String,
     leading: watch::Receiver<bool>,
     recorded: BTreeMap<Cause, Recorded>,
@@ -107,7 +112,13 @@ enum Published {
 
 impl EventRecorder {
     fn new(client: Client, reporting: Reporting) -> Self {
-        Self { client, instance: reporting.instance, leading: reporting.leading, recorded: BTreeMap::new() }
+        Self {
+            client,
+            pool: reporting.pool,
+            instance: reporting.instance,
+            leading: reporting.leading,
+            recorded: BTreeMap::new(),
+        }
     }
 
     async fn run(mut self, mut plans: watch::Receiver<PlanSnapshot>) {
@@ -133,8 +144,14 @@ impl EventRecorder {
     /// Records the plan's new causes; false if some could not be recorded (to be tried again).
     async fn record(&mut self, snapshot: &PlanSnapshot) -> bool {
         let now = Instant::now();
-        let current: BTreeMap<Cause, &Refusal> =
-            snapshot.plan.refusals.iter().map(|r| (Cause::of(r), r)).collect();
+        // Every pool refuses an IP that no pool may announce; one of them records it.
+        let current: BTreeMap<Cause, &Refusal> = snapshot
+            .plan
+            .refusals
+            .iter()
+            .filter(|r| r.event_pool == self.pool)
+            .map(|r| (Cause::of(r), r))
+            .collect();
 
         // Causes that left the plan start (or keep) ageing; old ones are forgotten.
         for (cause, recorded) in self.recorded.iter_mut() {

@@ -25,10 +25,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::config::EventsConfig;
+use crate::config::{EventsConfig, PoolName};
 
-/// The Lease's name unless `events.leaseName` says otherwise.
-pub const DEFAULT_NAME: &str = "herald-events";
+/// The Lease's name unless `events.leaseName` says otherwise: one per pool, so that pools sharing
+/// a namespace each have their voice.
+pub fn default_name(pool: &PoolName) -> String {
+    format!("herald-events-{pool}")
+}
 
 /// What a candidate needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +45,9 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    /// The settings of `events:`; the namespace is the config's, else `$POD_NAMESPACE`, else
-    /// `default_namespace` (the kubeconfig's, or the ServiceAccount's in a pod).
-    pub fn from_config(config: &EventsConfig, default_namespace: &str) -> Self {
+    /// The settings of `events:` for `pool`; the namespace is the config's, else `$POD_NAMESPACE`,
+    /// else `default_namespace` (the kubeconfig's, or the ServiceAccount's in a pod).
+    pub fn from_config(config: &EventsConfig, pool: &PoolName, default_namespace: &str) -> Self {
         let namespace = config
             .lease_namespace
             .clone()
@@ -52,7 +55,7 @@ impl LeaseSettings {
             .unwrap_or_else(|| default_namespace.to_string());
         LeaseSettings {
             namespace,
-            name: config.lease_name.clone().unwrap_or_else(|| DEFAULT_NAME.to_string()),
+            name: config.lease_name.clone().unwrap_or_else(|| default_name(pool)),
             identity: identity(),
             duration: config.lease_duration.0,
         }
@@ -270,6 +273,7 @@ impl Elector {
     /// The spec that makes us the holder now, from the current one (`None`: a new Lease).
     fn record(&self, current: Option<LeaseSpec>) -> LeaseSpec {
         let now = MicroTime(Timestamp::now());
+        let new = current.is_none();
         let current = current.unwrap_or_default();
         let ours = current.holder_identity.as_deref() == Some(self.settings.identity.as_str());
         let transitions = current.lease_transitions.unwrap_or(0);
@@ -278,7 +282,8 @@ impl Elector {
             lease_duration_seconds: Some(self.settings.duration_seconds()),
             acquire_time: if ours { current.acquire_time.or_else(|| Some(now.clone())) } else { Some(now.clone()) },
             renew_time: Some(now),
-            lease_transitions: Some(if ours { transitions } else { transitions.saturating_add(1) }),
+            // Counts the changes of holder, as client-go does: 0 for the first.
+            lease_transitions: Some(if ours || new { transitions } else { transitions.saturating_add(1) }),
             ..current
         }
     }

@@ -207,7 +207,7 @@ pub async fn run(
     let plan_rx = spawn_planner(config.clone(), source_rx.clone())
         .map_err(|e| RunError::Source(format!("cannot start the planner thread: {e}")))?;
     // Warning Events `IPRefused` on Services whose IPs the plan refuses, from one replica per pool.
-    let events = kube_client.map(|client| crate::events::spawn(client, &config.events, plan_rx.clone()));
+    let events = kube_client.map(|client| crate::events::spawn(client, &config, plan_rx.clone()));
 
     let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
     let gobgp = match &config.gobgp {

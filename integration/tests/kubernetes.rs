@@ -1027,8 +1027,13 @@ fn deploy_kubernetes_configs_are_valid() {
         configs.push((dir.file_name().unwrap().to_string_lossy().into_owned(), dir.join("herald.yaml")));
     }
     assert!(configs.len() >= 3, "base and two pools");
+    let mut pools = BTreeMap::new();
     for (name, path) in configs {
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name.starts_with("pool-") {
+            assert_eq!(config.pool.0, name, "the overlay's pool name");
+            pools.insert(name.clone(), config.clone());
+        }
         assert_eq!(config.source, Some(SourceConfig::Kubernetes(KubernetesSourceConfig::default())), "{name}");
         assert_eq!(config.gobgp.as_ref().map(|g| g.address.as_str()), Some("127.0.0.1:50051"), "{name}");
         assert_eq!(config.api.listen.port(), 50151, "{name}");
@@ -1040,6 +1045,23 @@ fn deploy_kubernetes_configs_are_valid() {
             labels.insert("herald.dev/pool".to_string(), "elsewhere".to_string());
             assert!(!config.node_selector.matches(&labels), "{name}: its nodeSelector selects only its pool");
         }
+    }
+    // Each pool knows every other pool's Service ranges, exactly (its own cluster range is shared).
+    for (name, config) in &pools {
+        let known: BTreeMap<String, BTreeSet<String>> = config
+            .other_pools
+            .iter()
+            .map(|p| (p.name.0.clone(), p.ranges.iter().map(ToString::to_string).collect()))
+            .collect();
+        let actual: BTreeMap<String, BTreeSet<String>> = pools
+            .iter()
+            .filter(|(other, _)| *other != name)
+            .map(|(other, c)| {
+                let ranges = c.service_external_ips.iter().chain(&c.service_load_balancer_ips).map(|r| r.cidr.to_string());
+                (other.clone(), ranges.collect())
+            })
+            .collect();
+        assert_eq!(known, actual, "{name}'s otherPools against the other overlays' ranges");
     }
 }
 

@@ -918,7 +918,7 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
         (&Method::POST, None) => {
             let lease = match lease_body(body) {
                 Ok(lease) => lease,
-                Err(response) => return response,
+                Err(rejection) => return rejected(rejection),
             };
             let Some(name) = lease["metadata"]["name"].as_str().filter(|n| !n.is_empty()).map(str::to_string) else {
                 return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value");
@@ -935,7 +935,7 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
             let lease = if method == Method::PUT {
                 match lease_body(body) {
                     Ok(lease) => lease,
-                    Err(response) => return response,
+                    Err(rejection) => return rejected(rejection),
                 }
             } else {
                 // Strategic merge equals a merge patch for a Lease's fields (no lists in its spec).
@@ -951,7 +951,7 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
                 merge(&mut patched, &patch);
                 match lease_body(patched.to_string().as_bytes()) {
                     Ok(lease) => lease,
-                    Err(response) => return response,
+                    Err(rejection) => return rejected(rejection),
                 }
             };
             if lease["metadata"]["name"].as_str().is_some_and(|n| n != name) {
@@ -976,16 +976,19 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
     }
 }
 
+/// Why the API server turns a body down: the status code, its reason and a message.
+type Rejection = (StatusCode, &'static str, String);
+
 /// A Lease from a request body, checked as the API server's validation does for what a leader
 /// election writes: 400 if it is not a Lease at all, 422 if a field is out of range.
-fn lease_body(body: &[u8]) -> Result<Value, Response<Body>> {
-    let bad = |message: String| status(StatusCode::BAD_REQUEST, "BadRequest", &message);
+fn lease_body(body: &[u8]) -> Result<Value, Rejection> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, "BadRequest", message);
     let lease: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
     let typed: k8s_openapi::api::coordination::v1::Lease =
         serde_json::from_value(lease.clone()).map_err(|e| bad(format!("the body is not a Lease: {e}")))?;
     let spec = typed.spec.unwrap_or_default();
     let invalid = |field: &str, value: i32, why: &str| {
-        Err(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("Lease is invalid: spec.{field}: Invalid value: {value}: {why}")))
+        Err((StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("Lease is invalid: spec.{field}: Invalid value: {value}: {why}")))
     };
     if let Some(seconds) = spec.lease_duration_seconds.filter(|s| *s <= 0) {
         return invalid("leaseDurationSeconds", seconds, "must be greater than 0");
@@ -994,6 +997,10 @@ fn lease_body(body: &[u8]) -> Result<Value, Response<Body>> {
         return invalid("leaseTransitions", transitions, "must be greater than or equal to 0");
     }
     Ok(lease)
+}
+
+fn rejected((code, reason, message): Rejection) -> Response<Body> {
+    status(code, reason, &message)
 }
 
 impl State {

@@ -67,10 +67,10 @@ pub struct EventsConfig {
     #[serde(default = "default_lease_duration", deserialize_with = "whole_seconds")]
     pub lease_duration: Seconds,
     /// The Lease's name (default `herald-events-<pool>`).
-    #[serde(default, deserialize_with = "dns_subdomain")]
+    #[serde(default, deserialize_with = "object_name")]
     pub lease_name: Option<String>,
     /// The Lease's namespace (default: `$POD_NAMESPACE`, else the kubeconfig's namespace).
-    #[serde(default, deserialize_with = "dns_subdomain")]
+    #[serde(default, deserialize_with = "namespace_name")]
     pub lease_namespace: Option<String>,
 }
 
@@ -96,19 +96,26 @@ fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
     Ok(seconds)
 }
 
-/// A Kubernetes object name: lowercase letters, digits, `-` and `.`, starting and ending with a
-/// letter or digit, at most 253 characters.
-fn dns_subdomain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+/// A Kubernetes object name (a DNS subdomain): lowercase letters, digits, `-` and `.`, starting
+/// and ending with a letter or digit, at most 253 characters.
+fn object_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    kubernetes_name(d, 253, ".", "a Kubernetes name (lowercase letters, digits, `-` and `.`, e.g. herald-events)")
+}
+
+/// A namespace's name (a DNS label): as an object name, without `.`, at most 63 characters.
+fn namespace_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    kubernetes_name(d, 63, "", "a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)")
+}
+
+fn kubernetes_name<'de, D: Deserializer<'de>>(d: D, max: usize, also: &str, what: &str) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
-    let alphanumeric = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let valid = name.len() <= 253
-        && alphanumeric(name.chars().next())
-        && alphanumeric(name.chars().last())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.len() <= max
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+        && name.chars().all(|c| alphanumeric(c) || c == '-' || also.contains(c));
     if !valid {
-        return Err(serde::de::Error::custom(format!(
-            "`{name}` is not a Kubernetes name (lowercase letters, digits, `-` and `.`, e.g. herald-events)"
-        )));
+        return Err(serde::de::Error::custom(format!("`{name}` is not {what}")));
     }
     Ok(Some(name))
 }

@@ -222,7 +222,6 @@ impl Elector {
 
     /// Reads the Lease and acquires, renews or leaves it.
     async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
-        let now = Instant::now();
         let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
             let lease = Lease {
                 metadata: ObjectMeta { name: Some(self.settings.name.clone()), ..Default::default() },
@@ -230,14 +229,16 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => {
-                    self.observe(&created, now);
+                    self.observe(&created);
                     Ok(Attempt::Holding)
                 }
                 Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Attempt::Standby(None)),
                 Err(error) => Err(error),
             };
         };
-        self.observe(&lease, now);
+        // Seen now, not when the read was sent: a write that landed meanwhile must get its full
+        // lease duration from us.
+        let now = self.observe(&lease);
         let spec = lease.spec.take().unwrap_or_default();
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         if let Some(holder) = &holder
@@ -259,7 +260,7 @@ impl Elector {
         // answers 409 and the other writer has won.
         match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
             Ok(replaced) => {
-                self.observe(&replaced, now);
+                self.observe(&replaced);
                 Ok(Attempt::Holding)
             }
             Err(kube::Error::Api(status)) if status.is_conflict() => {
@@ -288,12 +289,14 @@ impl Elector {
         }
     }
 
-    /// Remembers when the Lease's record last changed, by our clock.
-    fn observe(&mut self, lease: &Lease, now: Instant) {
+    /// Remembers when the Lease's record was first seen as it is, by our clock; returns now.
+    fn observe(&mut self, lease: &Lease) -> Instant {
+        let now = Instant::now();
         let version = lease.metadata.resource_version.clone().unwrap_or_default();
         if self.observed.as_ref().is_none_or(|(seen, _)| *seen != version) {
             self.observed = Some((version, now));
         }
+        now
     }
 
     /// Gives the Lease up if it is still ours: an empty holder, which any candidate may take.
@@ -325,4 +328,37 @@ fn jittered(period: Duration, candidate: bool) -> Duration {
         .map_or(0, |d| d.subsec_nanos());
     let spread = period / 10;
     period - spread + spread.mul_f64(2.0 * f64::from(nanos % 1000) / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn settings_from_the_config_and_their_defaults() {
+        let config = Config::parse("pool: pool-a\nevents: {leaseNamespace: herald-pool-a}\n").unwrap();
+        let settings = LeaseSettings::from_config(&config.events, &config.pool, "default");
+        assert_eq!(settings.name, "herald-events-pool-a");
+        assert_eq!(settings.namespace, "herald-pool-a");
+        assert_eq!(settings.duration, Duration::from_secs(15));
+        assert_eq!((settings.retry_period(), settings.renew_deadline()), (Duration::from_secs(3), Duration::from_secs(10)));
+        assert_eq!(settings.duration_seconds(), 15);
+
+        let config = Config::parse("events: {leaseDuration: 4s, leaseName: voice, leaseNamespace: ns}\n").unwrap();
+        let settings = LeaseSettings::from_config(&config.events, &config.pool, "default");
+        assert_eq!((settings.name.as_str(), settings.namespace.as_str()), ("voice", "ns"));
+        assert_eq!(settings.duration, Duration::from_secs(4));
+        assert_eq!(default_name(&config.pool), "herald-events-default");
+    }
+
+    #[test]
+    fn candidates_jitter_and_the_holder_does_not() {
+        let period = Duration::from_millis(3000);
+        assert_eq!(jittered(period, false), period);
+        for _ in 0..100 {
+            let d = jittered(period, true);
+            assert!(d >= Duration::from_millis(2700) && d <= Duration::from_millis(3300), "{d:?}");
+        }
+    }
 }

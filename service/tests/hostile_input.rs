@@ -524,6 +524,7 @@ fn hostile_configs_are_errors_that_name_the_value() {
         ("events: {leaseName: Herald_Events}", &["Herald_Events", "Kubernetes name"]),
         ("events: {leaseNamespace: ''}", &["Kubernetes name"]),
         ("events: {leaseNamespace: '-herald'}", &["-herald"]),
+        ("events: {leaseNamespace: herald.pool}", &["herald.pool", "namespace"]),
         ("source: {file: a, kubernetes: {}}", &["source"]),
         ("unknownKey: 1", &["unknownKey"]),
         ("pool: Pool_A", &["Pool_A", "pool name"]),

@@ -1466,11 +1466,40 @@ async fn a_live_lease_is_not_taken_over_and_a_dead_one_is() {
     let lease = server.lease(LEASE_NAMESPACE, "contested").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "candidate");
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
-    let stale = leases.replace("contested", &PostParams::default(), &serde_json::from_value(json!({
-        "metadata": {"name": "contested", "resourceVersion": "1"}, "spec": {"holderIdentity": "late"},
-    })).unwrap()).await;
-    assert!(matches!(stale, Err(kube::Error::Api(ref s)) if s.code == 409), "a stale write conflicts: {stale:?}");
     println!("live Lease kept for {}; taken {} after its holder stopped renewing (lease 2s)", ms(stopped - renewing), ms(took));
+}
+
+/// The test server's Leases answer writes as the API server does: a stale resourceVersion (PUT or
+/// merge PATCH) gets 409 Conflict, a second create 409 AlreadyExists, a bad duration 422.
+#[tokio::test]
+async fn the_test_server_guards_leases_like_the_api_server() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let server = FakeApiServer::start().await.unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(kube_client(&server).await, LEASE_NAMESPACE);
+    let lease = |body: Value| -> Lease { serde_json::from_value(body).unwrap() };
+    let code = |result: Result<Lease, kube::Error>| match result {
+        Ok(_) => 200,
+        Err(kube::Error::Api(status)) => status.code,
+        Err(error) => panic!("{error}"),
+    };
+    let created = leases.create(&PostParams::default(), &lease(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}}))).await.unwrap();
+    let first = created.metadata.resource_version.clone().unwrap();
+    assert_eq!(code(leases.create(&PostParams::default(), &created).await), 409);
+    let renewed = leases.replace("l", &PostParams::default(), &created).await.unwrap();
+    assert_ne!(renewed.metadata.resource_version.as_deref(), Some(first.as_str()));
+    assert_eq!(code(leases.replace("l", &PostParams::default(), &created).await), 409, "a PUT of the first version");
+    let stale = json!({"metadata": {"resourceVersion": first}, "spec": {"holderIdentity": "b"}});
+    assert_eq!(code(leases.patch("l", &PatchParams::default(), &Patch::Merge(&stale)).await), 409);
+    let patched = leases.patch("l", &PatchParams::default(), &Patch::Merge(json!({"spec": {"holderIdentity": "b"}}))).await.unwrap();
+    assert_eq!(patched.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    let mut bad = renewed.clone();
+    bad.metadata.resource_version = None;
+    bad.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    assert_eq!(code(leases.replace("l", &PostParams::default(), &bad).await), 422);
+    let holders: Vec<_> = server.lease_versions(LEASE_NAMESPACE, "l").iter().map(|l| l["spec"]["holderIdentity"].clone()).collect();
+    assert_eq!(holders, [json!("a"), json!("a"), json!("b")]);
 }
 
 /// Three candidates: one leader at a time. Its task ends without a word (as when the process

@@ -1,8 +1,10 @@
 //! herald's Kubernetes source and Event recorder against a fake API server, through the real kube
 //! client: initial sync, updates, deletes, re-list after 410, resumed watches, bookmarks, outages,
-//! IPRefused Events, and parity with the file source.
+//! IPRefused Events, parity with the file source; the Events Lease (one leader among candidates,
+//! a live Lease never taken) and `herald run` replicas and pools sharing one voice for Events.
 //!
-//! Every wait is bounded; figures (sync time, latencies) are printed (`--nocapture` shows them).
+//! Every wait is bounded; figures (sync time, latencies, takeover) are printed (`--nocapture`
+//! shows them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};

@@ -56,6 +56,71 @@ pub struct Config {
     /// Prometheus metrics; not served when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub events: EventsConfig,
+}
+
+/// Kubernetes Events (`IPRefused`, with `source: {kubernetes: ...}`): recorded by one replica of
+/// the pool, the holder of a `coordination.k8s.io` Lease.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How long a holder that stopped renewing keeps the Lease: after the holder dies, another
+    /// replica records within about this long. Whole seconds.
+    #[serde(default = "default_lease_duration", deserialize_with = "whole_seconds")]
+    pub lease_duration: Seconds,
+    /// The Lease's name (default `herald-events-<pool>`).
+    #[serde(default, deserialize_with = "object_name")]
+    pub lease_name: Option<String>,
+    /// The Lease's namespace (default: `$POD_NAMESPACE`, else the kubeconfig's namespace).
+    #[serde(default, deserialize_with = "namespace_name")]
+    pub lease_namespace: Option<String>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { lease_duration: default_lease_duration(), lease_name: None, lease_namespace: None }
+    }
+}
+
+fn default_lease_duration() -> Seconds {
+    Seconds(Duration::from_secs(15))
+}
+
+fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+    let text = String::deserialize(d)?;
+    let seconds: Seconds = text.parse().map_err(serde::de::Error::custom)?;
+    let duration = seconds.0;
+    if duration.subsec_nanos() != 0 || duration < Duration::from_secs(1) {
+        return Err(serde::de::Error::custom(format!(
+            "`{text}` is not a lease duration (whole seconds, at least 1s, e.g. 15s)"
+        )));
+    }
+    Ok(seconds)
+}
+
+/// A Kubernetes object name (a DNS subdomain): lowercase letters, digits, `-` and `.`, starting
+/// and ending with a letter or digit, at most 253 characters.
+fn object_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    kubernetes_name(d, 253, ".", "a Kubernetes name (lowercase letters, digits, `-` and `.`, e.g. herald-events)")
+}
+
+/// A namespace's name (a DNS label): as an object name, without `.`, at most 63 characters.
+fn namespace_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    kubernetes_name(d, 63, "", "a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)")
+}
+
+fn kubernetes_name<'de, D: Deserializer<'de>>(d: D, max: usize, also: &str, what: &str) -> Result<Option<String>, D::Error> {
+    let name = String::deserialize(d)?;
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.len() <= max
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+        && name.chars().all(|c| alphanumeric(c) || c == '-' || also.contains(c));
+    if !valid {
+        return Err(serde::de::Error::custom(format!("`{name}` is not {what}")));
+    }
+    Ok(Some(name))
 }
 
 /// A pool's name. It appears in Event notes, Lease names and metrics labels: a DNS label.

@@ -54,6 +54,22 @@ impl LabHerald {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
+    /// What herald plans, as a route table (to compare with host1's); None before the first plan or
+    /// while herald does not answer.
+    pub fn planned_table(&self) -> Option<RouteTable> {
+        let json: serde_json::Value = serde_json::from_str(&self.ctl(&["routes", "-o", "json"])).ok()?;
+        // proto3 JSON omits an empty list: no "routes" before the first plan.
+        json["routes"]
+            .as_array()?
+            .iter()
+            .map(|r| {
+                let prefix: ipnet::IpNet = r["prefix"].as_str()?.parse().ok()?;
+                let hops = r["nextHops"].as_array()?.iter().map(|h| h["address"].as_str()?.parse().ok()).collect::<Option<_>>()?;
+                Some((prefix, hops))
+            })
+            .collect()
+    }
+
     /// Waits until host1's table is `expected`; panics with the lab's and herald's logs otherwise.
     pub fn wait_table(&self, lab: &Lab, expected: &RouteTable, timeout: Duration, what: &str) -> Duration {
         let started = Instant::now();

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use herald_integration::lab::{Lab, RouteTable};
 use herald_integration::lab_herald::{lab_final_table, ALL_NODES, table, write_atomically, LabHerald, LAB_RANGES};
 use herald_integration::process::{repo_root, wait_until};
-use ipnet::IpNet;
 
 const ALL: &[&str] = ALL_NODES;
 const NODES: [(&str, &str); 3] = [("control", "198.19.0.1"), ("node1", "198.19.0.2"), ("node2", "198.19.0.3")];
@@ -52,23 +51,6 @@ fn big_state(services: u32, per_service: usize) -> String {
         );
     }
     y
-}
-
-/// What herald plans, as a route table (to compare with host1's).
-fn planned_table(herald: &LabHerald) -> Option<RouteTable> {
-    let json: serde_json::Value = serde_json::from_str(&herald.ctl(&["routes", "-o", "json"])).ok()?;
-    // proto3 JSON omits an empty list: no "routes" before the first plan.
-    let table = json["routes"]
-        .as_array()?
-        .iter()
-        .map(|r| {
-            let prefix: IpNet = r["prefix"].as_str().unwrap().parse().unwrap();
-            let hops: BTreeSet<std::net::IpAddr> =
-                r["nextHops"].as_array().unwrap().iter().map(|h| h["address"].as_str().unwrap().parse().unwrap()).collect();
-            (prefix, hops)
-        })
-        .collect();
-    Some(table)
 }
 
 /// Samples host1's table every 50 ms on a thread until stopped; returns the samples that differ
@@ -141,7 +123,7 @@ fn gobgpd_killed_mid_push_gets_the_whole_plan_back_within_5s() {
     // 3,400 Local services × 3 next hops: ~10,000 paths.
     let (herald, _state) = start(&lab, dir.path(), &big_state(3400, 3), "");
     let plan = wait_until(Duration::from_secs(20), "herald's plan", || {
-        planned_table(&herald).filter(|t| t.len() > 3000)
+        herald.planned_table().filter(|t| t.len() > 3000)
     })
     .unwrap_or_else(|e| panic!("{e}: {}\n{}", &herald.ctl(&["status"]), herald.herald.log_text()));
     let paths: usize = plan.values().map(BTreeSet::len).sum();

@@ -195,9 +195,20 @@ impl PlanService for PlanApi {
             .ips
             .iter()
             .map(|ip| {
+                let route_of = |p: &IpNet| snapshot.plan.routes.get(p);
                 let (announced, prefix, reason) = match &ip.outcome {
-                    IpOutcome::HostRoute(p) => (true, Some(*p), "host route of its own".to_string()),
-                    IpOutcome::CoveredByRange(p) => (true, Some(*p), format!("reachable through the range {p}")),
+                    IpOutcome::HostRoute(p) => {
+                        let mut reason = "host route of its own".to_string();
+                        if let Some(route) = route_of(p).filter(|r| !r.left_out.is_empty()) {
+                            let left_out: Vec<&str> = route.left_out.iter().map(String::as_str).collect();
+                            reason.push_str(&format!("; endpoint nodes left out by ecmp.maxPaths: {}", left_out.join(", ")));
+                        }
+                        (true, Some(*p), reason)
+                    }
+                    IpOutcome::CoveredByRange(p) => match route_of(p).and_then(|r| r.part_of) {
+                        Some(range) => (true, Some(*p), format!("reachable through {p}, a part of the range {range}")),
+                        None => (true, Some(*p), format!("reachable through the range {p}")),
+                    },
                     IpOutcome::OtherPool { pool, range } => {
                         (false, None, format!("announced by pool {pool}: inside its range {range}"))
                     }
@@ -280,6 +291,21 @@ impl PlanService for PlanApi {
             }
         });
         Ok(Response::new(stream))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let wanted = request.into_inner().node;
+        let snapshot = self.state.plans.borrow().clone();
+        if !wanted.is_empty() && !snapshot.plan.nodes.contains_key(&wanted) {
+            return Err(Status::not_found(format!("no node {wanted} in the cluster state")));
+        }
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: proto::nodes(&snapshot.plan, (!wanted.is_empty()).then_some(wanted.as_str())),
+            generation: snapshot.generation,
+        }))
     }
 
     async fn diff_rib(

@@ -93,7 +93,7 @@ fn host1_holds_exactly_the_plan_and_every_node_carries_every_range() {
     let host: IpNet = "198.19.38.11/32".parse().unwrap();
     assert_eq!(parts[&host].0.len(), MAX_PATHS);
     let explain = herald.ctl(&["explain", "shop/web"]);
-    assert!(explain.contains("endpoint nodes left out by ecmp.maxPaths: "), "{explain}");
+    assert!(explain.contains("of 20 endpoint nodes: ecmp.maxPaths 16); left out: "), "{explain}");
     let nodes = herald.ctl(&["nodes", "node-0"]);
     assert!(nodes.contains("node node-0 (198.19.1.1), eligible") && nodes.contains("part of 198.19.32.0/20"), "{nodes}");
 

@@ -198,10 +198,12 @@ impl PlanService for PlanApi {
                 let route_of = |p: &IpNet| snapshot.plan.routes.get(p);
                 let (announced, prefix, reason) = match &ip.outcome {
                     IpOutcome::HostRoute(p) => {
-                        let mut reason = "host route of its own".to_string();
-                        if let Some(route) = route_of(p).filter(|r| !r.left_out.is_empty()) {
+                        // The route's own reason: the policy, and which nodes for what endpoints.
+                        let route = route_of(p);
+                        let mut reason = route.map_or_else(|| "host route of its own".to_string(), |r| format!("host route: {}", r.reason));
+                        if let Some(route) = route.filter(|r| !r.left_out.is_empty()) {
                             let left_out: Vec<&str> = route.left_out.iter().map(String::as_str).collect();
-                            reason.push_str(&format!("; endpoint nodes left out by ecmp.maxPaths: {}", left_out.join(", ")));
+                            reason.push_str(&format!("; left out: {}", left_out.join(", ")));
                         }
                         (true, Some(*p), reason)
                     }

@@ -1219,8 +1219,18 @@ async fn two_replicas_of_a_pool_record_one_event_per_cause() {
     println!("two replicas: {} causes, {} Events, all from {holder}; checked {} after start", causes.len(), events.len(), ms(started.elapsed()));
 }
 
-#[tokio::test]
-async fn the_other_replica_takes_over_when_the_lease_holder_dies() {
+/// Two replicas of pool-a on the yaobank cluster, once each of its causes is told.
+struct TwoReplicas {
+    server: FakeApiServer,
+    objects: Vec<Value>,
+    config: String,
+    causes: BTreeSet<(String, String, String)>,
+    /// The one that holds the Events Lease.
+    holder: Replica,
+    other: Replica,
+}
+
+async fn two_replicas() -> TwoReplicas {
     let server = FakeApiServer::start().await.unwrap();
     let objects = yaobank();
     load(&server, &objects);
@@ -1229,8 +1239,15 @@ async fn the_other_replica_takes_over_when_the_lease_holder_dies() {
     let mut replicas = vec![Replica::start(&server, "herald-a-1", &config), Replica::start(&server, "herald-a-2", &config)];
     told_once_each(&server, &causes).await;
     let holder = holder_of(&server, "pool-a").unwrap();
-    let mut dead = replicas.remove(replicas.iter().position(|r| r.name == holder).unwrap());
-    let survivor = &replicas[0];
+    let holder = replicas.remove(replicas.iter().position(|r| r.name == holder).unwrap());
+    let other = replicas.remove(0);
+    TwoReplicas { server, objects, config, causes, holder, other }
+}
+
+#[tokio::test]
+async fn the_other_replica_takes_over_when_the_lease_holder_dies() {
+    let TwoReplicas { server, objects, config, causes, holder: mut dead, other: survivor } = two_replicas().await;
+    let survivor = &survivor;
 
     dead.stop(libc::SIGKILL).await;
     let killed = Instant::now();
@@ -1269,16 +1286,8 @@ async fn the_other_replica_takes_over_when_the_lease_holder_dies() {
 
 #[tokio::test]
 async fn a_stopped_holder_hands_the_lease_over() {
-    let server = FakeApiServer::start().await.unwrap();
-    let objects = yaobank();
-    load(&server, &objects);
-    let config = format!("pool: pool-a\n{CONFIG}");
-    let causes = pool_causes(&objects, &config);
-    let mut replicas = vec![Replica::start(&server, "herald-a-1", &config), Replica::start(&server, "herald-a-2", &config)];
-    told_once_each(&server, &causes).await;
-    let holder = holder_of(&server, "pool-a").unwrap();
-    let mut stopped = replicas.remove(replicas.iter().position(|r| r.name == holder).unwrap());
-    let successor = &replicas[0];
+    let TwoReplicas { server, holder: mut stopped, other: successor, .. } = two_replicas().await;
+    let (holder, successor) = (stopped.name.clone(), &successor);
 
     let stopped_at = Instant::now();
     stopped.stop(libc::SIGTERM).await;

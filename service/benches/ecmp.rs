@@ -17,13 +17,15 @@
 mod gobgpd;
 #[path = "support/cluster_yaml.rs"]
 mod cluster_yaml;
+#[path = "support/herald_run.rs"]
+mod herald_run;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use gobgpd::Gobgpd;
+use herald_run::HeraldRun;
 use herald::cluster::{ClusterState, Node};
 use herald::config::Config;
 use herald::gobgp::v3::V3Client;
@@ -69,35 +71,12 @@ struct Figures {
 
 /// `herald run` until gobgpd holds `paths` paths: how long from its start, and gobgpd's CPU time.
 async fn first_push(dir: &Path, cluster: &Path, variant: &Variant, g: &Gobgpd, paths: usize) -> (Duration, f64) {
-    let config = dir.join("herald.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}{}source:\n  file: {}\ngobgp:\n  address: {}\napi:\n  listen: 127.0.0.1:{}\n",
-            scale::CONFIG,
-            variant.ecmp,
-            cluster.display(),
-            g.address(),
-            gobgpd::free_port()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.join("herald.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     let gobgpd_pid = g.pid().unwrap();
     let cpu_before = cpu_seconds(gobgpd_pid);
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("herald runs");
+    let mut herald = HeraldRun::start(dir, cluster, variant.ecmp, &g.address());
     let outcome = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = herald.exited() {
             break Err(format!("herald exited with {status}"));
         }
         if g.path_count().await as usize >= paths {
@@ -109,11 +88,9 @@ async fn first_push(dir: &Path, cluster: &Path, variant: &Variant, g: &Gobgpd, p
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let cpu = cpu_seconds(gobgpd_pid) - cpu_before;
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let _ = child.wait();
     match outcome {
         Ok(elapsed) => (elapsed, cpu),
-        Err(e) => panic!("{}: {e}\n{}", variant.name, std::fs::read_to_string(&log_path).unwrap_or_default()),
+        Err(e) => panic!("{}: {e}\n{}", variant.name, herald.log_text()),
     }
 }
 

@@ -17,14 +17,16 @@
 mod gobgpd;
 #[path = "support/cluster_yaml.rs"]
 mod cluster_yaml;
+#[path = "support/herald_run.rs"]
+mod herald_run;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
+use herald_run::HeraldRun;
 use cluster_yaml::cluster_yaml;
 use herald::cluster::ClusterState;
 use herald::config::{GobgpConfig, Origin, Seconds};
@@ -128,60 +130,17 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
     );
     drop(yaml);
     let g = Gobgpd::start().await;
-    let config_path = dir.join("herald.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "{}source:\n  file: {}\ngobgp:\n  address: {}\napi:\n  listen: 127.0.0.1:{}\n",
-            scale::CONFIG,
-            cluster_path.display(),
-            g.address(),
-            gobgpd::free_port()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.join("herald.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("herald runs");
-    let pid = child.id().to_string();
-    // Stopped (SIGTERM: herald's own shutdown, then SIGKILL after 10 s) whatever happens here.
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if self.0.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.0.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-    let mut child = Running(child);
+    let mut child = HeraldRun::start(dir, &cluster_path, "", &g.address());
+    let pid = child.pid().to_string();
     let mut peak = (0.0f64, 0.0f64);
     let outcome = loop {
         let (rss, hwm) = memory(&pid);
         peak = (peak.0.max(rss), peak.1.max(hwm));
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.exited() {
             break Err(format!("herald exited with {status}"));
         }
-        if std::fs::read_to_string(&log_path).unwrap_or_default().contains("cluster state not usable") {
+        if child.log_text().contains("cluster state not usable") {
             break Err("herald cannot read the cluster state".to_string());
         }
         if g.path_count().await as usize >= paths {
@@ -193,7 +152,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let (rss, hwm) = memory(&pid);
-    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log_text = child.log_text();
     match outcome {
         Ok(elapsed) => {
             // Settled: a second later, still holding everything.

@@ -53,6 +53,15 @@ impl RouteKind {
         matches!(self, RouteKind::ClusterIp | RouteKind::ExternalIp | RouteKind::LoadBalancerIp)
     }
 
+    /// The list of Service IPs (and of the config's ranges) the route belongs to.
+    pub fn role(self) -> IpRole {
+        match self {
+            RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => IpRole::Cluster,
+            RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => IpRole::External,
+            RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
+        }
+    }
+
     /// The kind of a part of a range of this kind.
     pub fn part(self) -> RouteKind {
         match self {

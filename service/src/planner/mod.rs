@@ -206,12 +206,8 @@ impl PlanContext {
 
     /// The ECMP width of a host route: that of the narrowest range of its role holding it.
     pub fn host_max_paths(&self, prefix: &IpNet, kind: RouteKind) -> usize {
-        let role = match kind {
-            RouteKind::ClusterIp => 0,
-            RouteKind::ExternalIp => 1,
-            _ => 2,
-        };
-        self.role_ranges[role]
+        // role_ranges is in IpRole's order.
+        self.role_ranges[kind.role() as usize]
             .iter()
             .filter(|r| r.net().contains(prefix))
             .max_by_key(|r| r.net().prefix_len())

@@ -117,11 +117,11 @@ for o in objects:
     by_kind.setdefault(o["kind"], []).append(o)
 
 accounts = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind.get("ServiceAccount", [])}
-for binding in by_kind.get("ClusterRoleBinding", []):
+for binding in by_kind.get("ClusterRoleBinding", []) + by_kind.get("RoleBinding", []):
     for subject in binding.get("subjects", []):
         if subject["kind"] == "ServiceAccount":
             check((subject.get("namespace"), subject["name"]) in accounts,
-                  f"ClusterRoleBinding {binding['metadata']['name']}: subject {subject} is no ServiceAccount here")
+                  f"{binding['kind']} {binding['metadata']['name']}: subject {subject} is no ServiceAccount here")
 
 allowed = {
     ("", "services"): {"get", "list", "watch"},
@@ -136,6 +136,22 @@ for role in by_kind.get("ClusterRole", []):
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     check(granted == allowed, f"ClusterRole {role['metadata']['name']}: grants {granted}, expected exactly {allowed}")
+
+# In the pool's namespace: the Events Lease, nothing more.
+allowed_in_namespace = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+roles = {o["metadata"]["name"]: o for o in by_kind.get("Role", [])}
+check(len(roles) == 1, f"expected one Role (the Events Lease), found {sorted(roles)}")
+for role in roles.values():
+    granted = {}
+    for rule in role["rules"]:
+        check(not rule.get("resourceNames") or "create" not in rule["verbs"], f"Role {role['metadata']['name']}: create cannot be limited by name")
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    check(granted == allowed_in_namespace, f"Role {role['metadata']['name']}: grants {granted}, expected exactly {allowed_in_namespace}")
+for binding in by_kind.get("RoleBinding", []):
+    ref = binding["roleRef"]
+    check(ref["kind"] == "Role" and ref["name"] in roles, f"RoleBinding {binding['metadata']['name']}: binds {ref}, no Role of this render")
 
 configs = {o["metadata"]["name"]: o for o in by_kind.get("ConfigMap", [])}
 deployments = by_kind.get("Deployment", [])
@@ -169,6 +185,10 @@ for d in deployments:
     check(names == ["herald", "gobgpd"], f"{where}: containers {names}, expected herald and gobgpd")
     herald = next((c for c in pod["containers"] if c["name"] == "herald"), {})
     check(herald.get("args") == ["run", "--config", "/etc/herald/config.yaml"], f"{where}: herald's args")
+    # The Lease holder's identity and the Lease's namespace, from the downward API.
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in herald.get("env", [])}
+    for variable, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
+        check(env.get(variable) == field, f"{where}: herald's env {variable} should come from {field}")
     for probe in ("readinessProbe", "livenessProbe"):
         check(herald.get(probe, {}).get("grpc", {}).get("port") == 50151, f"{where}: herald {probe} should be grpc on 50151")
     # herald's config: the pool's nodeSelector matches where the speakers run; the API listens where

@@ -57,6 +57,9 @@ enum Command {
     Watch,
     /// herald's health: source, plan generation, gobgpd and its BGP neighbors.
     Status,
+    /// Every node: eligible or why not, how many ranges, parts and host routes it announces, and
+    /// what ecmp.maxPaths left it out of; with a node name, each of its prefixes.
+    Nodes { node: Option<String> },
     /// The plan against gobgpd's RIB, path by path (herald's paths and others' marked).
     Diff {
         /// Show paths in sync too, not only the differences.
@@ -93,6 +96,11 @@ fn align(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A route's kind, and the range a part is a part of.
+fn route_kind(kind: i32, part_of: &str) -> String {
+    if part_of.is_empty() { kind_name(kind) } else { format!("{} of {part_of}", kind_name(kind)) }
+}
+
 fn hops(next_hops: &[pb::NextHop]) -> String {
     next_hops.iter().map(|h| format!("{} ({})", h.address, h.node)).collect::<Vec<_>>().join(", ")
 }
@@ -109,7 +117,7 @@ fn routes_table(routes: &[pb::Route], with_rib: bool) -> String {
     }
     rows[0].push("SOURCES".into());
     for r in routes {
-        let mut row = vec![r.prefix.clone(), kind_name(r.kind), hops(&r.next_hops)];
+        let mut row = vec![r.prefix.clone(), route_kind(r.kind, &r.part_of), hops(&r.next_hops)];
         if with_rib {
             row.push(if r.in_rib { "yes" } else { "no" }.into());
         }
@@ -176,13 +184,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", response.notes.join("\n"));
                 return Ok(());
             }
-            println!("Service {namespace}/{name}: type {}, externalTrafficPolicy {}", response.r#type, response.external_traffic_policy);
+            println!(
+                "Service {namespace}/{name}: type {}, externalTrafficPolicy {}, internalTrafficPolicy {}",
+                response.r#type, response.external_traffic_policy, response.internal_traffic_policy
+            );
             let mut rows = vec![vec!["IP".to_string(), "ROLE".into(), "ANNOUNCED".into(), "PREFIX".into(), "NEXT HOPS".into(), "WHY".into()]];
             for ip in &response.ips {
                 rows.push(vec![
                     ip.ip.clone(),
                     ip.role.clone(),
-                    if ip.announced { "yes" } else { "no" }.into(),
+                    match (ip.announced, ip.pool.as_str()) {
+                        (true, _) => "yes".to_string(),
+                        (false, "") => "no".to_string(),
+                        (false, pool) => format!("by {pool}"),
+                    },
                     ip.prefix.clone(),
                     hops(&ip.next_hops),
                     ip.reason.clone(),
@@ -223,6 +238,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Nodes { node } => {
+            let response = client.list_nodes(pb::ListNodesRequest { node: node.clone().unwrap_or_default() }).await?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            if node.is_some() {
+                for n in &response.nodes {
+                    let state = if n.eligible { "eligible".to_string() } else { format!("not eligible: {}", n.reason) };
+                    println!("node {} ({}), {state}", n.name, n.addresses.join(", "));
+                    println!("announces {} range(s), {} part(s), {} host route(s):", n.ranges, n.parts, n.host_routes);
+                    let mut rows = vec![vec!["PREFIX".to_string(), "KIND".into()]];
+                    rows.extend(n.routes.iter().map(|r| vec![r.prefix.clone(), route_kind(r.kind, &r.part_of)]));
+                    print!("{}", align(&rows));
+                    if !n.left_out_of.is_empty() {
+                        println!("left out by ecmp.maxPaths of: {}", n.left_out_of.join(", "));
+                    }
+                }
+                return Ok(());
+            }
+            let mut rows = vec![vec![
+                "NODE".to_string(), "ADDRESSES".into(), "STATE".into(), "RANGES".into(), "PARTS".into(), "HOST ROUTES".into(), "LEFT OUT OF".into(),
+            ]];
+            for n in &response.nodes {
+                rows.push(vec![
+                    n.name.clone(),
+                    n.addresses.join(", "),
+                    if n.eligible { "eligible".to_string() } else { n.reason.clone() },
+                    n.ranges.to_string(),
+                    n.parts.to_string(),
+                    n.host_routes.to_string(),
+                    n.left_out_of.len().to_string(),
+                ]);
+            }
+            print!("{}", align(&rows));
+        }
         Command::Diff { all } => {
             let response = client.diff_rib(pb::DiffRibRequest {}).await?.into_inner();
             if json {
@@ -261,10 +311,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let what = if message.snapshot { "snapshot" } else { "update" };
                 println!("generation {} ({what})", message.generation);
                 for r in &message.added {
-                    println!("  + {} {} via {}", r.prefix, kind_name(r.kind), hops(&r.next_hops));
+                    println!("  + {} {} via {}", r.prefix, route_kind(r.kind, &r.part_of), hops(&r.next_hops));
                 }
                 for r in &message.changed {
-                    println!("  ~ {} {} via {}", r.prefix, kind_name(r.kind), hops(&r.next_hops));
+                    println!("  ~ {} {} via {}", r.prefix, route_kind(r.kind, &r.part_of), hops(&r.next_hops));
                 }
                 for p in &message.removed {
                     println!("  - {p}");

@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
-use herald::cluster::{parse_manifest, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald::config::{Cidr, Community, Config, LargeCommunity, RangeConfig};
+use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald::config::{Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName, RangeConfig};
 use herald::guard::{Guard, GuardConfig};
 use herald::planner::invariants::{check_guarded, check_plan_invariants};
 use herald::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
@@ -341,6 +341,8 @@ struct RangeInput {
     cidr: CidrInput,
     communities: Vec<(u16, u16)>,
     large_communities: Vec<(u32, u32, u32)>,
+    /// Small widths, where ranges are spread over few nodes each.
+    max_paths: Option<u8>,
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -358,6 +360,12 @@ struct ConfigInput {
     deny: Vec<CidrInput>,
     allowed_communities: Vec<(u16, u16)>,
     allowed_large_communities: Vec<(u32, u32, u32)>,
+    /// This pool's name and the other pools' ranges (one other pool, "pool-m").
+    pool: u8,
+    other_pool: Vec<CidrInput>,
+    /// ecmp.maxPaths (small: the fuzzed pools are small) and ecmp.longestPrefix.
+    max_paths: u8,
+    longest_prefix: (u8, u8),
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -391,6 +399,10 @@ struct ServiceInput {
     endpoints: Vec<EndpointInput>,
     communities: Option<AnnotationInput>,
     large_communities: Option<AnnotationInput>,
+    /// internalTrafficPolicy Local when odd.
+    internal_policy: u8,
+    /// The own slice's addressType ([`address_type`]).
+    family: u8,
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -419,6 +431,18 @@ struct SliceInput {
     name: u8,
     service: Option<u8>,
     endpoints: Vec<EndpointInput>,
+    family: u8,
+}
+
+/// An addressType: mostly IPv4 (as most of the IPs drawn), sometimes IPv6, FQDN or one the API
+/// does not define.
+fn address_type(n: u8) -> AddressType {
+    match n % 16 {
+        0..=11 => AddressType::Ipv4,
+        12..=13 => AddressType::Ipv6,
+        14 => AddressType::Fqdn,
+        _ => AddressType::Other("ipv4".to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Arbitrary)]
@@ -456,6 +480,7 @@ impl PlannerInput {
                         cidr: r.cidr.build()?,
                         communities: r.communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
                         large_communities: r.large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
+                        max_paths: r.max_paths.map(|k| u32::from(k % 8)),
                     })
                 })
                 .collect()
@@ -472,6 +497,16 @@ impl PlannerInput {
             deny_prefixes: c.deny.iter().filter_map(CidrInput::build).collect(),
             allowed_communities: c.allowed_communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
             allowed_large_communities: c.allowed_large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
+            pool: PoolName(pick(&["pool-a", "pool-z"], c.pool).to_string()),
+            ecmp: EcmpConfig {
+                max_paths: u32::from(c.max_paths % 6),
+                // As the config check allows: 1..=31 and 1..=127.
+                longest_prefix: LongestPrefix { ipv4: 1 + c.longest_prefix.0 % 31, ipv6: 1 + c.longest_prefix.1 % 127 },
+            },
+            other_pools: {
+                let ranges: Vec<Cidr> = c.other_pool.iter().filter_map(CidrInput::build).collect();
+                if ranges.is_empty() { Vec::new() } else { vec![OtherPool { name: PoolName("pool-m".to_string()), ranges }] }
+            },
             ..Config::default()
         };
 
@@ -504,6 +539,14 @@ impl PlannerInput {
                 state.insert_endpoint_slice(EndpointSlice {
                     key: ObjectKey::new(key.namespace.clone(), format!("{}-own", key.name)),
                     service_name: Some(key.name.clone()),
+                    // Mostly the family of the Service's first IP, as the EndpointSlice controller
+                    // makes them; sometimes anything.
+                    address_type: match cluster_ips.iter().chain(&external_ips).chain(&load_balancer_ips).next() {
+                        Some(ip) if s.family % 4 != 0 => {
+                            if ip.trim().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_ipv6()) { AddressType::Ipv6 } else { AddressType::Ipv4 }
+                        }
+                        _ => address_type(s.family),
+                    },
                     endpoints: s.endpoints.iter().map(EndpointInput::build).collect(),
                 });
             }
@@ -514,6 +557,7 @@ impl PlannerInput {
                 external_ips,
                 load_balancer_ips,
                 external_traffic_policy: if s.policy % 4 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
+                internal_traffic_policy: if s.internal_policy % 2 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
                 annotations,
             });
         }
@@ -521,6 +565,7 @@ impl PlannerInput {
             state.insert_endpoint_slice(EndpointSlice {
                 key: ObjectKey::new(pick(NAMESPACES, sl.namespace), format!("{}-{i}", pick(SERVICE_NAMES, sl.name))),
                 service_name: sl.service.map(|s| pick(SERVICE_NAMES, s).to_string()),
+                address_type: address_type(sl.family),
                 endpoints: sl.endpoints.iter().map(EndpointInput::build).collect(),
             });
         }

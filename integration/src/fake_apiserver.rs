@@ -14,6 +14,10 @@
 //!   of an event);
 //! - Events: POST (and merge PATCH) of `events.k8s.io/v1` and core `v1` Events, recorded for
 //!   assertions;
+//! - Leases (`coordination.k8s.io/v1`): get, list, create, update (PUT), merge PATCH and delete,
+//!   with optimistic concurrency as the API server has it: a write that carries a resourceVersion
+//!   other than the stored one gets 409 Conflict, a create of an existing name 409 AlreadyExists;
+//!   every stored version is kept for assertions;
 //! - failures: [`drop_watches`](FakeApiServer::drop_watches) cuts every watch connection mid-stream,
 //!   [`start_outage`](FakeApiServer::start_outage) answers 503 or refuses connections outright (the
 //!   listening socket is closed), [`hold_lists`](FakeApiServer::hold_lists) keeps a kind's list
@@ -176,6 +180,10 @@ struct State {
     watchers: Vec<Watcher>,
     requests: Vec<RequestRecord>,
     events: Vec<RecordedEvent>,
+    /// Leases by (namespace, name).
+    leases: BTreeMap<(String, String), Value>,
+    /// Every version of every Lease stored, oldest first (deletions not included).
+    lease_versions: Vec<Value>,
     pages: HashMap<String, (u64, Vec<Value>)>,
     next_page: u64,
     outage: Option<Outage>,
@@ -236,6 +244,8 @@ impl FakeApiServer {
                 watchers: Vec::new(),
                 requests: Vec::new(),
                 events: Vec::new(),
+                leases: BTreeMap::new(),
+                lease_versions: Vec::new(),
                 pages: HashMap::new(),
                 next_page: 1,
                 outage: None,
@@ -460,6 +470,22 @@ impl FakeApiServer {
     pub fn events(&self) -> Vec<RecordedEvent> {
         self.inner.lock().events.clone()
     }
+
+    /// A Lease as stored now.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.inner.lock().leases.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Every version a Lease was stored in, oldest first.
+    pub fn lease_versions(&self, namespace: &str, name: &str) -> Vec<Value> {
+        let state = self.inner.lock();
+        state
+            .lease_versions
+            .iter()
+            .filter(|l| l["metadata"]["namespace"] == namespace && l["metadata"]["name"] == name)
+            .cloned()
+            .collect()
+    }
 }
 
 impl State {
@@ -573,12 +599,21 @@ enum Target {
     Collection { kind: Kind, namespace: Option<String> },
     Object { kind: Kind, namespace: String, name: String },
     Events { api_version: &'static str, namespace: String, name: Option<String> },
+    Leases { namespace: String, name: Option<String> },
     Version,
 }
 
 fn route(path: &str) -> Option<Target> {
     if path == "/version" {
         return Some(Target::Version);
+    }
+    if let Some(rest) = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/") {
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        return match parts.as_slice() {
+            [ns, "leases"] => Some(Target::Leases { namespace: ns.to_string(), name: None }),
+            [ns, "leases", name] => Some(Target::Leases { namespace: ns.to_string(), name: Some(name.to_string()) }),
+            _ => None,
+        };
     }
     let (api_version, rest): (&'static str, &str) = if let Some(rest) = path.strip_prefix("/api/v1/") {
         ("v1", rest)
@@ -622,17 +657,19 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let accept = request
-        .headers()
-        .get(hyper::header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let accept = header(hyper::header::ACCEPT);
+    let content_type = header(hyper::header::CONTENT_TYPE);
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let response = respond(&inner, &method, &path, &query, &accept, &body).await;
+    let response = match route(&path) {
+        Some(Target::Leases { namespace, name }) if inner.lock().outage.is_none() => {
+            leases(&inner, &method, &namespace, name, &content_type, &body)
+        }
+        _ => respond(&inner, &method, &path, &query, &accept, &body).await,
+    };
     inner.lock().requests.push(RequestRecord {
         method: method.to_string(),
         path,
@@ -860,4 +897,127 @@ fn watch(inner: &Arc<Inner>, kind: Kind, namespace: Option<String>, query: &BTre
         .header("content-type", "application/json")
         .body(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())))
         .expect("valid response")
+}
+
+/// The Lease API: what a leader election needs, with the API server's optimistic concurrency.
+fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<String>, content_type: &str, body: &Bytes) -> Response<Body> {
+    let mut state = inner.lock();
+    let not_found = |name: &str| status(StatusCode::NOT_FOUND, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found"));
+    let key = |name: &str| (namespace.to_string(), name.to_string());
+    match (method, name) {
+        (&Method::GET, None) => {
+            let items: Vec<Value> =
+                state.leases.iter().filter(|((ns, _), _)| ns == namespace).map(|(_, l)| l.clone()).collect();
+            let metadata = json!({"resourceVersion": state.resource_version.to_string()});
+            full(StatusCode::OK, &json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata, "items": items}))
+        }
+        (&Method::GET, Some(name)) => match state.leases.get(&key(&name)) {
+            Some(lease) => full(StatusCode::OK, lease),
+            None => not_found(&name),
+        },
+        (&Method::POST, None) => {
+            let lease = match lease_body(body) {
+                Ok(lease) => lease,
+                Err(rejection) => return rejected(rejection),
+            };
+            let Some(name) = lease["metadata"]["name"].as_str().filter(|n| !n.is_empty()).map(str::to_string) else {
+                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value");
+            };
+            if state.leases.contains_key(&key(&name)) {
+                return status(StatusCode::CONFLICT, "AlreadyExists", &format!("leases.coordination.k8s.io \"{name}\" already exists"));
+            }
+            state.next_uid += 1;
+            let uid = format!("00000000-0000-4000-a000-{:012x}", state.next_uid);
+            state.store_lease(namespace, &name, lease, &uid, StatusCode::CREATED)
+        }
+        (&Method::PUT | &Method::PATCH, Some(name)) => {
+            let Some(stored) = state.leases.get(&key(&name)).cloned() else { return not_found(&name) };
+            let lease = if method == Method::PUT {
+                match lease_body(body) {
+                    Ok(lease) => lease,
+                    Err(rejection) => return rejected(rejection),
+                }
+            } else {
+                // Strategic merge equals a merge patch for a Lease's fields (no lists in its spec).
+                if !matches!(content_type, "application/merge-patch+json" | "application/strategic-merge-patch+json") {
+                    return status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType",
+                                  &format!("this test server takes merge patches of Leases, not {content_type}"));
+                }
+                let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+                    return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
+                };
+                let mut patched = stored.clone();
+                // The stored resourceVersion stays unless the patch names one (a precondition).
+                merge(&mut patched, &patch);
+                match lease_body(patched.to_string().as_bytes()) {
+                    Ok(lease) => lease,
+                    Err(rejection) => return rejected(rejection),
+                }
+            };
+            if lease["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+                return status(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL");
+            }
+            let wanted = lease["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
+            if wanted.is_some_and(|v| Some(v) != stored["metadata"]["resourceVersion"].as_str()) {
+                return status(StatusCode::CONFLICT, "Conflict", &format!(
+                    "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                ));
+            }
+            let uid = stored["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let mut lease = lease;
+            lease["metadata"]["creationTimestamp"] = stored["metadata"]["creationTimestamp"].clone();
+            state.store_lease(namespace, &name, lease, &uid, StatusCode::OK)
+        }
+        (&Method::DELETE, Some(name)) => match state.leases.remove(&key(&name)) {
+            Some(_) => full(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})),
+            None => not_found(&name),
+        },
+        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{method} is not supported on leases")),
+    }
+}
+
+/// Why the API server turns a body down: the status code, its reason and a message.
+type Rejection = (StatusCode, &'static str, String);
+
+/// A Lease from a request body, checked as the API server's validation does for what a leader
+/// election writes: 400 if it is not a Lease at all, 422 if a field is out of range.
+fn lease_body(body: &[u8]) -> Result<Value, Rejection> {
+    let bad = |message: String| (StatusCode::BAD_REQUEST, "BadRequest", message);
+    let lease: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let typed: k8s_openapi::api::coordination::v1::Lease =
+        serde_json::from_value(lease.clone()).map_err(|e| bad(format!("the body is not a Lease: {e}")))?;
+    let spec = typed.spec.unwrap_or_default();
+    let invalid = |field: &str, value: i32, why: &str| {
+        Err((StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("Lease is invalid: spec.{field}: Invalid value: {value}: {why}")))
+    };
+    if let Some(seconds) = spec.lease_duration_seconds.filter(|s| *s <= 0) {
+        return invalid("leaseDurationSeconds", seconds, "must be greater than 0");
+    }
+    if let Some(transitions) = spec.lease_transitions.filter(|t| *t < 0) {
+        return invalid("leaseTransitions", transitions, "must be greater than or equal to 0");
+    }
+    Ok(lease)
+}
+
+fn rejected((code, reason, message): Rejection) -> Response<Body> {
+    status(code, reason, &message)
+}
+
+impl State {
+    /// Stores a Lease under a new resourceVersion and answers with it.
+    fn store_lease(&mut self, namespace: &str, name: &str, mut lease: Value, uid: &str, code: StatusCode) -> Response<Body> {
+        self.resource_version += 1;
+        lease["apiVersion"] = json!("coordination.k8s.io/v1");
+        lease["kind"] = json!("Lease");
+        lease["metadata"]["name"] = json!(name);
+        lease["metadata"]["namespace"] = json!(namespace);
+        lease["metadata"]["uid"] = json!(uid);
+        lease["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+        if lease["metadata"].get("creationTimestamp").is_none_or(Value::is_null) {
+            lease["metadata"]["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
+        }
+        self.leases.insert((namespace.to_string(), name.to_string()), lease.clone());
+        self.lease_versions.push(lease.clone());
+        full(code, &lease)
+    }
 }

@@ -1,6 +1,5 @@
 //! herald running in the lab's pool namespace, beside its gobgpd, as in a pod.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ipnet::IpNet;
 
 use crate::lab::{Lab, RouteTable};
 use crate::process::{heraldctl, Herald};
@@ -67,21 +65,20 @@ impl LabHerald {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     }
 
-    /// What herald plans, as a route table (to compare with host1's).
+    /// What herald plans, as a route table (to compare with host1's); None before the first plan or
+    /// while herald does not answer.
     pub fn planned_table(&self) -> Option<RouteTable> {
         let json: serde_json::Value = serde_json::from_str(&self.ctl(&["routes", "-o", "json"])).ok()?;
         // proto3 JSON omits an empty list: no "routes" before the first plan.
-        let table = json["routes"]
+        json["routes"]
             .as_array()?
             .iter()
             .map(|r| {
-                let prefix: IpNet = r["prefix"].as_str().unwrap().parse().unwrap();
-                let hops: BTreeSet<std::net::IpAddr> =
-                    r["nextHops"].as_array().unwrap().iter().map(|h| h["address"].as_str().unwrap().parse().unwrap()).collect();
-                (prefix, hops)
+                let prefix: ipnet::IpNet = r["prefix"].as_str()?.parse().ok()?;
+                let hops = r["nextHops"].as_array()?.iter().map(|h| h["address"].as_str()?.parse().ok()).collect::<Option<_>>()?;
+                Some((prefix, hops))
             })
-            .collect();
-        Some(table)
+            .collect()
     }
 
     /// Waits until host1's table is `expected`; panics with the lab's and herald's logs otherwise.

@@ -65,6 +65,11 @@ pub struct Herald {
 impl Herald {
     /// Starts `herald run --config <config>`; `wrap` prefixes the command (e.g. `ip netns exec NS`).
     pub fn start(config: &Path, api_port: u16, log: PathBuf, wrap: &[&str]) -> Result<Herald> {
+        Self::start_with_env(config, api_port, log, wrap, &[])
+    }
+
+    /// [`start`](Self::start) with environment variables (e.g. a pod's `POD_NAME`).
+    pub fn start_with_env(config: &Path, api_port: u16, log: PathBuf, wrap: &[&str], env: &[(&str, &str)]) -> Result<Herald> {
         let herald = workspace_bin("herald");
         let mut command = wrapped(&herald, wrap);
         let log_file = std::fs::File::create(&log).context("herald log file")?;
@@ -74,6 +79,7 @@ impl Herald {
             .env("RUST_LOG", "info,herald=debug")
             // Plain lines: tests look for fields (`deferral_s=15`) in the log.
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);

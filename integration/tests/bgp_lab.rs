@@ -77,6 +77,14 @@ fn ipv6_host_routes_reach_host1() {
             .replace("198.19.0.2\n      type: InternalIP\n    - address: fd00:198:19::NODE", "198.19.0.2\n      type: InternalIP\n    - address: fd00:198:19::2")
             .replace("198.19.0.3\n      type: InternalIP\n    - address: fd00:198:19::NODE", "198.19.0.3\n      type: InternalIP\n    - address: fd00:198:19::3")
             .replace("    - 198.19.48.10\n", "    - 198.19.48.10\n    - fd00:48::10\n")
+            // The customer's IPv6 endpoint, in a slice of its own family as Kubernetes makes it.
+            .replace(
+                "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata:\n    name: customer-x7k2p\n",
+                "- apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata:\n    name: customer-v6\n    namespace: yaobank\n    \
+                 labels: {kubernetes.io/service-name: customer}\n  addressType: IPv6\n  \
+                 endpoints: [{addresses: ['fd00:244::10'], conditions: {ready: true}, nodeName: node1}]\n\
+                 - apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata:\n    name: customer-x7k2p\n",
+            )
     });
     let ranges = "serviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/20}, {cidr: 'fd00:48::/64'}]\n";
     let herald = LabHerald::start(&lab, dir.path(), &state, ranges, "").unwrap();

@@ -1,8 +1,10 @@
 //! herald's Kubernetes source and Event recorder against a fake API server, through the real kube
 //! client: initial sync, updates, deletes, re-list after 410, resumed watches, bookmarks, outages,
-//! IPRefused Events, and parity with the file source.
+//! IPRefused Events, parity with the file source; the Events Lease (one leader among candidates,
+//! a live Lease never taken) and `herald run` replicas and pools sharing one voice for Events.
 //!
-//! Every wait is bounded; figures (sync time, latencies) are printed (`--nocapture` shows them).
+//! Every wait is bounded; figures (sync time, latencies, takeover) are printed (`--nocapture`
+//! shows them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -612,6 +614,13 @@ fn spawn_planner(config: Config, mut source: watch::Receiver<SourceSnapshot>) ->
     (rx, task)
 }
 
+/// A recorder's reporting as the only replica: always leading (while the sender lives).
+fn alone() -> (watch::Sender<bool>, herald::events::Reporting) {
+    let (leading, rx) = watch::channel(true);
+    let pool = herald::config::PoolName::default();
+    (leading, herald::events::Reporting { pool, instance: "test".to_string(), leading: rx })
+}
+
 #[tokio::test]
 async fn one_event_per_refusal_cause_across_plan_changes() {
     let server = FakeApiServer::start().await.unwrap();
@@ -620,7 +629,8 @@ async fn one_event_per_refusal_cause_across_plan_changes() {
     let source = Source::start(&server).await;
     let config = Config::parse(CONFIG).unwrap();
     let (mut plans, planner) = spawn_planner(config, source.rx.clone());
-    let recorder = herald::events::spawn_event_recorder(source.client.clone(), plans.clone());
+    let (_leading, reporting) = alone();
+    let recorder = herald::events::spawn_event_recorder(source.client.clone(), plans.clone(), reporting);
     let _tasks = Tasks(vec![planner, recorder]);
 
     let generation = |plans: &watch::Receiver<PlanSnapshot>| plans.borrow().generation;
@@ -745,7 +755,8 @@ async fn events_are_retried_when_the_api_server_fails() {
     // The plan arrives while the API server is down: the Events come once it is back.
     server.start_outage(Outage::Unavailable);
     let (tx, rx) = watch::channel(PlanSnapshot::default());
-    let recorder = herald::events::spawn_event_recorder(source.client.clone(), rx);
+    let (_leading, reporting) = alone();
+    let recorder = herald::events::spawn_event_recorder(source.client.clone(), rx, reporting);
     let _tasks = Tasks(vec![recorder]);
     tx.send_replace(PlanSnapshot { generation: 1, plan: Arc::new(plan.clone()), ..Default::default() });
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1018,8 +1029,13 @@ fn deploy_kubernetes_configs_are_valid() {
         configs.push((dir.file_name().unwrap().to_string_lossy().into_owned(), dir.join("herald.yaml")));
     }
     assert!(configs.len() >= 3, "base and two pools");
+    let mut pools = BTreeMap::new();
     for (name, path) in configs {
         let config = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name.starts_with("pool-") {
+            assert_eq!(config.pool.0, name, "the overlay's pool name");
+            pools.insert(name.clone(), config.clone());
+        }
         assert_eq!(config.source, Some(SourceConfig::Kubernetes(KubernetesSourceConfig::default())), "{name}");
         assert_eq!(config.gobgp.as_ref().map(|g| g.address.as_str()), Some("127.0.0.1:50051"), "{name}");
         assert_eq!(config.api.listen.port(), 50151, "{name}");
@@ -1032,4 +1048,516 @@ fn deploy_kubernetes_configs_are_valid() {
             assert!(!config.node_selector.matches(&labels), "{name}: its nodeSelector selects only its pool");
         }
     }
+    // Each pool knows every other pool's Service ranges, exactly (its own cluster range is shared).
+    for (name, config) in &pools {
+        let known: BTreeMap<String, BTreeSet<String>> = config
+            .other_pools
+            .iter()
+            .map(|p| (p.name.0.clone(), p.ranges.iter().map(ToString::to_string).collect()))
+            .collect();
+        let actual: BTreeMap<String, BTreeSet<String>> = pools
+            .iter()
+            .filter(|(other, _)| *other != name)
+            .map(|(other, c)| {
+                let ranges = c.service_external_ips.iter().chain(&c.service_load_balancer_ips).map(|r| r.cidr.to_string());
+                (other.clone(), ranges.collect())
+            })
+            .collect();
+        assert_eq!(known, actual, "{name}'s otherPools against the other overlays' ranges");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events from one replica per pool: the Lease, and pools that know each other's ranges
+
+/// The lease duration of the tests' replicas (renewed every 600 ms).
+const LEASE: Duration = Duration::from_secs(3);
+/// Where the replicas' Leases are (their `POD_NAMESPACE`): every pool in one namespace, so that the
+/// per-pool Lease names are put to the test too.
+const LEASE_NAMESPACE: &str = "herald";
+
+/// A plan-only `herald run` of a pool against the fake API server, with `POD_NAME` = `name`. Its
+/// log is printed if the test fails.
+struct Replica {
+    name: String,
+    herald: herald_integration::process::Herald,
+}
+
+impl Replica {
+    fn start(server: &FakeApiServer, name: &str, pool_config: &str) -> Replica {
+        let port = herald_integration::process::free_port();
+        let config = server.dir().join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "{pool_config}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
+                 events: {{leaseDuration: {}s}}\n",
+                server.kubeconfig_path().display(),
+                LEASE.as_secs()
+            ),
+        )
+        .unwrap();
+        let log = server.dir().join(format!("{name}.log"));
+        let env = [("POD_NAME", name), ("POD_NAMESPACE", LEASE_NAMESPACE)];
+        let herald = herald_integration::process::Herald::start_with_env(&config, port, log, &[], &env).unwrap();
+        Replica { name: name.to_string(), herald }
+    }
+
+    async fn api(&self) -> herald_api::herald::v1::plan_service_client::PlanServiceClient<tonic::transport::Channel> {
+        let channel = wait_async(&format!("{}'s API", self.name), SHORT, || async {
+            tonic::transport::Channel::from_shared(self.herald.api.clone()).unwrap().connect().await.ok()
+        })
+        .await;
+        herald_api::herald::v1::plan_service_client::PlanServiceClient::new(channel)
+    }
+}
+
+impl Replica {
+    /// Signals the process and waits (bounded) for it to end, without holding up this test's
+    /// runtime: the fake API server runs on it, and a stopping herald still talks to it.
+    async fn stop(&mut self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.herald.pid() as i32, signal) };
+        wait(&format!("{} to stop", self.name), SHORT, || (!self.herald.is_running()).then_some(())).await;
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.herald.log_text());
+        }
+    }
+}
+
+/// An Event as told: (namespace/name, IP, reason) and its reporting instance.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Told {
+    cause: (String, String, String),
+    instance: String,
+}
+
+/// The IPRefused Events the server holds, read back from their notes
+/// ("<role> IP <ip> is not announced over BGP: <reason>").
+fn told(server: &FakeApiServer) -> Vec<Told> {
+    server
+        .events()
+        .iter()
+        .map(|event| {
+            let regarding = event.regarding();
+            let service = format!("{}/{}", regarding["namespace"].as_str().unwrap(), regarding["name"].as_str().unwrap());
+            let (ip, reason) = event
+                .note()
+                .split_once(" IP ")
+                .and_then(|(_, rest)| rest.split_once(" is not announced over BGP: "))
+                .unwrap_or_else(|| panic!("an Event note of another shape: {}", event.note()));
+            let instance = event.object["reportingInstance"].as_str().unwrap_or_default().to_string();
+            Told { cause: (service, ip.to_string(), reason.to_string()), instance }
+        })
+        .collect()
+}
+
+/// The causes that `pool_config`'s pool records for `objects`.
+fn pool_causes(objects: &[Value], pool_config: &str) -> BTreeSet<(String, String, String)> {
+    let config = Config::parse(pool_config).unwrap();
+    let plan = herald::planner::plan(&model(objects), &config);
+    herald::events::causes(plan.refusals.iter().filter(|r| r.event_pool == config.pool))
+        .into_iter()
+        .map(|(service, ip, reason)| (service.to_string(), ip, reason))
+        .collect()
+}
+
+fn lease_of(server: &FakeApiServer, pool: &str) -> Option<Value> {
+    server.lease(LEASE_NAMESPACE, &format!("herald-events-{pool}"))
+}
+
+fn holder_of(server: &FakeApiServer, pool: &str) -> Option<String> {
+    lease_of(server, pool)?["spec"]["holderIdentity"].as_str().filter(|h| !h.is_empty()).map(str::to_string)
+}
+
+/// Waits (bounded) until every cause is told, then a lease period more; checks that each was told
+/// once, and returns the Events.
+async fn told_once_each(server: &FakeApiServer, causes: &BTreeSet<(String, String, String)>) -> Vec<Told> {
+    wait("one Event per cause", LONG, || (told(server).len() >= causes.len()).then_some(())).await;
+    // A lease period more: time for a second voice to speak, if there were one.
+    tokio::time::sleep(LEASE).await;
+    let events = told(server);
+    let mut seen: Vec<_> = events.iter().map(|t| t.cause.clone()).collect();
+    seen.sort();
+    assert_eq!(seen, causes.iter().cloned().collect::<Vec<_>>(), "one Event per cause, no more: {events:#?}");
+    events
+}
+
+/// A ClusterIP Service with one external IP.
+fn with_external_ip(namespace: &str, name: &str, cluster_ip: &str, ip: &str) -> Value {
+    service(namespace, name, json!({"type": "ClusterIP", "clusterIP": cluster_ip, "externalIPs": [ip]}))
+}
+
+#[tokio::test]
+async fn two_replicas_of_a_pool_record_one_event_per_cause() {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let config = format!("pool: pool-a\n{CONFIG}");
+    let causes = pool_causes(&objects, &config);
+    assert!(causes.len() >= 3, "the example has refusals: {causes:?}");
+    let replicas = [Replica::start(&server, "herald-a-1", &config), Replica::start(&server, "herald-a-2", &config)];
+    let started = Instant::now();
+
+    let events = told_once_each(&server, &causes).await;
+    let holder = holder_of(&server, "pool-a").expect("a holder of pool-a's Lease");
+    assert!(events.iter().all(|t| t.instance == holder), "every Event from the holder {holder}: {events:#?}");
+    // One holder all along: the standby replica campaigned and never took the Lease.
+    let holders: BTreeSet<String> = server
+        .lease_versions(LEASE_NAMESPACE, "herald-events-pool-a")
+        .iter()
+        .filter_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(holders, BTreeSet::from([holder.clone()]));
+    let standby = replicas.iter().find(|r| r.name != holder).unwrap();
+    assert!(standby.herald.log_text().contains("held by another replica"), "the standby replica saw the holder");
+    println!("two replicas: {} causes, {} Events, all from {holder}; checked {} after start", causes.len(), events.len(), ms(started.elapsed()));
+}
+
+/// Two replicas of pool-a on the yaobank cluster, once each of its causes is told.
+struct TwoReplicas {
+    server: FakeApiServer,
+    objects: Vec<Value>,
+    config: String,
+    causes: BTreeSet<(String, String, String)>,
+    /// The one that holds the Events Lease.
+    holder: Replica,
+    other: Replica,
+}
+
+async fn two_replicas() -> TwoReplicas {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = yaobank();
+    load(&server, &objects);
+    let config = format!("pool: pool-a\n{CONFIG}");
+    let causes = pool_causes(&objects, &config);
+    let mut replicas = vec![Replica::start(&server, "herald-a-1", &config), Replica::start(&server, "herald-a-2", &config)];
+    told_once_each(&server, &causes).await;
+    let holder = holder_of(&server, "pool-a").unwrap();
+    let holder = replicas.remove(replicas.iter().position(|r| r.name == holder).unwrap());
+    let other = replicas.remove(0);
+    TwoReplicas { server, objects, config, causes, holder, other }
+}
+
+#[tokio::test]
+async fn the_other_replica_takes_over_when_the_lease_holder_dies() {
+    let TwoReplicas { server, objects, config, causes, holder: mut dead, other: survivor } = two_replicas().await;
+    let survivor = &survivor;
+
+    dead.stop(libc::SIGKILL).await;
+    let killed = Instant::now();
+    let late = with_external_ip("late", "refused", "10.96.42.1", "203.0.113.42");
+    server.apply_value(late.clone());
+    // The dead holder's Lease runs out at most a lease period after the kill (it last renewed
+    // before); the survivor must take over and record within a lease period of that.
+    let bound = LEASE * 2;
+    let took_over = wait("the survivor to hold the Lease", bound, || {
+        (holder_of(&server, "pool-a").as_deref() == Some(survivor.name.as_str())).then(|| killed.elapsed())
+    })
+    .await;
+    let new_cause = ("late/refused".to_string(), "203.0.113.42".to_string());
+    let recorded = wait("the survivor's Event for the new cause", bound, || {
+        told(&server).iter().any(|t| (t.cause.0.clone(), t.cause.1.clone()) == new_cause).then(|| killed.elapsed())
+    })
+    .await;
+
+    // The survivor told the new cause, and nothing its predecessor had told.
+    let mut all = causes.clone();
+    all.extend(pool_causes(&[objects.clone(), vec![late]].concat(), &config));
+    let events = told_once_each(&server, &all).await;
+    for event in &events {
+        let expected = if event.cause.0 == "late/refused" { &survivor.name } else { &dead.name };
+        assert_eq!(&event.instance, expected, "{event:?}");
+    }
+    assert_eq!(lease_of(&server, "pool-a").unwrap()["spec"]["leaseTransitions"], 1);
+    assert!(survivor.herald.log_text().contains("leading: this replica records the pool's Events"));
+    println!(
+        "takeover (lease {}s): the survivor held the Lease {} after the holder was killed, recorded the next cause {} after",
+        LEASE.as_secs(),
+        ms(took_over),
+        ms(recorded)
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_holder_hands_the_lease_over() {
+    let TwoReplicas { server, holder: mut stopped, other: successor, .. } = two_replicas().await;
+    let (holder, successor) = (stopped.name.clone(), &successor);
+
+    let stopped_at = Instant::now();
+    stopped.stop(libc::SIGTERM).await;
+    let handed_over = wait("the successor to hold the Lease", LEASE * 2, || {
+        (holder_of(&server, "pool-a").as_deref() == Some(successor.name.as_str())).then(|| stopped_at.elapsed())
+    })
+    .await;
+    // The holder released the Lease on its way out (an empty holder), and the successor took it
+    // from there rather than from an expired one.
+    let versions = server.lease_versions(LEASE_NAMESPACE, "herald-events-pool-a");
+    let holders: Vec<&str> = versions.iter().map(|l| l["spec"]["holderIdentity"].as_str().unwrap_or("")).collect();
+    let last_of_stopped = holders.iter().rposition(|h| *h == holder).unwrap();
+    assert_eq!(&holders[last_of_stopped + 1..last_of_stopped + 3], ["", successor.name.as_str()], "{holders:?}");
+    assert!(stopped.herald.log_text().contains("released the Events Lease"));
+
+    server.apply_value(with_external_ip("late", "refused", "10.96.42.1", "203.0.113.42"));
+    wait("the successor's Event for a new cause", SHORT, || {
+        told(&server).iter().any(|t| t.cause.1 == "203.0.113.42" && t.instance == successor.name).then_some(())
+    })
+    .await;
+    println!("handover on SIGTERM: the successor held the Lease {} after the signal (lease {}s)", ms(handed_over), LEASE.as_secs());
+}
+
+const POOL_A: &str = "pool: pool-a
+nodeSelector: pool=a
+serviceClusterIPs: [{cidr: 10.96.0.0/16}]
+serviceExternalIPs: [{cidr: 198.19.48.0/21}]
+serviceLoadBalancerIPs: [{cidr: 198.19.64.0/21}]
+denyPrefixes: [198.19.49.0/24]
+otherPools: [{name: pool-b, ranges: [198.19.56.0/21, 198.19.72.0/21]}]
+";
+
+const POOL_B: &str = "pool: pool-b
+nodeSelector: pool=b
+serviceClusterIPs: [{cidr: 10.96.0.0/16}]
+serviceExternalIPs: [{cidr: 198.19.56.0/21}]
+serviceLoadBalancerIPs: [{cidr: 198.19.72.0/21}]
+denyPrefixes: [198.19.57.0/24]
+otherPools: [{name: pool-a, ranges: [198.19.48.0/21, 198.19.64.0/21]}]
+";
+
+/// Two pools' Services: each pool's own IPs, and a denied IP in each pool's ranges (a refusal only
+/// that pool records: proof that its recorder is at work).
+fn two_pools_cluster() -> Vec<Value> {
+    let mut objects: Vec<Value> = yaobank().into_iter().filter(|o| o["kind"] == "Node").collect();
+    let mut lb = service("b", "lb", json!({"type": "LoadBalancer", "clusterIP": "10.96.1.3"}));
+    lb["status"] = json!({"loadBalancer": {"ingress": [{"ip": "198.19.72.5"}]}});
+    objects.extend([
+        with_external_ip("a", "web", "10.96.1.1", "198.19.48.5"),
+        with_external_ip("b", "web", "10.96.1.2", "198.19.56.5"),
+        lb,
+        with_external_ip("a", "denied", "10.96.1.4", "198.19.49.9"),
+        with_external_ip("b", "denied", "10.96.1.5", "198.19.57.9"),
+    ]);
+    objects
+}
+
+/// The refusals a replica's API lists, as (namespace/name, IP).
+async fn api_refusals(replica: &Replica) -> BTreeSet<(String, String)> {
+    let response = replica.api().await.list_routes(herald_api::herald::v1::ListRoutesRequest::default()).await.unwrap().into_inner();
+    assert!(response.generation > 0, "{} has a plan", replica.name);
+    response.refusals.into_iter().map(|r| (r.service, r.ip)).collect()
+}
+
+fn pair(service: &str, ip: &str) -> (String, String) {
+    (service.to_string(), ip.to_string())
+}
+
+#[tokio::test]
+async fn two_pools_with_each_others_ranges_refuse_nothing_of_the_other() {
+    let server = FakeApiServer::start().await.unwrap();
+    let objects = two_pools_cluster();
+    load(&server, &objects);
+    let (causes_a, causes_b) = (pool_causes(&objects, POOL_A), pool_causes(&objects, POOL_B));
+    assert_eq!(causes_a.iter().map(|c| pair(&c.0, &c.1)).collect::<Vec<_>>(), [pair("a/denied", "198.19.49.9")]);
+    assert_eq!(causes_b.iter().map(|c| pair(&c.0, &c.1)).collect::<Vec<_>>(), [pair("b/denied", "198.19.57.9")]);
+    let a = Replica::start(&server, "herald-pool-a", POOL_A);
+    let b = Replica::start(&server, "herald-pool-b", POOL_B);
+
+    // Each pool tells its own denied IP, each from its own Lease; nothing else is told.
+    let events = told_once_each(&server, &causes_a.union(&causes_b).cloned().collect()).await;
+    for event in &events {
+        let expected = if event.cause.0.starts_with("a/") { &a.name } else { &b.name };
+        assert_eq!(&event.instance, expected, "{event:?}");
+    }
+    assert_eq!(holder_of(&server, "pool-a").as_deref(), Some(a.name.as_str()));
+    assert_eq!(holder_of(&server, "pool-b").as_deref(), Some(b.name.as_str()));
+    // Neither refuses the other's IPs; each explains them as the other pool's.
+    assert_eq!(api_refusals(&a).await, BTreeSet::from([pair("a/denied", "198.19.49.9")]));
+    assert_eq!(api_refusals(&b).await, BTreeSet::from([pair("b/denied", "198.19.57.9")]));
+    for (replica, namespace, other) in [(&a, "b", "pool-b"), (&b, "a", "pool-a")] {
+        let request = herald_api::herald::v1::ExplainServiceRequest { namespace: namespace.to_string(), name: "web".to_string() };
+        let explained = replica.api().await.explain_service(request).await.unwrap().into_inner();
+        let external: Vec<_> = explained.ips.iter().filter(|ip| ip.role == "external").collect();
+        assert_eq!(external.len(), 1, "{explained:?}");
+        assert_eq!(external[0].pool, other, "{} explains {namespace}/web's IP as {other}'s: {explained:?}", replica.name);
+    }
+}
+
+#[tokio::test]
+async fn an_ip_in_no_pools_range_gets_one_event_across_pools() {
+    let server = FakeApiServer::start().await.unwrap();
+    let mut objects = two_pools_cluster();
+    objects.push(service("c", "stray", json!({
+        "type": "ClusterIP", "clusterIP": "10.96.1.6", "externalIPs": ["203.0.113.50", "not-an-ip"],
+    })));
+    load(&server, &objects);
+    let (causes_a, causes_b) = (pool_causes(&objects, POOL_A), pool_causes(&objects, POOL_B));
+    let a = Replica::start(&server, "herald-pool-a", POOL_A);
+    let b = Replica::start(&server, "herald-pool-b", POOL_B);
+
+    // Both pools refuse the stray IPs; pool-a, first by name, alone tells them.
+    let stray = BTreeSet::from([pair("c/stray", "203.0.113.50"), pair("c/stray", "not-an-ip")]);
+    wait_refusals(&a, &stray).await;
+    wait_refusals(&b, &stray).await;
+    let events = told_once_each(&server, &causes_a.union(&causes_b).cloned().collect()).await;
+    let stray_events: Vec<_> = events.iter().filter(|t| t.cause.0 == "c/stray").collect();
+    assert_eq!(stray_events.len(), 2, "one Event for each stray IP: {events:#?}");
+    assert!(stray_events.iter().all(|t| t.instance == a.name), "{stray_events:#?}");
+    // pool-b's recorder was at work: it told its own denied IP.
+    assert!(events.iter().any(|t| t.cause.0 == "b/denied" && t.instance == b.name), "{events:#?}");
+}
+
+/// Waits (bounded) until a replica's plan refuses every IP of `expected`.
+async fn wait_refusals(replica: &Replica, expected: &BTreeSet<(String, String)>) {
+    wait_async("the refusals in the replica's plan", SHORT, || async {
+        let response = replica.api().await.list_routes(herald_api::herald::v1::ListRoutesRequest::default()).await.ok()?.into_inner();
+        let refusals: BTreeSet<_> = response.refusals.into_iter().map(|r| (r.service, r.ip)).collect();
+        expected.is_subset(&refusals).then_some(())
+    })
+    .await
+}
+
+/// A kube client of the fake server.
+async fn kube_client(server: &FakeApiServer) -> kube::Client {
+    client(&KubernetesSourceConfig { kubeconfig: Some(server.kubeconfig_path()) }).await.unwrap()
+}
+
+fn candidate_settings(name: &str, duration: Duration) -> herald::lease::LeaseSettings {
+    herald::lease::LeaseSettings {
+        namespace: LEASE_NAMESPACE.to_string(),
+        name: "contested".to_string(),
+        identity: name.to_string(),
+        duration,
+    }
+}
+
+/// A Lease that its holder keeps renewing is never taken over, however long a candidate waits;
+/// once the holder stops, the candidate takes it within a lease period of its running out. The
+/// holder here is the test, writing with the resourceVersion it read: had the candidate written
+/// in between, the test's write would get 409 and fail.
+#[tokio::test]
+async fn a_live_lease_is_not_taken_over_and_a_dead_one_is() {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    use kube::api::PostParams;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kube_client(&server).await;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let duration = Duration::from_secs(2);
+    let renewed = || {
+        Some(LeaseSpec {
+            holder_identity: Some("someone-else".to_string()),
+            lease_duration_seconds: Some(2),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            lease_transitions: Some(0),
+            ..Default::default()
+        })
+    };
+    let lease = Lease { metadata: ObjectMeta { name: Some("contested".to_string()), ..Default::default() }, spec: renewed() };
+    let mut lease = leases.create(&PostParams::default(), &lease).await.unwrap();
+
+    let candidate = herald::lease::spawn_candidate(client, candidate_settings("candidate", duration));
+    let leading = candidate.leading();
+    let renewing = Instant::now();
+    while renewing.elapsed() < duration * 2 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lease.spec = renewed();
+        lease = leases.replace("contested", &PostParams::default(), &lease).await.expect("the holder renews undisturbed");
+        assert!(!*leading.borrow(), "the candidate took a live Lease");
+    }
+    let stopped = Instant::now();
+    let mut watching = leading.clone();
+    wait("the candidate to lead", duration * 2, || (*watching.borrow_and_update()).then_some(())).await;
+    let took = stopped.elapsed();
+    let lease = server.lease(LEASE_NAMESPACE, "contested").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "candidate");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    println!("live Lease kept for {}; taken {} after its holder stopped renewing (lease 2s)", ms(stopped - renewing), ms(took));
+}
+
+/// The test server's Leases answer writes as the API server does: a stale resourceVersion (PUT or
+/// merge PATCH) gets 409 Conflict, a second create 409 AlreadyExists, a bad duration 422.
+#[tokio::test]
+async fn the_test_server_guards_leases_like_the_api_server() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let server = FakeApiServer::start().await.unwrap();
+    let leases: kube::Api<Lease> = kube::Api::namespaced(kube_client(&server).await, LEASE_NAMESPACE);
+    let lease = |body: Value| -> Lease { serde_json::from_value(body).unwrap() };
+    let code = |result: Result<Lease, kube::Error>| match result {
+        Ok(_) => 200,
+        Err(kube::Error::Api(status)) => status.code,
+        Err(error) => panic!("{error}"),
+    };
+    let created = leases.create(&PostParams::default(), &lease(json!({"metadata": {"name": "l"}, "spec": {"holderIdentity": "a"}}))).await.unwrap();
+    let first = created.metadata.resource_version.clone().unwrap();
+    assert_eq!(code(leases.create(&PostParams::default(), &created).await), 409);
+    let renewed = leases.replace("l", &PostParams::default(), &created).await.unwrap();
+    assert_ne!(renewed.metadata.resource_version.as_deref(), Some(first.as_str()));
+    assert_eq!(code(leases.replace("l", &PostParams::default(), &created).await), 409, "a PUT of the first version");
+    let stale = json!({"metadata": {"resourceVersion": first}, "spec": {"holderIdentity": "b"}});
+    assert_eq!(code(leases.patch("l", &PatchParams::default(), &Patch::Merge(&stale)).await), 409);
+    let patched = leases.patch("l", &PatchParams::default(), &Patch::Merge(json!({"spec": {"holderIdentity": "b"}}))).await.unwrap();
+    assert_eq!(patched.spec.unwrap().holder_identity.as_deref(), Some("b"));
+    let mut bad = renewed.clone();
+    bad.metadata.resource_version = None;
+    bad.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    assert_eq!(code(leases.replace("l", &PostParams::default(), &bad).await), 422);
+    let holders: Vec<_> = server.lease_versions(LEASE_NAMESPACE, "l").iter().map(|l| l["spec"]["holderIdentity"].clone()).collect();
+    assert_eq!(holders, [json!("a"), json!("a"), json!("b")]);
+}
+
+/// Three candidates: one leader at a time. Its task ends without a word (as when the process
+/// dies): another leads within two lease periods. It releases the Lease: the third leads.
+#[tokio::test]
+async fn one_leader_at_a_time_among_candidates() {
+    let server = FakeApiServer::start().await.unwrap();
+    let client = kube_client(&server).await;
+    let duration = Duration::from_secs(2);
+    let mut candidates: Vec<(String, herald::lease::Candidate)> = (1..=3)
+        .map(|i| {
+            let name = format!("candidate-{i}");
+            (name.clone(), herald::lease::spawn_candidate(client.clone(), candidate_settings(&name, duration)))
+        })
+        .collect();
+    let leaders = |candidates: &[(String, herald::lease::Candidate)]| -> Vec<String> {
+        candidates.iter().filter(|(_, c)| *c.leading().borrow()).map(|(n, _)| n.clone()).collect()
+    };
+    // Sampled every 5 ms for `span`: never two leaders; the one there is at the end.
+    async fn sample(candidates: &[(String, herald::lease::Candidate)], span: Duration, leaders: impl Fn(&[(String, herald::lease::Candidate)]) -> Vec<String>) -> Option<String> {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < span {
+            let now = leaders(candidates);
+            assert!(now.len() <= 1, "two leaders at once: {now:?}");
+            last = now.into_iter().next();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        last
+    }
+    let first = sample(&candidates, duration * 2, leaders).await.expect("a leader");
+    let position = candidates.iter().position(|(n, _)| *n == first).unwrap();
+    drop(candidates.remove(position));
+    let second = sample(&candidates, duration * 2, leaders).await.expect("a new leader after the first died");
+    let holder = server.lease(LEASE_NAMESPACE, "contested").unwrap()["spec"]["holderIdentity"].clone();
+    assert_eq!(holder, json!(second));
+    let position = candidates.iter().position(|(n, _)| *n == second).unwrap();
+    let (_, leader) = candidates.remove(position);
+    leader.release(duration).await;
+    let third = sample(&candidates, duration, leaders).await.expect("the last candidate leads after the release");
+    let holders: Vec<String> = server
+        .lease_versions(LEASE_NAMESPACE, "contested")
+        .iter()
+        .map(|l| l["spec"]["holderIdentity"].as_str().unwrap_or("").to_string())
+        .collect();
+    let mut changes = holders.clone();
+    changes.dedup();
+    assert_eq!(changes, [first.clone(), second.clone(), String::new(), third.clone()], "the Lease's holders in order");
+    println!("candidates: {first} led and died, {second} led and released, {third} led; never two at once");
 }

@@ -267,3 +267,75 @@ fn without_gobgpd_the_plan_is_still_served() {
     let log = herald.log_text();
     assert_eq!(log.matches("gobgpd unreachable; retrying").count(), 1, "{log}");
 }
+
+/// README's "What is announced when" quotes `herald plan` and `heraldctl explain` on
+/// `examples/semantics/`: each quoted line is what herald prints.
+#[test]
+fn readme_semantics_examples_are_what_herald_says() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let (config, state) = ("examples/semantics/herald.yaml", "examples/semantics/cluster-state.yaml");
+    let plan = stdout(&herald(&["plan", "--config", config, "--cluster-state", state]));
+    let quoted_plan = readme
+        .split("$ herald plan --config examples/semantics/herald.yaml --cluster-state examples/semantics/cluster-state.yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README quotes the plan of examples/semantics");
+    assert_eq!(quoted_plan, plan);
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let run_config = dir.path().join("herald.yaml");
+    let base = std::fs::read_to_string(repo_root().join(config)).unwrap();
+    std::fs::write(
+        &run_config,
+        format!("{base}source: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n", repo_root().join(state).display()),
+    )
+    .unwrap();
+    let herald = Herald::start(&run_config, port, dir.path().join("herald.log"), &[]).unwrap();
+    wait_until(Duration::from_secs(10), "herald's plan", || {
+        let out = heraldctl(&herald.api, &["status"], &[]);
+        String::from_utf8_lossy(&out.stdout).contains("(synced)").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", herald.log_text()));
+    let mut checked = 0;
+    for block in readme.split("$ heraldctl explain demo/").skip(1) {
+        let service = block.split_whitespace().next().unwrap();
+        let out = String::from_utf8(heraldctl(&herald.api, &["explain", &format!("demo/{service}")], &[]).stdout).unwrap();
+        let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+        let quoted_lines = block.lines().skip(1).take_while(|l| !l.starts_with("```") && !l.starts_with("$ "));
+        for quoted in quoted_lines.filter(|l| !l.trim().is_empty()) {
+            assert!(lines.contains(&quoted.trim_end()), "demo/{service}: README quotes\n{quoted}\nherald says\n{out}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} quoted lines checked");
+}
+
+/// README's "ECMP width" quotes heraldctl on `examples/ecmp/`: each quoted line is what it prints.
+#[test]
+fn readme_ecmp_examples_are_what_heraldctl_says() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let run_config = dir.path().join("herald.yaml");
+    let base = std::fs::read_to_string(repo_root().join("examples/ecmp/herald.yaml")).unwrap();
+    let state = repo_root().join("examples/ecmp/cluster-state.yaml");
+    std::fs::write(&run_config, format!("{base}source: {{file: {}}}\napi: {{listen: '127.0.0.1:{port}'}}\n", state.display())).unwrap();
+    let herald = Herald::start(&run_config, port, dir.path().join("herald.log"), &[]).unwrap();
+    wait_until(Duration::from_secs(10), "herald's plan", || {
+        String::from_utf8_lossy(&heraldctl(&herald.api, &["status"], &[]).stdout).contains("(synced)").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", herald.log_text()));
+    let section = readme.split("With `examples/ecmp/`").nth(1).and_then(|s| s.split("```").nth(1)).expect("README's ECMP example");
+    let mut checked = 0;
+    for block in section.split("$ heraldctl ").skip(1) {
+        let command = block.lines().next().unwrap().split('#').next().unwrap().trim();
+        let out = String::from_utf8(heraldctl(&herald.api, &command.split_whitespace().collect::<Vec<_>>(), &[]).stdout).unwrap();
+        let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+        for quoted in block.lines().skip(1).filter(|l| !l.trim().is_empty() && l.trim() != "...") {
+            assert!(lines.contains(&quoted.trim_end()), "heraldctl {command}: README quotes\n{quoted}\nheraldctl says\n{out}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 15, "only {checked} quoted lines checked");
+}

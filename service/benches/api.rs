@@ -31,6 +31,8 @@ fn big_plan(routes: u32) -> Plan {
                 reason: "externalTrafficPolicy: Local; ready endpoints on node-0001".to_string(),
                 communities: BTreeSet::new(),
                 large_communities: BTreeSet::new(),
+                part_of: None,
+                left_out: Default::default(),
             },
         );
     }

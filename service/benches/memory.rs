@@ -15,16 +15,20 @@
 
 #[path = "../tests/support/gobgpd.rs"]
 mod gobgpd;
+#[path = "support/cluster_yaml.rs"]
+mod cluster_yaml;
+#[path = "support/herald_run.rs"]
+mod herald_run;
 
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
-use herald::cluster::{ClusterState, TrafficPolicy};
+use herald_run::HeraldRun;
+use cluster_yaml::cluster_yaml;
+use herald::cluster::ClusterState;
 use herald::config::{GobgpConfig, Origin, Seconds};
 use herald::gobgp::v3::V3Client;
 use herald::plan::PlanSnapshot;
@@ -59,172 +63,6 @@ impl Stages {
         self.last = rss;
         rss
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The cluster as `kubectl get services,endpointslices,nodes -A -o yaml` prints it.
-
-fn uid(kind: u32, i: u32) -> String {
-    format!("{kind:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i >> 16, i & 0xfff, (i >> 12) & 0xfff, u64::from(i) * 2654435761)
-}
-
-const CREATED: &str = "\"2025-03-14T09:26:53Z\"";
-
-fn node_yaml(out: &mut String, i: u32, node: &herald::cluster::Node) {
-    let name = &node.name;
-    let _ = write!(
-        out,
-        "- apiVersion: v1\n  kind: Node\n  metadata:\n    annotations:\n      node.alpha.kubernetes.io/ttl: \"0\"\n      volumes.kubernetes.io/controller-managed-attach-detach: \"true\"\n    creationTimestamp: {CREATED}\n    labels:\n"
-    );
-    let mut labels = node.labels.clone();
-    for (k, v) in [
-        ("beta.kubernetes.io/arch", "amd64"),
-        ("beta.kubernetes.io/os", "linux"),
-        ("kubernetes.io/arch", "amd64"),
-        ("kubernetes.io/os", "linux"),
-        ("topology.kubernetes.io/zone", ["zone-0", "zone-1", "zone-2"][i as usize % 3]),
-    ] {
-        labels.entry(k.to_string()).or_insert_with(|| v.to_string());
-    }
-    for (k, v) in &labels {
-        let _ = writeln!(out, "      {k}: {v}");
-    }
-    let _ = write!(
-        out,
-        "    name: {name}\n    resourceVersion: \"{}\"\n    uid: {}\n  spec:\n    podCIDR: 10.{}.{}.0/24\n    podCIDRs:\n    - 10.{}.{}.0/24\n  status:\n    addresses:\n",
-        3_000_000 + i,
-        uid(1, i),
-        200 + i / 256,
-        i % 256,
-        200 + i / 256,
-        i % 256
-    );
-    for ip in &node.internal_ips {
-        let _ = write!(out, "    - address: {ip}\n      type: InternalIP\n");
-    }
-    let _ = write!(out, "    - address: {name}\n      type: Hostname\n");
-    out.push_str(
-        "    allocatable:\n      cpu: 31800m\n      ephemeral-storage: \"452107140114\"\n      hugepages-1Gi: \"0\"\n      hugepages-2Mi: \"0\"\n      memory: 129653368Ki\n      pods: \"110\"\n    capacity:\n      cpu: \"32\"\n      ephemeral-storage: 490563520Ki\n      hugepages-1Gi: \"0\"\n      hugepages-2Mi: \"0\"\n      memory: 131853432Ki\n      pods: \"110\"\n    conditions:\n",
-    );
-    for (type_, status, reason, message) in [
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-        (
-            "Ready",
-            if node.ready { "\"True\"" } else { "\"False\"" },
-            if node.ready { "KubeletReady" } else { "KubeletNotReady" },
-            if node.ready { "kubelet is posting ready status" } else { "container runtime network not ready" },
-        ),
-    ] {
-        let status = if status.starts_with('"') { status.to_string() } else { format!("\"{status}\"") };
-        let _ = write!(
-            out,
-            "    - lastHeartbeatTime: \"2025-03-20T11:02:17Z\"\n      lastTransitionTime: {CREATED}\n      message: {message}\n      reason: {reason}\n      status: {status}\n      type: {type_}\n"
-        );
-    }
-    let _ = write!(
-        out,
-        "    daemonEndpoints:\n      kubeletEndpoint:\n        Port: 10250\n    nodeInfo:\n      architecture: amd64\n      bootID: {}\n      containerRuntimeVersion: containerd://1.7.24\n      kernelVersion: 6.1.0-31-amd64\n      kubeProxyVersion: v1.31.4\n      kubeletVersion: v1.31.4\n      machineID: \"{:032x}\"\n      operatingSystem: linux\n      osImage: Debian GNU/Linux 12 (bookworm)\n      systemUUID: {}\n",
-        uid(2, i),
-        u128::from(i) * 0x9E37_79B9_7F4A_7C15,
-        uid(3, i)
-    );
-}
-
-fn service_yaml(out: &mut String, i: u32, s: &herald::cluster::Service) {
-    let (ns, name) = (&s.key.namespace, &s.key.name);
-    let _ = write!(
-        out,
-        "- apiVersion: v1\n  kind: Service\n  metadata:\n    creationTimestamp: {CREATED}\n    labels:\n      app: {name}\n    name: {name}\n    namespace: {ns}\n    resourceVersion: \"{}\"\n    uid: {}\n  spec:\n    clusterIP: {}\n    clusterIPs:\n",
-        1_000_000 + i,
-        uid(4, i),
-        s.cluster_ips[0]
-    );
-    for ip in &s.cluster_ips {
-        let _ = writeln!(out, "    - {ip}");
-    }
-    if !s.external_ips.is_empty() {
-        out.push_str("    externalIPs:\n");
-        for ip in &s.external_ips {
-            let _ = writeln!(out, "    - {ip}");
-        }
-    }
-    match (s.external_traffic_policy, s.type_.as_str()) {
-        (TrafficPolicy::Local, _) => out.push_str("    externalTrafficPolicy: Local\n"),
-        (TrafficPolicy::Cluster, "LoadBalancer") => out.push_str("    externalTrafficPolicy: Cluster\n"),
-        _ => {}
-    }
-    out.push_str("    internalTrafficPolicy: Cluster\n    ipFamilies:\n");
-    for ip in &s.cluster_ips {
-        out.push_str(if ip.contains(':') { "    - IPv6\n" } else { "    - IPv4\n" });
-    }
-    let _ = write!(
-        out,
-        "    ipFamilyPolicy: {}\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      targetPort: 8080\n    selector:\n      app: {name}\n    sessionAffinity: None\n    type: {}\n  status:\n",
-        if s.cluster_ips.len() > 1 { "PreferDualStack" } else { "SingleStack" },
-        s.type_
-    );
-    if s.load_balancer_ips.is_empty() {
-        out.push_str("    loadBalancer: {}\n");
-    } else {
-        out.push_str("    loadBalancer:\n      ingress:\n");
-        for ip in &s.load_balancer_ips {
-            let _ = write!(out, "      - ip: {ip}\n        ipMode: VIP\n");
-        }
-    }
-}
-
-fn slice_yaml(out: &mut String, i: u32, slice: &herald::cluster::EndpointSlice) {
-    let (ns, name) = (&slice.key.namespace, &slice.key.name);
-    let service = slice.service_name.as_deref().unwrap_or_default();
-    out.push_str("- addressType: IPv4\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n");
-    for (e, endpoint) in slice.endpoints.iter().enumerate() {
-        let pod = (i * 16 + e as u32) as u64;
-        let _ = write!(
-            out,
-            "  - addresses:\n    - 10.{}.{}.{}\n    conditions:\n      ready: {}\n      serving: {}\n      terminating: {}\n",
-            64 + (pod >> 16) % 64,
-            (pod >> 8) & 255,
-            pod & 255,
-            endpoint.ready.unwrap_or(true),
-            endpoint.serving.unwrap_or(true),
-            endpoint.terminating.unwrap_or(false)
-        );
-        if let Some(node) = &endpoint.node_name {
-            let _ = writeln!(out, "    nodeName: {node}");
-        }
-        let _ = write!(
-            out,
-            "    targetRef:\n      kind: Pod\n      name: {service}-7c9f8d6b5-{pod:05x}\n      namespace: {ns}\n      uid: {}\n    zone: zone-{}\n",
-            uid(5, pod as u32),
-            pod % 3
-        );
-    }
-    let _ = write!(
-        out,
-        "  kind: EndpointSlice\n  metadata:\n    annotations:\n      endpoints.kubernetes.io/last-change-trigger-time: \"2025-03-20T10:41:07Z\"\n    creationTimestamp: {CREATED}\n    generateName: {service}-\n    generation: 7\n    labels:\n      endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io\n      kubernetes.io/service-name: {service}\n    name: {name}\n    namespace: {ns}\n    ownerReferences:\n    - apiVersion: v1\n      blockOwnerDeletion: true\n      controller: true\n      kind: Service\n      name: {service}\n      uid: {}\n    resourceVersion: \"{}\"\n    uid: {}\n  ports:\n  - name: http\n    port: 8080\n    protocol: TCP\n",
-        uid(4, i),
-        2_000_000 + i,
-        uid(6, i)
-    );
-}
-
-/// The cluster as one `List`, keys in kubectl's (sorted) order: `items` before `kind`.
-fn cluster_yaml(state: &ClusterState) -> String {
-    let mut out = String::with_capacity(128 << 20);
-    out.push_str("apiVersion: v1\nitems:\n");
-    for (i, s) in state.services.values().enumerate() {
-        service_yaml(&mut out, i as u32, s);
-    }
-    for (i, s) in state.endpoint_slices.values().enumerate() {
-        slice_yaml(&mut out, i as u32, s);
-    }
-    for (i, n) in state.nodes.values().enumerate() {
-        node_yaml(&mut out, i as u32, n);
-    }
-    out.push_str("kind: List\nmetadata:\n  resourceVersion: \"\"\n");
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,60 +130,17 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
     );
     drop(yaml);
     let g = Gobgpd::start().await;
-    let config_path = dir.join("herald.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "{}source:\n  file: {}\ngobgp:\n  address: {}\napi:\n  listen: 127.0.0.1:{}\n",
-            scale::CONFIG,
-            cluster_path.display(),
-            g.address(),
-            gobgpd::free_port()
-        ),
-    )
-    .unwrap();
-    let log_path = dir.join("herald.log");
-    let log = std::fs::File::create(&log_path).unwrap();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("herald runs");
-    let pid = child.id().to_string();
-    // Stopped (SIGTERM: herald's own shutdown, then SIGKILL after 10 s) whatever happens here.
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if self.0.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.0.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = self.0.kill();
-                    let _ = self.0.wait();
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-    let mut child = Running(child);
+    let mut child = HeraldRun::start(dir, &cluster_path, "", &g.address());
+    let pid = child.pid().to_string();
     let mut peak = (0.0f64, 0.0f64);
     let outcome = loop {
         let (rss, hwm) = memory(&pid);
         peak = (peak.0.max(rss), peak.1.max(hwm));
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.exited() {
             break Err(format!("herald exited with {status}"));
         }
-        if std::fs::read_to_string(&log_path).unwrap_or_default().contains("cluster state not usable") {
+        if child.log_text().contains("cluster state not usable") {
             break Err("herald cannot read the cluster state".to_string());
         }
         if g.path_count().await as usize >= paths {
@@ -357,7 +152,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let (rss, hwm) = memory(&pid);
-    let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log_text = child.log_text();
     match outcome {
         Ok(elapsed) => {
             // Settled: a second later, still holding everything.

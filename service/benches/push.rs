@@ -67,6 +67,8 @@ fn plan() -> Plan {
             reason: String::new(),
             communities: BTreeSet::from([Community(COMMUNITY)]),
             large_communities: BTreeSet::new(),
+            part_of: None,
+            left_out: Default::default(),
         };
         (prefix, route)
     });

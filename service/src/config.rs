@@ -16,15 +16,25 @@ use crate::selector::LabelSelector;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
+    /// This pool's name: the other pools' configs name it in their `otherPools`.
+    #[serde(default)]
+    pub pool: PoolName,
     /// Which nodes belong to this herald's pool (label-selector syntax; empty: all nodes).
     #[serde(default)]
     pub node_selector: LabelSelector,
+    /// The other pools of the cluster and their ranges: a Service IP in one of them is that
+    /// pool's to announce, not refused here.
+    #[serde(default)]
+    pub other_pools: Vec<OtherPool>,
     #[serde(default, rename = "serviceClusterIPs")]
     pub service_cluster_ips: Vec<RangeConfig>,
     #[serde(default, rename = "serviceExternalIPs")]
     pub service_external_ips: Vec<RangeConfig>,
     #[serde(default, rename = "serviceLoadBalancerIPs")]
     pub service_load_balancer_ips: Vec<RangeConfig>,
+    /// The router's ECMP width, and how ranges are spread over more nodes than that.
+    #[serde(default)]
+    pub ecmp: EcmpConfig,
     /// Prefixes never announced, whatever else says so (infrastructure ranges). Default routes are
     /// never announced in any case.
     #[serde(default)]
@@ -46,7 +56,164 @@ pub struct Config {
     /// Prometheus metrics; not served when absent.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub events: EventsConfig,
 }
+
+/// Kubernetes Events (`IPRefused`, with `source: {kubernetes: ...}`): recorded by one replica of
+/// the pool, the holder of a `coordination.k8s.io` Lease.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How long a holder that stopped renewing keeps the Lease: after the holder dies, another
+    /// replica records within about this long. Whole seconds.
+    #[serde(default = "default_lease_duration", deserialize_with = "whole_seconds")]
+    pub lease_duration: Seconds,
+    /// The Lease's name (default `herald-events-<pool>`).
+    #[serde(default, deserialize_with = "object_name")]
+    pub lease_name: Option<String>,
+    /// The Lease's namespace (default: `$POD_NAMESPACE`, else the kubeconfig's namespace).
+    #[serde(default, deserialize_with = "namespace_name")]
+    pub lease_namespace: Option<String>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { lease_duration: default_lease_duration(), lease_name: None, lease_namespace: None }
+    }
+}
+
+fn default_lease_duration() -> Seconds {
+    Seconds(Duration::from_secs(15))
+}
+
+fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+    let text = String::deserialize(d)?;
+    let seconds: Seconds = text.parse().map_err(serde::de::Error::custom)?;
+    let duration = seconds.0;
+    if duration.subsec_nanos() != 0 || duration < Duration::from_secs(1) {
+        return Err(serde::de::Error::custom(format!(
+            "`{text}` is not a lease duration (whole seconds, at least 1s, e.g. 15s)"
+        )));
+    }
+    Ok(seconds)
+}
+
+/// A Kubernetes object name (a DNS subdomain): lowercase letters, digits, `-` and `.`, starting
+/// and ending with a letter or digit, at most 253 characters.
+fn object_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    kubernetes_name(d, 253, ".", "a Kubernetes name (lowercase letters, digits, `-` and `.`, e.g. herald-events)")
+}
+
+/// A namespace's name (a DNS label): as an object name, without `.`, at most 63 characters.
+fn namespace_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    kubernetes_name(d, 63, "", "a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)")
+}
+
+fn kubernetes_name<'de, D: Deserializer<'de>>(d: D, max: usize, also: &str, what: &str) -> Result<Option<String>, D::Error> {
+    let name = String::deserialize(d)?;
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = name.len() <= max
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+        && name.chars().all(|c| alphanumeric(c) || c == '-' || also.contains(c));
+    if !valid {
+        return Err(serde::de::Error::custom(format!("`{name}` is not {what}")));
+    }
+    Ok(Some(name))
+}
+
+/// A pool's name. It appears in Event notes, Lease names and metrics labels: a DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolName(pub String);
+
+impl Default for PoolName {
+    fn default() -> Self {
+        PoolName("default".to_string())
+    }
+}
+
+impl FromStr for PoolName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let label = !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
+        if label {
+            Ok(PoolName(s.to_string()))
+        } else {
+            Err(format!("`{s}` is not a pool name (a DNS label: lowercase letters, digits and '-', at most 63)"))
+        }
+    }
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Another pool's herald, as far as this one needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OtherPool {
+    pub name: PoolName,
+    /// Every CIDR the other pool announces Service IPs from (its three lists together).
+    pub ranges: Vec<Cidr>,
+}
+
+/// How many next hops the routers use per prefix, and how herald fits its announcements to that.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EcmpConfig {
+    /// The most next hops herald announces for one prefix: the routers' `maximum-paths` (BIRD's
+    /// `merge paths ... limit`). 0: no limit. A range of a pool larger than this is announced as
+    /// parts of itself, each from this many nodes, so that every node carries some of it.
+    #[serde(default)]
+    pub max_paths: u32,
+    /// The longest prefix a range is cut into.
+    #[serde(default)]
+    pub longest_prefix: LongestPrefix,
+}
+
+/// The longest prefix length of a range's parts, per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LongestPrefix {
+    #[serde(default = "default_longest_v4")]
+    pub ipv4: u8,
+    #[serde(default = "default_longest_v6")]
+    pub ipv6: u8,
+}
+
+/// Parts of 16 addresses: fine-grained enough for any pool (a /20 in 256 parts), short enough to
+/// stay clear of the /32 and /128 host routes and of fabrics that drop the longest prefixes.
+fn default_longest_v4() -> u8 {
+    28
+}
+fn default_longest_v6() -> u8 {
+    124
+}
+
+impl Default for LongestPrefix {
+    fn default() -> Self {
+        LongestPrefix { ipv4: default_longest_v4(), ipv6: default_longest_v6() }
+    }
+}
+
+impl LongestPrefix {
+    pub fn of(&self, net: &IpNet) -> u8 {
+        match net {
+            IpNet::V4(_) => self.ipv4,
+            IpNet::V6(_) => self.ipv6,
+        }
+    }
+}
+
+/// The most paths per prefix gobgpd can be told to send: its `add-paths send-max` is 8-bit.
+pub const MAX_PATHS_LIMIT: u32 = 255;
 
 /// Safety limits between the planner and the fabric (see `guard`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -87,6 +254,10 @@ pub struct RangeConfig {
     pub communities: Vec<Community>,
     #[serde(default)]
     pub large_communities: Vec<LargeCommunity>,
+    /// This range's own `ecmp.maxPaths` (its routers' ECMP width), for the range and the host
+    /// routes inside it.
+    #[serde(default)]
+    pub max_paths: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -258,7 +429,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Community, LargeCommunity, Seconds);
+deserialize_from_str!(Community, LargeCommunity, Seconds, PoolName);
 
 /// A duration written `500ms`, `2s` or `1m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +466,12 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The name of the first of all pools (this one and `otherPools`) in name order: the one that
+    /// speaks, in Events, for what no pool announces.
+    pub fn first_pool(&self) -> &PoolName {
+        self.other_pools.iter().map(|p| &p.name).chain([&self.pool]).min().unwrap_or(&self.pool)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
@@ -313,6 +490,47 @@ impl Config {
 
     /// Checks across fields, which serde cannot do while reading one value.
     fn check(&self) -> Result<(), String> {
+        let max_paths = |what: String, value: u32| {
+            if value > MAX_PATHS_LIMIT {
+                Err(format!(
+                    "{what} {value} is more than gobgpd can be told to send per prefix (its add-paths send-max is at most {MAX_PATHS_LIMIT})"
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        max_paths("ecmp.maxPaths".to_string(), self.ecmp.max_paths)?;
+        for (list, ranges) in [
+            ("serviceClusterIPs", &self.service_cluster_ips),
+            ("serviceExternalIPs", &self.service_external_ips),
+            ("serviceLoadBalancerIPs", &self.service_load_balancer_ips),
+        ] {
+            for (i, range) in ranges.iter().enumerate() {
+                if let Some(value) = range.max_paths {
+                    max_paths(format!("{list}[{i}].maxPaths"), value)?;
+                }
+            }
+        }
+        // The parts must stay shorter than the host routes (/32, /128) they would otherwise clash with.
+        let longest = self.ecmp.longest_prefix;
+        if !(1..=31).contains(&longest.ipv4) {
+            return Err(format!("ecmp.longestPrefix.ipv4 {} must be between 1 and 31 (host routes are /32)", longest.ipv4));
+        }
+        if !(1..=127).contains(&longest.ipv6) {
+            return Err(format!("ecmp.longestPrefix.ipv6 {} must be between 1 and 127 (host routes are /128)", longest.ipv6));
+        }
+        let mut names = std::collections::BTreeSet::from([&self.pool]);
+        for (i, other) in self.other_pools.iter().enumerate() {
+            if !names.insert(&other.name) {
+                return Err(format!(
+                    "otherPools[{i}].name `{}` names this pool or another entry again: pool names must differ",
+                    other.name
+                ));
+            }
+            if other.ranges.is_empty() {
+                return Err(format!("otherPools[{i}] ({}) has no ranges", other.name));
+            }
+        }
         if let Some(gobgp) = &self.gobgp {
             let port_ok = gobgp.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !port_ok {

@@ -133,6 +133,8 @@ mod tests {
                     reason: String::new(),
                     communities: BTreeSet::new(),
                     large_communities: BTreeSet::new(),
+                    part_of: None,
+                    left_out: Default::default(),
                 },
             );
         }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod events;
 pub mod gobgp;
 pub mod guard;
+pub mod lease;
 pub mod metrics;
 pub mod plan;
 pub mod planner;

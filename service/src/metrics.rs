@@ -26,6 +26,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RangeLabels {
+    pub range: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabels {
     pub cause: String,
 }
@@ -134,6 +139,8 @@ pub struct Metrics {
     paths_planned: Gauge,
     plan_generation: Gauge,
     refused: Family<CauseLabels, Gauge>,
+    range_parts: Family<RangeLabels, Gauge>,
+    left_out: Family<KindLabels, Gauge>,
     source_synced: Gauge,
     source_up: Gauge,
     gobgp_up: Gauge,
@@ -144,15 +151,6 @@ pub struct Metrics {
     pub sink: SinkMetrics,
 }
 
-const KINDS: [RouteKind; 6] = [
-    RouteKind::ClusterRange,
-    RouteKind::ExternalRange,
-    RouteKind::LoadBalancerRange,
-    RouteKind::ClusterIp,
-    RouteKind::ExternalIp,
-    RouteKind::LoadBalancerIp,
-];
-
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("herald");
@@ -162,6 +160,8 @@ impl Metrics {
             paths_planned: Gauge::default(),
             plan_generation: Gauge::default(),
             refused: Family::default(),
+            range_parts: Family::default(),
+            left_out: Family::default(),
             source_synced: Gauge::default(),
             source_up: Gauge::default(),
             gobgp_up: Gauge::default(),
@@ -177,6 +177,12 @@ impl Metrics {
         registry.register("next_hops_planned", "Paths (prefix, next hop) in the plan", m.paths_planned.clone());
         registry.register("plan_generation", "Generation of the current plan", m.plan_generation.clone());
         registry.register("refused_ips", "Service IPs refused, by cause", m.refused.clone());
+        registry.register("range_parts", "Parts a range is announced in (ecmp.maxPaths), by range; absent for a range announced whole", m.range_parts.clone());
+        registry.register(
+            "next_hops_left_out",
+            "Nodes that would announce a route but for ecmp.maxPaths, by kind: a host route's endpoint nodes beyond the limit, a range's nodes that carry none of its parts",
+            m.left_out.clone(),
+        );
         registry.register("source_synced", "1 once the source delivered a complete cluster state", m.source_synced.clone());
         registry.register("source_up", "1 while the source's last read succeeded", m.source_up.clone());
         registry.register("gobgp_up", "1 while gobgpd's API answers", m.gobgp_up.clone());
@@ -203,14 +209,31 @@ impl Metrics {
     fn observe_plan(&self, snapshot: &PlanSnapshot, in_rib: Option<&SinkStatus>) {
         self.plan_generation.set(snapshot.generation as i64);
         self.paths_planned.set(snapshot.plan.path_count() as i64);
-        for kind in KINDS {
-            let routes = snapshot.plan.routes.values().filter(|r| r.kind == kind);
+        // One walk over the routes for every per-kind and per-range figure.
+        let mut by_kind: std::collections::HashMap<RouteKind, (i64, i64, i64)> = std::collections::HashMap::new();
+        let mut parts: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+        for route in snapshot.plan.routes.values() {
+            let counts = by_kind.entry(route.kind).or_default();
+            counts.0 += 1;
+            counts.1 += i64::from(in_rib.is_some_and(|s| s.in_rib.contains(&route.prefix)));
+            counts.2 += route.left_out.len() as i64;
+            if let Some(range) = route.part_of {
+                *parts.entry(range.to_string()).or_default() += 1;
+            }
+        }
+        for kind in RouteKind::ALL {
             let labels = KindLabels { kind: kind.as_str().to_string() };
-            let (planned, applied) = routes.fold((0, 0), |(p, a), r| {
-                (p + 1, a + i64::from(in_rib.is_some_and(|s| s.in_rib.contains(&r.prefix))))
-            });
+            let (planned, applied, left_out) = by_kind.get(&kind).copied().unwrap_or_default();
             self.routes_planned.get_or_create(&labels).set(planned);
             self.routes_applied.get_or_create(&labels).set(applied);
+            if !kind.is_part() {
+                self.left_out.get_or_create(&labels).set(left_out);
+            }
+        }
+        // Ranges no longer in parts go, rather than stay at their last count.
+        self.range_parts.clear();
+        for (range, count) in parts {
+            self.range_parts.get_or_create(&RangeLabels { range }).set(count);
         }
         for cause in RefusalCause::ALL {
             let count = snapshot.plan.refusals.iter().filter(|r| r.cause == cause).count();

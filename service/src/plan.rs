@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::cluster::ObjectKey;
-use crate::config::{Community, LargeCommunity};
+use crate::cluster::{ObjectKey, TrafficPolicy};
+use crate::config::{Community, LargeCommunity, PoolName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RouteKind {
@@ -20,11 +20,56 @@ pub enum RouteKind {
     ClusterIp,
     ExternalIp,
     LoadBalancerIp,
+    /// A part of a range spread over more nodes than `ecmp.maxPaths` ([`Route::part_of`]).
+    ClusterRangePart,
+    ExternalRangePart,
+    LoadBalancerRangePart,
 }
 
 impl RouteKind {
+    pub const ALL: [RouteKind; 9] = [
+        RouteKind::ClusterRange,
+        RouteKind::ExternalRange,
+        RouteKind::LoadBalancerRange,
+        RouteKind::ClusterIp,
+        RouteKind::ExternalIp,
+        RouteKind::LoadBalancerIp,
+        RouteKind::ClusterRangePart,
+        RouteKind::ExternalRangePart,
+        RouteKind::LoadBalancerRangePart,
+    ];
+
+    /// A range or a part of one: announced from the pool's nodes, not from a Service's endpoints.
     pub fn is_range(self) -> bool {
-        matches!(self, RouteKind::ClusterRange | RouteKind::ExternalRange | RouteKind::LoadBalancerRange)
+        !self.is_host()
+    }
+
+    pub fn is_part(self) -> bool {
+        matches!(self, RouteKind::ClusterRangePart | RouteKind::ExternalRangePart | RouteKind::LoadBalancerRangePart)
+    }
+
+    /// A host route of a Service IP.
+    pub fn is_host(self) -> bool {
+        matches!(self, RouteKind::ClusterIp | RouteKind::ExternalIp | RouteKind::LoadBalancerIp)
+    }
+
+    /// The list of Service IPs (and of the config's ranges) the route belongs to.
+    pub fn role(self) -> IpRole {
+        match self {
+            RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => IpRole::Cluster,
+            RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => IpRole::External,
+            RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
+        }
+    }
+
+    /// The kind of a part of a range of this kind.
+    pub fn part(self) -> RouteKind {
+        match self {
+            RouteKind::ClusterRange => RouteKind::ClusterRangePart,
+            RouteKind::ExternalRange => RouteKind::ExternalRangePart,
+            RouteKind::LoadBalancerRange => RouteKind::LoadBalancerRangePart,
+            other => other,
+        }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -35,6 +80,9 @@ impl RouteKind {
             RouteKind::ClusterIp => "cluster-ip",
             RouteKind::ExternalIp => "external-ip",
             RouteKind::LoadBalancerIp => "load-balancer-ip",
+            RouteKind::ClusterRangePart => "cluster-range-part",
+            RouteKind::ExternalRangePart => "external-range-part",
+            RouteKind::LoadBalancerRangePart => "load-balancer-range-part",
         }
     }
 }
@@ -62,6 +110,12 @@ pub struct Route {
     pub reason: String,
     pub communities: BTreeSet<Community>,
     pub large_communities: BTreeSet<LargeCommunity>,
+    /// For a part of a range: the range.
+    pub part_of: Option<IpNet>,
+    /// Nodes that would announce the route but for `ecmp.maxPaths`: for a host route, endpoint
+    /// nodes beyond the limit; for a spread range, nodes that carry none of its parts (there are
+    /// more nodes than parts × maxPaths, the parts being as long as `ecmp.longestPrefix` allows).
+    pub left_out: BTreeSet<String>,
 }
 
 /// Which of a Service's IP lists an IP came from.
@@ -142,6 +196,9 @@ pub struct Refusal {
     pub role: IpRole,
     pub cause: RefusalCause,
     pub reason: String,
+    /// The one pool whose herald records the Kubernetes Event for this refusal: every pool refuses
+    /// an IP that no pool may announce, and one Event says it.
+    pub event_pool: PoolName,
 }
 
 /// What became of one IP of a Service.
@@ -151,6 +208,8 @@ pub enum IpOutcome {
     HostRoute(IpNet),
     /// Reachable through a range route (Cluster policy, or Local with no eligible endpoint).
     CoveredByRange(IpNet),
+    /// Inside a range of another pool (`otherPools`): that pool's herald announces it, not this one.
+    OtherPool { pool: PoolName, range: IpNet },
     /// Neither; the reason says why.
     NotAnnounced(String),
 }
@@ -166,9 +225,11 @@ pub struct IpExplanation {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ServiceExplanation {
     pub type_: String,
-    pub local_policy: bool,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
     pub ips: Vec<IpExplanation>,
-    /// Nodes with an endpoint of the Service, each with what herald made of it.
+    /// Nodes with an endpoint of the Service, each with what herald made of it (per family when
+    /// the Service has endpoints of both).
     pub endpoint_nodes: BTreeMap<String, String>,
     pub notes: Vec<String>,
 }
@@ -193,6 +254,16 @@ pub struct Plan {
     /// Problems with the config or the pool that an operator should see (a range with no eligible
     /// node, a range refused by the deny list).
     pub notes: Vec<String>,
+    /// Every node of the cluster, as the plan sees it (shared: it changes only with the nodes).
+    pub nodes: Arc<BTreeMap<String, NodeExplanation>>,
+}
+
+/// A node, as the plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeExplanation {
+    pub addresses: Vec<IpAddr>,
+    /// Why the node announces nothing; None when it is eligible.
+    pub ineligible: Option<String>,
 }
 
 impl Plan {

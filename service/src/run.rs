@@ -206,10 +206,8 @@ pub async fn run(
     }
     let plan_rx = spawn_planner(config.clone(), source_rx.clone())
         .map_err(|e| RunError::Source(format!("cannot start the planner thread: {e}")))?;
-    if let Some(client) = kube_client {
-        // Warning Events `IPRefused` on Services whose IPs the plan refuses.
-        crate::events::spawn_event_recorder(client, plan_rx.clone());
-    }
+    // Warning Events `IPRefused` on Services whose IPs the plan refuses, from one replica per pool.
+    let events = kube_client.map(|client| crate::events::spawn(client, &config, plan_rx.clone()));
 
     let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
     let gobgp = match &config.gobgp {
@@ -233,6 +231,10 @@ pub async fn run(
     }
     let state = ApiState { plans: plan_rx, source: source_rx, sink, gobgp };
     server::serve(&config.api, state, shutdown).await?;
+    if let Some(events) = events {
+        // Handed over at once, rather than when the Lease expires.
+        events.release(config.events.lease_duration.0).await;
+    }
     info!("herald stopped; announcements stay in gobgpd");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::cluster::{ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy)]
@@ -120,9 +120,10 @@ pub fn cluster(scale: Scale) -> ClusterState {
             external_ips,
             load_balancer_ips,
             external_traffic_policy: if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
+            internal_traffic_policy: TrafficPolicy::Cluster,
             annotations: BTreeMap::new(),
         });
-        let endpoints = (0..scale.endpoints_per_service)
+        let endpoints: Vec<Endpoint> = (0..scale.endpoints_per_service)
             .map(|_| Endpoint {
                 node_name: Some(node_name(rng.below(scale.nodes))),
                 ready: Some(rng.below(20) != 0),
@@ -130,9 +131,20 @@ pub fn cluster(scale: Scale) -> ClusterState {
                 terminating: Some(false),
             })
             .collect();
+        // A dual-stack Service's endpoints are in two slices, one per family, as the
+        // EndpointSlice controller makes them.
+        if dual {
+            state.insert_endpoint_slice(EndpointSlice {
+                key: ObjectKey::new(namespace.clone(), format!("{name}-v6abc")),
+                service_name: Some(name.clone()),
+                address_type: AddressType::Ipv6,
+                endpoints: Vec::clone(&endpoints),
+            });
+        }
         state.insert_endpoint_slice(EndpointSlice {
             key: ObjectKey::new(namespace, format!("{name}-abcde")),
             service_name: Some(name),
+            address_type: AddressType::Ipv4,
             endpoints,
         });
     }

@@ -47,6 +47,8 @@ fn route(prefix: &str, hops: &[(&str, &str)], communities: &[u32]) -> Route {
         reason: String::new(),
         communities: communities.iter().map(|&c| Community(c)).collect(),
         large_communities: BTreeSet::new(),
+        part_of: None,
+        left_out: Default::default(),
     }
 }
 

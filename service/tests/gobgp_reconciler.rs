@@ -38,6 +38,8 @@ fn route(prefix: &str, hops: &[(&str, &str)], communities: &[&str], large: &[&st
         reason: "test".to_string(),
         communities: communities.iter().map(|c| c.parse::<Community>().unwrap()).collect(),
         large_communities: large.iter().map(|c| c.parse::<LargeCommunity>().unwrap()).collect(),
+        part_of: None,
+        left_out: Default::default(),
     }
 }
 

@@ -43,6 +43,8 @@ fn plan(count: usize, community: u32) -> Plan {
             reason: String::new(),
             communities: BTreeSet::from([Community(community)]),
             large_communities: BTreeSet::new(),
+            part_of: None,
+            left_out: Default::default(),
         };
         (prefix, route)
     });

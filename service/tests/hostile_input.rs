@@ -17,7 +17,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use herald::cluster::{parse_manifest, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use herald::config::Config;
 use herald::guard::{Guard, GuardConfig};
 use herald::plan::{IpOutcome, Plan, RefusalCause, Route};
@@ -329,24 +329,28 @@ fn local_service(name: &str, cluster: &[&str], external: &[&str], lb: &[&str]) -
         external_ips: strings(external),
         load_balancer_ips: strings(lb),
         external_traffic_policy: TrafficPolicy::Local,
+        internal_traffic_policy: TrafficPolicy::Cluster,
         annotations: BTreeMap::new(),
     }
 }
 
-/// A cluster of two nodes with a ready endpoint of every Service on both.
+/// A cluster of two nodes with a ready endpoint of every Service on both, in each family.
 fn cluster(services: Vec<Service>) -> ClusterState {
     let mut state = ClusterState::default();
     state.insert_node(node("n1", &["10.0.0.1", "fd00::1"]));
     state.insert_node(node("n2", &["10.0.0.2", "fd00::2"]));
     for service in services {
-        state.insert_endpoint_slice(EndpointSlice {
-            key: ObjectKey::new("shop", format!("{}-1", service.key.name)),
-            service_name: Some(service.key.name.clone()),
-            endpoints: ["n1", "n2"]
-                .into_iter()
-                .map(|n| Endpoint { node_name: Some(n.to_string()), ..Default::default() })
-                .collect(),
-        });
+        for address_type in [AddressType::Ipv4, AddressType::Ipv6] {
+            state.insert_endpoint_slice(EndpointSlice {
+                key: ObjectKey::new("shop", format!("{}-{}", service.key.name, address_type.as_str())),
+                service_name: Some(service.key.name.clone()),
+                address_type,
+                endpoints: ["n1", "n2"]
+                    .into_iter()
+                    .map(|n| Endpoint { node_name: Some(n.to_string()), ..Default::default() })
+                    .collect(),
+            });
+        }
         state.insert_service(service);
     }
     state
@@ -514,8 +518,22 @@ fn hostile_configs_are_errors_that_name_the_value() {
         ("api: {listen: '10.0.0.1'}", &["listen"]),
         ("api: {listen: '010.0.0.1:80'}", &["listen"]),
         ("metrics: {listen: 'fe80::1%eth0:9180'}", &["listen"]),
+        ("events: {leaseDuration: 1500ms}", &["1500ms", "whole seconds"]),
+        ("events: {leaseDuration: 0s}", &["0s", "lease duration"]),
+        ("events: {leaseDuration: 15}", &["leaseDuration"]),
+        ("events: {leaseName: Herald_Events}", &["Herald_Events", "Kubernetes name"]),
+        ("events: {leaseNamespace: ''}", &["Kubernetes name"]),
+        ("events: {leaseNamespace: '-herald'}", &["-herald"]),
+        ("events: {leaseNamespace: herald.pool}", &["herald.pool", "namespace"]),
         ("source: {file: a, kubernetes: {}}", &["source"]),
         ("unknownKey: 1", &["unknownKey"]),
+        ("pool: Pool_A", &["Pool_A", "pool name"]),
+        ("pool: ''", &["pool name"]),
+        ("pool: a\notherPools: [{name: a, ranges: [10.0.0.0/8]}]", &["otherPools[0]", "`a`", "must differ"]),
+        ("otherPools: [{name: b, ranges: [10.0.0.0/8]}, {name: b, ranges: [11.0.0.0/8]}]", &["otherPools[1]", "`b`"]),
+        ("otherPools: [{name: b, ranges: []}]", &["otherPools[0]", "no ranges"]),
+        ("otherPools: [{name: b, ranges: [10.0.0.1/8]}]", &["host bits set"]),
+        ("otherPools: [{name: b}]", &["ranges"]),
         ("- a\n- b", &["line 1", "expected mapping start"]),
         ("\0", &[""]),
         ("a: &a [*a]", &[""]),
@@ -674,9 +692,9 @@ fn the_planner_target_reaches_every_outcome() {
         seed ^= seed << 17;
         seed
     };
-    let (mut host_routes, mut ranges, mut causes) = (0, 0, std::collections::BTreeSet::new());
-    for _ in 0..3_000 {
-        let len = (next() % 600) as usize;
+    let (mut host_routes, mut ranges, mut parts, mut capped, mut causes) = (0, 0, 0, 0, std::collections::BTreeSet::new());
+    for _ in 0..10_000 {
+        let len = (next() % 1000) as usize;
         let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
         fuzz::planner(&bytes).unwrap();
         let Ok(input) = <fuzz::PlannerInput as arbitrary::Arbitrary>::arbitrary_take_rest(arbitrary::Unstructured::new(&bytes))
@@ -685,10 +703,13 @@ fn the_planner_target_reaches_every_outcome() {
         };
         let (state, config) = input.build();
         let plan = plan(&state, &config);
-        host_routes += plan.routes.values().filter(|r| !r.kind.is_range()).count();
-        ranges += plan.routes.values().filter(|r| r.kind.is_range()).count();
+        host_routes += plan.routes.values().filter(|r| r.kind.is_host()).count();
+        ranges += plan.routes.values().filter(|r| r.kind.is_range() && !r.kind.is_part()).count();
+        parts += plan.routes.values().filter(|r| r.kind.is_part()).count();
+        capped += plan.routes.values().filter(|r| !r.left_out.is_empty()).count();
         causes.extend(plan.refusals.iter().map(|r| r.cause));
     }
-    assert!(host_routes > 0 && ranges > 0, "host routes {host_routes}, ranges {ranges}");
+    eprintln!("host routes {host_routes}, ranges {ranges}, parts {parts}, capped {capped}");
+    assert!(host_routes > 0 && ranges > 0 && parts > 0 && capped > 0, "host routes {host_routes}, ranges {ranges}, parts {parts}, routes with nodes left out {capped}");
     assert_eq!(causes.len(), RefusalCause::ALL.len(), "refusal causes reached: {causes:?}");
 }

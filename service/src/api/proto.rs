@@ -2,6 +2,8 @@
 
 use herald_api::herald::v1 as pb;
 
+use std::collections::BTreeMap;
+
 use crate::plan::{Plan, Refusal, Route, RouteKind};
 
 pub fn route_kind(kind: RouteKind) -> pb::RouteKind {
@@ -12,6 +14,9 @@ pub fn route_kind(kind: RouteKind) -> pb::RouteKind {
         RouteKind::ClusterIp => pb::RouteKind::ClusterIp,
         RouteKind::ExternalIp => pb::RouteKind::ExternalIp,
         RouteKind::LoadBalancerIp => pb::RouteKind::LoadBalancerIp,
+        RouteKind::ClusterRangePart => pb::RouteKind::ClusterRangePart,
+        RouteKind::ExternalRangePart => pb::RouteKind::ExternalRangePart,
+        RouteKind::LoadBalancerRangePart => pb::RouteKind::LoadBalancerRangePart,
     }
 }
 
@@ -29,6 +34,8 @@ pub fn route(route: &Route, in_rib: bool) -> pb::Route {
         communities: route.communities.iter().map(ToString::to_string).collect(),
         large_communities: route.large_communities.iter().map(ToString::to_string).collect(),
         in_rib,
+        part_of: route.part_of.map(|r| r.to_string()).unwrap_or_default(),
+        left_out: route.left_out.iter().cloned().collect(),
     }
 }
 
@@ -43,4 +50,46 @@ pub fn list_routes(plan: &Plan, generation: u64) -> pb::ListRoutesResponse {
         generation,
         refusals: plan.refusals.iter().map(refusal).collect(),
     }
+}
+
+/// Every node of `plan` (or only `only`), with the prefixes it announces or was left out of.
+pub fn nodes(plan: &Plan, only: Option<&str>) -> Vec<pb::NodeView> {
+    let mut views: BTreeMap<&str, pb::NodeView> = plan
+        .nodes
+        .iter()
+        .filter(|(name, _)| only.is_none_or(|o| o == name.as_str()))
+        .map(|(name, node)| {
+            let view = pb::NodeView {
+                name: name.clone(),
+                addresses: node.addresses.iter().map(ToString::to_string).collect(),
+                eligible: node.ineligible.is_none(),
+                reason: node.ineligible.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            (name.as_str(), view)
+        })
+        .collect();
+    // One walk over the routes, in prefix order, for all the nodes.
+    for route in plan.routes.values() {
+        for hop in &route.next_hops {
+            if let Some(view) = views.get_mut(hop.node.as_str()) {
+                view.routes.push(pb::NodeRoute {
+                    prefix: route.prefix.to_string(),
+                    kind: route_kind(route.kind) as i32,
+                    part_of: route.part_of.map(|r| r.to_string()).unwrap_or_default(),
+                });
+                match route.kind {
+                    kind if kind.is_part() => view.parts += 1,
+                    kind if kind.is_range() => view.ranges += 1,
+                    _ => view.host_routes += 1,
+                }
+            }
+        }
+        for node in &route.left_out {
+            if let Some(view) = views.get_mut(node.as_str()) {
+                view.left_out_of.push(route.prefix.to_string());
+            }
+        }
+    }
+    views.into_values().collect()
 }

@@ -198,10 +198,30 @@ impl PlanService for PlanApi {
             .ips
             .iter()
             .map(|ip| {
+                let route_of = |p: &IpNet| snapshot.plan.routes.get(p);
                 let (announced, prefix, reason) = match &ip.outcome {
-                    IpOutcome::HostRoute(p) => (true, Some(*p), "host route of its own".to_string()),
-                    IpOutcome::CoveredByRange(p) => (true, Some(*p), format!("reachable through the range {p}")),
+                    IpOutcome::HostRoute(p) => {
+                        // The route's own reason: the policy, and which nodes for what endpoints.
+                        let route = route_of(p);
+                        let mut reason = route.map_or_else(|| "host route of its own".to_string(), |r| format!("host route: {}", r.reason));
+                        if let Some(route) = route.filter(|r| !r.left_out.is_empty()) {
+                            let left_out: Vec<&str> = route.left_out.iter().map(String::as_str).collect();
+                            reason.push_str(&format!("; left out: {}", left_out.join(", ")));
+                        }
+                        (true, Some(*p), reason)
+                    }
+                    IpOutcome::CoveredByRange(p) => match route_of(p).and_then(|r| r.part_of) {
+                        Some(range) => (true, Some(*p), format!("reachable through {p}, a part of the range {range}")),
+                        None => (true, Some(*p), format!("reachable through the range {p}")),
+                    },
+                    IpOutcome::OtherPool { pool, range } => {
+                        (false, None, format!("announced by pool {pool}: inside its range {range}"))
+                    }
                     IpOutcome::NotAnnounced(reason) => (false, None, reason.clone()),
+                };
+                let pool = match &ip.outcome {
+                    IpOutcome::OtherPool { pool, .. } => pool.to_string(),
+                    _ => String::new(),
                 };
                 let route = prefix.and_then(|p| snapshot.plan.routes.get(&p));
                 pb::ServiceIp {
@@ -211,6 +231,7 @@ impl PlanService for PlanApi {
                     prefix: prefix.map(|p| p.to_string()).unwrap_or_default(),
                     next_hops: route.map(|r| proto::route(r, false).next_hops).unwrap_or_default(),
                     reason,
+                    pool,
                 }
             })
             .collect();
@@ -219,7 +240,7 @@ impl PlanService for PlanApi {
             .iter()
             .filter_map(|ip| match ip.outcome {
                 IpOutcome::HostRoute(p) | IpOutcome::CoveredByRange(p) => Some(p),
-                IpOutcome::NotAnnounced(_) => None,
+                IpOutcome::OtherPool { .. } | IpOutcome::NotAnnounced(_) => None,
             })
             .collect();
         prefixes.dedup();
@@ -230,7 +251,8 @@ impl PlanService for PlanApi {
         Ok(Response::new(pb::ExplainServiceResponse {
             wire,
             found: true,
-            external_traffic_policy: if explanation.local_policy { "Local" } else { "Cluster" }.to_string(),
+            external_traffic_policy: explanation.external_traffic_policy.as_str().to_string(),
+            internal_traffic_policy: explanation.internal_traffic_policy.as_str().to_string(),
             r#type: explanation.type_.clone(),
             ips,
             endpoint_nodes: explanation.endpoint_nodes.iter().map(|(n, s)| format!("{n}: {s}")).collect(),
@@ -274,6 +296,21 @@ impl PlanService for PlanApi {
             }
         });
         Ok(Response::new(stream))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let wanted = request.into_inner().node;
+        let snapshot = self.state.plans.borrow().clone();
+        if !wanted.is_empty() && !snapshot.plan.nodes.contains_key(&wanted) {
+            return Err(Status::not_found(format!("no node {wanted} in the cluster state")));
+        }
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: proto::nodes(&snapshot.plan, (!wanted.is_empty()).then_some(wanted.as_str())),
+            generation: snapshot.generation,
+        }))
     }
 
     async fn diff_rib(

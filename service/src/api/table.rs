@@ -27,7 +27,11 @@ pub fn plan(plan: &Plan) -> String {
     for route in plan.routes.values() {
         let hops: Vec<String> = route.next_hops.iter().map(|n| format!("{} ({})", n.address, n.node)).collect();
         let sources: Vec<&str> = route.sources.iter().map(String::as_str).collect();
-        rows.push(vec![route.prefix.to_string(), route.kind.to_string(), hops.join(", "), sources.join(", ")]);
+        let kind = match route.part_of {
+            Some(range) => format!("{} of {range}", route.kind),
+            None => route.kind.to_string(),
+        };
+        rows.push(vec![route.prefix.to_string(), kind, hops.join(", "), sources.join(", ")]);
     }
     let mut out = align(&rows);
     if !plan.refusals.is_empty() {

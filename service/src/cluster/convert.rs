@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use super::{Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use super::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -60,11 +60,17 @@ pub fn from_service(service: &core::Service) -> Service {
         cluster_ips,
         external_ips: spec.external_ips.unwrap_or_default(),
         load_balancer_ips,
-        external_traffic_policy: match spec.external_traffic_policy.as_deref() {
-            Some("Local") => TrafficPolicy::Local,
-            _ => TrafficPolicy::Cluster,
-        },
+        external_traffic_policy: traffic_policy(spec.external_traffic_policy.as_deref()),
+        internal_traffic_policy: traffic_policy(spec.internal_traffic_policy.as_deref()),
         annotations: service.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+/// Anything but `Local` is the API's default, `Cluster`.
+fn traffic_policy(value: Option<&str>) -> TrafficPolicy {
+    match value {
+        Some("Local") => TrafficPolicy::Local,
+        _ => TrafficPolicy::Cluster,
     }
 }
 
@@ -72,6 +78,7 @@ pub fn from_endpoint_slice(slice: &discovery::EndpointSlice) -> EndpointSlice {
     EndpointSlice {
         key: key(&slice.metadata),
         service_name: slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned(),
+        address_type: AddressType::parse(&slice.address_type),
         endpoints: slice
             .endpoints
             .iter()

@@ -45,12 +45,21 @@ pub struct Node {
     pub internal_ips: Vec<IpAddr>,
 }
 
-/// `spec.externalTrafficPolicy`.
+/// `spec.externalTrafficPolicy` or `spec.internalTrafficPolicy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TrafficPolicy {
     #[default]
     Cluster,
     Local,
+}
+
+impl TrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        }
+    }
 }
 
 /// A Kubernetes Service as far as BGP announcements care.
@@ -65,6 +74,9 @@ pub struct Service {
     /// `status.loadBalancer.ingress[].ip`.
     pub load_balancer_ips: Vec<String>,
     pub external_traffic_policy: TrafficPolicy,
+    /// Local: kube-proxy sends traffic for the cluster IPs only to endpoints on the node it
+    /// arrives at, and drops it on nodes without one.
+    pub internal_traffic_policy: TrafficPolicy,
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -96,12 +108,55 @@ impl Endpoint {
     }
 }
 
+/// `addressType` of an EndpointSlice: the family of all its endpoints' addresses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum AddressType {
+    /// The API requires the field; the default serves models built by hand (tests).
+    #[default]
+    Ipv4,
+    Ipv6,
+    /// Endpoints named by DNS: kube-proxy does not route to them.
+    Fqdn,
+    /// A value the API does not define, kept to be named in explanations.
+    Other(String),
+}
+
+impl AddressType {
+    pub fn parse(value: &str) -> AddressType {
+        match value {
+            "IPv4" => AddressType::Ipv4,
+            "IPv6" => AddressType::Ipv6,
+            "FQDN" => AddressType::Fqdn,
+            other => AddressType::Other(other.to_string()),
+        }
+    }
+
+    /// Whether these endpoints serve an IP of `ip`'s family.
+    pub fn serves(&self, ip: &IpAddr) -> bool {
+        match self {
+            AddressType::Ipv4 => ip.is_ipv4(),
+            AddressType::Ipv6 => ip.is_ipv6(),
+            AddressType::Fqdn | AddressType::Other(_) => false,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AddressType::Ipv4 => "IPv4",
+            AddressType::Ipv6 => "IPv6",
+            AddressType::Fqdn => "FQDN",
+            AddressType::Other(other) => other,
+        }
+    }
+}
+
 /// A `discovery.k8s.io/v1` EndpointSlice.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EndpointSlice {
     pub key: ObjectKey,
     /// Label `kubernetes.io/service-name`; slices without it belong to no Service.
     pub service_name: Option<String>,
+    pub address_type: AddressType,
     pub endpoints: Vec<Endpoint>,
 }
 

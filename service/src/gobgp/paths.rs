@@ -526,6 +526,8 @@ mod tests {
             reason: String::new(),
             communities: [Community(100 << 16 | 1)].into_iter().collect(),
             large_communities: Default::default(),
+            part_of: None,
+            left_out: Default::default(),
         }
     }
 

@@ -51,9 +51,9 @@ fn role_ranges(config: &Config, role: IpRole) -> &[RangeConfig] {
 
 fn role_of_kind(kind: RouteKind) -> IpRole {
     match kind {
-        RouteKind::ClusterRange | RouteKind::ClusterIp => IpRole::Cluster,
-        RouteKind::ExternalRange | RouteKind::ExternalIp => IpRole::External,
-        RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp => IpRole::LoadBalancer,
+        RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => IpRole::Cluster,
+        RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => IpRole::External,
+        RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
     }
 }
 
@@ -77,6 +77,29 @@ fn denied(net: &IpNet, config: &Config) -> bool {
     net.prefix_len() == 0 || config.deny_prefixes.iter().any(|d| d.0.contains(net) || net.contains(&d.0))
 }
 
+/// The most next hops `route` may have, if limited: for a range (or a part of one), the smallest
+/// maxPaths of the configured ranges of that CIDR; for a host route, that of the narrowest range of
+/// its role holding it; either falling back to ecmp.maxPaths.
+fn max_paths(config: &Config, route: &crate::plan::Route) -> Option<usize> {
+    let of = |r: &RangeConfig| r.max_paths.unwrap_or(config.ecmp.max_paths) as usize;
+    let k = if route.kind.is_range() {
+        let whole = route.part_of.unwrap_or(route.prefix);
+        ROLES.iter().flat_map(|role| role_ranges(config, *role)).filter(|r| r.cidr.0 == whole).map(of).filter(|k| *k > 0).min()?
+    } else {
+        role_ranges(config, role_of_kind(route.kind))
+            .iter()
+            .filter(|r| r.cidr.0.contains(&route.prefix))
+            .max_by_key(|r| r.cidr.0.prefix_len())
+            .map_or(config.ecmp.max_paths as usize, of)
+    };
+    (k > 0).then_some(k)
+}
+
+/// Inside a range of one of the other pools.
+fn in_other_pool(config: &Config, ip: &IpAddr) -> bool {
+    config.other_pools.iter().flat_map(|p| &p.ranges).any(|r| r.0.contains(ip))
+}
+
 fn host_net(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
@@ -89,17 +112,20 @@ fn strict_ip(raw: &str) -> Option<IpAddr> {
 
 /// Checks `plan` against `state` and `config`:
 ///
-/// - every route is keyed by its own prefix, has at least one next hop, is no default route, has no
-///   host bits set and overlaps no deny prefix;
-/// - a range route is exactly a configured CIDR of its kind's list; a host route is a /32 or /128
-///   inside a configured range of its kind's list, and never a node's own address;
+/// - every route is keyed by its own prefix, has at least one next hop and at most its maxPaths, is
+///   no default route, has no host bits set and overlaps no deny prefix;
+/// - a range route is exactly a configured CIDR of its kind's list, a part a smaller part of one
+///   (no longer than ecmp.longestPrefix); a host route is a /32 or /128 inside a configured range of
+///   its kind's list, and never a node's own address;
 /// - every next hop is an eligible node (pool, Ready, not excluded) and one of that node's
 ///   InternalIPs, of the prefix's family;
 /// - a host route comes only from Local Services that list its IP (strictly parsed) under a role whose
-///   ranges hold it, and each of its next hops has a ready or serving-terminating endpoint of one of
-///   those Services;
+///   ranges hold it (internalTrafficPolicy: Local alone: the cluster role), and each of its next
+///   hops has a ready or serving-terminating endpoint of the IP's family of one of those Services;
+/// - an IP explained as another pool's is inside that pool's range and outside this pool's;
 /// - no refused IP is announced: a refusal's IP is `NotAnnounced` in its Service's explanation, and the
-///   cause is true (malformed ones do not parse, outside ones are outside, ...);
+///   cause is true (malformed ones do not parse, outside ones are outside this pool's and the other
+///   pools' ranges, ...), and one pool records its Event;
 /// - every Service has an explanation listing each of its IPs once, and what an explanation says is
 ///   announced is in the plan.
 pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan) -> Result<(), String> {
@@ -123,7 +149,20 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
         }
         let role = role_of_kind(route.kind);
         let ranges = role_ranges(config, role);
-        if route.kind.is_range() {
+        if route.kind.is_part() {
+            let whole = route.part_of.filter(|whole| ranges.iter().any(|r| r.cidr.0 == *whole));
+            match whole {
+                None => v.push(format!("part {prefix} ({}) is a part of no CIDR of {}", route.kind, role.config_list())),
+                Some(whole) => {
+                    if !whole.contains(&prefix) || whole.prefix_len() >= prefix.prefix_len() {
+                        v.push(format!("part {prefix} is no smaller part of {whole}"));
+                    }
+                    if prefix.prefix_len() > config.ecmp.longest_prefix.of(&prefix) {
+                        v.push(format!("part {prefix} is longer than ecmp.longestPrefix"));
+                    }
+                }
+            }
+        } else if route.kind.is_range() {
             if !ranges.iter().any(|r| r.cidr.0 == prefix) {
                 v.push(format!("range route {prefix} ({}) is no CIDR of {}", route.kind, role.config_list()));
             }
@@ -137,6 +176,9 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             if node_addresses.contains(&prefix.addr()) {
                 v.push(format!("host route {prefix} is a node's own address"));
             }
+        }
+        if let Some(k) = max_paths(config, route).filter(|k| route.next_hops.len() > *k) {
+            v.push(format!("route {prefix} has {} next hops, above ecmp.maxPaths {k}", route.next_hops.len()));
         }
         for hop in &route.next_hops {
             match state.nodes.get(&hop.node) {
@@ -199,6 +241,14 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
                         v.push(format!("{key}: `{}` explained as covered by {net}, which is no announced range", ip.ip));
                     }
                 }
+                IpOutcome::OtherPool { pool, range } => {
+                    let theirs = config.other_pools.iter().any(|p| p.name == *pool && p.ranges.iter().any(|r| r.0 == *range));
+                    let inside = parsed.is_some_and(|addr| range.contains(&addr));
+                    let ours = parsed.is_some_and(|addr| role_ranges(config, ip.role).iter().any(|r| r.cidr.0.contains(&addr)));
+                    if !theirs || !inside || ours {
+                        v.push(format!("{key}: `{}` explained as pool {pool}'s (range {range}), which it is not", ip.ip));
+                    }
+                }
                 IpOutcome::NotAnnounced(_) => {}
             }
         }
@@ -225,14 +275,25 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             (_, None) => false,
             (RefusalCause::OutsideRanges, Some(ip)) => {
                 let ranges = role_ranges(config, refusal.role);
-                !ranges.is_empty() && !ranges.iter().any(|r| r.cidr.0.contains(&ip))
+                !ranges.is_empty() && !ranges.iter().any(|r| r.cidr.0.contains(&ip)) && !in_other_pool(config, &ip)
             }
-            (RefusalCause::NotConfigured, Some(_)) => role_ranges(config, refusal.role).is_empty(),
+            (RefusalCause::NotConfigured, Some(ip)) => {
+                role_ranges(config, refusal.role).is_empty() && !in_other_pool(config, &ip)
+            }
             (RefusalCause::Denied, Some(ip)) => denied(&host_net(ip), config),
             (RefusalCause::NodeAddress, Some(ip)) => node_addresses.contains(&ip),
         };
         if !cause_holds {
             v.push(format!("refusal of `{}` of {key} as {} does not hold", refusal.ip, refusal.cause.as_str()));
+        }
+        // One pool speaks for each refusal: this one inside its own ranges, else the first by name.
+        let all_pools = config.other_pools.iter().map(|p| &p.name).chain([&config.pool]);
+        let speaker = match refusal.cause {
+            RefusalCause::Denied | RefusalCause::NodeAddress => Some(&config.pool),
+            _ => all_pools.min(),
+        };
+        if speaker != Some(&refusal.event_pool) {
+            v.push(format!("refusal of `{}` of {key}: its Event is pool {}'s to record, not {speaker:?}'s", refusal.ip, refusal.event_pool));
         }
     }
 
@@ -263,13 +324,16 @@ fn check_host_route_sources(
             v.push(format!("host route {prefix}: source Service {source} does not exist"));
             continue;
         };
-        if service.external_traffic_policy != TrafficPolicy::Local {
-            v.push(format!("host route {prefix}: source Service {source} is not externalTrafficPolicy: Local"));
+        let internal_only = service.external_traffic_policy != TrafficPolicy::Local;
+        if internal_only && service.internal_traffic_policy != TrafficPolicy::Local {
+            v.push(format!("host route {prefix}: source Service {source} has no traffic policy Local"));
         }
+        // internalTrafficPolicy: Local alone gives host routes to cluster IPs only.
+        let roles: &[IpRole] = if internal_only { &[IpRole::Cluster] } else { &ROLES };
         if service.has_no_ips() {
             v.push(format!("host route {prefix}: source Service {source} is headless or ExternalName"));
         }
-        let justified = ROLES.iter().any(|role| {
+        let justified = roles.iter().any(|role| {
             service_ips(service, *role).iter().any(|raw| strict_ip(raw).map(host_net) == Some(prefix))
                 && role_ranges(config, *role).iter().any(|r| r.cidr.0.contains(&prefix))
         });
@@ -289,6 +353,10 @@ fn check_host_route_sources(
             if slice.key.namespace != key.namespace || slice.service_name.as_deref() != Some(key.name.as_str()) {
                 continue;
             }
+            // Endpoints of the prefix's own family only (no FQDN ones).
+            if !slice.address_type.serves(&prefix.addr()) {
+                continue;
+            }
             for endpoint in &slice.endpoints {
                 match endpoint.node_name.as_deref() {
                     Some(node) if endpoint.is_ready() || endpoint.is_draining() => {
@@ -302,7 +370,7 @@ fn check_host_route_sources(
     for hop in &route.next_hops {
         if !endpoint_nodes.contains(hop.node.as_str()) {
             v.push(format!(
-                "host route {prefix}: next hop node {} has no ready or serving endpoint of {:?}",
+                "host route {prefix}: next hop node {} has no ready or serving endpoint of its family of {:?}",
                 hop.node, route.sources
             ));
         }

@@ -6,8 +6,11 @@
 //!    every eligible node, next hop the node's InternalIP of the CIDR's family;
 //! 2. eligible: matches the pool's nodeSelector, Ready, not excluded from external load balancers;
 //! 3. a Service with externalTrafficPolicy: Local gets a host route per IP inside an allowed range,
-//!    announced only from eligible nodes with a ready endpoint (else serving+terminating ones);
-//! 4. an IP outside the allowed ranges is never announced, and is reported;
+//!    announced only from eligible nodes with a ready endpoint (else serving+terminating ones) of
+//!    that IP's family; with internalTrafficPolicy: Local, its cluster IPs do (kube-proxy serves them
+//!    from local endpoints only, whatever externalTrafficPolicy says). FQDN slices are not endpoints;
+//! 4. an IP outside the allowed ranges is never announced; inside another pool's (`otherPools`) it
+//!    is that pool's, else it is refused and reported (one pool records the Event);
 //! 5. headless and ExternalName Services give nothing; each IP family stands on its own;
 //! 6. Services sharing a host IP share one route;
 //! 7. a malformed IP is reported and skipped, and everything else is still planned.
@@ -20,10 +23,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::cluster::{ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
-use crate::config::{Community, Config, LargeCommunity, RangeConfig};
+use crate::cluster::{AddressType, ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
+use crate::config::{Community, Config, LargeCommunity, PoolName, RangeConfig};
 use crate::plan::{
-    IpExplanation, IpOutcome, IpRole, NextHop, Plan, Refusal, RefusalCause, Route, RouteKind, ServiceExplanation,
+    IpExplanation, IpOutcome, IpRole, NextHop, NodeExplanation, Plan, Refusal, RefusalCause, Route, RouteKind,
+    ServiceExplanation,
 };
 
 /// Nodes carrying this label are never next hops (the upstream Kubernetes convention).
@@ -36,6 +40,8 @@ pub const LARGE_COMMUNITIES_ANNOTATION: &str = "herald.dev/large-communities";
 #[derive(Debug, Clone)]
 struct Announcer {
     name: String,
+    /// [`spread::node_key`] of the name.
+    key: u64,
     v4: Option<IpAddr>,
     v6: Option<IpAddr>,
 }
@@ -106,33 +112,57 @@ pub struct PlanContext {
     /// Why each ineligible node is not eligible.
     ineligible: HashMap<String, &'static str>,
     node_addresses: BTreeSet<IpAddr>,
+    /// The nodes the node selector picks (eligible or not) with an address of each family (IPv4,
+    /// IPv6): what a range's part count follows, so that readiness flaps never re-cut a range.
+    pool_sizes: [usize; 2],
     /// Configured ranges per role: cluster, external, load balancer.
     role_ranges: [Vec<Range>; 3],
     config: Config,
-    /// The plan of the ranges alone (rule 1), with its notes.
+    /// The other pools' ranges, narrowest first.
+    other_ranges: Vec<(PoolName, IpNet)>,
+    /// The part count of each range announced in parts.
+    part_counts: HashMap<IpNet, usize>,
+    /// The plan of the ranges alone (rule 1), with its notes and the nodes.
     ranges_plan: Plan,
+}
+
+/// The ranges of one CIDR (it may be in several lists), merged into one route.
+struct RangeGroup {
+    kind: RouteKind,
+    sources: BTreeSet<String>,
+    communities: BTreeSet<Community>,
+    large_communities: BTreeSet<LargeCommunity>,
+    /// The smallest maxPaths of the group's ranges (0: no limit).
+    max_paths: usize,
 }
 
 impl PlanContext {
     pub fn new(state: &ClusterState, config: &Config) -> PlanContext {
         let mut announcers = BTreeMap::new();
         let mut ineligible = HashMap::default();
+        let mut nodes = BTreeMap::new();
+        let mut pool_sizes = [0usize; 2];
         for node in state.nodes.values() {
-            match ineligibility(node, config) {
+            let v4 = node.internal_ips.iter().copied().find(IpAddr::is_ipv4);
+            let v6 = node.internal_ips.iter().copied().find(IpAddr::is_ipv6);
+            if config.node_selector.matches(&node.labels) {
+                pool_sizes[0] += usize::from(v4.is_some());
+                pool_sizes[1] += usize::from(v6.is_some());
+            }
+            let why = ineligibility(node, config);
+            match why {
                 None => {
-                    announcers.insert(
-                        node.name.clone(),
-                        Announcer {
-                            name: node.name.clone(),
-                            v4: node.internal_ips.iter().copied().find(IpAddr::is_ipv4),
-                            v6: node.internal_ips.iter().copied().find(IpAddr::is_ipv6),
-                        },
-                    );
+                    let name = node.name.clone();
+                    announcers.insert(name.clone(), Announcer { key: spread::node_key(&name), name, v4, v6 });
                 }
                 Some(why) => {
                     ineligible.insert(node.name.clone(), why);
                 }
             }
+            nodes.insert(
+                node.name.clone(),
+                NodeExplanation { addresses: node.internal_ips.clone(), ineligible: why.map(str::to_string) },
+            );
         }
         let role_ranges = [
             (IpRole::Cluster, &config.service_cluster_ips),
@@ -149,55 +179,181 @@ impl PlanContext {
             announcers,
             ineligible,
             node_addresses: state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect(),
+            pool_sizes,
             role_ranges,
             config: config.clone(),
+            other_ranges: {
+                let mut ranges: Vec<(PoolName, IpNet)> = config
+                    .other_pools
+                    .iter()
+                    .flat_map(|pool| pool.ranges.iter().map(|r| (pool.name.clone(), r.0)))
+                    .collect();
+                ranges.sort_by_key(|(name, net)| (std::cmp::Reverse(net.prefix_len()), name.clone()));
+                ranges
+            },
+            part_counts: HashMap::default(),
             ranges_plan: Plan::default(),
         };
         context.ranges_plan = context.plan_ranges();
+        context.ranges_plan.nodes = Arc::new(nodes);
         context
     }
 
-    /// Rule 1: every range from every eligible node with an address of its family.
-    fn plan_ranges(&self) -> Plan {
+    /// The ECMP width for a range config: its own maxPaths, else the global one (0: no limit).
+    fn max_paths(&self, range: &RangeConfig) -> usize {
+        range.max_paths.unwrap_or(self.config.ecmp.max_paths) as usize
+    }
+
+    /// The ECMP width of a host route: that of the narrowest range of its role holding it.
+    pub fn host_max_paths(&self, prefix: &IpNet, kind: RouteKind) -> usize {
+        // role_ranges is in IpRole's order.
+        self.role_ranges[kind.role() as usize]
+            .iter()
+            .filter(|r| r.net().contains(prefix))
+            .max_by_key(|r| r.net().prefix_len())
+            .map_or(self.config.ecmp.max_paths as usize, |r| self.max_paths(&r.config))
+    }
+
+    /// Rule 1: every range from every eligible node with an address of its family; with more such
+    /// nodes in the pool than its maxPaths, as parts of itself spread over all of them ([`spread`]).
+    fn plan_ranges(&mut self) -> Plan {
         let mut plan = Plan::default();
-        let mut routes: BTreeMap<IpNet, Route> = BTreeMap::new();
+        let mut groups: BTreeMap<IpNet, RangeGroup> = BTreeMap::new();
         for range in self.role_ranges.iter().flatten() {
             let net = range.net();
             if let Some(reason) = denied(&self.config, &net) {
                 plan.notes.push(format!("{} ({net}) is not announced: {reason}", range.source));
                 continue;
             }
-            let next_hops: BTreeSet<NextHop> =
-                self.announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
-            if next_hops.is_empty() {
+            let max_paths = self.max_paths(&range.config);
+            let group = groups.entry(net).or_insert_with(|| RangeGroup {
+                kind: range_kind(range.role),
+                sources: BTreeSet::new(),
+                communities: BTreeSet::new(),
+                large_communities: BTreeSet::new(),
+                max_paths,
+            });
+            group.sources.insert(range.source.clone());
+            group.communities.extend(range.config.communities.iter().copied());
+            group.large_communities.extend(range.config.large_communities.iter().copied());
+            // One CIDR in two lists with two widths: the narrower router decides.
+            if max_paths > 0 && (group.max_paths == 0 || max_paths < group.max_paths) {
+                group.max_paths = max_paths;
+            }
+        }
+        let mut routes: BTreeMap<IpNet, Route> = BTreeMap::new();
+        let mut parts: Vec<Route> = Vec::new();
+        for (net, group) in groups {
+            let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
+            let hops: Vec<NextHop> = self.announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
+            if hops.is_empty() {
                 plan.notes.push(format!(
-                    "{} ({net}) is not announced: no eligible node has an {} InternalIP",
-                    range.source,
-                    if net.addr().is_ipv4() { "IPv4" } else { "IPv6" }
+                    "{} ({net}) is not announced: no eligible node has an {family} InternalIP",
+                    group.sources.iter().cloned().collect::<Vec<_>>().join(", ")
                 ));
                 continue;
             }
-            let count = next_hops.len();
-            let route = routes.entry(net).or_insert_with(|| Route {
-                prefix: net,
-                kind: range_kind(range.role),
+            let route = |prefix: IpNet, kind: RouteKind, next_hops: BTreeSet<NextHop>, reason: String| Route {
+                prefix,
+                kind,
                 next_hops,
-                sources: BTreeSet::new(),
-                reason: format!("{} range, announced from every eligible node ({count})", range.role.config_list()),
-                communities: BTreeSet::new(),
-                large_communities: BTreeSet::new(),
-            });
-            route.sources.insert(range.source.clone());
-            route.communities.extend(range.config.communities.iter().copied());
-            route.large_communities.extend(range.config.large_communities.iter().copied());
+                sources: group.sources.clone(),
+                reason,
+                communities: group.communities.clone(),
+                large_communities: group.large_communities.clone(),
+                part_of: None,
+                left_out: BTreeSet::new(),
+            };
+            let list = group.kind.as_str().trim_end_matches("-range");
+            let n = hops.len();
+            let k = group.max_paths;
+            let pool = self.pool_sizes[usize::from(net.addr().is_ipv6())];
+            if k == 0 || pool <= k {
+                let reason = format!("{list} range, announced from every eligible node ({n})");
+                routes.insert(net, route(net, group.kind, hops.into_iter().collect(), reason));
+                continue;
+            }
+            let keys: Vec<u64> = hops.iter().map(|h| self.announcers[&h.node].key).collect();
+            let pick = |indices: Vec<usize>| -> BTreeSet<NextHop> { indices.into_iter().map(|i| hops[i].clone()).collect() };
+            let count = spread::part_count(net.prefix_len(), self.config.ecmp.longest_prefix.of(&net), pool, k);
+            let width = k.min(n);
+            let chosen = spread::top(&net, k, &keys);
+            // Indices (into hops) of the nodes that carry some of the range.
+            let mut carried: BTreeSet<usize> = chosen.iter().copied().collect();
+            let mut aggregate = route(
+                net,
+                group.kind,
+                pick(chosen),
+                if count > 1 {
+                    format!("{list} range, the aggregate of its {count} parts: from {width} of {n} eligible nodes (ecmp.maxPaths {k})")
+                } else {
+                    format!("{list} range, from {width} of {n} eligible nodes (ecmp.maxPaths {k}; it cannot be cut longer than /{})", net.prefix_len())
+                },
+            );
+            if count > 1 {
+                self.part_counts.insert(net, count);
+                carried.clear();
+                for (i, (prefix, members)) in spread::parts(&net, count).into_iter().zip(spread::assign(&net, count, k, &keys)).enumerate() {
+                    carried.extend(members.iter().copied());
+                    let reason = format!("part {} of {count} of the {list} range {net}: from {width} of {n} eligible nodes (ecmp.maxPaths {k})", i + 1);
+                    parts.push(Route { part_of: Some(net), ..route(prefix, group.kind.part(), pick(members), reason) });
+                }
+            }
+            aggregate.left_out =
+                hops.iter().enumerate().filter(|(i, _)| !carried.contains(i)).map(|(_, h)| h.node.clone()).collect();
+            if !aggregate.left_out.is_empty() {
+                plan.notes.push(format!(
+                    "{net}: {} of {n} eligible nodes carry none of it: {count} part(s) of {width} nodes (ecmp.maxPaths {k}) are all a /{} allows (ecmp.longestPrefix)",
+                    aggregate.left_out.len(),
+                    self.config.ecmp.longest_prefix.of(&net)
+                ));
+            }
+            routes.insert(net, aggregate);
+        }
+        // A part that is itself a configured range (nested ranges) is announced as that range.
+        for part in parts {
+            match routes.get(&part.prefix) {
+                Some(existing) => plan.notes.push(format!(
+                    "{} is both a part of {} and the range of {}: announced as the latter",
+                    part.prefix,
+                    part.part_of.map(|r| r.to_string()).unwrap_or_default(),
+                    existing.sources.iter().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                None => {
+                    routes.insert(part.prefix, part);
+                }
+            }
         }
         plan.routes = routes.into_values().map(|r| (r.prefix, Arc::new(r))).collect();
         plan
     }
 
+    /// The most specific announced prefix of `range` that holds `ip`: its part, when it is spread.
+    fn covering(&self, range: &IpNet, ip: &IpAddr) -> IpNet {
+        self.part_counts
+            .get(range)
+            .and_then(|count| spread::part_holding(range, *count, ip))
+            .filter(|part| self.ranges_plan.routes.get(part).is_some_and(|r| r.part_of == Some(*range)))
+            .unwrap_or(*range)
+    }
+
     /// The plan of the ranges alone.
     pub fn ranges_plan(&self) -> &Plan {
         &self.ranges_plan
+    }
+
+    /// The other pool whose narrowest range holds `ip`, and that range.
+    fn other_pool_of(&self, ip: &IpAddr) -> Option<&(PoolName, IpNet)> {
+        self.other_ranges.iter().find(|(_, net)| net.contains(ip))
+    }
+
+    /// " nor of the other pools (a, b)", or nothing without other pools.
+    fn other_pools_named(&self) -> String {
+        if self.config.other_pools.is_empty() {
+            return String::new();
+        }
+        let names: Vec<&str> = self.config.other_pools.iter().map(|p| p.name.0.as_str()).collect();
+        format!(", nor inside a range of the other pools ({})", names.join(", "))
     }
 }
 
@@ -210,26 +366,60 @@ pub struct ServicePlan {
     pub explanation: ServiceExplanation,
 }
 
-/// Merges a Service's part of a host route into the plan's route for that prefix. Services are
-/// merged in key order, so the route's kind is the first Service's and its reason the last's.
-pub fn merge_host_route(routes: &mut BTreeMap<IpNet, Route>, part: &Route) {
+/// Merges a Service's part of a host route into the plan's route for that prefix, keeping to `k`
+/// next hops (0: no limit; [`PlanContext::host_max_paths`]). Services are merged in key order, so
+/// the route's kind is the first Service's and its reason the last's.
+pub fn merge_host_route(routes: &mut BTreeMap<IpNet, Route>, part: &Route, k: usize) {
     match routes.get_mut(&part.prefix) {
         None => {
             routes.insert(part.prefix, part.clone());
         }
-        Some(route) => merge_into(route, part),
+        Some(route) => merge_into(route, part, k),
     }
 }
 
 /// Adds `part`'s next hops, sources and communities to `route`; the reason names all the nodes.
-fn merge_into(route: &mut Route, part: &Route) {
+fn merge_into(route: &mut Route, part: &Route, k: usize) {
     route.next_hops.extend(part.next_hops.iter().cloned());
+    route.left_out.extend(part.left_out.iter().cloned());
     route.sources.extend(part.sources.iter().cloned());
     route.communities.extend(part.communities.iter().copied());
     route.large_communities.extend(part.large_communities.iter().copied());
-    let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
+    keep_to_max_paths(route, k);
     let why = part.reason.split(" on ").next().unwrap_or_default().to_string();
-    route.reason = format!("{why} on {}", nodes.join(", "));
+    route.reason = host_reason(&why, route, k);
+}
+
+/// Keeps a host route's `k` (0: all) next hops that score highest for its prefix ([`spread::top`]),
+/// the same ones on every replica; the others are left out. The best `k` of a union of nodes are
+/// among the best `k` of each part of it, so capping each Service's part, then their merge, gives
+/// the best `k` of all the endpoint nodes.
+fn keep_to_max_paths(route: &mut Route, k: usize) {
+    if k > 0 && route.next_hops.len() > k {
+        let hops: Vec<NextHop> = std::mem::take(&mut route.next_hops).into_iter().collect();
+        let keys: Vec<u64> = hops.iter().map(|h| spread::node_key(&h.node)).collect();
+        let chosen: BTreeSet<usize> = spread::top(&route.prefix, k, &keys).into_iter().collect();
+        for (i, hop) in hops.into_iter().enumerate() {
+            if chosen.contains(&i) {
+                route.next_hops.insert(hop);
+            } else {
+                route.left_out.insert(hop.node);
+            }
+        }
+    }
+    let announcing: BTreeSet<&str> = route.next_hops.iter().map(|h| h.node.as_str()).collect();
+    route.left_out.retain(|node| !announcing.contains(node.as_str()));
+}
+
+/// "{why} on node1, node2", and how many endpoint nodes `ecmp.maxPaths` left out.
+fn host_reason(why: &str, route: &Route, k: usize) -> String {
+    let nodes: Vec<&str> = route.next_hops.iter().map(|n| n.node.as_str()).collect();
+    let mut reason = format!("{why} on {}", nodes.join(", "));
+    if !route.left_out.is_empty() {
+        let all = route.next_hops.len() + route.left_out.len();
+        reason.push_str(&format!(" ({} of {all} endpoint nodes: ecmp.maxPaths {k})", nodes.len()));
+    }
+    reason
 }
 
 /// From this many Services on, they are planned on two threads.
@@ -280,7 +470,7 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let parts = plan_each(&services, plan_one);
     for (service, part) in services.iter().zip(parts) {
         for route in &part.host_routes {
-            merge_host_route(&mut routes, route);
+            merge_host_route(&mut routes, route, context.host_max_paths(&route.prefix, route.kind));
         }
         plan.refusals.extend(part.refusals);
         plan.services.insert(service.key.clone(), Arc::new(part.explanation));
@@ -289,47 +479,107 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     plan
 }
 
-/// The nodes that should announce a Local Service's host routes, and what each endpoint node is.
+/// How an endpoint stands, best first: a node's description is its best endpoint's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EndpointState {
+    Ready,
+    Draining,
+    NotReady,
+}
+
+impl EndpointState {
+    fn of(endpoint: &crate::cluster::Endpoint) -> EndpointState {
+        if endpoint.is_ready() {
+            EndpointState::Ready
+        } else if endpoint.is_draining() {
+            EndpointState::Draining
+        } else {
+            EndpointState::NotReady
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Ready => "ready endpoint",
+            EndpointState::Draining => "serving, terminating endpoint",
+            EndpointState::NotReady => "endpoint not ready",
+        }
+    }
+}
+
+/// The nodes that announce a Service's host routes of one IP family, and why them.
+#[derive(Debug, Default)]
+struct FamilyNodes<'a> {
+    nodes: BTreeSet<&'a str>,
+    reason: &'static str,
+}
+
+/// The announcing nodes of a Local Service, per IP family: eligible nodes with a ready endpoint of
+/// that family, else (none ready) with a serving, terminating one. An IPv4 IP is announced only from
+/// nodes with an IPv4 endpoint: kube-proxy on a node with only IPv6 endpoints has nowhere to send
+/// it. Also fills in the explanation's endpoint nodes and notes.
 fn local_nodes<'a>(
     context: &PlanContext,
     slices: &[&'a EndpointSlice],
     explanation: &mut ServiceExplanation,
-) -> (BTreeSet<&'a str>, &'static str) {
-    let mut ready = BTreeSet::new();
-    let mut draining = BTreeSet::new();
-    for endpoint in slices.iter().flat_map(|s| &s.endpoints) {
-        let Some(node) = endpoint.node_name.as_deref() else { continue };
-        let status = if endpoint.is_ready() {
-            "ready endpoint"
-        } else if endpoint.is_draining() {
-            "serving, terminating endpoint"
-        } else {
-            "endpoint not ready"
+) -> [FamilyNodes<'a>; 2] {
+    // Per node, the best endpoint state of each family (IPv4, IPv6).
+    let mut states: BTreeMap<&'a str, [Option<EndpointState>; 2]> = BTreeMap::new();
+    let mut families_seen = [false; 2];
+    for slice in slices {
+        let family = match slice.address_type {
+            AddressType::Ipv4 => 0,
+            AddressType::Ipv6 => 1,
+            AddressType::Fqdn | AddressType::Other(_) => {
+                explanation.notes.push(format!(
+                    "EndpointSlice {} (addressType {}) ignored: kube-proxy routes only to IP endpoints",
+                    slice.key,
+                    slice.address_type.as_str()
+                ));
+                continue;
+            }
         };
-        let why_not = if context.announcers.contains_key(node) {
-            None
-        } else {
-            Some(context.ineligible.get(node).copied().unwrap_or("unknown node"))
-        };
-        let entry = explanation.endpoint_nodes.entry(node.to_string()).or_default();
-        let text = match why_not {
-            None => status.to_string(),
-            Some(why) => format!("{status}; not a next hop: {why}"),
-        };
-        // A node with several endpoints keeps its best description: ready over draining over not ready.
-        if entry.is_empty() || (status == "ready endpoint" && !entry.starts_with("ready")) {
-            *entry = text;
-        }
-        if why_not.is_some() {
-            continue;
-        }
-        if endpoint.is_ready() {
-            ready.insert(node);
-        } else if endpoint.is_draining() {
-            draining.insert(node);
+        for endpoint in &slice.endpoints {
+            let Some(node) = endpoint.node_name.as_deref() else { continue };
+            families_seen[family] = true;
+            let state = EndpointState::of(endpoint);
+            let best = &mut states.entry(node).or_default()[family];
+            *best = Some(best.map_or(state, |b| b.min(state)));
         }
     }
-    if !ready.is_empty() { (ready, "ready endpoints") } else { (draining, "serving, terminating endpoints") }
+    let mut out: [FamilyNodes<'a>; 2] = Default::default();
+    for (family, result) in out.iter_mut().enumerate() {
+        let eligible = |state: EndpointState| {
+            states
+                .iter()
+                .filter(|(node, s)| s[family] == Some(state) && context.announcers.contains_key(**node))
+                .map(|(node, _)| *node)
+                .collect::<BTreeSet<&str>>()
+        };
+        let ready = eligible(EndpointState::Ready);
+        *result = if ready.is_empty() {
+            FamilyNodes { nodes: eligible(EndpointState::Draining), reason: "serving, terminating endpoints" }
+        } else {
+            FamilyNodes { nodes: ready, reason: "ready endpoints" }
+        };
+    }
+    let both = families_seen[0] && families_seen[1];
+    for (node, best) in states {
+        let described: Vec<String> = best
+            .iter()
+            .zip(["IPv4", "IPv6"])
+            .filter_map(|(state, family)| {
+                state.map(|s| if both { format!("{family}: {}", s.as_str()) } else { s.as_str().to_string() })
+            })
+            .collect();
+        let mut text = described.join("; ");
+        if !context.announcers.contains_key(node) {
+            let why = context.ineligible.get(node).copied().unwrap_or("unknown node");
+            text = format!("{text}; not a next hop: {why}");
+        }
+        explanation.endpoint_nodes.insert(node.to_string(), text);
+    }
+    out
 }
 
 /// The communities a Service asks for that the config allows; the rest are noted.
@@ -363,19 +613,60 @@ fn annotation_communities(
     )
 }
 
+/// The traffic policy that gives an IP a host route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalPolicy {
+    External,
+    Internal,
+}
+
+impl LocalPolicy {
+    fn as_str(self) -> &'static str {
+        match self {
+            LocalPolicy::External => "externalTrafficPolicy: Local",
+            LocalPolicy::Internal => "internalTrafficPolicy: Local",
+        }
+    }
+}
+
 /// What a Local Service's host routes carry, shared by all of its IPs.
 struct LocalAnnouncement<'a> {
-    nodes: BTreeSet<&'a str>,
-    node_reason: &'static str,
+    /// Per family: IPv4, IPv6.
+    nodes: [FamilyNodes<'a>; 2],
     communities: BTreeSet<Community>,
     large_communities: BTreeSet<LargeCommunity>,
+    external: bool,
+    internal: bool,
+}
+
+impl LocalAnnouncement<'_> {
+    /// The policy that gives an IP of `role` a host route of its own, if one does. An IP's own
+    /// policy first: internalTrafficPolicy for cluster IPs, externalTrafficPolicy for the others;
+    /// externalTrafficPolicy: Local also gives the cluster IPs one (Calico's rule, the seed lab's).
+    fn policy_for(&self, role: IpRole) -> Option<LocalPolicy> {
+        match role {
+            IpRole::Cluster if self.internal => Some(LocalPolicy::Internal),
+            _ if self.external => Some(LocalPolicy::External),
+            _ => None,
+        }
+    }
+
+    fn family(&self, ip: &IpAddr) -> &FamilyNodes<'_> {
+        &self.nodes[usize::from(ip.is_ipv6())]
+    }
 }
 
 /// Plans one Service: rules 3 to 7.
 pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&EndpointSlice]) -> ServicePlan {
-    let local = service.external_traffic_policy == TrafficPolicy::Local;
+    let external = service.external_traffic_policy == TrafficPolicy::Local;
+    let internal = service.internal_traffic_policy == TrafficPolicy::Local;
     let mut part = ServicePlan {
-        explanation: ServiceExplanation { type_: service.type_.clone(), local_policy: local, ..Default::default() },
+        explanation: ServiceExplanation {
+            type_: service.type_.clone(),
+            external_traffic_policy: service.external_traffic_policy,
+            internal_traffic_policy: service.internal_traffic_policy,
+            ..Default::default()
+        },
         ..Default::default()
     };
     if service.has_no_ips() {
@@ -386,11 +677,11 @@ pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&Endpoin
         });
         return part;
     }
-    let announcement = local.then(|| {
-        let (nodes, node_reason) = local_nodes(context, slices, &mut part.explanation);
+    let announcement = (external || internal).then(|| {
+        let nodes = local_nodes(context, slices, &mut part.explanation);
         let (communities, large_communities) =
             annotation_communities(service, &context.config, &mut part.explanation.notes);
-        LocalAnnouncement { nodes, node_reason, communities, large_communities }
+        LocalAnnouncement { nodes, communities, large_communities, external, internal }
     });
     let lists = [
         (IpRole::Cluster, &service.cluster_ips),
@@ -416,7 +707,22 @@ fn ip_outcome(
     local: Option<&LocalAnnouncement>,
 ) -> IpOutcome {
     let mut refuse = |cause: RefusalCause, reason: String| {
-        part.refusals.push(Refusal { service: service.key.clone(), ip: raw.to_string(), role, cause, reason: reason.clone() });
+        // Inside this pool's ranges (denied, a node's address), the refusal is this pool's alone;
+        // what no pool may announce, every pool refuses, and the first pool says so.
+        let event_pool = match cause {
+            RefusalCause::Denied | RefusalCause::NodeAddress => context.config.pool.clone(),
+            RefusalCause::Malformed | RefusalCause::OutsideRanges | RefusalCause::NotConfigured => {
+                context.config.first_pool().clone()
+            }
+        };
+        part.refusals.push(Refusal {
+            service: service.key.clone(),
+            ip: raw.to_string(),
+            role,
+            cause,
+            reason: reason.clone(),
+            event_pool,
+        });
         IpOutcome::NotAnnounced(reason)
     };
     let ip: IpAddr = match raw.trim().parse() {
@@ -426,8 +732,12 @@ fn ip_outcome(
     // The narrowest allowed range holding the IP decides its communities.
     let Some(range) = role_ranges.iter().filter(|r| r.net().contains(&ip)).max_by_key(|r| r.net().prefix_len())
     else {
+        if let Some((pool, range)) = context.other_pool_of(&ip) {
+            return IpOutcome::OtherPool { pool: pool.clone(), range: *range };
+        }
+        let others = context.other_pools_named();
         if role_ranges.is_empty() {
-            let reason = format!("{} is empty: {} IPs are not announced", role.config_list(), role.as_str());
+            let reason = format!("{} is empty: {} IPs are not announced{others}", role.config_list(), role.as_str());
             // An unannounced cluster IP with no cluster ranges configured is the normal case, not news.
             return if role == IpRole::Cluster {
                 IpOutcome::NotAnnounced(reason)
@@ -435,7 +745,7 @@ fn ip_outcome(
                 refuse(RefusalCause::NotConfigured, reason)
             };
         }
-        return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}", role.config_list()));
+        return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}{others}", role.config_list()));
     };
     let host = IpNet::from(ip);
     if let Some(reason) = denied(&context.config, &host) {
@@ -446,43 +756,63 @@ fn ip_outcome(
     }
     let covered = || {
         if context.ranges_plan.routes.contains_key(&range.net()) {
-            IpOutcome::CoveredByRange(range.net())
+            IpOutcome::CoveredByRange(context.covering(&range.net(), &ip))
         } else {
             IpOutcome::NotAnnounced(format!("its range {} is not announced (see the plan's notes)", range.net()))
         }
     };
-    let Some(local) = local else { return covered() };
-    let next_hops: BTreeSet<NextHop> =
-        local.nodes.iter().filter_map(|n| context.announcers.get(*n)).filter_map(|a| a.next_hop_for(&ip)).collect();
+    let Some((local, policy)) = local.and_then(|l| l.policy_for(role).map(|p| (l, p))) else { return covered() };
+    let family_nodes = local.family(&ip);
+    let next_hops: BTreeSet<NextHop> = family_nodes
+        .nodes
+        .iter()
+        .filter_map(|n| context.announcers.get(*n))
+        .filter_map(|a| a.next_hop_for(&ip))
+        .collect();
+    let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
     if next_hops.is_empty() {
-        let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
-        part.explanation.notes.push(format!(
-            "{ip}: no host route: no node of this pool with an {family} InternalIP has a ready (or serving, terminating) endpoint"
-        ));
+        let mut note = format!(
+            "{ip}: no host route: no node of this pool with an {family} InternalIP has a ready (or serving, terminating) {family} endpoint"
+        );
+        if policy == LocalPolicy::Internal {
+            note.push_str(" (internalTrafficPolicy: Local: kube-proxy drops its traffic on every node until one has)");
+        }
+        part.explanation.notes.push(note);
         return covered();
     }
     if context.ranges_plan.routes.contains_key(&host) {
         // A configured /32 range already announces this IP from every eligible node.
         return IpOutcome::CoveredByRange(host);
     }
-    let nodes: Vec<&str> = next_hops.iter().map(|n| n.node.as_str()).collect();
-    let reason = format!("externalTrafficPolicy: Local; {} on {}", local.node_reason, nodes.join(", "));
     let mut communities: BTreeSet<Community> = range.config.communities.iter().copied().collect();
     communities.extend(local.communities.iter().copied());
     let mut large_communities: BTreeSet<LargeCommunity> = range.config.large_communities.iter().copied().collect();
     large_communities.extend(local.large_communities.iter().copied());
-    let route = Route {
+    let k = context.max_paths(&range.config);
+    let mut route = Route {
         prefix: host,
         kind: role.host_route_kind(),
         next_hops,
         sources: BTreeSet::from([service.key.to_string()]),
-        reason,
+        reason: String::new(),
         communities,
         large_communities,
+        part_of: None,
+        left_out: BTreeSet::new(),
     };
+    keep_to_max_paths(&mut route, k);
+    route.reason = host_reason(&format!("{}; {family} {}", policy.as_str(), family_nodes.reason), &route, k);
+    if !route.left_out.is_empty() {
+        part.explanation.notes.push(format!(
+            "{ip}: announced from {} of its {} endpoint nodes (ecmp.maxPaths {k}); left out: {}",
+            route.next_hops.len(),
+            route.next_hops.len() + route.left_out.len(),
+            route.left_out.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
     // The same IP twice in one Service (cluster and external lists): one route.
     match part.host_routes.iter_mut().find(|r| r.prefix == host) {
-        Some(existing) => merge_into(existing, &route),
+        Some(existing) => merge_into(existing, &route, k),
         None => part.host_routes.push(route),
     }
     IpOutcome::HostRoute(host)
@@ -491,6 +821,7 @@ fn ip_outcome(
 
 pub mod incremental;
 pub mod invariants;
+pub mod spread;
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::cluster::{Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use crate::config::Config;
 
 fn node(name: &str, ips: &[&str]) -> Node {
@@ -40,6 +40,12 @@ fn with_external(mut s: Service, ips: &[&str]) -> Service {
     s
 }
 
+/// internalTrafficPolicy: Local.
+fn itp_local(mut s: Service) -> Service {
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    s
+}
+
 fn with_lb(mut s: Service, ips: &[&str]) -> Service {
     s.type_ = "LoadBalancer".to_string();
     s.load_balancer_ips = ips.iter().map(|s| s.to_string()).collect();
@@ -54,10 +60,20 @@ const UNSET: fn(&'static str) -> Ep = |n| (n, None, None, None);
 const NOT_READY: fn(&'static str) -> Ep = |n| (n, Some(false), Some(false), Some(false));
 const DRAINING: fn(&'static str) -> Ep = |n| (n, Some(false), Some(true), Some(true));
 
+/// An IPv4 EndpointSlice.
 fn slice(service: &str, suffix: &str, endpoints: &[Ep]) -> EndpointSlice {
+    typed_slice(AddressType::Ipv4, service, suffix, endpoints)
+}
+
+fn v6_slice(service: &str, suffix: &str, endpoints: &[Ep]) -> EndpointSlice {
+    typed_slice(AddressType::Ipv6, service, suffix, endpoints)
+}
+
+fn typed_slice(address_type: AddressType, service: &str, suffix: &str, endpoints: &[Ep]) -> EndpointSlice {
     EndpointSlice {
         key: ObjectKey::new("ns", format!("{service}-{suffix}")),
         service_name: Some(service.to_string()),
+        address_type,
         endpoints: endpoints
             .iter()
             .map(|(n, ready, serving, terminating)| Endpoint {
@@ -231,7 +247,7 @@ fn cases() -> Vec<Case> {
             state: state(
                 vec![node("node1", &["198.19.0.2", "fd00::2"]), node("node2", &["198.19.0.3"])],
                 vec![svc("a", &["198.19.38.11", "fd00:32::11"], true)],
-                vec![slice("a", "1", &[READY("node1"), READY("node2")])],
+                vec![slice("a", "1", &[READY("node1"), READY("node2")]), v6_slice("a", "2", &[READY("node1"), READY("node2")])],
             ),
             routes: expect(&[
                 ("198.19.32.0/20", &["node1=198.19.0.2", "node2=198.19.0.3"]),
@@ -240,6 +256,73 @@ fn cases() -> Vec<Case> {
                 ("fd00:32::11/128", &["node1=fd00::2"]),
             ]),
             refused: &[],
+        },
+        Case {
+            name: "an endpoint of the other family makes no next hop: single-stack IPv4 with its node1 endpoint in an IPv6 slice",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![svc("a", &["198.19.34.1"], true)], vec![v6_slice("a", "1", &[READY("node1")]), slice("a", "2", &[READY("node2")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.34.1/32", &["node2=198.19.0.3"])]),
+            refused: &[],
+        },
+        Case {
+            name: "dual stack, endpoints split across nodes: IPv4 from the IPv4 endpoints' node, IPv6 from the IPv6 ones'",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}, {cidr: 'fd00:32::/112'}]",
+            state: state(
+                vec![node("node1", &["198.19.0.2", "fd00::2"]), node("node2", &["198.19.0.3", "fd00::3"])],
+                vec![svc("a", &["198.19.34.1", "fd00:32::1"], true)],
+                vec![slice("a", "v4", &[READY("node2")]), v6_slice("a", "v6", &[READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+                ("198.19.34.1/32", &["node2=198.19.0.3"]),
+                ("fd00:32::/112", &["node1=fd00::2", "node2=fd00::3"]),
+                ("fd00:32::1/128", &["node1=fd00::2"]),
+            ]),
+            refused: &[],
+        },
+        Case {
+            name: "FQDN slices are no endpoints: a Local Service with only one gets no host route",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![typed_slice(AddressType::Fqdn, "a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3)]),
+            refused: &[],
+        },
+        Case {
+            name: "internalTrafficPolicy: Local with externalTrafficPolicy: Cluster: the cluster IP from its endpoint nodes, the external IP rides the range",
+            config: LAB,
+            state: state(lab_nodes(), vec![itp_local(with_external(svc("a", &["198.19.38.11"], false), &["198.19.48.10"]))], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"])]),
+            refused: &[],
+        },
+        Case {
+            name: "internalTrafficPolicy: Local with no ready endpoint: no host route (the range still covers it)",
+            config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            state: state(lab_nodes(), vec![itp_local(svc("a", &["198.19.38.11"], false))], vec![slice("a", "1", &[NOT_READY("node1")])]),
+            routes: expect(&[("198.19.32.0/20", ALL3)]),
+            refused: &[],
+        },
+        Case {
+            name: "both policies Local: every IP from the endpoint nodes",
+            config: LAB,
+            state: state(
+                lab_nodes(),
+                vec![itp_local(with_lb(with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"]), &["198.19.64.9"]))],
+                vec![slice("a", "1", &[READY("node1"), READY("node2")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3),
+                ("198.19.38.11/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+                ("198.19.48.10/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+                ("198.19.64.9/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+            ]),
+            refused: &[],
+        },
+        Case {
+            name: "another pool's range: not refused, not announced here; an IP of no pool is refused",
+            config: "pool: pool-a\nserviceExternalIPs: [{cidr: 198.19.48.0/21}]\notherPools: [{name: pool-b, ranges: [198.19.56.0/21]}]",
+            state: state(lab_nodes(), vec![with_external(svc("a", &[], true), &["198.19.48.10", "198.19.56.10", "8.8.8.8"])], vec![slice("a", "1", &[READY("node1")])]),
+            routes: expect(&[("198.19.48.0/21", ALL3), ("198.19.48.10/32", &["node1=198.19.0.2"])]),
+            refused: &["8.8.8.8"],
         },
         Case {
             name: "two services sharing an IP: one route, next hops merged",
@@ -428,8 +511,16 @@ mod properties {
 
     fn arb_state() -> impl Strategy<Value = ClusterState> {
         let nodes = proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..3, any::<bool>()), 1..6);
+        // (externalTrafficPolicy Local, internalTrafficPolicy Local, cluster IP, with an IPv6 cluster
+        // IP too, external IPs, endpoints as (node, condition, slice family: IPv4, IPv6, FQDN)).
         let services = proptest::collection::vec(
-            (any::<bool>(), 0u16..64, proptest::collection::vec(0u16..600, 0..3), proptest::collection::vec((0usize..6, 0u8..4), 0..5)),
+            (
+                (any::<bool>(), any::<bool>()),
+                0u16..64,
+                any::<bool>(),
+                proptest::collection::vec(0u16..600, 0..3),
+                proptest::collection::vec((0usize..6, 0u8..4, 0u8..3), 0..6),
+            ),
             0..12,
         );
         (nodes, services).prop_map(|(nodes, services)| {
@@ -448,9 +539,13 @@ mod properties {
                 n.labels.insert("pool".into(), ["a", "b", "c"][*pool as usize].into());
                 s.insert_node(n);
             }
-            for (j, (local, cluster_low, externals, endpoints)) in services.iter().enumerate() {
+            for (j, ((local, internal_local), cluster_low, dual, externals, endpoints)) in services.iter().enumerate() {
                 let name = format!("s{j}");
-                let cluster = format!("198.19.{}.{}", 32 + cluster_low / 8, cluster_low % 250);
+                let mut cluster = vec![format!("198.19.{}.{}", 32 + cluster_low / 8, cluster_low % 250)];
+                if *dual {
+                    cluster.push(format!("fd00:32::{cluster_low:x}"));
+                }
+                let cluster: Vec<&str> = cluster.iter().map(String::as_str).collect();
                 let external: Vec<String> = externals
                     .iter()
                     .map(|e| match e % 3 {
@@ -460,27 +555,40 @@ mod properties {
                     })
                     .collect();
                 let ext_refs: Vec<&str> = external.iter().map(String::as_str).collect();
-                s.insert_service(with_external(svc(&name, &[&cluster], *local), &ext_refs));
-                let eps: Vec<Endpoint> = endpoints
-                    .iter()
-                    .map(|(n, cond)| Endpoint {
-                        node_name: Some(format!("n{n}")),
-                        ready: [Some(true), None, Some(false), Some(false)][*cond as usize],
-                        serving: [None, None, Some(false), Some(true)][*cond as usize],
-                        terminating: [None, None, Some(false), Some(true)][*cond as usize],
-                    })
-                    .collect();
-                s.insert_endpoint_slice(EndpointSlice {
-                    key: ObjectKey::new("ns", format!("{name}-1")),
-                    service_name: Some(name),
-                    endpoints: eps,
-                });
+                let mut service = with_external(svc(&name, &cluster, *local), &ext_refs);
+                if *internal_local {
+                    service = itp_local(service);
+                }
+                s.insert_service(service);
+                for (family, address_type) in [AddressType::Ipv4, AddressType::Ipv6, AddressType::Fqdn].into_iter().enumerate() {
+                    let eps: Vec<Endpoint> = endpoints
+                        .iter()
+                        .filter(|(_, _, f)| usize::from(*f) == family)
+                        .map(|(n, cond, _)| Endpoint {
+                            node_name: Some(format!("n{n}")),
+                            ready: [Some(true), None, Some(false), Some(false)][*cond as usize],
+                            serving: [None, None, Some(false), Some(true)][*cond as usize],
+                            terminating: [None, None, Some(false), Some(true)][*cond as usize],
+                        })
+                        .collect();
+                    if !eps.is_empty() {
+                        s.insert_endpoint_slice(EndpointSlice {
+                            key: ObjectKey::new("ns", format!("{name}-{}", address_type.as_str())),
+                            service_name: Some(name.clone()),
+                            address_type,
+                            endpoints: eps,
+                        });
+                    }
+                }
             }
             s
         })
     }
 
-    const CONFIG: &str = "nodeSelector: pool in (a,b)\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/24}, {cidr: 'fd00:48::/64'}]";
+    pub(super) const CONFIG: &str = "pool: pool-m\nnodeSelector: pool in (a,b)\necmp: {maxPaths: 2}\n\
+        serviceClusterIPs: [{cidr: 198.19.32.0/20}, {cidr: 'fd00:32::/112'}]\n\
+        serviceExternalIPs: [{cidr: 198.19.48.0/24}, {cidr: 'fd00:48::/64'}]\n\
+        otherPools: [{name: pool-z, ranges: [8.8.0.0/17]}]";
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
@@ -510,8 +618,9 @@ mod properties {
             }
         }
 
-        /// Host routes exist only for Local Services, and only on nodes with a ready (or, failing
-        /// that, draining) endpoint.
+        /// Host routes exist only for Local Services (internalTrafficPolicy: Local alone: cluster
+        /// IPs only), and only on nodes with a ready (or, failing that, draining) endpoint of the
+        /// IP's own family.
         #[test]
         fn host_routes_follow_endpoints(s in arb_state()) {
             let cfg = config(CONFIG);
@@ -520,15 +629,29 @@ mod properties {
                 for source in &route.sources {
                     let (ns, name) = source.split_once('/').unwrap();
                     let service = &s.services[&ObjectKey::new(ns, name)];
-                    prop_assert_eq!(service.external_traffic_policy, TrafficPolicy::Local);
+                    let external = service.external_traffic_policy == TrafficPolicy::Local;
+                    let internal = service.internal_traffic_policy == TrafficPolicy::Local;
+                    prop_assert!(external || (internal && route.kind == RouteKind::ClusterIp),
+                        "{} ({}) from {source}, whose policies give it no host route", route.prefix, route.kind);
                 }
                 for hop in &route.next_hops {
                     let has_endpoint = s.endpoint_slices.values()
                         .filter(|sl| route.sources.iter().any(|src| sl.service_key().map(|k| k.to_string()).as_ref() == Some(src)))
+                        .filter(|sl| sl.address_type.serves(&route.prefix.addr()))
                         .flat_map(|sl| &sl.endpoints)
                         .any(|e| e.node_name.as_deref() == Some(hop.node.as_str()) && (e.is_ready() || e.is_draining()));
-                    prop_assert!(has_endpoint, "{} announced from {} without an endpoint there", route.prefix, hop.node);
+                    prop_assert!(has_endpoint, "{} announced from {} without an endpoint of its family there", route.prefix, hop.node);
                 }
+            }
+        }
+
+        /// The planner's output keeps every safety invariant, restated independently of it.
+        #[test]
+        fn plans_keep_the_invariants(s in arb_state()) {
+            let cfg = config(CONFIG);
+            let p = plan(&s, &cfg);
+            if let Err(violations) = crate::planner::invariants::check_plan_invariants(&s, &cfg, &p) {
+                prop_assert!(false, "{violations}");
             }
         }
 
@@ -568,7 +691,7 @@ mod incremental_equals_full {
     use super::*;
     use crate::planner::incremental::{Change, IncrementalPlanner};
 
-    const CONFIG: &str = "nodeSelector: pool in (a,b)\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/24}, {cidr: 'fd00:48::/64'}]";
+    use super::properties::CONFIG;
 
     /// A change drawn against a state: (what, which, how).
     fn change_of(state: &ClusterState, (what, which, how): (u8, usize, u8)) -> Change {
@@ -576,9 +699,10 @@ mod incremental_equals_full {
         match what % 6 {
             0 if !state.endpoint_slices.is_empty() => {
                 let mut slice = EndpointSlice::clone(state.endpoint_slices.values().nth(pick(state.endpoint_slices.len())).unwrap());
-                match how % 3 {
+                match how % 4 {
                     0 => slice.endpoints.iter_mut().for_each(|e| e.ready = Some(!e.is_ready())),
                     1 => slice.endpoints.push(Endpoint { node_name: Some(format!("n{}", how % 5)), ..Default::default() }),
+                    2 => slice.address_type = [AddressType::Ipv4, AddressType::Ipv6, AddressType::Fqdn][usize::from(how / 4 % 3)].clone(),
                     _ => slice.service_name = Some(format!("s{}", how % 12)),
                 }
                 Change::EndpointSlice(slice.into())
@@ -588,9 +712,11 @@ mod incremental_equals_full {
             }
             2 if !state.services.is_empty() => {
                 let mut service = Service::clone(state.services.values().nth(pick(state.services.len())).unwrap());
-                match how % 3 {
-                    0 => service.external_traffic_policy = if service.external_traffic_policy == TrafficPolicy::Local { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
+                let flip = |p: TrafficPolicy| if p == TrafficPolicy::Local { TrafficPolicy::Cluster } else { TrafficPolicy::Local };
+                match how % 4 {
+                    0 => service.external_traffic_policy = flip(service.external_traffic_policy),
                     1 => service.external_ips.push(format!("198.19.48.{}", how)),
+                    2 => service.internal_traffic_policy = flip(service.internal_traffic_policy),
                     _ => service.cluster_ips = vec![format!("198.19.33.{}", how % 4)],
                 }
                 Change::Service(service.into())
@@ -639,6 +765,268 @@ mod incremental_equals_full {
                 got.removed.sort();
                 prop_assert_eq!(got, expected);
             }
+        }
+    }
+}
+
+/// What `heraldctl explain` says of each of the new cases: families per endpoint node, FQDN slices,
+/// the policy behind a host route, another pool's IP.
+#[test]
+fn explanations_name_families_policies_and_pools() {
+    let cfg = config("pool: pool-a\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/21}]\notherPools: [{name: pool-b, ranges: [198.19.56.0/21]}]");
+    let s = state(
+        lab_nodes(),
+        vec![
+            svc("families", &["198.19.34.1"], true),
+            svc("fqdn", &["198.19.34.2"], true),
+            itp_local(with_external(svc("itp", &["198.19.34.3"], false), &["198.19.48.3", "198.19.56.3"])),
+        ],
+        vec![
+            v6_slice("families", "v6", &[READY("node1")]),
+            slice("families", "v4", &[READY("node2"), NOT_READY("node1")]),
+            typed_slice(AddressType::Fqdn, "fqdn", "1", &[READY("node1")]),
+            slice("itp", "1", &[READY("node2")]),
+        ],
+    );
+    let p = plan(&s, &cfg);
+    let explain = |name: &str| &p.services[&ObjectKey::new("ns", name)];
+
+    let families = explain("families");
+    assert_eq!(families.endpoint_nodes["node1"], "IPv4: endpoint not ready; IPv6: ready endpoint");
+    assert_eq!(families.endpoint_nodes["node2"], "IPv4: ready endpoint");
+    let host = &p.routes[&"198.19.34.1/32".parse::<IpNet>().unwrap()];
+    assert_eq!(host.reason, "externalTrafficPolicy: Local; IPv4 ready endpoints on node2");
+
+    let fqdn = explain("fqdn");
+    assert_eq!(fqdn.ips[0].outcome, IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap()));
+    assert!(fqdn.notes.iter().any(|n| n.contains("addressType FQDN) ignored")), "{:?}", fqdn.notes);
+    assert!(fqdn.endpoint_nodes.is_empty(), "{:?}", fqdn.endpoint_nodes);
+
+    let itp = explain("itp");
+    assert_eq!(itp.internal_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(itp.ips[0].outcome, IpOutcome::HostRoute("198.19.34.3/32".parse().unwrap()));
+    assert_eq!(p.routes[&"198.19.34.3/32".parse::<IpNet>().unwrap()].reason, "internalTrafficPolicy: Local; IPv4 ready endpoints on node2");
+    // externalTrafficPolicy: Cluster: the external IP rides its range.
+    assert_eq!(itp.ips[1].outcome, IpOutcome::CoveredByRange("198.19.48.0/21".parse().unwrap()));
+    assert_eq!(
+        itp.ips[2].outcome,
+        IpOutcome::OtherPool { pool: "pool-b".parse().unwrap(), range: "198.19.56.0/21".parse().unwrap() }
+    );
+    assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+}
+
+/// Refusals name the one pool that records their Event: this pool inside its own ranges, else
+/// the first pool by name.
+#[test]
+fn each_refusal_names_the_pool_that_records_its_event() {
+    let cfg = config("pool: pool-b\nserviceExternalIPs: [{cidr: 198.19.56.0/21}]\ndenyPrefixes: [198.19.57.0/24]\notherPools: [{name: pool-a, ranges: [198.19.48.0/21]}]");
+    let s = state(lab_nodes(), vec![with_external(svc("a", &[], false), &["8.8.8.8", "198.19.57.1", "bad"])], vec![]);
+    let p = plan(&s, &cfg);
+    let by_ip: BTreeMap<&str, &str> = p.refusals.iter().map(|r| (r.ip.as_str(), r.event_pool.0.as_str())).collect();
+    assert_eq!(by_ip, BTreeMap::from([("8.8.8.8", "pool-a"), ("198.19.57.1", "pool-b"), ("bad", "pool-a")]));
+    assert!(p.refusals.iter().find(|r| r.ip == "8.8.8.8").unwrap().reason.contains("nor inside a range of the other pools (pool-a)"));
+}
+
+/// `ecmp.maxPaths`: ranges and host routes fitted to the routers' ECMP width.
+mod ecmp {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `n` Ready nodes, `node-0` .. at 198.19.1.1 ...
+    fn pool(n: usize) -> Vec<Node> {
+        (0..n).map(|i| node(&format!("node-{i}"), &[&format!("198.19.{}.{}", 1 + i / 250, 1 + i % 250)])).collect()
+    }
+
+    /// The nodes of a route.
+    fn nodes_of(route: &Route) -> BTreeSet<String> {
+        route.next_hops.iter().map(|h| h.node.clone()).collect()
+    }
+
+    /// The parts of `range` in a plan, in address order.
+    fn parts_of<'a>(plan: &'a Plan, range: &str) -> Vec<&'a Route> {
+        let range: IpNet = range.parse().unwrap();
+        plan.routes.values().filter(|r| r.part_of == Some(range)).map(|r| &**r).collect()
+    }
+
+    #[test]
+    fn a_range_of_a_pool_wider_than_max_paths_is_spread_over_every_node() {
+        let cfg = config("ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]");
+        let p = plan(&state(pool(40), vec![], vec![]), &cfg);
+        let parts = parts_of(&p, "198.19.32.0/20");
+        assert_eq!(parts.iter().map(|r| r.prefix.to_string()).collect::<Vec<_>>(),
+                   ["198.19.32.0/22", "198.19.36.0/22", "198.19.40.0/22", "198.19.44.0/22"]);
+        assert!(parts.iter().all(|r| r.next_hops.len() == 16 && r.kind == RouteKind::ClusterRangePart));
+        let carried: BTreeSet<String> = parts.iter().flat_map(|r| nodes_of(r)).collect();
+        assert_eq!(carried.len(), 40, "every node carries a part");
+        let aggregate = &p.routes[&"198.19.32.0/20".parse::<IpNet>().unwrap()];
+        assert_eq!(aggregate.kind, RouteKind::ClusterRange);
+        assert_eq!(aggregate.next_hops.len(), 16);
+        assert!(aggregate.left_out.is_empty());
+        assert_eq!(parts[0].reason, "part 1 of 4 of the cluster range 198.19.32.0/20: from 16 of 40 eligible nodes (ecmp.maxPaths 16)");
+        assert_eq!(aggregate.reason, "cluster range, the aggregate of its 4 parts: from 16 of 40 eligible nodes (ecmp.maxPaths 16)");
+        // No limit, or a pool no wider than it: as before, one route from every node.
+        for yaml in ["serviceClusterIPs: [{cidr: 198.19.32.0/20}]", "ecmp: {maxPaths: 40}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]"] {
+            let p = plan(&state(pool(40), vec![], vec![]), &config(yaml));
+            assert_eq!(p.routes.len(), 1);
+            assert_eq!(p.routes.values().next().unwrap().next_hops.len(), 40);
+        }
+    }
+
+    #[test]
+    fn a_range_that_cannot_be_cut_enough_says_who_is_left_out() {
+        // 40 nodes, 2 paths a prefix, parts no longer than /28: a /27 gives 2 parts, 4 nodes.
+        let cfg = config("ecmp: {maxPaths: 2}\nserviceExternalIPs: [{cidr: 198.19.48.0/27}]");
+        let p = plan(&state(pool(40), vec![], vec![]), &cfg);
+        let parts = parts_of(&p, "198.19.48.0/27");
+        assert_eq!(parts.len(), 2);
+        let aggregate = &p.routes[&"198.19.48.0/27".parse::<IpNet>().unwrap()];
+        assert_eq!(aggregate.left_out.len(), 40 - 4, "{:?}", aggregate.left_out);
+        assert!(p.notes.iter().any(|n| n.contains("36 of 40 eligible nodes carry none of it")), "{:?}", p.notes);
+    }
+
+    #[test]
+    fn per_range_max_paths_and_the_narrower_of_two_lists() {
+        let cfg = config(
+            "ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20, maxPaths: 8}]\n\
+             serviceExternalIPs: [{cidr: 198.19.48.0/20, maxPaths: 0}, {cidr: 198.19.64.0/24}]\nserviceLoadBalancerIPs: [{cidr: 198.19.64.0/24, maxPaths: 4}]",
+        );
+        let p = plan(&state(pool(40), vec![], vec![]), &cfg);
+        assert!(parts_of(&p, "198.19.32.0/20").iter().all(|r| r.next_hops.len() == 8));
+        assert_eq!(parts_of(&p, "198.19.32.0/20").len(), 8);
+        // maxPaths 0 on the range: no limit for it.
+        assert!(parts_of(&p, "198.19.48.0/20").is_empty());
+        assert_eq!(p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()].next_hops.len(), 40);
+        // In two lists with 16 and 4: 4.
+        assert!(parts_of(&p, "198.19.64.0/24").iter().all(|r| r.next_hops.len() == 4));
+    }
+
+    #[test]
+    fn host_routes_keep_to_max_paths_and_say_who_is_left_out() {
+        let cfg = config("ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]");
+        let nodes = pool(40);
+        let endpoints: Vec<Ep> = (0..20).map(|i| READY(Box::leak(format!("node-{i}").into_boxed_str()))).collect();
+        let s = state(nodes, vec![svc("a", &["198.19.38.11"], true), svc("b", &["198.19.38.11"], true)], vec![slice("a", "1", &endpoints[..18]), slice("b", "1", &endpoints[8..])]);
+        let p = plan(&s, &cfg);
+        let host = &p.routes[&"198.19.38.11/32".parse::<IpNet>().unwrap()];
+        assert_eq!(host.next_hops.len(), 16);
+        assert_eq!(host.left_out.len(), 4);
+        assert!(host.reason.ends_with("(16 of 20 endpoint nodes: ecmp.maxPaths 16)"), "{}", host.reason);
+        // The same 16 whichever Service's endpoints they are: the best 16 of all 20.
+        let keys: Vec<u64> = (0..20).map(|i| crate::planner::spread::node_key(&format!("node-{i}"))).collect();
+        let best: BTreeSet<String> = crate::planner::spread::top(&host.prefix, 16, &keys).into_iter().map(|i| format!("node-{i}")).collect();
+        assert_eq!(nodes_of(host), best);
+        let a = &p.services[&ObjectKey::new("ns", "a")];
+        assert!(a.notes.iter().any(|n| n.starts_with("198.19.38.11: announced from ") && n.contains("(ecmp.maxPaths 16); left out: ")), "{:?}", a.notes);
+        // Incrementally, the same.
+        let incremental = crate::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
+        assert_eq!(incremental.plan(), &p);
+    }
+
+    #[test]
+    fn config_rejects_what_gobgpd_cannot_honour() {
+        for (yaml, needle) in [
+            ("ecmp: {maxPaths: 256}", "ecmp.maxPaths 256"),
+            ("ecmp: {maxPaths: -1}", "maxPaths"),
+            ("serviceClusterIPs: [{cidr: 10.0.0.0/8, maxPaths: 1000}]", "serviceClusterIPs[0].maxPaths 1000"),
+            ("ecmp: {longestPrefix: {ipv4: 32}}", "ecmp.longestPrefix.ipv4 32"),
+            ("ecmp: {longestPrefix: {ipv6: 128}}", "ecmp.longestPrefix.ipv6 128"),
+            ("ecmp: {longestPrefix: {ipv4: 0}}", "ecmp.longestPrefix.ipv4 0"),
+            ("ecmp: {maxPath: 16}", "maxPath"),
+        ] {
+            let e = Config::parse(yaml).unwrap_err();
+            assert!(e.contains(needle), "{yaml}: {e}");
+        }
+        assert_eq!(Config::parse("ecmp: {maxPaths: 255}").unwrap().ecmp.max_paths, 255);
+    }
+
+    /// A pool of `size` nodes, those in `not_ready` not Ready, and one /20 range with maxPaths `k`.
+    fn spread_case(size: usize, k: usize, not_ready: &BTreeSet<usize>) -> (ClusterState, Config) {
+        let mut nodes = pool(size);
+        for i in not_ready {
+            nodes[*i].ready = false;
+        }
+        let mut cfg = config("serviceClusterIPs: [{cidr: 198.19.32.0/20}]");
+        // Set here, not parsed: the planner takes any width; the config check stops at what
+        // gobgpd's send-max can say (255), and the properties are drawn up to 256.
+        cfg.ecmp.max_paths = k as u32;
+        (state(nodes, vec![], vec![]), cfg)
+    }
+
+    /// (prefix, node) of every path of the range and its parts.
+    fn range_paths(p: &Plan) -> BTreeSet<(IpNet, String)> {
+        p.routes.values().filter(|r| r.kind.is_range()).flat_map(|r| r.next_hops.iter().map(|h| (r.prefix, h.node.clone()))).collect()
+    }
+
+    fn arb_pool() -> impl Strategy<Value = (usize, usize, BTreeSet<usize>)> {
+        // 1 to 2,000 nodes (mostly fewer, where the corner cases are), K 1 to 256, a few NotReady.
+        (prop_oneof![1usize..64, 1usize..400, 1usize..2001], 1usize..=256)
+            .prop_flat_map(|(n, k)| (Just(n), Just(k), proptest::collection::btree_set(0..n, 0..n.min(8))))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// No route above K; every eligible node in some part when parts × K ≥ N; no node in more
+        /// than ⌈parts·K/N⌉ + 1 parts; the plan the same for the nodes in any order.
+        #[test]
+        fn spread_plans_are_bounded_covering_and_balanced((size, k, not_ready) in arb_pool()) {
+            let (s, cfg) = spread_case(size, k, &not_ready);
+            let p = plan(&s, &cfg);
+            let eligible = size - not_ready.len();
+            prop_assert!(p.routes.values().all(|r| r.next_hops.len() <= k), "a route above maxPaths {k}");
+            let parts = parts_of(&p, "198.19.32.0/20");
+            let mut load: BTreeMap<String, usize> = BTreeMap::new();
+            for part in &parts {
+                for hop in &part.next_hops {
+                    *load.entry(hop.node.clone()).or_default() += 1;
+                }
+            }
+            let count = parts.len().max(1);
+            if eligible > 0 && count * k >= eligible && size > k {
+                prop_assert_eq!(load.len(), eligible, "eligible nodes without a part");
+            }
+            if !parts.is_empty() && eligible > 0 {
+                let bound = (count * k).div_ceil(eligible) + 1;
+                prop_assert!(load.values().all(|l| *l <= bound), "a node above {} parts", bound);
+            }
+            let mut reversed = ClusterState::default();
+            s.nodes.values().rev().for_each(|n| reversed.insert_node(Node::clone(n)));
+            prop_assert_eq!(&plan(&reversed, &cfg), &p);
+            if eligible > 0 {
+                if let Err(v) = crate::planner::invariants::check_plan_invariants(&s, &cfg, &p) {
+                    prop_assert!(false, "{v}");
+                }
+            }
+        }
+
+        /// A node going NotReady or Ready again changes at most 2 × its own paths + a few (see
+        /// spread::tests::STABILITY_SLACK; the part count follows the pool, not readiness); a
+        /// Service changes no range route.
+        #[test]
+        fn one_node_moves_few_paths_and_services_none((size, k, not_ready) in arb_pool(), which in any::<prop::sample::Index>()) {
+            let (s, cfg) = spread_case(size, k, &not_ready);
+            let before = plan(&s, &cfg);
+            let flipped = which.index(size);
+            let mut after_not_ready = not_ready.clone();
+            if !after_not_ready.remove(&flipped) {
+                after_not_ready.insert(flipped);
+            }
+            let (s2, _) = spread_case(size, k, &after_not_ready);
+            let after = plan(&s2, &cfg);
+            let (a, b) = (range_paths(&before), range_paths(&after));
+            let name = format!("node-{flipped}");
+            let own = a.iter().chain(&b).filter(|(_, n)| *n == name).count();
+            let changed = a.symmetric_difference(&b).count();
+            let slack = crate::planner::spread::tests::STABILITY_SLACK;
+            prop_assert!(changed <= 2 * own + slack, "{} paths changed for a node of {} paths", changed, own);
+
+            let mut with_service = s.clone();
+            with_service.insert_service(svc("new", &["198.19.38.11"], true));
+            with_service.insert_endpoint_slice(slice("new", "1", &[READY("node-0")]));
+            prop_assert_eq!(range_paths(&plan(&with_service, &cfg)), range_paths(&before));
         }
     }
 }

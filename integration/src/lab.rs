@@ -398,6 +398,11 @@ impl Lab {
         Ok(speaker)
     }
 
+    /// Speaker `speaker`'s gobgpd log so far (every start of it, appended).
+    pub fn gobgpd_log(&self, speaker: usize) -> String {
+        fs::read_to_string(self.dir().join(speaker_file("gobgpd", speaker, "log"))).unwrap_or_default()
+    }
+
     /// Replaces speaker `speaker`'s gobgpd config by `edit` of it, for gobgpd's next start.
     pub fn edit_gobgpd_config(&self, speaker: usize, edit: impl FnOnce(&str) -> String) -> Result<()> {
         let path = self.gobgpd_config_path(speaker);

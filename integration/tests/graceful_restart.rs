@@ -50,14 +50,9 @@ fn as_deployed(lab: &mut Lab, herald: &LabHerald, expected: &RouteTable) {
     herald.wait_table(lab, expected, Duration::from_secs(40), "routes with gobgpd as deployed");
 }
 
-fn gobgpd_log(lab: &Lab, speaker: usize) -> String {
-    let name = if speaker == 0 { "gobgpd.log".to_string() } else { format!("gobgpd{}.log", speaker + 1) };
-    std::fs::read_to_string(lab.dir().join(name)).unwrap_or_default()
-}
-
 /// Times gobgpd left restarting mode after every peer's End-of-RIB ("sync finished").
 fn syncs(lab: &Lab, speaker: usize) -> usize {
-    gobgpd_log(lab, speaker).matches("sync finished").count()
+    lab.gobgpd_log(speaker).matches("sync finished").count()
 }
 
 fn signal(herald: &LabHerald, signal: i32) {
@@ -187,7 +182,7 @@ fn a_router_without_graceful_restart_gets_a_restarted_gobgpd_s_routes_at_once() 
     let back = herald.wait_table(&lab, &expected, DEFERRAL_TIME - Duration::from_secs(3), "routes back before gobgpd's deferral time");
     let log = herald.herald.log_text();
     assert!(log.contains("holds back its routes from a neighbor that does not do graceful restart"), "{log}");
-    let gobgpd = gobgpd_log(&lab, 0);
+    let gobgpd = lab.gobgpd_log(0);
     eprintln!(
         "router without graceful restart: routes back {back:?} after gobgpd's restart with -r (its deferral time: {DEFERRAL_TIME:?}); \
          {} soft resets out asked; {:?} since the restart",

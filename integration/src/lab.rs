@@ -11,8 +11,8 @@
 //! the node addresses, so paths announced with a node as next hop are reachable from host1 over
 //! the shared link. A lab may start a second speaker ([`Lab::add_speaker`]): a second gobgpd, from
 //! 198.19.0.11 with its API on 127.0.0.1:50052, as the pool Deployment's second replica on another
-//! node; BIRD peers with both. BIRD on host1 installs what it learns into host1's kernel, merging paths of
-//! one prefix into an ECMP route, exactly like the router of the original lab. The gobgpd and BIRD
+//! node; BIRD peers with both. BIRD on host1 installs what it learns into host1's kernel, merging
+//! paths of one prefix into an ECMP route, exactly like the router of the original lab. The gobgpd and BIRD
 //! configs are in `integration/lab/`, shared with `scripts/lab.sh`.
 //!
 //! Needs root (`ip netns`) and `gobgpd`, `gobgp`, `bird`, `birdc` on `PATH`

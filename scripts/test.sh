@@ -31,18 +31,22 @@ fi
 step "cargo test"
 cargo test --workspace --no-fail-fast
 
-if [[ -x scripts/validate-manifests.sh ]]; then
-    step "Kubernetes manifests"
-    scripts/validate-manifests.sh
-fi
+# A step's script that lost its exec bit (a checkout on a filesystem without it, a bad chmod) must
+# fail the run, not skip the step silently.
+require_executable() {
+    [[ -x $1 ]] || { echo "error: $1 is not executable (git update-index --chmod=+x $1)" >&2; exit 1; }
+}
 
-if [[ -x integration/compose/e2e.sh ]]; then
-    step "Docker Compose end to end"
-    # With the binaries built above: a release build would add ~9 minutes on 2 cores to what is a
-    # test of the images and the Compose wiring. `deploy/docker/build-images.sh --cargo` builds the
-    # release images.
-    target=${CARGO_TARGET_DIR:-$PWD/target}
-    HERALD_BIN=$target/debug/herald HERALDCTL_BIN=$target/debug/heraldctl HERALDCTL=$target/debug/heraldctl \
-        integration/compose/e2e.sh --no-cargo
-fi
+step "Kubernetes manifests"
+require_executable scripts/validate-manifests.sh
+scripts/validate-manifests.sh
+
+step "Docker Compose end to end"
+require_executable integration/compose/e2e.sh
+# With the binaries built above: a release build would add ~9 minutes on 2 cores to what is a test
+# of the images and the Compose wiring. `deploy/docker/build-images.sh --cargo` builds the release
+# images.
+target=${CARGO_TARGET_DIR:-$PWD/target}
+HERALD_BIN=$target/debug/herald HERALDCTL_BIN=$target/debug/heraldctl HERALDCTL=$target/debug/heraldctl \
+    integration/compose/e2e.sh --no-cargo
 step "done"

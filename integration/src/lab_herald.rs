@@ -138,13 +138,19 @@ pub fn misses(expected: &RouteTable, table: &RouteTable) -> bool {
     expected.iter().any(|(prefix, hops)| !table.get(prefix).is_some_and(|have| hops.is_subset(have)))
 }
 
-/// BIRD's count of withdrawals received from gobgpd.
+/// BIRD's count of withdrawals received from gobgpd, summed over the session's channels. Panics
+/// when BIRD's output has no such count (a BIRD that words it differently must not read as zero).
 pub fn withdrawals_received(lab: &Lab) -> u64 {
     let text = lab.birdc(&["show", "protocols", "all", "pool"]).unwrap();
-    text.lines()
+    let counts: Vec<u64> = text
+        .lines()
         .filter(|l| l.trim_start().starts_with("Import withdraws:"))
-        .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
-        .sum()
+        .map(|l| {
+            l.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("BIRD's withdrawal count unreadable: {l:?}"))
+        })
+        .collect();
+    assert!(!counts.is_empty(), "BIRD's `show protocols all pool` has no \"Import withdraws:\" line:\n{text}");
+    counts.iter().sum()
 }
 
 /// A cluster of the lab's three nodes and `services` Local Services, each with an external IP in

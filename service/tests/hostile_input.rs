@@ -81,6 +81,9 @@ fn every_kept_fuzz_regression_passes() {
             }
         }
     }
+    // fuzz/regressions/ holds at least the config crash found once; none replayed means the
+    // directory moved or the names changed, and this test would pass reading nothing.
+    assert!(replayed > 0, "no fuzz regression replayed: is {} still where the fuzz targets keep them?", regressions_dir("config").display());
     assert!(failures.is_empty(), "{} of {replayed} fuzz regression(s) fail:\n{}", failures.len(), failures.join("\n\n"));
 }
 

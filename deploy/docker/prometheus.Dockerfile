@@ -5,15 +5,15 @@
 #
 # The configuration and the rules are not baked in: mount prometheus.yml at
 # /etc/prometheus/prometheus.yml (deploy/compose/prometheus/) and the rules under
-# /etc/prometheus/rules/. The TSDB lives in /prometheus: a tmpfs or a volume (the root filesystem
-# may be read-only). No registry: built on the debootstrapped debian:bookworm-slim like the others.
+# /etc/prometheus/rules/. The TSDB lives in /prometheus: mount a volume there (the root
+# filesystem may be read-only). No registry: built on the debootstrapped debian:bookworm-slim like the others.
 FROM debian:bookworm-slim
 
 ARG PROMETHEUS_VERSION=
 
 # The package creates the system user prometheus (adduser --system: it refuses a user made
-# beforehand with a fixed uid above the system range); the lab mounts /prometheus as a tmpfs
-# writable by anyone, so its uid does not matter.
+# beforehand with a fixed uid above the system range). /prometheus is that user's: a volume
+# mounted there (the compose lab's anonymous one) starts with its ownership.
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends "prometheus${PROMETHEUS_VERSION}"; \

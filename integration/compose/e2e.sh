@@ -313,6 +313,10 @@ wait_routes "herald, stage 3 again (file rewritten in place)" "$LAB_ROUTES"
 restarts=$(docker inspect -f '{{.RestartCount}}' "$HR")
 [[ $restarts -eq 0 ]] || fail "herald restarted $restarts time(s)"
 [[ $(docker inspect -f '{{.State.Running}}' "$HR") == true ]] || fail "herald is not running"
+# Prometheus (phase 4) too, now rather than after phase 3's minute and a half.
+PR=$(compose ps -q prometheus)
+[[ -n $PR && $(docker inspect -f '{{.State.Running}} {{.RestartCount}}' "$PR") == "true 0" ]] ||
+  fail "Prometheus is not running, or restarted (docker-compose logs prometheus, below)"
 
 # --- phase 3: crashes ------------------------------------------------------------------------------
 WATCH_SECONDS=${E2E_WATCH_SECONDS:-30}

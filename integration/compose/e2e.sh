@@ -413,7 +413,7 @@ wait_for "Prometheus ready, scraping herald (up{job=\"herald\"} == 1)" \
 # herald's series, as Prometheus scraped them.
 series=$(prom_query 'count by (__name__) ({job="herald",__name__=~"herald_.+"})' |
   jq -r '.data.result[] | "\(.metric.__name__) \(.value[1])"' | sort) || fail "asking Prometheus for herald's series"
-log "Prometheus has $(wc -l <<<"$series") herald metric names (name, series), e.g.:"
+log "Prometheus: count by (__name__) ({job=\"herald\",__name__=~\"herald_.+\"}): $(wc -l <<<"$series") names; the first:"
 head -n 6 <<<"$series" | sed 's/^/    /' >&2
 peer=$(prom_query 'herald_bgp_peer_state{job="herald"} == 1' | jq -c '.data.result[] | [.metric.peer, .metric.state, .value[1]]')
 log "Prometheus: herald_bgp_peer_state == 1: $peer"

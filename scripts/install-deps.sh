@@ -11,7 +11,9 @@ fi
 
 # Debian package -> a command it provides. The lab (integration/src/lab.rs, scripts/lab.sh)
 # runs gobgpd and the gobgp CLI in one network namespace, BIRD 2 in another, and creates them
-# with iproute2; debootstrap builds the base image (scripts/docker-base-image.sh).
+# with iproute2; debootstrap builds the base image (scripts/docker-base-image.sh). promtool
+# (Debian's prometheus package) checks and unit-tests the alerting rules, jq reads the dashboard
+# and Prometheus's API answers (scripts/check-monitoring.sh, integration/compose/e2e.sh).
 declare -A packages=(
     [gobgpd]=gobgpd
     [bird2]=bird
@@ -19,6 +21,8 @@ declare -A packages=(
     [debootstrap]=debootstrap
     [curl]=curl
     [openssl]=openssl
+    [prometheus]=promtool
+    [jq]=jq
 )
 
 missing=()
@@ -53,7 +57,7 @@ if ! command -v grpcurl >/dev/null 2>&1; then
 fi
 
 # Fail loudly now rather than in the middle of a test if something is still missing.
-for command in gobgpd gobgp bird birdc ip debootstrap curl openssl grpcurl; do
+for command in gobgpd gobgp bird birdc ip debootstrap curl openssl grpcurl promtool jq; do
     if ! command -v "$command" >/dev/null 2>&1; then
         echo "install-deps.sh: $command is still missing after installing" >&2
         exit 1

@@ -4,7 +4,8 @@
 #   scripts/test.sh            all tests
 #   scripts/test.sh --quick    unit and CLI tests only (no network namespaces, no Docker)
 #
-# It installs what the tests need (gobgpd, BIRD 2, grpcurl, ...), builds the workspace, runs
+# It installs what the tests need (gobgpd, BIRD 2, grpcurl, promtool, ...), builds the workspace,
+# checks the alerting rules and the dashboard's queries (scripts/check-monitoring.sh), runs
 # `cargo test` (which includes the network-namespace labs with real gobgpd and BIRD 2), validates the
 # Kubernetes manifests and runs the Docker Compose end-to-end test. CI also fuzzes (.ci/run).
 set -euo pipefail
@@ -21,6 +22,9 @@ scripts/install-deps.sh
 step "build"
 # The integration tests run the binaries the user runs: build them first.
 cargo build --workspace --bins --quiet
+
+step "alerting rules and dashboard (promtool)"
+scripts/check-monitoring.sh
 
 if $quick; then
     step "unit and CLI tests"

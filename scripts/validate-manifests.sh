@@ -2,7 +2,11 @@
 # Renders the Kubernetes manifests (deploy/kubernetes: the base and every overlay) with kustomize and
 # validates each object against the Kubernetes OpenAPI schemas, strictly (an unknown field is an
 # error), for a few Kubernetes versions; then checks herald's own rules on the rendered objects
-# (security context, probes, anti-affinity, RBAC subjects, pool selectors).
+# (security context, probes, anti-affinity, RBAC subjects, pool selectors). Each overlay is also
+# rendered with the optional monitoring component (components/monitoring: PodMonitor and
+# PrometheusRule, custom resources the Kubernetes schemas do not know), as `NAME+monitoring`, and
+# those objects are checked here: the PodMonitor selects the Deployment's pods in its namespace by a
+# port they have, and the PrometheusRule holds exactly deploy/prometheus/herald-alerts.yaml.
 #
 #   scripts/validate-manifests.sh               render and validate
 #   scripts/validate-manifests.sh --print NAME  print the rendered base or overlay NAME (pool-a, ...)
@@ -55,13 +59,26 @@ ensure_tools() {
     printf '%s' "$want" >"$TOOLS/.installed"
 }
 
-# base, then each overlay: "name dir" lines.
+# A copy of the manifests in which every overlay uses the monitoring component, as an operator
+# would add it (`components:` in the overlay's kustomization.yaml).
+MONITORED=$(mktemp -d)
+trap 'rm -rf "$MONITORED"' EXIT
+cp -r "$MANIFESTS"/. "$MONITORED"/
+for kustomization in "$MONITORED"/overlays/*/kustomization.yaml; do
+    printf '\ncomponents:\n  - ../../components/monitoring\n' >>"$kustomization"
+done
+
+# base, then each overlay, then each overlay with the monitoring component: "name dir" lines.
 targets() {
     echo "base $MANIFESTS/base"
     local dir
     for dir in "$MANIFESTS"/overlays/*/; do
         dir=${dir%/}
         echo "${dir##*/} $dir"
+    done
+    for dir in "$MONITORED"/overlays/*/; do
+        dir=${dir%/}
+        echo "${dir##*/}+monitoring $dir"
     done
 }
 
@@ -84,7 +101,7 @@ if [[ ${1:-} == --print ]]; then
 fi
 
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out" "$MONITORED"' EXIT
 failed=0
 while read -r name dir; do
     if ! render "$dir" >"$out/$name.yaml"; then
@@ -99,12 +116,12 @@ while read -r name dir; do
             failed=1
         fi
     done
-    if ! "$TOOLS/bin/python" - "$name" "$out/$name.yaml" <<'PY'; then
+    if ! "$TOOLS/bin/python" - "$name" "$out/$name.yaml" deploy/prometheus/herald-alerts.yaml <<'PY'; then
 import sys
 import tomllib
 import yaml
 
-name, path = sys.argv[1], sys.argv[2]
+name, path, rules_path = sys.argv[1], sys.argv[2], sys.argv[3]
 objects = [o for o in yaml.safe_load_all(open(path)) if o]
 problems = []
 
@@ -234,6 +251,44 @@ for pdb in by_kind.get("PodDisruptionBudget", []):
     check(any(all(d["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in selector.items()) for d in deployments),
           f"PodDisruptionBudget {pdb['metadata']['name']}: selects no Deployment's pods")
 check(len(by_kind.get("PodDisruptionBudget", [])) == 1, "expected one PodDisruptionBudget")
+
+# The monitoring component (custom resources: no schema above, so their fields are checked here).
+monitors, prometheus_rules = by_kind.get("PodMonitor", []), by_kind.get("PrometheusRule", [])
+check(("+monitoring" in name) == bool(monitors) == bool(prometheus_rules),
+      f"PodMonitor and PrometheusRule expected exactly in the +monitoring renders, found {len(monitors)} and {len(prometheus_rules)}")
+known = {
+    "spec": {"selector", "podMetricsEndpoints", "namespaceSelector", "jobLabel", "podTargetLabels"},
+    "endpoint": {"port", "path", "interval", "scrapeTimeout", "scheme", "relabelings", "metricRelabelings", "honorLabels"},
+    "relabeling": {"sourceLabels", "targetLabel", "action", "regex", "replacement", "separator", "modulus"},
+}
+for monitor in monitors:
+    where = f"PodMonitor {monitor['metadata']['name']}"
+    check(monitor["apiVersion"] == "monitoring.coreos.com/v1", f"{where}: apiVersion {monitor['apiVersion']}")
+    spec = monitor["spec"]
+    check(set(spec) <= known["spec"], f"{where}: unknown spec fields {set(spec) - known['spec']}")
+    for d in deployments:
+        check(monitor["metadata"].get("namespace") == d["metadata"].get("namespace"),
+              f"{where}: namespace {monitor['metadata'].get('namespace')}, the Deployment's is {d['metadata'].get('namespace')}")
+        pod_labels = d["spec"]["template"]["metadata"]["labels"]
+        check(all(pod_labels.get(k) == v for k, v in spec["selector"]["matchLabels"].items()),
+              f"{where}: selector {spec['selector']} does not select the Deployment's pods ({pod_labels})")
+        ports = {p["name"]: p["containerPort"] for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        for endpoint in spec["podMetricsEndpoints"]:
+            check(set(endpoint) <= known["endpoint"], f"{where}: unknown endpoint fields {set(endpoint) - known['endpoint']}")
+            for r in endpoint.get("relabelings", []):
+                check(set(r) <= known["relabeling"], f"{where}: unknown relabeling fields {set(r) - known['relabeling']}")
+            check(endpoint.get("port") in ports, f"{where}: port {endpoint.get('port')!r} is no named port of the pods ({sorted(ports)})")
+            config_map = next((v["configMap"]["name"] for v in d["spec"]["template"]["spec"].get("volumes", [])
+                               if v["name"] == "herald-config"), None)
+            if config_map in configs and endpoint.get("port") in ports:
+                listen = str(yaml.safe_load(configs[config_map]["data"]["config.yaml"]).get("metrics", {}).get("listen", ""))
+                check(listen.endswith(f":{ports[endpoint['port']]}") and not listen.startswith("127."),
+                      f"{where}: herald's metrics.listen {listen!r} is not the pods' port {endpoint['port']} ({ports[endpoint['port']]})")
+rules = yaml.safe_load(open(rules_path))
+for rule in prometheus_rules:
+    where = f"PrometheusRule {rule['metadata']['name']}"
+    check(rule["apiVersion"] == "monitoring.coreos.com/v1", f"{where}: apiVersion {rule['apiVersion']}")
+    check(rule["spec"] == rules, f"{where}: its groups are not those of {rules_path} (scripts/check-monitoring.sh --write-prometheusrule)")
 
 for p in problems:
     print(f"FAIL {name}: {p}", file=sys.stderr)

@@ -7,16 +7,20 @@
 #   herald-bird:dev        deploy/docker/bird.Dockerfile,   context deploy/docker
 #   herald-pause:dev       deploy/docker/pause.Dockerfile,  context deploy/docker (owns the pod's
 #                          network namespace in the Compose lab)
+#   herald-prometheus:dev  deploy/docker/prometheus.Dockerfile, context deploy/docker (Debian's
+#                          prometheus: the lab's Prometheus, with herald's alerting rules)
 #   herald:dev             deploy/docker/herald.Dockerfile, context: a temporary directory under
 #                          /tmp holding the stripped host-built binaries (bin/herald, bin/heraldctl)
 #
 # Usage: deploy/docker/build-images.sh [--cargo] [--no-herald]
 #   --cargo      run `cargo build --release -p herald [-p heraldctl]` first
-#   --no-herald  build only the base, gobgpd, bird and pause images (the network half of the lab)
+#   --no-herald  build only the base, gobgpd, bird and pause images (the network half of the lab:
+#                no herald, no Prometheus)
 # Environment:
 #   HERALD_BIN     herald binary to package      (default target/release/herald)
 #   HERALDCTL_BIN  heraldctl binary, optional    (default target/release/heraldctl if present)
-#   HERALD_IMAGE, HERALD_GOBGPD_IMAGE, HERALD_BIRD_IMAGE, HERALD_PAUSE_IMAGE   image names (defaults above)
+#   HERALD_IMAGE, HERALD_GOBGPD_IMAGE, HERALD_BIRD_IMAGE, HERALD_PAUSE_IMAGE,
+#   HERALD_PROMETHEUS_IMAGE   image names (defaults above)
 # Nothing is written inside the repository.
 set -euo pipefail
 
@@ -26,6 +30,7 @@ HERALD_IMAGE=${HERALD_IMAGE:-herald:dev}
 HERALD_GOBGPD_IMAGE=${HERALD_GOBGPD_IMAGE:-herald-gobgpd:dev}
 HERALD_BIRD_IMAGE=${HERALD_BIRD_IMAGE:-herald-bird:dev}
 HERALD_PAUSE_IMAGE=${HERALD_PAUSE_IMAGE:-herald-pause:dev}
+HERALD_PROMETHEUS_IMAGE=${HERALD_PROMETHEUS_IMAGE:-herald-prometheus:dev}
 
 CARGO=0 HERALD=1
 for arg; do
@@ -64,6 +69,10 @@ build -f "$DOCKER_DIR/pause.Dockerfile" -t "$HERALD_PAUSE_IMAGE" "$DOCKER_DIR"
 log "$HERALD_PAUSE_IMAGE: $(size "$HERALD_PAUSE_IMAGE") ($((SECONDS - t))s)"
 
 if [[ $HERALD -eq 1 ]]; then
+  t=$SECONDS
+  build -f "$DOCKER_DIR/prometheus.Dockerfile" -t "$HERALD_PROMETHEUS_IMAGE" "$DOCKER_DIR"
+  log "$HERALD_PROMETHEUS_IMAGE: $(size "$HERALD_PROMETHEUS_IMAGE") ($((SECONDS - t))s)"
+
   if [[ $CARGO -eq 1 ]]; then
     t=$SECONDS
     pkgs=(-p herald)

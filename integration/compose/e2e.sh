@@ -24,6 +24,12 @@
 #   no poll may miss a route of the lab's table (graceful restart, and the pod container keeping the
 #   namespace), the container must be back in the pod, herald's API must answer from the host with
 #   gobgpd in sync, and a restarted gobgpd must have run with -r and sent its End-of-RIB.
+# Phase 4, monitoring: the lab's Prometheus (started with herald in phase 2) scrapes herald with
+#   herald's alerting rules (deploy/prometheus/herald-alerts.yaml). Asked through its HTTP API:
+#   herald's series are there (every one the rules and the Grafana dashboard read), every rule is
+#   loaded and evaluates, every dashboard query runs and returns data, and no herald alert is firing;
+#   then host1's BGP session is disabled (birdc disable pool) and HeraldBgpPeerNotEstablished must
+#   go pending for peer 198.19.15.254 (its `for:` is 2m: pending is the state to see within seconds).
 #
 # The project is named herald-e2e-$$ and always torn down (trap), then checked to be gone. Runs are
 # serialised with a lock: the lab's addresses (198.19.0.0/20) are fixed, so two cannot coexist;
@@ -44,7 +50,7 @@ for arg; do
     --network-only) NETWORK_ONLY=1 ;;
     --no-cargo) CARGO=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--network-only] [--no-cargo] [--keep]" >&2; exit 2 ;;
   esac
 done
@@ -104,6 +110,7 @@ if [[ $NETWORK_ONLY -eq 0 ]]; then cp "$STAGE1" "$STATE"; else cp "$REPO/deploy/
 chmod 0644 "$STATE"
 export HERALD_STATE_DIR=$WORK/state
 export HERALD_API_PORT=        # empty: an ephemeral host port, looked up below
+export HERALD_PROMETHEUS_PORT= # likewise
 export HERALD_LOG=${HERALD_LOG:-info}
 compose() { "${COMPOSE_CMD[@]}" -f "$COMPOSE_FILE" -p "$PROJECT" "$@"; }
 
@@ -265,7 +272,8 @@ replace_state() {
 }
 
 th=$SECONDS
-compose up -d herald >/dev/null 2>&1 || { compose up -d herald >&2 || true; fail "compose up herald"; }
+# Prometheus with herald: it has scraped for the length of phases 2 and 3 when phase 4 asks it.
+compose up -d herald prometheus >/dev/null 2>&1 || { compose up -d herald prometheus >&2 || true; fail "compose up herald prometheus"; }
 HR=$(compose ps -q herald)
 [[ -n $HR ]] || fail "herald container not created"
 wait_routes "herald, stage 1 (customer Cluster): both ranges, ECMP over the 3 nodes" "$RANGE_ROUTES"
@@ -305,6 +313,10 @@ wait_routes "herald, stage 3 again (file rewritten in place)" "$LAB_ROUTES"
 restarts=$(docker inspect -f '{{.RestartCount}}' "$HR")
 [[ $restarts -eq 0 ]] || fail "herald restarted $restarts time(s)"
 [[ $(docker inspect -f '{{.State.Running}}' "$HR") == true ]] || fail "herald is not running"
+# Prometheus (phase 4) too, now rather than after phase 3's minute and a half.
+PR=$(compose ps -q prometheus)
+[[ -n $PR && $(docker inspect -f '{{.State.Running}} {{.RestartCount}}' "$PR") == "true 0" ]] ||
+  fail "Prometheus is not running, or restarted (docker-compose logs prometheus, below)"
 
 # --- phase 3: crashes ------------------------------------------------------------------------------
 WATCH_SECONDS=${E2E_WATCH_SECONDS:-30}
@@ -381,4 +393,71 @@ survive() {
 survive "gobgpd crashed" "$GB" crash
 survive "herald crashed" "$HR" crash
 survive "docker kill + docker start gobgpd" "$GB" kill_and_start
+
+# --- phase 4: Prometheus, herald's alerting rules and the dashboard's queries ------------------------
+RULES=$REPO/deploy/prometheus/herald-alerts.yaml
+DASHBOARD=$REPO/deploy/grafana/herald-dashboard.json
+PROM_PORT=$(compose port prometheus 9090 | awk -F: '{ print $NF }')
+[[ $PROM_PORT =~ ^[0-9]+$ ]] || fail "Prometheus's port is not published (compose port prometheus 9090: '$PROM_PORT')"
+PROM=http://127.0.0.1:$PROM_PORT
+# prom_query QUERY: the API's JSON answer to an instant query; fails unless its status is success.
+prom_query() {
+  local out
+  out=$(curl -sS --max-time 10 -G --data-urlencode "query=$1" "$PROM/api/v1/query") || return 1
+  [[ $(jq -r .status <<<"$out") == success ]] || { printf '%s\n' "$out" >&2; return 1; }
+  printf '%s\n' "$out"
+}
+wait_for "Prometheus ready, scraping herald (up{job=\"herald\"} == 1)" \
+  sh -c "curl -sf --max-time 5 -G --data-urlencode 'query=up{job=\"herald\"} == 1' $PROM/api/v1/query | jq -e '.data.result | length == 1'"
+
+# herald's series, as Prometheus scraped them.
+series=$(prom_query 'count by (__name__) ({job="herald",__name__=~"herald_.+"})' |
+  jq -r '.data.result[] | "\(.metric.__name__) \(.value[1])"' | sort) || fail "asking Prometheus for herald's series"
+log "Prometheus: count by (__name__) ({job=\"herald\",__name__=~\"herald_.+\"}): $(wc -l <<<"$series") names; the first:"
+head -n 6 <<<"$series" | sed 's/^/    /' >&2
+peer=$(prom_query 'herald_bgp_peer_state{job="herald"} == 1' | jq -c '.data.result[] | [.metric.peer, .metric.state, .value[1]]')
+log "Prometheus: herald_bgp_peer_state == 1: $peer"
+[[ $peer == '["198.19.15.254","established","1"]' ]] || fail "Prometheus does not see herald's BGP peer established: $peer"
+# Every series the rules and the dashboard read (a histogram by its _bucket series).
+wanted=$( { grep '^ *expr:' "$RULES"; jq -r '.. | .expr? // empty, .query? // empty' "$DASHBOARD"; } |
+  grep -o 'herald_[a-z_]*' | sort -u)
+for name in $wanted; do
+  grep -q "^$name " <<<"$series" || fail "Prometheus has no series $name, which the rules or the dashboard read"
+done
+log "ok: Prometheus scraped every herald series the rules and the dashboard read ($(wc -w <<<"$wanted") names)"
+
+# The rules: all loaded, all evaluating without error.
+rules=$(curl -sS --max-time 10 "$PROM/api/v1/rules?type=alert") || fail "asking Prometheus for its rules"
+loaded=$(jq '[.data.groups[].rules[]] | length' <<<"$rules")
+in_file=$(grep -c '^ *- alert:' "$RULES")
+[[ $loaded -eq $in_file ]] || fail "Prometheus loaded $loaded alerting rules, $RULES has $in_file"
+bad=$(jq -r '.data.groups[].rules[] | select(.health != "ok") | "\(.name): \(.health) \(.lastError)"' <<<"$rules")
+[[ -z $bad ]] || fail "rules that do not evaluate: $bad"
+log "ok: Prometheus loaded herald's $loaded alerting rules, all evaluating (health ok)"
+
+# The dashboard's queries ($job: every job), each valid and returning data.
+n=0
+while IFS= read -r query; do
+  n=$((n + 1))
+  out=$(prom_query "${query//\$job/.+}") || fail "dashboard query $n does not run: $query"
+  [[ $(jq '.data.result | length' <<<"$out") -gt 0 ]] || fail "dashboard query $n returns nothing: $query"
+done < <(jq -r '.panels[] | select(.targets) | .targets[] | .expr' "$DASHBOARD")
+(( n >= 10 )) || fail "only $n dashboard queries found"
+log "ok: the $n queries of the Grafana dashboard run on Prometheus and return data"
+
+# Nothing firing on a healthy lab; then host1 stops the BGP session.
+active=$(prom_query 'ALERTS{alertname=~"Herald.+"}' | jq -r '.data.result[] | "\(.metric.alertname) \(.metric.alertstate)"')
+log "herald alerts before host1's session stops: ${active:-none}"
+grep -q firing <<<"$active" && fail "herald alerts firing on a healthy lab: $active"
+grep -q HeraldBgpPeerNotEstablished <<<"$active" && fail "the peer alert is active before the session stopped"
+tp=$SECONDS
+docker exec "$H1" birdc -s /run/bird/bird.ctl disable pool >/dev/null || fail "birdc disable pool"
+log "host1: BGP session to gobgpd disabled (birdc disable pool)"
+wait_for "HeraldBgpPeerNotEstablished pending for peer 198.19.15.254" \
+  sh -c "curl -sf --max-time 5 -G --data-urlencode 'query=ALERTS{alertname=\"HeraldBgpPeerNotEstablished\",alertstate=\"pending\",peer=\"198.19.15.254\"}' $PROM/api/v1/query | jq -e '.data.result | length == 1'"
+alert=$(prom_query 'ALERTS{alertname="HeraldBgpPeerNotEstablished"}' | jq -c '.data.result[].metric')
+state=$(prom_query 'herald_bgp_peer_state{job="herald"} == 1' | jq -c '.data.result[] | [.metric.peer, .metric.state, .value[1]]')
+log "Prometheus: herald_bgp_peer_state == 1: $state"
+log "Prometheus: ALERTS: $alert"
+log "ok: the peer alert went pending $((SECONDS - tp))s after host1 stopped the session"
 FAILED=0

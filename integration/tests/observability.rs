@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald_integration::lab::Lab;
 use herald_integration::lab_herald::{lab_final_table, write_atomically, LabHerald, LAB_RANGES};
-use herald_integration::process::{free_port, plan_only_config, repo_root, wait_until, workspace_bin};
+use herald_integration::process::{free_port, plan_only_config, repo_root, wait_until, workspace_bin, Herald};
 
 const METRICS_PORT: u16 = 9180;
 
@@ -26,6 +26,32 @@ fn scrape(lab: &Lab) -> String {
 /// The value of a sample line `name{labels} value` (labels written as in the exposition).
 fn sample(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The `herald_*` names in `text` (a dashboard, a rule file).
+fn series_named(text: &str) -> BTreeSet<&str> {
+    text.match_indices("herald_")
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .filter(|name| !name.ends_with('_'))
+        .collect()
+}
+
+/// The names `text` uses that the exposition `metrics` has no family of (a histogram's `_bucket`,
+/// `_sum` and `_count`, and a counter's `_total`, belong to their family's `# TYPE` line).
+fn unexported(metrics: &str, text: &str) -> Vec<String> {
+    let families: BTreeSet<&str> =
+        metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    series_named(text)
+        .into_iter()
+        .filter(|name| {
+            let family = ["_bucket", "_sum", "_count", "_total"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            !families.contains(name) && !families.contains(family)
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -66,25 +92,21 @@ fn metrics_explain_and_diff_answer_from_the_wire() {
         ("herald_reconcile_errors_total", 0.0),
         ("herald_push_duration_seconds_count", 1.0),
         ("herald_bgp_peer_state{peer=\"198.19.15.254\",state=\"established\"}", 1.0),
+        ("herald_max_routes_refused", 0.0),
     ];
     for (series, value) in expectations {
         assert_eq!(sample(&metrics, series), Some(*value), "{series} in\n{metrics}\n{}", herald.herald.log_text());
     }
-    // Every metric the Grafana dashboard draws is exported.
+    // Every series the Grafana dashboard draws and the alerting rules read is exported, and the
+    // check would see one that is not.
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/herald-alerts.yaml")).unwrap();
+    let rule_exprs: String = rules.lines().filter(|l| l.trim_start().starts_with("expr:")).collect::<Vec<_>>().join("\n");
     let dashboard = std::fs::read_to_string(repo_root().join("deploy/grafana/herald-dashboard.json")).unwrap();
-    let used: BTreeSet<&str> = dashboard
-        .match_indices("herald_")
-        .map(|(i, _)| {
-            let rest = &dashboard[i..];
-            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
-        })
-        .filter(|name| !name.ends_with('_') && *name != "herald_")
-        .collect();
-    assert!(used.len() >= 10, "{used:?}");
-    for name in used {
-        let base = name.trim_end_matches("_bucket");
-        assert!(metrics.contains(base), "the dashboard uses {name}, which herald does not export");
+    for (file, text) in [("the dashboard", dashboard), ("the rules' exprs", rule_exprs)] {
+        assert!(series_named(&text).len() >= 8, "{file}: {:?}", series_named(&text));
+        assert_eq!(unexported(&metrics, &text), Vec::<String>::new(), "{file} uses series herald does not export:\n{metrics}");
     }
+    assert_eq!(unexported(&metrics, "rate(herald_no_such_series_total[5m])"), ["herald_no_such_series_total"]);
 
     // Explain, down to the wire: gobgpd holds the path and sent it to host1 over ADD-PATH.
     let explain = herald.ctl(&["explain", "yaobank/customer"]);
@@ -113,6 +135,36 @@ fn metrics_explain_and_diff_answer_from_the_wire() {
     assert!(explain.contains("one next hop per prefix"), "{explain}");
     let status = herald.ctl(&["status"]);
     assert!(status.contains("no ADD-PATH") && status.contains("alarm:   BGP neighbor 198.19.15.254: ADD-PATH"), "{status}");
+}
+
+/// A plan-only herald (no gobgpd) over maxRoutes: the refused routes are counted for the
+/// HeraldMaxRoutesReached alert, and no gobgpd series says "down" where there is no gobgpd.
+#[test]
+fn plan_only_metrics_count_max_routes_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = repo_root().join("examples/yaobank/cluster-state.yaml");
+    let api_port = free_port();
+    let metrics_port = free_port();
+    let config = plan_only_config(dir.path(), &state, api_port);
+    // The lab's plan has 4 routes (2 ranges, 2 host routes).
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("metrics: {{listen: '127.0.0.1:{metrics_port}'}}\nguard: {{maxRoutes: 2}}\n"));
+    std::fs::write(&config, text).unwrap();
+    let herald = Herald::start(&config, api_port, dir.path().join("herald.log"), &[]).unwrap();
+    let scrape = || {
+        let out = Command::new("curl").args(["-sf", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let metrics = wait_until(Duration::from_secs(10), "a plan in the metrics", || {
+        let m = scrape();
+        (sample(&m, "herald_plan_generation").unwrap_or(0.0) >= 1.0).then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", scrape(), herald.log_text()));
+    assert_eq!(sample(&metrics, "herald_max_routes_refused"), Some(2.0), "{metrics}");
+    assert_eq!(sample(&metrics, "herald_routes_planned{kind=\"cluster-range\"}"), Some(1.0), "{metrics}");
+    for absent in ["herald_gobgp_", "herald_routes_applied", "herald_bgp_peer_state", "herald_rib_repairs", "herald_reconcile_"] {
+        assert!(!metrics.contains(absent), "{absent} exported without gobgpd:\n{metrics}");
+    }
 }
 
 #[test]

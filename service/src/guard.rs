@@ -91,6 +91,7 @@ impl Guard {
             }
         }
         self.last_raw = raw.clone();
+        plan.max_routes_refused = 0;
         if let Some(max) = self.config.max_routes.filter(|max| plan.routes.len() > *max) {
             let total = plan.routes.len();
             // Keep what is announced, then ranges, then the rest in prefix order.
@@ -104,6 +105,7 @@ impl Guard {
                 "maxRoutes {max} exceeded: the plan has {total} routes; {} new route(s) refused, what was announced stays",
                 refused.len()
             ));
+            plan.max_routes_refused = refused.len();
         }
         self.announced = plan.routes.clone();
         Guarded { plan, wake_at }
@@ -200,7 +202,10 @@ mod tests {
         let kept: Vec<String> = g.plan.routes.keys().map(ToString::to_string).collect();
         assert_eq!(kept, ["10.96.0.0/12", "10.96.0.9/32", "198.51.100.0/24"]);
         assert!(g.plan.notes.iter().any(|n| n.contains("maxRoutes 3 exceeded")), "{:?}", g.plan.notes);
+        assert_eq!(g.plan.max_routes_refused, 2, "{:?}", g.plan.notes);
         // Back under the limit: no alarm.
-        assert!(guard.apply(&first, t).plan.notes.is_empty());
+        let back = guard.apply(&first, t).plan;
+        assert!(back.notes.is_empty());
+        assert_eq!(back.max_routes_refused, 0);
     }
 }

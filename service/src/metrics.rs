@@ -148,11 +148,15 @@ pub struct Metrics {
     pending: Gauge,
     applied_generation: Gauge,
     restart_deferral: Gauge,
+    max_routes_refused: Gauge,
     pub sink: SinkMetrics,
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    /// `with_gobgp`: herald pushes to a gobgpd (`gobgp` configured). Without one (plan-only), the
+    /// gobgpd and reconcile series are not exported at all: a constant `herald_gobgp_up 0` would
+    /// read as an outage to a dashboard or an alert.
+    pub fn new(with_gobgp: bool) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("herald");
         let m = Metrics {
             routes_planned: Family::default(),
@@ -169,11 +173,11 @@ impl Metrics {
             pending: Gauge::default(),
             applied_generation: Gauge::default(),
             restart_deferral: Gauge::default(),
+            max_routes_refused: Gauge::default(),
             sink: SinkMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("routes_planned", "Routes in the plan, by kind", m.routes_planned.clone());
-        registry.register("routes_applied", "Routes of the plan whose every path is in gobgpd's RIB, by kind", m.routes_applied.clone());
         registry.register("next_hops_planned", "Paths (prefix, next hop) in the plan", m.paths_planned.clone());
         registry.register("plan_generation", "Generation of the current plan", m.plan_generation.clone());
         registry.register("refused_ips", "Service IPs refused, by cause", m.refused.clone());
@@ -185,17 +189,25 @@ impl Metrics {
         );
         registry.register("source_synced", "1 once the source delivered a complete cluster state", m.source_synced.clone());
         registry.register("source_up", "1 while the source's last read succeeded", m.source_up.clone());
-        registry.register("gobgp_up", "1 while gobgpd's API answers", m.gobgp_up.clone());
-        registry.register("gobgp_paths_applied", "herald's paths in gobgpd's RIB", m.paths_applied.clone());
-        registry.register("gobgp_pending_operations", "Paths still to add or withdraw", m.pending.clone());
-        registry.register("gobgp_applied_generation", "Plan generation gobgpd's RIB last equalled", m.applied_generation.clone());
-        registry.register("reconcile_operations", "Paths added or withdrawn in gobgpd", m.sink.operations.clone());
-        registry.register("reconcile_errors", "Failed calls to gobgpd", m.sink.errors.clone());
-        registry.register("push_duration_seconds", "Time to make gobgpd's RIB equal a new plan", m.sink.push_seconds.clone());
-        registry.register("bgp_peer_state", "BGP neighbors of gobgpd, 1 for the current session state", m.sink.peers.clone());
-        registry.register("rib_repairs", "Times gobgpd's RIB differed from what herald applied (gobgpd restarted, paths changed by hand) and was repaired", m.sink.repairs.clone());
-        registry.register("gobgp_restart_deferral_seconds", "The longest graceful-restart deferral time of gobgpd's neighbors, read when it last lost herald's paths", m.restart_deferral.clone());
-        registry.register("gobgp_restart_deferral_misses", "Restarts of gobgpd that sent End-of-RIB to a peer before herald's plan was in", m.sink.restart_misses.clone());
+        registry.register(
+            "max_routes_refused",
+            "Routes the planner wanted that guard.maxRoutes left out (0 under the limit)",
+            m.max_routes_refused.clone(),
+        );
+        if with_gobgp {
+            registry.register("routes_applied", "Routes of the plan whose every path is in gobgpd's RIB, by kind", m.routes_applied.clone());
+            registry.register("gobgp_up", "1 while gobgpd's API answers", m.gobgp_up.clone());
+            registry.register("gobgp_paths_applied", "herald's paths in gobgpd's RIB", m.paths_applied.clone());
+            registry.register("gobgp_pending_operations", "Paths still to add or withdraw", m.pending.clone());
+            registry.register("gobgp_applied_generation", "Plan generation gobgpd's RIB last equalled", m.applied_generation.clone());
+            registry.register("reconcile_operations", "Paths added or withdrawn in gobgpd", m.sink.operations.clone());
+            registry.register("reconcile_errors", "Failed calls to gobgpd", m.sink.errors.clone());
+            registry.register("push_duration_seconds", "Time to make gobgpd's RIB equal a new plan", m.sink.push_seconds.clone());
+            registry.register("bgp_peer_state", "BGP neighbors of gobgpd, 1 for the current session state", m.sink.peers.clone());
+            registry.register("rib_repairs", "Times gobgpd's RIB differed from what herald applied (gobgpd restarted, paths changed by hand) and was repaired", m.sink.repairs.clone());
+            registry.register("gobgp_restart_deferral_seconds", "The longest graceful-restart deferral time of gobgpd's neighbors, read when it last lost herald's paths", m.restart_deferral.clone());
+            registry.register("gobgp_restart_deferral_misses", "Restarts of gobgpd that sent End-of-RIB to a peer before herald's plan was in", m.sink.restart_misses.clone());
+        }
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -209,6 +221,7 @@ impl Metrics {
     fn observe_plan(&self, snapshot: &PlanSnapshot, in_rib: Option<&SinkStatus>) {
         self.plan_generation.set(snapshot.generation as i64);
         self.paths_planned.set(snapshot.plan.path_count() as i64);
+        self.max_routes_refused.set(snapshot.plan.max_routes_refused as i64);
         // One walk over the routes for every per-kind and per-range figure.
         let mut by_kind: std::collections::HashMap<RouteKind, (i64, i64, i64)> = std::collections::HashMap::new();
         let mut parts: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();

@@ -256,6 +256,9 @@ pub struct Plan {
     pub notes: Vec<String>,
     /// Every node of the cluster, as the plan sees it (shared: it changes only with the nodes).
     pub nodes: Arc<BTreeMap<String, NodeExplanation>>,
+    /// Routes the planner wanted that the guard's `maxRoutes` left out of this plan (0 under the
+    /// limit): a number for metrics and alerts, beside the note that says so in words.
+    pub max_routes_refused: usize,
 }
 
 /// A node, as the plan sees it.

@@ -215,7 +215,7 @@ pub async fn run(
         None => None,
     };
     if let Some(metrics_config) = &config.metrics {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(sink.is_some());
         tokio::spawn(metrics.clone().follow(plan_rx.clone(), source_rx.clone(), sink.clone()));
         if let Some(inspector) = gobgp.clone() {
             tokio::spawn(crate::metrics::follow_peers(metrics.clone(), inspector, Duration::from_secs(5)));

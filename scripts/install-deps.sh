@@ -19,6 +19,9 @@ declare -A packages=(
     [debootstrap]=debootstrap
     [curl]=curl
     [openssl]=openssl
+    # The gobgpd socket test connects as other users (setpriv) with Debian's python3.
+    [python3-minimal]=/usr/bin/python3
+    [util-linux]=setpriv
 )
 
 missing=()

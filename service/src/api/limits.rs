@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::future::Future as _;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,14 +14,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
+use tonic::codegen::http;
 use tracing::debug;
 
 use crate::config::ApiLimits;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    /// `concurrent_calls`, `watch_streams`, `watch_streams_per_peer`, `response_bytes`,
-    /// `request_bytes`.
+    /// `concurrent_calls`, `watch_streams`, `watch_streams_per_peer`, `response_bytes`.
     pub limit: String,
 }
 
@@ -132,6 +133,128 @@ impl Limits {
     /// Open WatchPlan streams, for tests and status.
     pub fn open_watches(&self) -> usize {
         self.config.max_watch_streams - self.watches.available_permits()
+    }
+}
+
+/// A tower layer that holds a place of `maxConcurrentCalls` for each unary call of the plan API
+/// from its request until its answer has been sent (or the caller went away): the place covers
+/// the answer's encoding and the time a slow reader takes, which is where a flood of ListRoutes
+/// would pile up memory. Above the limit, the call gets RESOURCE_EXHAUSTED at once. WatchPlan,
+/// health and reflection are not counted here (WatchPlan has limits of its own).
+#[derive(Clone)]
+pub struct CallLimitLayer {
+    pub limits: Arc<Limits>,
+}
+
+impl<S> tower::Layer<S> for CallLimitLayer {
+    type Service = CallLimit<S>;
+    fn layer(&self, inner: S) -> CallLimit<S> {
+        CallLimit { inner, limits: self.limits.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallLimit<S> {
+    inner: S,
+    limits: Arc<Limits>,
+}
+
+/// The unary methods of herald.v1.PlanService, by path.
+fn unary_method(path: &str) -> Option<&str> {
+    let method = path.strip_prefix("/herald.v1.PlanService/")?;
+    (method != "WatchPlan").then_some(method)
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for CallLimit<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(method) = unary_method(request.uri().path()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        match self.limits.call(method) {
+            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
+            Ok(permit) => {
+                let future = self.inner.call(request);
+                let deadline = tokio::time::Instant::now() + self.limits.config.call_timeout.0;
+                Box::pin(async move {
+                    let response = future.await?;
+                    Ok(response.map(|body| {
+                        tonic::body::Body::new(PermitBody {
+                            body,
+                            pending: bytes::Bytes::new(),
+                            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                            _permit: permit,
+                        })
+                    }))
+                })
+            }
+        }
+    }
+}
+
+/// HTTP/2's default stream window: a piece goes out as soon as the reader has room for it.
+const PIECE_BYTES: usize = 64 << 10;
+
+/// An answer's body that holds its call's place until it is dropped: sent, or the caller gone,
+/// or `callTimeout` after the call came (a reader too slow to take it, say one that never reads:
+/// the stream is reset then, and the place freed).
+///
+/// The answer goes out in pieces of [`PIECE_BYTES`]: tonic hands over a message as one buffer, and
+/// HTTP/2 would take all of it into its send buffer at once, whatever the reader's window: the
+/// body would end, and its place be freed, while the whole answer still sat in memory for a reader
+/// that never reads. In pieces, HTTP/2 takes the next only when the window allows, and the answer
+/// stays counted until it is out.
+struct PermitBody {
+    body: tonic::body::Body,
+    /// What of the current message is not out yet.
+    pending: bytes::Bytes,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                "the answer was not taken within api.limits.callTimeout",
+            ))));
+        }
+        if self.pending.is_empty() {
+            match std::task::ready!(std::pin::Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => self.pending = data,
+                    Err(frame) => return std::task::Poll::Ready(Some(Ok(frame))),
+                },
+                other => return std::task::Poll::Ready(other),
+            }
+        }
+        let piece = self.pending.len().min(PIECE_BYTES);
+        let piece = self.pending.split_to(piece);
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_empty() && self.body.is_end_stream()
     }
 }
 

@@ -166,7 +166,6 @@ impl PlanService for PlanApi {
         &self,
         request: Request<pb::ListRoutesRequest>,
     ) -> Result<Response<pb::ListRoutesResponse>, Status> {
-        let _call = self.limits.call("ListRoutes")?;
         let filter = Filter::parse(request.get_ref())?;
         let snapshot = self.state.plans.borrow().clone();
         let in_rib = self.state.in_rib();
@@ -193,7 +192,6 @@ impl PlanService for PlanApi {
         &self,
         request: Request<pb::ExplainServiceRequest>,
     ) -> Result<Response<pb::ExplainServiceResponse>, Status> {
-        let _call = self.limits.call("ExplainService")?;
         let request = request.into_inner();
         if request.name.is_empty() {
             return Err(Status::invalid_argument("name is required"));
@@ -325,7 +323,6 @@ impl PlanService for PlanApi {
         &self,
         request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let _call = self.limits.call("ListNodes")?;
         let wanted = request.into_inner().node;
         let snapshot = self.state.plans.borrow().clone();
         if !wanted.is_empty() && !snapshot.plan.nodes.contains_key(&wanted) {
@@ -341,7 +338,6 @@ impl PlanService for PlanApi {
         &self,
         _request: Request<pb::DiffRibRequest>,
     ) -> Result<Response<pb::DiffRibResponse>, Status> {
-        let _call = self.limits.call("DiffRib")?;
         let Some(inspector) = &self.state.gobgp else {
             return Err(Status::failed_precondition("herald runs without gobgpd (no `gobgp` in its config)"));
         };
@@ -353,7 +349,6 @@ impl PlanService for PlanApi {
         &self,
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        let _call = self.limits.call("GetStatus")?;
         let snapshot = self.state.plans.borrow().clone();
         let source = self.state.source.borrow().status.clone();
         let mut alarms = Vec::new();
@@ -732,7 +727,6 @@ pub async fn serve_limited(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let size_refusals = limits.clone();
     builder
         .tcp_nodelay(true)
         .timeout(config.call_timeout.0)
@@ -740,7 +734,7 @@ pub async fn serve_limited(
         .http2_keepalive_interval(Some(config.keepalive_interval.0))
         .http2_keepalive_timeout(Some(config.keepalive_timeout.0))
         .tcp_keepalive(Some(config.keepalive_interval.0))
-        .layer(tower::util::MapResponseLayer::new(move |response| oversized_request(&size_refusals, response)))
+        .layer(super::limits::CallLimitLayer { limits: limits.clone() })
         .add_service(PlanApi::with_limits(state, limits).into_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -750,30 +744,3 @@ pub async fn serve_limited(
     Ok(())
 }
 
-/// tonic refuses a request above the decoding limit with OUT_OF_RANGE before herald sees it; as
-/// every limit of herald's API, it is RESOURCE_EXHAUSTED, with the limit's name, and counted.
-/// (herald's own handlers never answer OUT_OF_RANGE.)
-fn oversized_request<B>(limits: &Limits, mut response: tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> {
-    use tonic::codegen::http::HeaderValue;
-    let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
-    let too_large = headers.get("grpc-message").is_some_and(|v| String::from_utf8_lossy(v.as_bytes()).contains("message length too large"));
-    if out_of_range && too_large {
-        let status = limits.refuse(
-            "request_bytes",
-            format!("the request is larger than api.limits.maxRequestBytes ({} bytes)", limits.config.max_request_bytes),
-        );
-        headers.insert("grpc-status", HeaderValue::from(status.code() as i32));
-        if let Ok(message) = HeaderValue::from_str(&percent_encode(status.message())) {
-            headers.insert("grpc-message", message);
-        }
-    }
-    response
-}
-
-/// gRPC's percent-encoding of grpc-message: printable ASCII but '%' as is.
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| if (0x20..0x7f).contains(&b) && b != b'%' { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
-}

@@ -148,12 +148,14 @@ async fn a_flood_is_refused_past_the_limits_and_herald_stays_bounded() {
         &config,
         format!(
             "serviceClusterIPs: [{{cidr: 198.19.32.0/20}}]\nserviceExternalIPs: [{{cidr: 198.19.48.0/20}}]\n\
-             source: {{file: {}}}\napi: {{listen: '127.0.0.1:{api}', healthListen: '127.0.0.1:{health}'}}\n\
+             source: {{file: {}}}\napi: {{listen: '127.0.0.1:{api}', healthListen: '127.0.0.1:{health}', limits: {{callTimeout: 10m}}}}\n\
              metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n",
             state.display()
         ),
     )
     .unwrap();
+    // The default limits, but for callTimeout: the slow readers must hold their places for as long
+    // as the test runs, however slow the machine (a slow reader is cut off after callTimeout).
     let herald = Herald::start(&config, api, dir.path().join("herald.log"), &[]).unwrap();
     let pid = herald.pid();
 

@@ -612,7 +612,7 @@ pub async fn serve(
             let _ = done_tx.send(result);
         })
         .map_err(ServeError::Runtime)?;
-    done_rx.await.unwrap_or(Ok(()))
+    done_rx.await.unwrap_or_else(|_| Err(ServeError::Runtime(std::io::Error::other("the API's thread ended without a result (a panic)"))))
 }
 
 /// How much lower the plan API's threads run than the rest of herald (nice, Linux's per-thread

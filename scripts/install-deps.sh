@@ -23,6 +23,9 @@ declare -A packages=(
     [openssl]=openssl
     [prometheus]=promtool
     [jq]=jq
+    # The gobgpd socket test connects as other users (setpriv) with Debian's python3.
+    [python3-minimal]=/usr/bin/python3
+    [util-linux]=setpriv
 )
 
 missing=()

@@ -2,9 +2,10 @@
 # Renders the Kubernetes manifests (deploy/kubernetes: the base and every overlay) with kustomize and
 # validates each object against the Kubernetes OpenAPI schemas, strictly (an unknown field is an
 # error), for a few Kubernetes versions; then checks herald's own rules on the rendered objects
-# (security context, probes, anti-affinity, RBAC subjects, pool selectors). Each overlay is also
-# rendered with the optional monitoring component (components/monitoring: PodMonitor and
-# PrometheusRule, custom resources the Kubernetes schemas do not know), as `NAME+monitoring`, and
+# (security context, probes on the health port, the plan API on the loopback unless the TLS component
+# is on, gobgpd's API on a unix socket only, anti-affinity, RBAC subjects, pool selectors). Each
+# overlay is also rendered with the optional monitoring component (components/monitoring: PodMonitor
+# and PrometheusRule, custom resources the Kubernetes schemas do not know), as `NAME+monitoring`, and
 # those objects are checked here: the PodMonitor selects the Deployment's pods in its namespace by a
 # port they have, and the PrometheusRule holds exactly deploy/prometheus/herald-alerts.yaml.
 #
@@ -206,19 +207,67 @@ for d in deployments:
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in herald.get("env", [])}
     for variable, field in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")):
         check(env.get(variable) == field, f"{where}: herald's env {variable} should come from {field}")
-    for probe in ("readinessProbe", "livenessProbe"):
-        check(herald.get(probe, {}).get("grpc", {}).get("port") == 50151, f"{where}: herald {probe} should be grpc on 50151")
-    # herald's config: the pool's nodeSelector matches where the speakers run; the API listens where
-    # the kubelet's probes connect (the node's address).
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     config_map = volumes.get("herald-config", {}).get("configMap", {}).get("name")
     check(config_map in configs, f"{where}: herald-config volume names no ConfigMap of this render ({config_map})")
+    config = yaml.safe_load(configs[config_map]["data"]["config.yaml"]) if config_map in configs else {}
+    api = config.get("api", {})
+    plain_env = {e["name"]: e.get("value") for e in herald.get("env", []) if "value" in e}
+    def port_of(address):
+        text = str(address or "")
+        return int(text.rsplit(":", 1)[1]) if ":" in text and text.rsplit(":", 1)[1].isdigit() else None
+    def host_of(address):
+        return str(address or "").rsplit(":", 1)[0].strip("[]")
+    # The kubelet's probes go to the health listener (grpc.health.v1 alone, api.healthListen), never
+    # to the plan API: that must not have to be reachable from the pod's address for the probes.
+    health_port = port_of(api.get("healthListen"))
+    check(health_port is not None and host_of(api.get("healthListen")) in ("0.0.0.0", "::"),
+          f"{config_map}: api.healthListen should be 0.0.0.0:PORT (the kubelet probes the pod's address), is {api.get('healthListen')!r}")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        port = herald.get(probe, {}).get("grpc", {}).get("port")
+        check(port is not None and port == health_port,
+              f"{where}: herald {probe} should be grpc on the health port {health_port} (api.healthListen), is {herald.get(probe)}")
+    # The plan API: on the loopback, unless the TLS component is on (HERALD_API_LISTEN on the node's
+    # address, herald's certificate and the clients' CA from a Secret volume).
+    listen = plain_env.get("HERALD_API_LISTEN") or api.get("listen", "127.0.0.1:50151")
+    mounts = {m["mountPath"]: m["name"] for m in herald.get("volumeMounts", [])}
+    def from_secret(path):
+        return any(str(path or "").startswith(mount.rstrip("/") + "/") and "secret" in volumes.get(name, {})
+                   for mount, name in mounts.items())
+    tls_files = [plain_env.get(v) for v in ("HERALD_API_TLS_CERT_FILE", "HERALD_API_TLS_KEY_FILE", "HERALD_API_TLS_CLIENT_CA_FILE")]
+    tls_on = all(from_secret(f) for f in tls_files)
+    loopback = host_of(listen).startswith("127.") or host_of(listen) == "::1"
+    check(loopback or tls_on,
+          f"{where}: herald's plan API listens on {listen}, beyond the loopback, without the TLS component "
+          f"(HERALD_API_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE from a Secret volume): components/api-tls")
+    check(port_of(listen) != health_port, f"{where}: the plan API and the health listener share port {health_port}")
+    # gobgpd's API: a unix socket in an emptyDir that herald and gobgpd alone mount, no TCP port;
+    # the socket's group (gobgpd's) a supplementary group of the pod, so that herald may connect.
+    gobgpd = next((c for c in pod["containers"] if c["name"] == "gobgpd"), {})
+    api_hosts = [a.split("=", 1)[1] for a in gobgpd.get("args", []) if a.startswith("--api-hosts=")]
+    check(api_hosts == ["unix:///run/gobgp/api.sock"], f"{where}: gobgpd's --api-hosts should be unix:///run/gobgp/api.sock alone (no TCP port), is {api_hosts}")
+    check(config.get("gobgp", {}).get("address") == "unix:///run/gobgp/api.sock", f"{config_map}: gobgp.address should be unix:///run/gobgp/api.sock")
+    socket_mounts = {c["name"]: m["name"] for c in pod.get("initContainers", []) + pod["containers"]
+                     for m in c.get("volumeMounts", []) if m.get("mountPath") == "/run/gobgp"}
+    socket_volume = set(socket_mounts.values())
+    check(sorted(socket_mounts) == ["gobgpd", "herald"] and len(socket_volume) == 1
+          and "emptyDir" in volumes.get(next(iter(socket_volume)), {}),
+          f"{where}: /run/gobgp should be one emptyDir mounted by herald and gobgpd alone, is {socket_mounts}")
+    mounted_elsewhere = [c["name"] for c in pod.get("initContainers", []) + pod["containers"]
+                         for m in c.get("volumeMounts", []) if m["name"] in socket_volume and m.get("mountPath") != "/run/gobgp"]
+    check(not mounted_elsewhere, f"{where}: gobgpd's socket volume also mounted by {mounted_elsewhere}")
+    gobgpd_group = gobgpd.get("securityContext", {}).get("runAsGroup")
+    check(gobgpd_group in pod.get("securityContext", {}).get("supplementalGroups", []),
+          f"{where}: gobgpd's group {gobgpd_group} should be among the pod's supplementalGroups (herald connects to its socket)")
+    for probe in ("readinessProbe", "livenessProbe"):
+        command = gobgpd.get(probe, {}).get("exec", {}).get("command", [])
+        check(command[:3] == ["gobgp", "--target", "unix:///run/gobgp/api.sock"], f"{where}: gobgpd {probe} should ask the socket, is {command}")
+    for c in pod["containers"]:
+        for p in c.get("ports", []):
+            check(p.get("containerPort") != 50051, f"{where}: container {c['name']} declares gobgpd's old API port 50051")
+    # herald's config: the pool's nodeSelector matches where the speakers run.
     if config_map in configs:
-        config = yaml.safe_load(configs[config_map]["data"]["config.yaml"])
         check(config.get("source") == {"kubernetes": {}}, f"{config_map}: source should be kubernetes")
-        check(config.get("gobgp", {}).get("address") == "127.0.0.1:50051", f"{config_map}: gobgp.address")
-        check(str(config.get("api", {}).get("listen", "")).endswith(":50151")
-              and not str(config["api"]["listen"]).startswith("127."), f"{config_map}: api.listen must be reachable by probes on 50151")
         pool = pod.get("nodeSelector", {}).get("herald.dev/pool")
         selector = config.get("nodeSelector", "")
         if pool is not None:
@@ -240,7 +289,6 @@ for d in deployments:
             for family in n.get("afi-safis", []):
                 check(family.get("mp-graceful-restart", {}).get("config", {}).get("enabled") is True,
                       f"{gobgp_template}: neighbor {address}: mp-graceful-restart on {family.get('config', {}).get('afi-safi-name')}")
-    gobgpd = next((c for c in pod["containers"] if c["name"] == "gobgpd"), {})
     state = next((m for m in gobgpd.get("volumeMounts", []) if m.get("mountPath") == "/run/gobgpd"), {})
     check("emptyDir" in volumes.get(state.get("name"), {}) and not state.get("readOnly"),
           f"{where}: gobgpd needs a writable emptyDir at /run/gobgpd (gobgpd-start's state)")

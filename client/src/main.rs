@@ -25,6 +25,10 @@ struct Cli {
     /// Client private key (PEM).
     #[arg(long, global = true, env = "HERALD_KEY", requires = "cert")]
     key: Option<std::path::PathBuf>,
+    /// The name herald's certificate is checked against, when it is not --server's host (a
+    /// certificate for a DNS name, reached at a node's IP).
+    #[arg(long, global = true, env = "HERALD_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,6 +146,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
             tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &cli.tls_server_name {
+            tls = tls.domain_name(name.clone());
         }
         endpoint = endpoint.tls_config(tls).context("TLS settings")?;
     }

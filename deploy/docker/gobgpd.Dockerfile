@@ -33,22 +33,26 @@ RUN set -eux; \
     mkdir -p /etc/gobgp; \
     # gobgpd-start's state: tells a restart from a first start (see there).
     install -d -o 10179 -g 10179 -m 0755 /run/gobgpd; \
+    # gobgpd's API socket: the directory is gobgpd's, and its group's (herald's container has it as
+    # a supplementary group), nobody else's. A Docker volume mounted here starts as a copy of it.
+    install -d -o 10179 -g 10179 -m 0750 /run/gobgp; \
     gobgpd --version
 
 # Executable in the repository (mode 0755); the legacy builder, which has no --chmod, keeps it.
 COPY gobgpd-start /usr/local/bin/gobgpd-start
 
-# BGP, gobgpd's gRPC API (bound to 127.0.0.1 by the default command: only containers sharing the
-# network namespace, i.e. herald in the same pod, can reach it).
-EXPOSE 179/tcp 50051/tcp
+# BGP. gobgpd's gRPC API is on a unix socket (/run/gobgp/api.sock, mode 0660, owner and group
+# gobgpd), not on any TCP port: a port on the loopback would be open to every process of the
+# network namespace, i.e. of the node with hostNetwork.
+EXPOSE 179/tcp
 
 USER 10179:10179
 
-# `gobgp` talks to 127.0.0.1:50051 by default, so this checks that the API answers.
+# The API answers on its socket.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["gobgp", "global"]
+    CMD ["gobgp", "--target", "unix:///run/gobgp/api.sock", "global"]
 
 # gobgpd, with -r (graceful restart's restarting mode) when it restarts in the same pod: see
 # gobgpd-start. Its state directory must outlive the container's restarts (a volume, an emptyDir).
 ENTRYPOINT ["gobgpd-start"]
-CMD ["--config-file=/etc/gobgp/gobgpd.toml", "--api-hosts=127.0.0.1:50051", "--log-plain", "--pprof-disable"]
+CMD ["--config-file=/etc/gobgp/gobgpd.toml", "--api-hosts=unix:///run/gobgp/api.sock", "--log-plain", "--pprof-disable"]

@@ -43,6 +43,7 @@ export LC_ALL=C   # byte-order sorting of route lists
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 COMPOSE_FILE=$REPO/deploy/compose/docker-compose.yaml
 WAIT=${E2E_WAIT_SECONDS:-60}   # bound of every wait
+GOBGP_API=unix:///run/gobgp/api.sock   # gobgpd's API: a unix socket, no TCP port
 
 NETWORK_ONLY=0 CARGO=1 KEEP=0
 for arg; do
@@ -136,8 +137,8 @@ cleanup() {
       log "host1 birdc show protocols all pool:"; docker exec "$H1" birdc -s /run/bird/bird.ctl show protocols all pool >&2 || true
     fi
     if [[ -n ${GB:-} ]]; then
-      log "gobgp neighbor / global rib:"; docker exec "$GB" gobgp neighbor >&2 || true
-      docker exec "$GB" gobgp global rib -a ipv4 >&2 || true
+      log "gobgp neighbor / global rib:"; docker exec "$GB" gobgp --target "$GOBGP_API" neighbor >&2 || true
+      docker exec "$GB" gobgp --target "$GOBGP_API" global rib -a ipv4 >&2 || true
     fi
     log "docker-compose logs:"; compose logs --no-color --tail=200 >&2 || true
   fi
@@ -214,7 +215,7 @@ wait_for() {  # wait_for WHAT COMMAND...
   done
   log "ok: $what"
 }
-gobgp() { docker exec "$GB" gobgp "$@"; }
+gobgp() { docker exec "$GB" gobgp --target "$GOBGP_API" "$@"; }
 rib() {  # rib add|del PREFIX NEXTHOP ID
   gobgp global rib "$1" "$2" nexthop "$3" identifier "$4" -a ipv4 || fail "gobgp global rib $*"
 }
@@ -229,6 +230,18 @@ log "project $PROJECT up (gobgpd ${GB:0:12}, host1 ${H1:0:12})"
 wait_for "BGP session gobgpd <-> host1 Established" \
   sh -c "docker exec $H1 birdc -s /run/bird/bird.ctl show protocols pool | grep -q Established"
 log "session up $((SECONDS - tu))s after compose up"
+# gobgpd's API: on its socket only. No TCP socket listens in the pod's namespace on gobgpd's old
+# port 50051 (/proc/net/tcp*: local port C383, state 0A = LISTEN); the socket is gobgpd's and its
+# group's only, and a process of another uid in the same container (nobody) is refused.
+listeners=$(docker exec "$GB" sh -c 'cat /proc/net/tcp /proc/net/tcp6' | awk '$4 == "0A" { print $2 }')
+grep -qi ':C383$' <<<"$listeners" && fail "something listens on TCP port 50051 in the pod: $listeners"
+sock=$(docker exec "$GB" stat -c '%a %u %g %F' /run/gobgp/api.sock) || fail "no gobgpd API socket"
+[[ $sock == "660 10179 10179 socket" ]] || fail "gobgpd's API socket is '$sock', want mode 660, owner and group 10179"
+docker exec "$GB" gobgp --target "$GOBGP_API" global >/dev/null || fail "the gobgp CLI as gobgpd cannot use the socket"
+if out=$(docker exec -u 65534:65534 "$GB" gobgp --target "$GOBGP_API" global 2>&1); then
+  fail "a process of uid 65534 reached gobgpd's API: $out"
+fi
+log "ok: gobgpd's API on $GOBGP_API only (mode $sock), refused to uid 65534 ($(tr -d '\n' <<<"$out" | cut -c1-80))"
 [[ $(docker logs "$GB" 2>&1 | grep -c 'restarting mode (-r)') -eq 0 ]] ||
   fail "gobgpd's first start was in graceful-restart restarting mode (-r)"
 

@@ -109,6 +109,18 @@ impl LabNode {
 pub struct LabOptions {
     /// Addresses added to the pool side of the link, one pair per node.
     pub nodes: Vec<LabNode>,
+    /// The first speaker's gobgpd API on a unix socket, as the shipped configs have it, instead of
+    /// TCP on the namespace's loopback (the harness's default).
+    pub api_socket: Option<ApiSocket>,
+}
+
+/// gobgpd's API on a unix socket, gobgpd running as `uid`:`gid` through the image's entrypoint
+/// (deploy/docker/gobgpd-start, which makes the socket 0660). The socket is in a directory of mode
+/// 0777, as a Kubernetes emptyDir is: the socket's own owner and mode are what keep others out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiSocket {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl Default for LabOptions {
@@ -121,6 +133,7 @@ impl Default for LabOptions {
                 LabNode::new("node1", Ipv4Addr::new(198, 19, 0, 2), v6(2)),
                 LabNode::new("node2", Ipv4Addr::new(198, 19, 0, 3), v6(3)),
             ],
+            api_socket: None,
         }
     }
 }
@@ -135,6 +148,8 @@ pub struct Lab {
     bird: Option<Child>,
     /// Per speaker; a second speaker exists once [`Lab::add_speaker`] made it.
     gobgpd: Vec<Option<Child>>,
+    /// The first speaker's API socket, when it has one.
+    api_socket: Option<ApiSocket>,
 }
 
 /// gobgpd's BGP address (and router id) as speaker `speaker`.
@@ -187,8 +202,23 @@ impl Lab {
             dir,
             bird: None,
             gobgpd: vec![None],
+            api_socket: options.api_socket,
         };
+        if lab.api_socket.is_some() {
+            // Other users must get through the lab's directory to the socket's (as they get to
+            // a pod's emptyDir): traversable, not listable.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(lab.dir(), fs::Permissions::from_mode(0o711))?;
+            let socket_dir = lab.api_socket_dir();
+            fs::create_dir(&socket_dir)?;
+            fs::set_permissions(&socket_dir, fs::Permissions::from_mode(0o777))?;
+        }
         lab.create_network()?;
+        if lab.api_socket.is_some() {
+            // gobgpd runs as a user of its own then, which may bind BGP's port 179 in the
+            // namespace as Docker lets it (the image's Dockerfile says why).
+            run(lab.pool_cmd("sysctl").args(["-qw", "net.ipv4.ip_unprivileged_port_start=179"]))?;
+        }
         // Copies in the lab's directory, so that everything of a failed run is in one place.
         fs::write(lab.gobgpd_config_path(0), GOBGPD_CONFIG)
             .context("cannot write gobgpd's config")?;
@@ -230,6 +260,24 @@ impl Lab {
         GOBGP_API_PORT + speaker as u16
     }
 
+    /// Speaker `speaker`'s gobgpd API as herald's `gobgp.address` says it: `unix:///...` or
+    /// `127.0.0.1:PORT`.
+    pub fn gobgp_address_of(&self, speaker: usize) -> String {
+        match self.api_socket_of(speaker) {
+            Some(socket) => format!("unix://{}", socket.display()),
+            None => format!("127.0.0.1:{}", self.gobgp_api_port_of(speaker)),
+        }
+    }
+
+    /// The first speaker's API socket, when the lab has one ([`LabOptions::api_socket`]).
+    pub fn api_socket_of(&self, speaker: usize) -> Option<PathBuf> {
+        (speaker == 0 && self.api_socket.is_some()).then(|| self.api_socket_dir().join("api.sock"))
+    }
+
+    fn api_socket_dir(&self) -> PathBuf {
+        self.dir().join("gobgp-api")
+    }
+
     /// A command that runs `program` inside the pool namespace (where herald belongs).
     pub fn pool_cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
@@ -245,10 +293,12 @@ impl Lab {
 
     /// The gobgp CLI against speaker `speaker`'s gobgpd.
     pub fn gobgp_of(&self, speaker: usize, args: &[&str]) -> Result<String> {
-        run(self
-            .pool_cmd("gobgp")
-            .args(["-u", "127.0.0.1", "-p", &self.gobgp_api_port_of(speaker).to_string()])
-            .args(args))
+        let mut command = self.pool_cmd("gobgp");
+        match self.api_socket_of(speaker) {
+            Some(socket) => command.arg("--target").arg(format!("unix://{}", socket.display())),
+            None => command.args(["-u", "127.0.0.1", "-p", &self.gobgp_api_port_of(speaker).to_string()]),
+        };
+        run(command.args(args))
     }
 
     /// Runs birdc against host1's BIRD and returns its output, e.g. `lab.birdc(&["show", "route"])`.
@@ -299,11 +349,28 @@ impl Lab {
             "speaker {speaker}'s gobgpd is already running, or the lab has no such speaker"
         );
         let log = self.open_log(&speaker_file("gobgpd", speaker, "log"))?;
-        let mut command = self.pool_cmd("gobgpd");
+        let mut command = match (self.api_socket, self.api_socket_of(speaker)) {
+            (Some(user), Some(socket)) => {
+                // As in the pod: gobgpd's own user, through the image's entrypoint (umask 0117, a
+                // stale socket removed), its API on the socket only. A state directory it cannot
+                // write: gobgpd-start then never adds -r by itself (GobgpdStart says when).
+                let mut command = self.pool_cmd("setpriv");
+                command
+                    .args([format!("--reuid={}", user.uid), format!("--regid={}", user.gid), "--clear-groups".to_string()])
+                    .args(["env", "GOBGPD_STATE_DIR=/nonexistent"])
+                    .arg(crate::process::repo_root().join("deploy/docker/gobgpd-start"))
+                    .arg(format!("--api-hosts=unix://{}", socket.display()));
+                command
+            }
+            _ => {
+                let mut command = self.pool_cmd("gobgpd");
+                command.args(["--api-hosts", &format!("127.0.0.1:{}", self.gobgp_api_port_of(speaker))]);
+                command
+            }
+        };
         command
             .arg("-f")
             .arg(self.gobgpd_config_path(speaker))
-            .args(["--api-hosts", &format!("127.0.0.1:{}", self.gobgp_api_port_of(speaker))])
             // Plain-text logs at info level show session state changes and are readable in a
             // failure message; pprof is off because nothing uses it.
             .args(["--log-plain", "--log-level", "info", "--pprof-disable"]);

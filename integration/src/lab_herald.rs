@@ -40,10 +40,10 @@ impl LabHerald {
         std::fs::write(
             &config,
             format!(
-                "{ranges}source: {{file: {}}}\ngobgp: {{address: '127.0.0.1:{}', antiEntropyInterval: 2s}}\n\
+                "{ranges}source: {{file: {}}}\ngobgp: {{address: '{}', antiEntropyInterval: 2s}}\n\
                  api: {{listen: '127.0.0.1:{api_port}'}}\n{extra}",
                 state.display(),
-                lab.gobgp_api_port_of(speaker)
+                lab.gobgp_address_of(speaker)
             ),
         )?;
         let pool_ns = lab.pool_ns().to_string();

@@ -65,7 +65,7 @@ fn plan_parts(herald: &LabHerald) -> BTreeMap<IpNet, (BTreeSet<IpAddr>, Option<I
 fn host1_holds_exactly_the_plan_and_every_node_carries_every_range() {
     let v6 = |i: usize| Ipv6Addr::new(0xfd00, 0x198, 0x19, 1, 0, 0, 0, 1 + i as u16);
     let nodes = (0..NODES).map(|i| LabNode::new(&format!("node-{i}"), node_v4(i), v6(i))).collect();
-    let lab = Lab::start_with(LabOptions { nodes }).expect("lab");
+    let lab = Lab::start_with(LabOptions { nodes, ..LabOptions::default() }).expect("lab");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("cluster-state.yaml");
     write_atomically(&state, &cluster_state(&[])).unwrap();

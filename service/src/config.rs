@@ -280,7 +280,8 @@ pub struct KubernetesSourceConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GobgpConfig {
-    /// gobgpd's gRPC API, `host:port`.
+    /// gobgpd's gRPC API: `unix:///run/gobgp/api.sock` (a unix socket, as the shipped configs have
+    /// it), or `host:port` over TCP.
     pub address: String,
     #[serde(default)]
     pub origin: Origin,
@@ -320,12 +321,103 @@ pub struct ApiConfig {
     /// Serve over TLS (and, with `clientCaFile`, only to clients with a certificate from that CA).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// A listener of its own for `grpc.health.v1` alone, plaintext, for the kubelet's probes
+    /// (which connect to the pod's address: on the host network, the node's). Nothing else is
+    /// served there, so the plan API can stay on the loopback or behind TLS.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
+    /// What one caller, and all of them together, may ask of the API.
+    #[serde(default)]
+    pub limits: ApiLimits,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), tls: None }
+        Self { listen: default_listen(), tls: None, health_listen: None, limits: ApiLimits::default() }
     }
+}
+
+/// Limits on the plan API. Above one, a call is refused at once with `RESOURCE_EXHAUSTED` and a
+/// reason, rather than queued: a flood of calls costs herald the refusals, not its reconciler's
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiLimits {
+    /// Unary calls (ListRoutes, ExplainService, ...) being answered at once, by all callers.
+    #[serde(default = "default_max_concurrent_calls")]
+    pub max_concurrent_calls: usize,
+    /// Open WatchPlan streams, all callers together.
+    #[serde(default = "default_max_watch_streams")]
+    pub max_watch_streams: usize,
+    /// Open WatchPlan streams from one peer (one IP address).
+    #[serde(default = "default_max_watch_streams_per_peer")]
+    pub max_watch_streams_per_peer: usize,
+    /// The largest request message, in bytes (herald's requests are a few names and filters).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// The largest answer, in bytes: a larger ListRoutes is refused with a hint to filter it.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// How long a unary call may take (a client's shorter `grpc-timeout` wins).
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout: Seconds,
+    /// HTTP/2 PING every this long on an idle connection; a peer that does not answer within
+    /// `keepaliveTimeout` is dropped, with its streams.
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: Seconds,
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Seconds,
+    /// HTTP/2 streams one connection may have open at once.
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_concurrent_calls: default_max_concurrent_calls(),
+            max_watch_streams: default_max_watch_streams(),
+            max_watch_streams_per_peer: default_max_watch_streams_per_peer(),
+            max_request_bytes: default_max_request_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            call_timeout: default_call_timeout(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+        }
+    }
+}
+
+/// Operators and a dashboard or two: a handful of calls at once is plenty, and a ListRoutes of
+/// 100,000 routes takes a core for ~100 ms.
+fn default_max_concurrent_calls() -> usize {
+    8
+}
+/// Each stream costs a task and a buffer of 4 messages; the deltas are shared between streams.
+fn default_max_watch_streams() -> usize {
+    128
+}
+fn default_max_watch_streams_per_peer() -> usize {
+    16
+}
+fn default_max_request_bytes() -> usize {
+    64 << 10
+}
+/// A ListRoutes of 100,000 routes is ~20 MB.
+fn default_max_response_bytes() -> usize {
+    64 << 20
+}
+fn default_call_timeout() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_keepalive_interval() -> Seconds {
+    Seconds(Duration::from_secs(30))
+}
+fn default_keepalive_timeout() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+fn default_max_streams_per_connection() -> u32 {
+    64
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -531,11 +623,37 @@ impl Config {
                 return Err(format!("otherPools[{i}] ({}) has no ranges", other.name));
             }
         }
-        if let Some(gobgp) = &self.gobgp {
-            let port_ok = gobgp.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok {
-                return Err(format!("gobgp.address `{}` is not host:port (e.g. 127.0.0.1:50051)", gobgp.address));
+        let limits = &self.api.limits;
+        for (name, value) in [
+            ("maxConcurrentCalls", limits.max_concurrent_calls),
+            ("maxWatchStreams", limits.max_watch_streams),
+            ("maxWatchStreamsPerPeer", limits.max_watch_streams_per_peer),
+            ("maxRequestBytes", limits.max_request_bytes),
+            ("maxResponseBytes", limits.max_response_bytes),
+            ("maxStreamsPerConnection", limits.max_streams_per_connection as usize),
+        ] {
+            if value == 0 {
+                return Err(format!("api.limits.{name} must be at least 1"));
             }
+        }
+        // tokio's semaphores hold at most usize::MAX >> 3 permits.
+        if limits.max_concurrent_calls > 1 << 20 || limits.max_watch_streams > 1 << 20 {
+            return Err("api.limits.maxConcurrentCalls and maxWatchStreams must be at most 1048576".to_string());
+        }
+        for (name, value) in [
+            ("callTimeout", limits.call_timeout),
+            ("keepaliveInterval", limits.keepalive_interval),
+            ("keepaliveTimeout", limits.keepalive_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(format!("api.limits.{name} must be longer than 0"));
+            }
+        }
+        if self.api.health_listen == Some(self.api.listen) {
+            return Err(format!("api.healthListen {} is api.listen too: give the health listener a port of its own", self.api.listen));
+        }
+        if let Some(gobgp) = &self.gobgp {
+            crate::gobgp::endpoint::GobgpAddress::parse(&gobgp.address)?;
             if gobgp.batch_size == 0 {
                 return Err("gobgp.batchSize must be at least 1".to_string());
             }

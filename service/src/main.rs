@@ -27,6 +27,19 @@ enum Command {
         kubeconfig: Option<PathBuf>,
         #[arg(long, value_enum, default_value_t = LogFormat::Human, env = "HERALD_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Overrides the config's api.listen (the manifests' TLS component sets it to the node's
+        /// address, from the downward API).
+        #[arg(long, env = "HERALD_API_LISTEN")]
+        api_listen: Option<std::net::SocketAddr>,
+        /// Overrides the config's api.tls: the server's PEM certificate chain ...
+        #[arg(long, env = "HERALD_API_TLS_CERT_FILE", requires = "api_tls_key_file")]
+        api_tls_cert_file: Option<PathBuf>,
+        /// ... its PEM key ...
+        #[arg(long, env = "HERALD_API_TLS_KEY_FILE", requires = "api_tls_cert_file")]
+        api_tls_key_file: Option<PathBuf>,
+        /// ... and the CA of the clients' certificates (clients without one are refused).
+        #[arg(long, env = "HERALD_API_TLS_CLIENT_CA_FILE", requires = "api_tls_cert_file")]
+        api_tls_client_ca_file: Option<PathBuf>,
     },
     /// Print the advertisement plan for a config and a cluster-state file, and exit.
     Plan {
@@ -100,9 +113,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, kubeconfig, log_format } => {
+        Command::Run { config, kubeconfig, log_format, api_listen, api_tls_cert_file, api_tls_key_file, api_tls_client_ca_file } => {
             init_logging(log_format);
-            let config = Config::load(&config)?;
+            let mut config = Config::load(&config)?;
+            if let Some(listen) = api_listen {
+                config.api.listen = listen;
+            }
+            if let (Some(cert_file), Some(key_file)) = (api_tls_cert_file, api_tls_key_file) {
+                config.api.tls = Some(herald::config::TlsConfig { cert_file, key_file, client_ca_file: api_tls_client_ca_file });
+            }
+            if config.api.health_listen == Some(config.api.listen) {
+                anyhow::bail!("api.healthListen {} is the API's address too: give the health listener a port of its own", config.api.listen);
+            }
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(herald::run::run(config, RunOptions { kubeconfig }, shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)

@@ -150,6 +150,8 @@ pub struct Metrics {
     restart_deferral: Gauge,
     max_routes_refused: Gauge,
     pub sink: SinkMetrics,
+    /// Plan API calls refused by a limit (`api.limits`), by limit.
+    pub api_refused: crate::api::limits::RefusedCalls,
 }
 
 impl Metrics {
@@ -175,6 +177,7 @@ impl Metrics {
             restart_deferral: Gauge::default(),
             max_routes_refused: Gauge::default(),
             sink: SinkMetrics::default(),
+            api_refused: Default::default(),
             registry: Registry::default(),
         };
         registry.register("routes_planned", "Routes in the plan, by kind", m.routes_planned.clone());
@@ -208,6 +211,11 @@ impl Metrics {
             registry.register("gobgp_restart_deferral_seconds", "The longest graceful-restart deferral time of gobgpd's neighbors, read when it last lost herald's paths", m.restart_deferral.clone());
             registry.register("gobgp_restart_deferral_misses", "Restarts of gobgpd that sent End-of-RIB to a peer before herald's plan was in", m.sink.restart_misses.clone());
         }
+        registry.register(
+            "api_refused_calls",
+            "Plan API calls refused with RESOURCE_EXHAUSTED, by the limit they were above (api.limits)",
+            m.api_refused.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 

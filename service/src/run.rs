@@ -214,8 +214,10 @@ pub async fn run(
         Some(g) => Some(Inspector::new(&g.address, Duration::from_secs(5)).map_err(|e| RunError::Gobgp(e.to_string()))?),
         None => None,
     };
+    let mut api_refused = crate::api::limits::RefusedCalls::default();
     if let Some(metrics_config) = &config.metrics {
         let metrics = Metrics::new(sink.is_some());
+        api_refused = metrics.api_refused.clone();
         tokio::spawn(metrics.clone().follow(plan_rx.clone(), source_rx.clone(), sink.clone()));
         if let Some(inspector) = gobgp.clone() {
             tokio::spawn(crate::metrics::follow_peers(metrics.clone(), inspector, Duration::from_secs(5)));
@@ -230,7 +232,7 @@ pub async fn run(
         });
     }
     let state = ApiState { plans: plan_rx, source: source_rx, sink, gobgp };
-    server::serve(&config.api, state, shutdown).await?;
+    server::serve(&config.api, state, api_refused, shutdown).await?;
     if let Some(events) = events {
         // Handed over at once, rather than when the Lease expires.
         events.release(config.events.lease_duration.0).await;

@@ -11,6 +11,8 @@ use herald::scale;
 pub struct HeraldRun {
     child: Child,
     pub log: PathBuf,
+    /// The plan API's port on 127.0.0.1.
+    pub api_port: u16,
 }
 
 impl HeraldRun {
@@ -39,7 +41,7 @@ impl HeraldRun {
             .stderr(file)
             .spawn()
             .expect("herald runs");
-        HeraldRun { child, log }
+        HeraldRun { child, log, api_port }
     }
 
     pub fn pid(&self) -> u32 {

@@ -13,11 +13,14 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
 use tracing::info;
 
+use super::limits::{Limits, RefusedCalls};
 use super::proto;
 use crate::cluster::ObjectKey;
-use crate::config::{ApiConfig, TlsConfig};
+use crate::config::{ApiConfig, ApiLimits, TlsConfig};
 use crate::gobgp::inspect::{Inspector, Neighbor, WirePath};
 use crate::gobgp::paths::{desired_paths, Family};
 use crate::gobgp::SinkStatus;
@@ -47,6 +50,7 @@ impl ApiState {
 pub struct PlanApi {
     state: ApiState,
     deltas: Arc<DeltaCache>,
+    limits: Arc<Limits>,
 }
 
 /// The last few plan-to-plan deltas, shared by every WatchPlan stream: with many watchers, each
@@ -86,12 +90,19 @@ impl DeltaCache {
 }
 
 impl PlanApi {
+    /// The API with the default limits.
     pub fn new(state: ApiState) -> Self {
-        Self { state, deltas: Arc::default() }
+        Self::with_limits(state, Limits::new(ApiLimits::default(), RefusedCalls::default()))
     }
 
+    pub fn with_limits(state: ApiState, limits: Arc<Limits>) -> Self {
+        Self { state, deltas: Arc::default(), limits }
+    }
+
+    /// The service, with the limits' message sizes.
     pub fn into_service(self) -> PlanServiceServer<Self> {
-        PlanServiceServer::new(self)
+        let (request, response) = (self.limits.config.max_request_bytes, self.limits.config.max_response_bytes);
+        PlanServiceServer::new(self).max_decoding_message_size(request).max_encoding_message_size(response)
     }
 }
 
@@ -172,7 +183,9 @@ impl PlanService for PlanApi {
             .filter(|r| filter.service.is_empty() || r.service.to_string() == filter.service)
             .map(proto::refusal)
             .collect();
-        Ok(Response::new(pb::ListRoutesResponse { routes, generation: snapshot.generation, refusals }))
+        let response = pb::ListRoutesResponse { routes, generation: snapshot.generation, refusals };
+        self.limits.check_response("ListRoutes", prost::Message::encoded_len(&response), "; ask for part of it (--node, --service, --prefix, --kind)")?;
+        Ok(Response::new(response))
     }
 
     async fn explain_service(
@@ -265,12 +278,15 @@ impl PlanService for PlanApi {
 
     async fn watch_plan(
         &self,
-        _request: Request<pb::WatchPlanRequest>,
+        request: Request<pb::WatchPlanRequest>,
     ) -> Result<Response<Self::WatchPlanStream>, Status> {
+        // Held by the stream's task: its place is freed when the stream ends.
+        let permit = self.limits.watch(request.remote_addr().map(|a| a.ip()))?;
         let mut plans = self.state.plans.clone();
         let state = self.state.clone();
         let deltas = self.deltas.clone();
         let stream = async_stream(move |tx| async move {
+            let _permit = permit;
             let first = plans.borrow_and_update().clone();
             let in_rib = state.in_rib();
             let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
@@ -282,7 +298,12 @@ impl PlanService for PlanApi {
             let mut previous = first;
             // A slow client skips intermediate plans: each message is the delta from the last one
             // it was sent, so it still ends equal to the plan.
-            while plans.changed().await.is_ok() {
+            loop {
+                // A client that went away frees its place now, not at the next plan.
+                tokio::select! {
+                    changed = plans.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
                 let current = plans.borrow_and_update().clone();
                 let message = deltas.get_or_compute(previous.generation, current.generation, || {
                     let in_rib = state.in_rib();
@@ -539,16 +560,108 @@ where
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
-/// Serves PlanService, reflection (v1 and v1alpha, for grpcurl) and grpc.health.v1 until `shutdown`.
+/// Serves PlanService, reflection (v1 and v1alpha, for grpcurl) and grpc.health.v1 on `api.listen`
+/// until `shutdown`, and grpc.health.v1 alone on `api.healthListen` when set.
+///
+/// The plan API runs on a runtime of its own, one thread at a lowered CPU priority: what callers
+/// ask of it (a flood of ListRoutes, thousands of streams) takes that thread's time, not the
+/// reconciler's or the planner's, and the limits keep its memory bounded. The health listener stays
+/// on the caller's runtime, beside the reconciler: a busy plan API does not fail the kubelet's probes.
 pub async fn serve(
     api: &ApiConfig,
     state: ApiState,
+    refused: RefusedCalls,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let tls = api.tls.as_ref().map(tls_config).transpose()?;
+    let bind = |listen: SocketAddr| {
+        std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| ServeError::Bind { listen, source })
+    };
+    let listener = bind(api.listen)?;
+    let health = health_service(state.plans.clone()).await;
+    if let Some(listen) = api.health_listen {
+        let listener = tokio::net::TcpListener::from_std(bind(listen)?).map_err(|source| ServeError::Bind { listen, source })?;
+        let health = health.clone();
+        tokio::spawn(async move {
+            if let Err(error) = serve_health(listener, health).await {
+                tracing::error!(%error, "health listener stopped");
+            }
+        });
+    }
+    let limits = Limits::new(api.limits.clone(), refused);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let listen = api.listen;
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ServeError::Bind { listen, source })?;
-    serve_on(listener, tls, state, shutdown).await
+    std::thread::Builder::new()
+        .name("herald-api".to_string())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("herald-api")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build();
+            let result = match runtime {
+                Ok(runtime) => runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| ServeError::Bind { listen, source })?;
+                    serve_limited(listener, tls, state, limits, health, shutdown).await
+                }),
+                Err(source) => Err(ServeError::Runtime(source)),
+            };
+            let _ = done_tx.send(result);
+        })
+        .map_err(ServeError::Runtime)?;
+    done_rx.await.unwrap_or_else(|_| Err(ServeError::Runtime(std::io::Error::other("the API's thread ended without a result (a panic)"))))
+}
+
+/// How much lower the plan API's threads run than the rest of herald (nice, Linux's per-thread
+/// priority): under load, the scheduler gives the reconciler and the planner the CPU first.
+const API_NICE: libc::c_int = 10;
+
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; they change this thread's priority only.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, API_NICE) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the API thread's priority");
+    }
+}
+
+/// grpc.health.v1: liveness ("") serving from the start, readiness (herald.v1.PlanService) once a
+/// plan exists.
+pub async fn health_service(mut plans: watch::Receiver<PlanSnapshot>) -> HealthServer<HealthService> {
+    let (health, _) = tonic_health::server::health_reporter();
+    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health.set_not_serving::<PlanServiceServer<PlanApi>>().await;
+    let service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+    tokio::spawn(async move {
+        loop {
+            let ready = plans.borrow_and_update().generation > 0;
+            if ready {
+                health.set_serving::<PlanServiceServer<PlanApi>>().await;
+                return;
+            }
+            if plans.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    service
+}
+
+/// The health listener: grpc.health.v1 and nothing else, plaintext, small messages.
+pub async fn serve_health(listener: tokio::net::TcpListener, health: HealthServer<HealthService>) -> Result<(), ServeError> {
+    info!(listen = ?listener.local_addr().ok(), "health listener serving grpc.health.v1");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .timeout(std::time::Duration::from_secs(5))
+        .max_concurrent_streams(16)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .add_service(health.max_decoding_message_size(1024))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
 }
 
 /// Reads the server's certificate and key, and the client CA that turns on client authentication.
@@ -573,12 +686,29 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot start the API's runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
+/// Serves the API on `listener` with the default limits.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     tls: Option<ServerTlsConfig>,
     state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let health = health_service(state.plans.clone()).await;
+    let limits = Limits::new(ApiLimits::default(), RefusedCalls::default());
+    serve_limited(listener, tls, state, limits, health, shutdown).await
+}
+
+/// Serves the API on `listener` within `limits`.
+pub async fn serve_limited(
+    listener: tokio::net::TcpListener,
+    tls: Option<ServerTlsConfig>,
+    state: ApiState,
+    limits: Arc<Limits>,
+    health: HealthServer<HealthService>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let local = listener.local_addr().ok();
@@ -590,35 +720,25 @@ pub async fn serve_on(
         .register_encoded_file_descriptor_set(herald_api::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    // Liveness ("") is serving from the start; readiness (the service name) once a plan exists.
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-    health.set_not_serving::<PlanServiceServer<PlanApi>>().await;
-    let mut plans = state.plans.clone();
-    tokio::spawn(async move {
-        loop {
-            let ready = plans.borrow_and_update().generation > 0;
-            if ready {
-                health.set_serving::<PlanServiceServer<PlanApi>>().await;
-                return;
-            }
-            if plans.changed().await.is_err() {
-                return;
-            }
-        }
-    });
     info!(listen = ?local, tls = tls.is_some(), "herald API serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let config = limits.config.clone();
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
     builder
         .tcp_nodelay(true)
-        .add_service(PlanApi::new(state).into_service())
+        .timeout(config.call_timeout.0)
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .http2_keepalive_interval(Some(config.keepalive_interval.0))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout.0))
+        .tcp_keepalive(Some(config.keepalive_interval.0))
+        .layer(super::limits::CallLimitLayer { limits: limits.clone() })
+        .add_service(PlanApi::with_limits(state, limits).into_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(health_service)
+        .add_service(health)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())

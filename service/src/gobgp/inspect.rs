@@ -10,7 +10,9 @@ use herald_api::gobgp::v3::gobgp_api_client::GobgpApiClient;
 use ipnet::IpNet;
 use pbjson_types::Any;
 use prost::Message;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use super::endpoint::GobgpAddress;
 
 use super::paths::Family;
 use super::v3::is_own;
@@ -101,9 +103,10 @@ fn add_path_send(state: &api::PeerState) -> [bool; 2] {
 
 impl Inspector {
     pub fn new(address: &str, timeout: Duration) -> Result<Self, InspectError> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| InspectError { call: "connect", message: format!("bad address {address:?}: {e}") })?
-            .connect_timeout(timeout.min(Duration::from_secs(3)));
+        let endpoint = GobgpAddress::parse(address)
+            .and_then(|a| a.endpoint())
+            .map_err(|message| InspectError { call: "connect", message })?
+            .map(|e| e.connect_timeout(timeout.min(Duration::from_secs(3))));
         Ok(Inspector {
             client: GobgpApiClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20),
             timeout,

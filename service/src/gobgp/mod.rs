@@ -5,8 +5,10 @@
 //! - [`reconciler`]: the loop that pushes the diff, re-reads gobgpd's RIB and repairs it.
 //! - [`restart`]: whether a restarted gobgpd got herald's plan before its graceful-restart deferral
 //!   ended, and the neighbors it wrongly holds back from.
+//! - [`endpoint`]: gobgpd's address, TCP or a unix socket.
 //! - [`v3`]: the GoBGP v3 API client (`apipb`), behind [`reconciler::GobgpClient`].
 
+pub mod endpoint;
 pub mod inspect;
 pub mod paths;
 pub mod reconciler;

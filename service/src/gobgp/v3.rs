@@ -18,7 +18,9 @@ use ipnet::IpNet;
 use pbjson_types::Any;
 use prost::Message;
 use prost::bytes::Bytes;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+use super::endpoint::{GobgpAddress, GobgpEndpoint};
 
 use super::paths::{Family, HERALD_SOURCE_ASN, Op, PathAttrs, PathKey, is_herald_identifier};
 use super::reconciler::{ClientError, ErrorKind, FamilyCounts, GobgpClient, RibView};
@@ -59,7 +61,7 @@ fn any(url: &'static str, value: impl Message) -> Any {
 /// The client of one gobgpd, over one HTTP/2 connection that tonic re-establishes as needed.
 #[derive(Clone)]
 pub struct V3Client {
-    endpoint: Endpoint,
+    endpoint: GobgpEndpoint,
     client: GobgpApiClient<Channel>,
     /// How long one call (or one message of a streamed answer) may take.
     timeout: Duration,
@@ -420,22 +422,18 @@ fn timeout_error(call: &str, after: Duration) -> ClientError {
 }
 
 impl V3Client {
-    /// A client of gobgpd's API at `address` (`host:port`). Connects lazily: gobgpd need not be
-    /// up yet.
+    /// A client of gobgpd's API at `address` (`host:port` or `unix:///path`). Connects lazily:
+    /// gobgpd need not be up yet.
     pub fn new(address: &str, batch_size: usize, timeout: Duration) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ClientError {
-                kind: ErrorKind::Rejected,
-                message: format!("bad gobgp address {address:?}: {e}"),
-            })?
-            .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .tcp_nodelay(true)
-            .http2_adaptive_window(true);
+        let rejected = |message: String| ClientError { kind: ErrorKind::Rejected, message };
+        let endpoint = GobgpAddress::parse(address).and_then(|a| a.endpoint()).map_err(rejected)?.map(|e| {
+            e.connect_timeout(timeout.min(Duration::from_secs(3))).tcp_nodelay(true).http2_adaptive_window(true)
+        });
         let client = Self::connect(&endpoint);
         Ok(Self { endpoint, client, timeout, list_timeout: timeout.max(LIST_TIMEOUT), batch_size: batch_size.max(1) })
     }
 
-    fn connect(endpoint: &Endpoint) -> GobgpApiClient<Channel> {
+    fn connect(endpoint: &GobgpEndpoint) -> GobgpApiClient<Channel> {
         GobgpApiClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20)
     }
 

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub sink: Option<watch::Receiver<SinkStatus>>,
     /// A read-only look into gobgpd, for answers down to the wire; `None` without gobgpd.
     pub gobgp: Option<Inspector>,
+    /// The planner's input of operators' brake releases; ControlService is served when set.
+    pub brake_releases: Option<watch::Sender<u64>>,
 }
 
 impl ApiState {
@@ -337,6 +339,7 @@ impl PlanService for PlanApi {
         if !source.synced {
             alarms.push(format!("source {} has not delivered a complete cluster state yet", source.name));
         }
+        // The brake's own note is among the plan's notes: one alarm, with what it holds.
         alarms.extend(snapshot.plan.notes.iter().cloned());
         let gobgp = self.state.sink.as_ref().map(|sink| {
             let s = sink.borrow().clone();
@@ -388,6 +391,7 @@ impl PlanService for PlanApi {
             refusals: snapshot.plan.refusals.len() as u64,
             gobgp,
             alarms,
+            brake: Some(super::control::brake(&snapshot)),
         }))
     }
 }
@@ -613,8 +617,10 @@ pub async fn serve_on(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    let control = state.brake_releases.clone().map(|releases| super::control::ControlApi::new(state.plans.clone(), releases).into_service());
     builder
         .tcp_nodelay(true)
+        .add_optional_service(control)
         .add_service(PlanApi::new(state).into_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -141,11 +141,13 @@ impl Brake {
             if newly_lost {
                 self.before_loss.insert(now, self.last_out.clone());
             }
-            // Back: the planner decides for it again.
-            self.lost.retain(|name, _| !eligible.contains(name));
+            // Back, or removed on purpose since (excluded, out of the pool): the planner decides for
+            // it again.
+            let still_lost = |name: &str| raw.nodes.get(name).is_none_or(|n| n.ineligible.as_deref() == Some(NOT_READY));
+            self.lost.retain(|name, _| still_lost(name));
             let paths = self.paths();
             for held in self.held.values_mut() {
-                held.hops.retain(|h| !eligible.contains(&h.node));
+                held.hops.retain(|h| still_lost(&h.node));
             }
             self.held.retain(|_, h| !h.hops.is_empty());
             held_changed |= self.paths() != paths;

@@ -332,3 +332,22 @@ fn all_nodes_not_ready_in_a_pool_of_three_keep_every_route() {
     assert!(!herald.engaged());
     assert_eq!(herald.hops(RANGE), names([0, 2]));
 }
+
+#[test]
+fn a_held_node_excluded_meanwhile_is_let_go() {
+    let mut herald = Herald::new(cluster(10, &[0, 1, 7]), brake(), Duration::ZERO);
+    herald.step(1_000, |s| set_ready(s, 0..6, false));
+    assert!(herald.engaged());
+    // An operator excludes one of the lost nodes: intended, not held any more.
+    herald.step(2_000, |s| {
+        for i in 0..1 {
+            let mut node = Node::clone(&s.nodes[&format!("n{i:02}")]);
+            node.labels.insert(EXCLUDE_LABEL.to_string(), "true".to_string());
+            s.insert_node(node);
+        }
+    });
+    assert!(herald.engaged());
+    let held: Vec<String> = herald.last.as_ref().unwrap().brake.as_ref().unwrap().nodes.iter().cloned().collect();
+    assert_eq!(held, names(1..6));
+    assert_eq!(herald.hops(RANGE), names(1..10));
+}

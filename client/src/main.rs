@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use herald_api::herald::v1 as pb;
+use herald_api::herald::v1::control_service_client::ControlServiceClient;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -70,6 +71,50 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The withdrawal brake: what it holds (`heraldctl brake`), or release it (`heraldctl brake release`).
+    Brake {
+        #[command(subcommand)]
+        action: Option<BrakeAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BrakeAction {
+    /// Withdraw what the brake holds now (the nodes it holds for are still lost): the operator's
+    /// word that they are really gone.
+    Release,
+}
+
+/// The brake in a few lines.
+fn brake_lines(brake: &pb::WithdrawalBrake) -> Vec<String> {
+    let time = |t: &Option<herald_api::pbjson_types::Timestamp>| {
+        t.as_ref().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    if !brake.enabled {
+        lines.push("off (guard.withdrawalBrake.enabled: false)".to_string());
+    } else if brake.engaged {
+        lines.push(format!(
+            "ENGAGED since {} (engagement {}): {}",
+            time(&brake.engaged_at),
+            brake.engagement,
+            brake.reason
+        ));
+        lines.push(format!(
+            "holding {} path(s) for {} prefix(es) of {} node(s): {}",
+            brake.paths,
+            brake.prefixes,
+            brake.nodes.len(),
+            brake.nodes.join(", ")
+        ));
+        lines.push(format!("releases at {} at the latest (heraldctl brake release: now)", time(&brake.releases_at)));
+    } else {
+        lines.push("armed, holding nothing".to_string());
+    }
+    if !brake.last_release.is_empty() {
+        lines.push(format!("last released {}: {}", time(&brake.last_release_at), brake.last_release));
+    }
+    lines
 }
 
 fn kind_from_name(name: &str) -> anyhow::Result<pb::RouteKind> {
@@ -156,6 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .connect()
         .await
         .with_context(|| format!("cannot reach herald at {}", cli.server))?;
+    let client_channel = channel.clone();
     // A large cluster's plan is more than gRPC's default 4 MiB message limit.
     let mut client = PlanServiceClient::new(channel).max_decoding_message_size(512 << 20);
     let json = cli.output == Output::Json;
@@ -358,8 +404,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 println!("peer:    {} {} ({add_path}){}", n.address, n.state, if n.description.is_empty() { String::new() } else { format!(" {}", n.description) });
             }
+            if let Some(brake) = &status.brake {
+                for line in brake_lines(brake) {
+                    println!("brake:   {line}");
+                }
+            }
             for alarm in &status.alarms {
                 println!("alarm:   {alarm}");
+            }
+        }
+        Command::Brake { action: None } => {
+            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            let brake = status.brake.unwrap_or_default();
+            if json {
+                return print_json(&brake);
+            }
+            for line in brake_lines(&brake) {
+                println!("{line}");
+            }
+        }
+        Command::Brake { action: Some(BrakeAction::Release) } => {
+            let mut control = ControlServiceClient::new(client_channel);
+            let response = control.release_brake(pb::ReleaseBrakeRequest {}).await?.into_inner();
+            if json {
+                return print_json(&response);
+            }
+            if response.was_engaged {
+                println!("released: plan generation {} no longer holds the lost nodes' paths", response.generation);
+            } else {
+                println!("the brake held nothing; nothing changed");
+            }
+            for line in brake_lines(&response.brake.unwrap_or_default()) {
+                println!("{line}");
             }
         }
     }

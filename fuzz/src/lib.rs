@@ -150,7 +150,12 @@ pub fn config(data: &[u8]) -> Result<(), String> {
             check_planned(yaobank_state(), &config, "the fuzzed config")?;
             // The guard as `run` sets it up from the config, on a flapping node, with the plans of this
             // config and (whose ranges surely give routes) of the yaobank one.
-            let guard_config = GuardConfig { hold_down: config.guard.hold_down.0, max_routes: config.guard.max_routes };
+            // With its withdrawal brake: one node gone is never a wave, so the guard only takes away.
+            let guard_config = GuardConfig {
+                hold_down: config.guard.hold_down.0,
+                max_routes: config.guard.max_routes,
+                brake: config.guard.withdrawal_brake.brake(),
+            };
             let mut fewer_state = yaobank_state().clone();
             fewer_state.nodes.remove("node1");
             for ranges in [&config, yaobank_config()] {
@@ -218,6 +223,8 @@ pub fn planner(data: &[u8]) -> Result<(), String> {
     let guard_config = GuardConfig {
         hold_down: Duration::from_millis(u64::from(input.guard.hold_down_ms) * 10),
         max_routes: input.guard.max_routes.map(usize::from),
+        // One node gone is never a wave: the brake holds nothing, and the guard only takes away.
+        brake: Some(herald::brake::BrakeConfig::default()),
     };
     let mut fewer = state.clone();
     if let Some(first) = fewer.nodes.keys().next().cloned() {

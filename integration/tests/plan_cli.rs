@@ -190,7 +190,10 @@ fn grpcurl_lists_describes_and_calls() {
     let (ok, list) = run(&[&target, "list"]);
     assert!(ok, "{list}");
     let services: Vec<&str> = list.lines().collect();
-    assert_eq!(services, ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "herald.v1.PlanService"]);
+    assert_eq!(
+        services,
+        ["grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "herald.v1.ControlService", "herald.v1.PlanService"]
+    );
     let (ok, describe) = run(&[&target, "describe", "herald.v1.PlanService"]);
     assert!(ok && describe.contains("rpc ListRoutes") && describe.contains("rpc WatchPlan"), "{describe}");
     let (ok, routes) = run(&["-d", r#"{"prefix":"198.19.48.10"}"#, &target, "herald.v1.PlanService/ListRoutes"]);

@@ -59,7 +59,7 @@ async fn main() {
     let (_source_tx, source) = watch::channel(SourceSnapshot::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_on(listener, None, ApiState { plans, source, sink: None, gobgp: None }, std::future::pending()));
+    tokio::spawn(serve_on(listener, None, ApiState { plans, source, sink: None, gobgp: None, brake_releases: None }, std::future::pending()));
 
     // ListRoutes of 100,000 routes.
     let mut c = client(addr).await;

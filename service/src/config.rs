@@ -225,12 +225,70 @@ pub struct GuardSettings {
     /// The most routes herald announces; above it, new routes are refused.
     #[serde(default)]
     pub max_routes: Option<usize>,
+    /// Holds the paths of a wave of nodes lost at once (a sick control plane marking every node
+    /// `Unknown`) instead of withdrawing them; see `brake`.
+    #[serde(default)]
+    pub withdrawal_brake: WithdrawalBrakeSettings,
 }
 
 impl Default for GuardSettings {
     fn default() -> Self {
-        GuardSettings { hold_down: zero(), max_routes: None }
+        GuardSettings { hold_down: zero(), max_routes: None, withdrawal_brake: WithdrawalBrakeSettings::default() }
     }
+}
+
+/// `guard.withdrawalBrake`: on by default.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WithdrawalBrakeSettings {
+    /// `false` turns the brake off: every lost node is withdrawn at once, however many.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// More than this percentage of the pool's eligible nodes (or of one prefix's next hops) lost
+    /// for node-level reasons engages the brake (1-99; at least 2 nodes in any case).
+    #[serde(default = "default_brake_share")]
+    pub share_percent: u32,
+    /// Losses this close together count as one wave.
+    #[serde(default = "default_brake_window")]
+    pub window: Seconds,
+    /// The longest the brake holds anything: then every held path is withdrawn.
+    #[serde(default = "default_brake_max_hold")]
+    pub max_hold: Seconds,
+}
+
+impl Default for WithdrawalBrakeSettings {
+    fn default() -> Self {
+        WithdrawalBrakeSettings {
+            enabled: true,
+            share_percent: default_brake_share(),
+            window: default_brake_window(),
+            max_hold: default_brake_max_hold(),
+        }
+    }
+}
+
+impl WithdrawalBrakeSettings {
+    /// The guard's brake config; `None` when turned off.
+    pub fn brake(&self) -> Option<crate::brake::BrakeConfig> {
+        self.enabled.then_some(crate::brake::BrakeConfig {
+            share_percent: self.share_percent,
+            window: self.window.0,
+            max_hold: self.max_hold.0,
+        })
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_brake_share() -> u32 {
+    crate::brake::BrakeConfig::default().share_percent
+}
+fn default_brake_window() -> Seconds {
+    Seconds(crate::brake::BrakeConfig::default().window)
+}
+fn default_brake_max_hold() -> Seconds {
+    Seconds(crate::brake::BrakeConfig::default().max_hold)
 }
 
 fn zero() -> Seconds {
@@ -622,6 +680,13 @@ impl Config {
             if other.ranges.is_empty() {
                 return Err(format!("otherPools[{i}] ({}) has no ranges", other.name));
             }
+        }
+        let brake = &self.guard.withdrawal_brake;
+        if !(1..=99).contains(&brake.share_percent) {
+            return Err(format!("guard.withdrawalBrake.sharePercent {} must be between 1 and 99", brake.share_percent));
+        }
+        if brake.window.0.is_zero() || brake.max_hold.0.is_zero() {
+            return Err("guard.withdrawalBrake.window and maxHold must be longer than 0 (enabled: false turns the brake off)".to_string());
         }
         let limits = &self.api.limits;
         for (name, value) in [

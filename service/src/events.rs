@@ -83,8 +83,10 @@ pub struct Reporting {
 pub fn spawn(client: Client, config: &Config, plans: watch::Receiver<PlanSnapshot>) -> Candidate {
     let settings = LeaseSettings::from_config(&config.events, &config.pool, client.default_namespace());
     let instance = settings.identity.clone();
+    let lease = (settings.namespace.clone(), settings.name.clone());
     let candidate = lease::spawn_candidate(client.clone(), settings);
     let reporting = Reporting { pool: config.pool.clone(), instance, leading: candidate.leading() };
+    crate::brake_events::spawn_brake_recorder(client.clone(), plans.clone(), reporting.clone(), lease);
     spawn_event_recorder(client, plans, reporting);
     candidate
 }
@@ -270,7 +272,7 @@ fn event_name(service: &core::Service, refusal: &Refusal) -> String {
 }
 
 /// FNV-1a (64 bits) of the parts, each ended by a NUL: stable, unlike std's hashers.
-fn fnv1a64(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a64(parts: &[&str]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for byte in part.bytes().chain([0]) {

@@ -6,6 +6,9 @@
 //! - `maxRoutes`: above it, routes already announced stay, new ones are refused (ranges before host
 //!   routes), and an alarm says so. A runaway cluster state cannot flood the fabric.
 //!
+//! - The withdrawal brake ([`crate::brake`]), first: a wave of nodes lost at once (a sick control
+//!   plane) does not withdraw their paths. Damping then sees the held paths as never gone.
+//!
 //! Pure like the planner: the caller passes the time, and is told when to call again.
 
 use std::collections::HashMap;
@@ -14,12 +17,15 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
+use crate::brake::{Brake, BrakeConfig, BrakeRelease, BrakeStatus};
 use crate::plan::{NextHop, Plan, Routes};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GuardConfig {
     pub hold_down: Duration,
     pub max_routes: Option<usize>,
+    /// The withdrawal brake; `None`: off.
+    pub brake: Option<BrakeConfig>,
 }
 
 /// What the guard remembers between plans.
@@ -32,28 +38,57 @@ pub struct Guard {
     last_raw: Plan,
     /// The routes of the last guarded plan (the ones announced), kept first when over maxRoutes.
     announced: Routes,
+    brake: Option<Brake>,
 }
 
 /// A guarded plan, and when the guard wants to look again (a held path becomes due).
 pub struct Guarded {
     pub plan: Plan,
     pub wake_at: Option<Instant>,
+    /// What the withdrawal brake holds, while it is engaged.
+    pub brake: Option<BrakeStatus>,
 }
 
 impl Guard {
     pub fn new(config: GuardConfig) -> Self {
-        Guard { config, ..Default::default() }
+        Guard { config, brake: config.brake.map(Brake::new), ..Default::default() }
     }
 
     pub fn is_active(&self) -> bool {
-        !self.config.hold_down.is_zero() || self.config.max_routes.is_some()
+        !self.config.hold_down.is_zero() || self.config.max_routes.is_some() || self.config.brake.is_some()
+    }
+
+    /// An operator's release of the withdrawal brake (takes effect at the next [`Guard::apply`]):
+    /// whether it was engaged.
+    pub fn release_brake(&mut self, by: &str) -> bool {
+        self.brake.as_mut().is_some_and(|b| b.release_now(by))
+    }
+
+    /// How the withdrawal brake's last engagement ended.
+    pub fn last_brake_release(&self) -> Option<&BrakeRelease> {
+        self.brake.as_ref().and_then(Brake::last_release)
     }
 
     /// Applies damping and the route limit to the planner's plan at time `now`. Costs in proportion
     /// to the routes that changed since the last call and the paths held, not to the plan's size.
     pub fn apply(&mut self, raw: &Plan, now: Instant) -> Guarded {
+        let braked;
+        let raw = match &mut self.brake {
+            Some(brake) => {
+                let held_changed;
+                (braked, held_changed) = brake.apply(raw, now);
+                if held_changed {
+                    // A held path put back is not a flap: damping must not hold it back in turn.
+                    for (prefix, hop) in brake.held_paths() {
+                        self.withdrawn_at.remove(&(prefix, hop.clone()));
+                    }
+                }
+                &braked
+            }
+            None => raw,
+        };
         let mut plan = raw.clone();
-        let mut wake_at: Option<Instant> = None;
+        let mut wake_at: Option<Instant> = self.brake.as_ref().and_then(Brake::wake_at);
         if !self.config.hold_down.is_zero() {
             for (prefix, before, after) in self.last_raw.route_changes(raw) {
                 for hop in before.iter().flat_map(|r| r.next_hops.iter()) {
@@ -108,7 +143,7 @@ impl Guard {
             plan.max_routes_refused = refused.len();
         }
         self.announced = plan.routes.clone();
-        Guarded { plan, wake_at }
+        Guarded { plan, wake_at, brake: self.brake.as_ref().and_then(Brake::status) }
     }
 }
 
@@ -149,7 +184,7 @@ mod tests {
 
     #[test]
     fn flapping_path_is_withdrawn_at_once_and_returns_after_hold_down() {
-        let mut guard = Guard::new(GuardConfig { hold_down: Duration::from_secs(1), max_routes: None });
+        let mut guard = Guard::new(GuardConfig { hold_down: Duration::from_secs(1), max_routes: None, brake: None });
         let t0 = Instant::now();
         let up = plan_of(&[("10.96.0.1/32", RouteKind::ClusterIp, &["n1", "n2"])]);
         let down = plan_of(&[("10.96.0.1/32", RouteKind::ClusterIp, &["n2"])]);
@@ -174,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_route_whose_only_path_is_held_is_absent() {
-        let mut guard = Guard::new(GuardConfig { hold_down: Duration::from_secs(1), max_routes: None });
+        let mut guard = Guard::new(GuardConfig { hold_down: Duration::from_secs(1), max_routes: None, brake: None });
         let t0 = Instant::now();
         let up = plan_of(&[("10.96.0.1/32", RouteKind::ClusterIp, &["n1"])]);
         guard.apply(&up, t0);
@@ -184,7 +219,7 @@ mod tests {
 
     #[test]
     fn max_routes_keeps_what_is_announced_and_prefers_ranges() {
-        let mut guard = Guard::new(GuardConfig { hold_down: Duration::ZERO, max_routes: Some(3) });
+        let mut guard = Guard::new(GuardConfig { hold_down: Duration::ZERO, max_routes: Some(3), brake: None });
         let t = Instant::now();
         let first = plan_of(&[
             ("10.96.0.0/12", RouteKind::ClusterRange, &["n1"]),

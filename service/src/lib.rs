@@ -5,6 +5,8 @@
 //! channel → the gobgpd reconciler ([`gobgp`]) and the API server ([`api`]), which only read it.
 
 pub mod api;
+pub mod brake;
+pub mod brake_events;
 pub mod cluster;
 pub mod config;
 pub mod events;

@@ -149,6 +149,10 @@ pub struct Metrics {
     applied_generation: Gauge,
     restart_deferral: Gauge,
     max_routes_refused: Gauge,
+    brake_engaged: Gauge,
+    brake_held_paths: Gauge,
+    brake_held_nodes: Gauge,
+    brake_engagements: Counter,
     pub sink: SinkMetrics,
     /// Plan API calls refused by a limit (`api.limits`), by limit.
     pub api_refused: crate::api::limits::RefusedCalls,
@@ -176,6 +180,10 @@ impl Metrics {
             applied_generation: Gauge::default(),
             restart_deferral: Gauge::default(),
             max_routes_refused: Gauge::default(),
+            brake_engaged: Gauge::default(),
+            brake_held_paths: Gauge::default(),
+            brake_held_nodes: Gauge::default(),
+            brake_engagements: Counter::default(),
             sink: SinkMetrics::default(),
             api_refused: Default::default(),
             registry: Registry::default(),
@@ -216,6 +224,10 @@ impl Metrics {
             "Plan API calls refused with RESOURCE_EXHAUSTED, by the limit they were above (api.limits)",
             m.api_refused.clone(),
         );
+        registry.register("withdrawal_brake_engaged", "1 while the withdrawal brake holds the paths of nodes lost at once (see heraldctl brake)", m.brake_engaged.clone());
+        registry.register("withdrawal_brake_held_paths", "Paths the withdrawal brake keeps announced for lost nodes", m.brake_held_paths.clone());
+        registry.register("withdrawal_brake_held_nodes", "Lost nodes whose paths the withdrawal brake keeps announced", m.brake_held_nodes.clone());
+        registry.register("withdrawal_brake_engagements", "Times the withdrawal brake engaged", m.brake_engagements.clone());
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -262,6 +274,19 @@ impl Metrics {
         }
     }
 
+    /// The brake's gauges, and its engagements counted from the last one seen (`last`).
+    fn observe_brake(&self, snapshot: &PlanSnapshot, last: &mut u64) {
+        let status = snapshot.brake.as_deref();
+        self.brake_engaged.set(i64::from(status.is_some()));
+        self.brake_held_paths.set(status.map_or(0, |b| b.paths as i64));
+        self.brake_held_nodes.set(status.map_or(0, |b| b.nodes.len() as i64));
+        let seen = status.map(|b| b.engagement).into_iter().chain(snapshot.brake_released.as_ref().map(|r| r.engagement)).max().unwrap_or(0);
+        if seen > *last {
+            self.brake_engagements.inc_by(seen - *last);
+            *last = seen;
+        }
+    }
+
     fn observe_source(&self, snapshot: &SourceSnapshot) {
         self.source_synced.set(i64::from(snapshot.status.synced));
         self.source_up.set(i64::from(snapshot.status.last_error.is_none()));
@@ -288,10 +313,12 @@ impl Metrics {
         // Counting routes by kind walks the whole plan: for a large plan under churn it is done at
         // most every PLAN_GAUGES_EVERY (a scrape comes every few seconds), not for every plan.
         let mut gauges_at: Option<tokio::time::Instant> = None;
+        let mut brake_engagements = 0u64;
         loop {
             let status = sink.as_mut().map(|s| s.borrow_and_update().clone());
             let plan = plans.borrow_and_update().clone();
             tracker.plan_published(plan.generation);
+            self.observe_brake(&plan, &mut brake_engagements);
             let now = tokio::time::Instant::now();
             let gauges_due = match gauges_at {
                 Some(at) if now < at + PLAN_GAUGES_EVERY && plan.plan.routes.len() >= THROTTLED_ABOVE => {

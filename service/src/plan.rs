@@ -312,4 +312,10 @@ pub struct PlanSnapshot {
     pub plan: Arc<Plan>,
     /// The version of the cluster state the plan was made from ([`crate::source::SourceSnapshot`]).
     pub cluster_version: u64,
+    /// What the guard's withdrawal brake holds in this plan, while it is engaged.
+    pub brake: Option<Arc<crate::brake::BrakeStatus>>,
+    /// Whether the guard has a withdrawal brake (`guard.withdrawalBrake.enabled`).
+    pub brake_enabled: bool,
+    /// How the brake's last engagement ended.
+    pub brake_released: Option<Arc<crate::brake::BrakeRelease>>,
 }

@@ -12,6 +12,7 @@ use crate::gobgp::inspect::Inspector;
 use crate::metrics::Metrics;
 use std::time::Duration;
 use crate::cluster::ClusterState;
+use crate::brake::{BrakeRelease, BrakeStatus};
 use crate::guard::{Guard, GuardConfig};
 use crate::plan::{Plan, PlanSnapshot};
 use crate::planner::incremental::IncrementalPlanner;
@@ -42,14 +43,20 @@ pub enum RunError {
 /// Publishes `plan` if it differs from the current one (the first plan is published even if empty).
 /// Says what is new: refused IPs and notes that the last plan did not have (a churning cluster
 /// publishes often; the same refusal is not repeated with every plan).
-fn publish(plans: &watch::Sender<PlanSnapshot>, plan: Plan, cluster_version: u64, elapsed: Duration) {
+fn publish(plans: &watch::Sender<PlanSnapshot>, plan: Plan, cluster_version: u64, elapsed: Duration, brake: BrakeView) {
     plans.send_if_modified(|current| {
-        if current.generation > 0 && *current.plan == plan {
+        if current.generation > 0 && *current.plan == plan && brake.same_as(current) {
             return false;
         }
         let first = current.generation == 0;
         current.generation += 1;
         current.cluster_version = cluster_version;
+        brake.log_change(current);
+        current.brake_enabled = brake.enabled;
+        current.brake = brake.status.map(Arc::new);
+        if brake.released.is_some() {
+            current.brake_released = brake.released.map(Arc::new);
+        }
         let previous = std::mem::replace(&mut current.plan, Arc::new(plan));
         let plan = &current.plan;
         // Every plan at info would flood the log of a churning cluster: the first one, then debug.
@@ -70,6 +77,36 @@ fn publish(plans: &watch::Sender<PlanSnapshot>, plan: Plan, cluster_version: u64
         }
         true
     });
+}
+
+/// The withdrawal brake's side of a publication.
+struct BrakeView {
+    enabled: bool,
+    status: Option<BrakeStatus>,
+    released: Option<BrakeRelease>,
+}
+
+impl BrakeView {
+    fn same_as(&self, current: &PlanSnapshot) -> bool {
+        current.brake.as_deref() == self.status.as_ref()
+            && (self.released.is_none() || current.brake_released.as_deref() == self.released.as_ref())
+    }
+
+    /// Engaging and letting go are logged once each, at warn: an operator must hear of both.
+    fn log_change(&self, current: &PlanSnapshot) {
+        match (&current.brake, &self.status) {
+            (None, Some(now)) => warn!(engagement = now.engagement, reason = %now.reason, nodes = now.nodes.len(),
+                paths = now.paths, prefixes = now.prefixes, "withdrawal brake engaged: keeping the lost nodes' paths announced"),
+            (Some(before), Some(now)) if before.engagement != now.engagement => warn!(engagement = now.engagement,
+                reason = %now.reason, nodes = now.nodes.len(), paths = now.paths, "withdrawal brake engaged again"),
+            _ => {}
+        }
+        if let Some(released) = &self.released {
+            if current.brake_released.as_deref() != Some(released) {
+                warn!(engagement = released.engagement, why = %released.why, "withdrawal brake released");
+            }
+        }
+    }
 }
 
 /// Above this many object changes at once (or a quarter of the Services), the planner starts over
@@ -101,9 +138,8 @@ impl Planning {
                 if changes.len() > REPLAN_ABOVE.max(cluster.services.len() / 4) {
                     return IncrementalPlanner::new(ClusterState::clone(cluster), config.clone());
                 }
-                for change in changes {
-                    planner.apply(change);
-                }
+                // One batch: Node changes re-plan everything once at most, not once each.
+                planner.apply_batch(changes);
                 planner
             }
             _ => IncrementalPlanner::new(ClusterState::clone(cluster), config.clone()),
@@ -128,11 +164,19 @@ impl Planning {
 /// publishes it when it changed. Wakes up by itself when the guard holds a path back. Runs on a
 /// thread of its own: planning is CPU work, which must not hold up the reconciler's and the API's
 /// IO, and which under churn is a small step per change.
-async fn plan_loop(config: Arc<Config>, mut source: watch::Receiver<SourceSnapshot>, plans: watch::Sender<PlanSnapshot>) {
+async fn plan_loop(
+    config: Arc<Config>,
+    mut source: watch::Receiver<SourceSnapshot>,
+    plans: watch::Sender<PlanSnapshot>,
+    mut releases: watch::Receiver<u64>,
+) {
     let mut guard = Guard::new(GuardConfig {
         hold_down: config.guard.hold_down.0,
         max_routes: config.guard.max_routes,
+        brake: config.guard.withdrawal_brake.brake(),
     });
+    let mut releases_open = true;
+    let mut release_asked = false;
     let mut planning = Planning { config: Config::clone(&config), planner: None, planned: None };
     let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
@@ -146,10 +190,16 @@ async fn plan_loop(config: Arc<Config>, mut source: watch::Receiver<SourceSnapsh
                 error!("the planner failed; keeping the last plan");
             }
         }
+        if std::mem::take(&mut release_asked) {
+            if !guard.release_brake("an operator") {
+                info!("withdrawal brake release asked for, but the brake holds nothing");
+            }
+        }
         if let Some(raw) = planning.plan() {
             let guarded = guard.apply(raw, std::time::Instant::now());
             wake_at = guarded.wake_at.map(tokio::time::Instant::from_std);
-            publish(&plans, guarded.plan, version, started.elapsed());
+            let brake = BrakeView { enabled: config.guard.withdrawal_brake.enabled, status: guarded.brake, released: guard.last_brake_release().cloned() };
+            publish(&plans, guarded.plan, version, started.elapsed(), brake);
         }
         let sleep = async {
             match wake_at {
@@ -159,6 +209,10 @@ async fn plan_loop(config: Arc<Config>, mut source: watch::Receiver<SourceSnapsh
         };
         tokio::select! {
             changed = source.changed() => if changed.is_err() { return },
+            changed = releases.changed(), if releases_open => match changed {
+                Ok(()) => release_asked = true,
+                Err(_) => releases_open = false,
+            },
             () = sleep => {}
         }
     }
@@ -170,11 +224,22 @@ pub fn spawn_planner(
     config: Arc<Config>,
     source: watch::Receiver<SourceSnapshot>,
 ) -> std::io::Result<watch::Receiver<PlanSnapshot>> {
+    let (_releases, releases_rx) = watch::channel(0);
+    spawn_planner_with_releases(config, source, releases_rx)
+}
+
+/// [`spawn_planner`], with operators' releases of the withdrawal brake: each change of `releases`
+/// releases it (see [`crate::api::control`]).
+pub fn spawn_planner_with_releases(
+    config: Arc<Config>,
+    source: watch::Receiver<SourceSnapshot>,
+    releases: watch::Receiver<u64>,
+) -> std::io::Result<watch::Receiver<PlanSnapshot>> {
     let (plans, plan_rx) = watch::channel(PlanSnapshot::default());
     let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new()
         .name("herald-planner".to_string())
-        .spawn(move || runtime.block_on(plan_loop(config, source, plans)))?;
+        .spawn(move || runtime.block_on(plan_loop(config, source, plans, releases)))?;
     Ok(plan_rx)
 }
 
@@ -204,7 +269,8 @@ pub async fn run(
             kube_client = Some(client);
         }
     }
-    let plan_rx = spawn_planner(config.clone(), source_rx.clone())
+    let (releases, releases_rx) = watch::channel(0u64);
+    let plan_rx = spawn_planner_with_releases(config.clone(), source_rx.clone(), releases_rx)
         .map_err(|e| RunError::Source(format!("cannot start the planner thread: {e}")))?;
     // Warning Events `IPRefused` on Services whose IPs the plan refuses, from one replica per pool.
     let events = kube_client.map(|client| crate::events::spawn(client, &config, plan_rx.clone()));
@@ -231,7 +297,7 @@ pub async fn run(
             }
         });
     }
-    let state = ApiState { plans: plan_rx, source: source_rx, sink, gobgp };
+    let state = ApiState { plans: plan_rx, source: source_rx, sink, gobgp, brake_releases: Some(releases) };
     server::serve(&config.api, state, api_refused, shutdown).await?;
     if let Some(events) = events {
         // Handed over at once, rather than when the Lease expires.

@@ -567,7 +567,7 @@ fn accepted_durations_do_not_overflow_the_clock() {
         run_target("config", fuzz::config, input.as_bytes()).unwrap();
         let hold = config.guard.hold_down.0;
         let result = no_panic(|| {
-            let mut guard = Guard::new(GuardConfig { hold_down: hold, max_routes: None });
+            let mut guard = Guard::new(GuardConfig { hold_down: hold, max_routes: None, brake: None });
             let state = cluster(vec![local_service("web", &[], &["198.19.48.1"], &[])]);
             let mut fewer = state.clone();
             fewer.nodes.remove("n1");

@@ -39,6 +39,8 @@ pub struct ApiState {
     pub sink: Option<watch::Receiver<SinkStatus>>,
     /// A read-only look into gobgpd, for answers down to the wire; `None` without gobgpd.
     pub gobgp: Option<Inspector>,
+    /// The planner's input of operators' brake releases; ControlService is served when set.
+    pub brake_releases: Option<watch::Sender<u64>>,
 }
 
 impl ApiState {
@@ -358,6 +360,7 @@ impl PlanService for PlanApi {
         if !source.synced {
             alarms.push(format!("source {} has not delivered a complete cluster state yet", source.name));
         }
+        // The brake's own note is among the plan's notes: one alarm, with what it holds.
         alarms.extend(snapshot.plan.notes.iter().cloned());
         let gobgp = self.state.sink.as_ref().map(|sink| {
             let s = sink.borrow().clone();
@@ -409,6 +412,7 @@ impl PlanService for PlanApi {
             refusals: snapshot.plan.refusals.len() as u64,
             gobgp,
             alarms,
+            brake: Some(super::control::brake(&snapshot)),
         }))
     }
 }
@@ -727,6 +731,7 @@ pub async fn serve_limited(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    let control = state.brake_releases.clone().map(|releases| super::control::ControlApi::new(state.plans.clone(), releases).into_service());
     builder
         .tcp_nodelay(true)
         .timeout(config.call_timeout.0)
@@ -735,6 +740,7 @@ pub async fn serve_limited(
         .http2_keepalive_timeout(Some(config.keepalive_timeout.0))
         .tcp_keepalive(Some(config.keepalive_interval.0))
         .layer(super::limits::CallLimitLayer { limits: limits.clone() })
+        .add_optional_service(control)
         .add_service(PlanApi::with_limits(state, limits).into_service())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

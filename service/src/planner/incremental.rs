@@ -5,6 +5,12 @@
 //! the host routes it touches; a Node change re-plans everything (nodes change rarely, and every
 //! range route depends on all of them). The result equals [`super::plan`] of the same state: the
 //! property tests check it.
+//!
+//! A batch of changes ([`IncrementalPlanner::apply_batch`], what `herald run` gives it: everything
+//! between two cluster states) re-plans everything at most once, however many Nodes it changes, and
+//! not at all when no Node change touches what the plan reads of a node (its pool membership,
+//! eligibility and InternalIPs): a relabel with a label herald does not read, or a kubelet status
+//! report the source did not already drop, costs a comparison per node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use ipnet::IpNet;
 
 use super::{merge_host_route, plan_service, PlanContext, ServicePlan};
-use crate::cluster::{ClusterState, EndpointSlice, ObjectKey, Service};
+use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service};
 use crate::config::Config;
 use crate::plan::{Plan, Route};
 
@@ -234,11 +240,79 @@ impl IncrementalPlanner {
         }
     }
 
+    /// Applies every change of a batch (as [`ClusterState::changes_to`] gives them) and re-plans
+    /// once: everything if some Node change touches what the plan reads of nodes, else only the
+    /// Services the other changes touch. Returns the routes the batch changed.
+    pub fn apply_batch(&mut self, changes: Vec<Change>) -> PlanDelta {
+        let before = self.plan.clone();
+        let mut nodes_changed = false;
+        let mut others = Vec::with_capacity(changes.len());
+        for change in changes {
+            match &change {
+                Change::Node(node) => {
+                    let old = self.state.nodes.get(&node.name).cloned();
+                    nodes_changed |= node_view(old.as_deref(), &self.config) != node_view(Some(node), &self.config);
+                    self.state.apply(&change);
+                }
+                Change::NodeDeleted(name) => {
+                    nodes_changed |= self.state.nodes.contains_key(name);
+                    self.state.apply(&change);
+                }
+                _ => others.push(change),
+            }
+        }
+        if nodes_changed {
+            // The full re-plan below plans every Service: the other changes only go into the state.
+            for change in &others {
+                self.record(change);
+            }
+            self.replan_all();
+        } else {
+            for change in others {
+                self.apply(change);
+            }
+        }
+        // Two versions of one plan: visits only what the batch changed.
+        diff(&before, &self.plan)
+    }
+
+    /// Puts a Service or EndpointSlice change into the state and the slice index, planning nothing.
+    fn record(&mut self, change: &Change) {
+        match change {
+            Change::EndpointSlice(slice) => {
+                if let Some(previous) = self.state.endpoint_slices.get(&slice.key).and_then(|s| s.service_key()) {
+                    if let Some(set) = self.slices_by_service.get_mut(&previous) {
+                        set.remove(&slice.key);
+                    }
+                }
+                if let Some(current) = slice.service_key() {
+                    self.slices_by_service.entry(current).or_default().insert(slice.key.clone());
+                }
+            }
+            Change::EndpointSliceDeleted(key) => {
+                if let Some(service) = self.state.endpoint_slices.get(key).and_then(|s| s.service_key()) {
+                    if let Some(set) = self.slices_by_service.get_mut(&service) {
+                        set.remove(key);
+                    }
+                }
+            }
+            Change::Service(_) | Change::ServiceDeleted(_) | Change::Node(_) | Change::NodeDeleted(_) => {}
+        }
+        self.state.apply(change);
+    }
+
     fn replan_everything(&mut self) -> PlanDelta {
         let before = std::mem::take(&mut self.plan);
         self.replan_all();
         diff(&before, &self.plan)
     }
+}
+
+/// What the plan reads of a node (absent: `None`): whether the pool's nodeSelector picks it, why it
+/// is not eligible, and its InternalIPs. Two versions of a node that agree on this give the same
+/// plan: the rest of its labels, and whatever else of a Node changes, do not matter.
+fn node_view<'a>(node: Option<&'a Node>, config: &Config) -> Option<(bool, Option<&'static str>, &'a [std::net::IpAddr])> {
+    node.map(|node| (config.node_selector.matches(&node.labels), super::ineligibility(node, config), node.internal_ips.as_slice()))
 }
 
 /// The delta between two plans.

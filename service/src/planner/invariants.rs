@@ -379,7 +379,8 @@ fn check_host_route_sources(
 
 /// Checks a guarded plan against the raw plan it was made from: the guard only takes away (routes,
 /// next hops), never adds or changes a route, leaves no route without a next hop, and keeps to
-/// `max_routes`.
+/// `max_routes`. Not while the withdrawal brake holds something: it keeps paths the raw plan no
+/// longer has (`brake_tests.rs` checks those).
 pub fn check_guarded(raw: &Plan, guarded: &Plan, max_routes: Option<usize>) -> Result<(), String> {
     let mut v = Violations(Vec::new());
     for (prefix, route) in &guarded.routes {

@@ -56,14 +56,20 @@ impl Announcer {
     }
 }
 
+/// Why a node that lost `Ready` (or never had it) is not eligible: a node-level reason, which the
+/// guard's withdrawal brake tells from the intended ones (nodeSelector, exclusion label).
+pub const NOT_READY: &str = "node not Ready";
+
 /// Why a node is or is not eligible; `None` when it is.
 fn ineligibility(node: &Node, config: &Config) -> Option<&'static str> {
+    // The reasons an operator chose come first: a node both excluded and not Ready is out on purpose
+    // (the withdrawal brake holds only nodes lost for node-level reasons).
     if !config.node_selector.matches(&node.labels) {
         Some("not in this pool (nodeSelector)")
-    } else if !node.ready {
-        Some("node not Ready")
     } else if node.labels.contains_key(EXCLUDE_LABEL) {
         Some("node excluded from external load balancers")
+    } else if !node.ready {
+        Some(NOT_READY)
     } else {
         None
     }

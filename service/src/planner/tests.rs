@@ -769,6 +769,103 @@ mod incremental_equals_full {
     }
 }
 
+/// Batches of changes, as `herald run` gives them to the planner: a cluster state's changes at once.
+mod batches_equal_full {
+    use proptest::prelude::*;
+
+    use super::properties::arb_state_for_tests as arb_state;
+    use super::properties::CONFIG;
+    use super::*;
+    use crate::planner::incremental::IncrementalPlanner;
+
+    /// One change to a state: a node's readiness, a label herald does not read, a node deleted, an
+    /// endpoint's readiness.
+    fn change(state: &mut ClusterState, (what, which): (u8, usize)) {
+        let nodes: Vec<String> = state.nodes.keys().cloned().collect();
+        let slices: Vec<ObjectKey> = state.endpoint_slices.keys().cloned().collect();
+        match what % 4 {
+            0 if !nodes.is_empty() => {
+                let mut node = Node::clone(&state.nodes[&nodes[which % nodes.len()]]);
+                node.ready = !node.ready;
+                state.insert_node(node);
+            }
+            1 if !nodes.is_empty() => {
+                let mut node = Node::clone(&state.nodes[&nodes[which % nodes.len()]]);
+                node.labels.insert("rack-audit".to_string(), which.to_string());
+                state.insert_node(node);
+            }
+            2 if !nodes.is_empty() => {
+                state.nodes.remove(&nodes[which % nodes.len()]);
+            }
+            _ if !slices.is_empty() => {
+                let mut slice = EndpointSlice::clone(&state.endpoint_slices[&slices[which % slices.len()]]);
+                slice.endpoints.iter_mut().for_each(|e| e.ready = Some(!e.is_ready()));
+                state.insert_endpoint_slice(slice);
+            }
+            _ => {}
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// However changes are grouped into batches, the plan equals a full plan of the same state.
+        #[test]
+        fn batched_plan_equals_full_recompute(
+            state in arb_state(),
+            batches in proptest::collection::vec(proptest::collection::vec((any::<u8>(), any::<usize>()), 1..12), 1..6),
+        ) {
+            let cfg = config(CONFIG);
+            let mut planner = IncrementalPlanner::new(state.clone(), cfg.clone());
+            let mut current = state;
+            for batch in batches {
+                let before = current.clone();
+                let plan_before = planner.plan().clone();
+                for c in batch {
+                    change(&mut current, c);
+                }
+                let delta = planner.apply_batch(before.changes_to(&current));
+                let full = plan(&current, &cfg);
+                prop_assert_eq!(planner.plan(), &full);
+                prop_assert_eq!(delta, crate::planner::incremental::diff(&plan_before, &full));
+            }
+        }
+    }
+
+    /// Labels herald does not read, on every node at once: nothing is planned again (the plan's
+    /// node table is the very same), and the plan is the same.
+    #[test]
+    fn a_relabel_with_a_label_herald_does_not_read_plans_nothing() {
+        let scale = crate::scale::Scale::small(200, 400);
+        let state = crate::scale::cluster(scale);
+        let cfg = crate::scale::config();
+        let mut planner = IncrementalPlanner::new(state.clone(), cfg.clone());
+        let before = planner.plan().clone();
+        let mut relabelled = state.clone();
+        for node in state.nodes.values() {
+            let mut node = Node::clone(node);
+            node.labels.insert("team".to_string(), "blue".to_string());
+            relabelled.insert_node(node);
+        }
+        let changes = state.changes_to(&relabelled);
+        assert_eq!(changes.len(), 200);
+        assert!(planner.apply_batch(changes).is_empty());
+        assert!(std::sync::Arc::ptr_eq(&before.nodes, &planner.plan().nodes), "planned again");
+        assert_eq!(planner.plan(), &before);
+        assert_eq!(planner.state(), &relabelled);
+        // The exclusion label on every node does change the plan, in one go.
+        let mut excluded = relabelled.clone();
+        for node in relabelled.nodes.values() {
+            let mut node = Node::clone(node);
+            node.labels.insert(EXCLUDE_LABEL.to_string(), String::new());
+            excluded.insert_node(node);
+        }
+        let delta = planner.apply_batch(relabelled.changes_to(&excluded));
+        assert!(!delta.removed.is_empty());
+        assert_eq!(planner.plan(), &plan(&excluded, &cfg));
+    }
+}
+
 /// What `heraldctl explain` says of each of the new cases: families per endpoint node, FQDN slices,
 /// the policy behind a host route, another pool's IP.
 #[test]

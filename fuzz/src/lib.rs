@@ -24,12 +24,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
-use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald::config::{Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName, RangeConfig};
-use herald::guard::{Guard, GuardConfig};
-use herald::planner::invariants::{check_guarded, check_plan_invariants};
-use herald::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
-use herald::selector::LabelSelector;
+use herald_k8s::parse_manifest;
+use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald_core::config::{Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName, RangeConfig};
+use herald_core::guard::{Guard, GuardConfig};
+use herald_core::planner::invariants::{check_guarded, check_plan_invariants};
+use herald_core::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
+use herald_core::selector::LabelSelector;
 use ipnet::IpNet;
 
 /// The yaobank lab's config and cluster, the realistic pair.

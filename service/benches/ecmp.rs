@@ -13,7 +13,7 @@
 //!   cluster state to the reconciler's status saying gobgpd holds the plan made from it; and
 //!   gobgpd's CPU time over those changes.
 
-#[path = "../tests/support/gobgpd.rs"]
+#[path = "../gobgp/tests/support/gobgpd.rs"]
 mod gobgpd;
 #[path = "support/cluster_yaml.rs"]
 mod cluster_yaml;
@@ -26,11 +26,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gobgpd::Gobgpd;
 use herald_run::HeraldRun;
-use herald::cluster::{ClusterState, Node};
-use herald::config::Config;
-use herald::gobgp::v3::V3Client;
-use herald::scale::{self, Scale};
-use herald::source::{SourceSnapshot, SourceStatus};
+use herald_core::cluster::{ClusterState, Node};
+use herald_core::config::Config;
+use herald_gobgp::v3::V3Client;
+use herald_core::scale::{self, Scale};
+use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use tokio::sync::watch;
 
 const ROUNDS: usize = 2;
@@ -106,10 +106,10 @@ fn snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
 /// reconciler, against `g` (already holding the plan): each change's time to acknowledgement.
 async fn node_changes(state: &ClusterState, config: &Config, g: &Gobgpd, seed: u64) -> (Vec<Duration>, f64) {
     let gobgp = config.gobgp.clone().unwrap();
-    let client = V3Client::new(&gobgp.address, gobgp.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let client = V3Client::new(&gobgp.address, gobgp.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (source, source_rx) = watch::channel(snapshot(state, 1));
     let mut plans = herald::run::spawn_planner(Arc::new(config.clone()), source_rx).unwrap();
-    let mut status = herald::gobgp::spawn_with(client, &gobgp.address, herald::gobgp::settings(&gobgp), plans.clone());
+    let mut status = herald_gobgp::spawn_with(client, &gobgp.address, herald_gobgp::settings(&gobgp), plans.clone());
     // It finds the plan in gobgpd (adopted, nothing pushed).
     status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
     let gobgpd_pid = g.pid().unwrap();
@@ -151,7 +151,7 @@ async fn main() {
     for variant in &VARIANTS {
         let config = Config::parse(&format!("{}{}", scale::CONFIG, variant.ecmp)).unwrap();
         let t = Instant::now();
-        let plan = herald::planner::plan(&state, &config);
+        let plan = herald_core::planner::plan(&state, &config);
         let elapsed = t.elapsed();
         let widest = plan.routes.values().map(|r| r.next_hops.len()).max().unwrap_or(0);
         let parts = plan.routes.values().filter(|r| r.part_of.is_some()).count();

@@ -1,6 +1,6 @@
 //! Hostile input: every bad cluster state, config or selector gets an error that says what is wrong,
 //! never a panic, and whatever is accepted is planned without breaking the planner's invariants
-//! (`herald::planner::invariants`).
+//! (`herald_core::planner::invariants`).
 //!
 //! Two sources of inputs, through the same checks as the fuzz targets (`fuzz/src/lib.rs`, included
 //! below):
@@ -17,13 +17,14 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald::config::Config;
-use herald::guard::{Guard, GuardConfig};
-use herald::plan::{IpOutcome, Plan, RefusalCause, Route};
-use herald::planner::invariants::check_plan_invariants;
-use herald::planner::plan;
-use herald::selector::LabelSelector;
+use herald_k8s::parse_manifest;
+use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald_core::config::Config;
+use herald_core::guard::{Guard, GuardConfig};
+use herald_core::plan::{IpOutcome, Plan, RefusalCause, Route};
+use herald_core::planner::invariants::check_plan_invariants;
+use herald_core::planner::plan;
+use herald_core::selector::LabelSelector;
 
 /// No input may take longer than this to be read (they are all small or bounded by the parser's budget).
 const SLOW: Duration = Duration::from_secs(10);
@@ -651,13 +652,13 @@ fn the_invariant_checker_catches_doctored_plans() {
     p.insert_route(outside);
     doctored.push(("a refused IP outside every range announced", p));
     let mut p = good.clone();
-    p.route_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
+    p.route_mut(&host).unwrap().next_hops.insert(herald_core::plan::NextHop {
         node: "n1".to_string(),
         address: "10.0.0.99".parse().unwrap(),
     });
     doctored.push(("a next hop that is no InternalIP", p));
     let mut p = good.clone();
-    p.route_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
+    p.route_mut(&host).unwrap().next_hops.insert(herald_core::plan::NextHop {
         node: "ghost".to_string(),
         address: "10.0.0.1".parse().unwrap(),
     });

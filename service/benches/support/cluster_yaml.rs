@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use herald::cluster::{AddressType, ClusterState, TrafficPolicy};
+use herald_core::cluster::{AddressType, ClusterState, TrafficPolicy};
 
 fn uid(kind: u32, i: u32) -> String {
     format!("{kind:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i >> 16, i & 0xfff, (i >> 12) & 0xfff, u64::from(i) * 2654435761)
@@ -12,7 +12,7 @@ fn uid(kind: u32, i: u32) -> String {
 
 const CREATED: &str = "\"2025-03-14T09:26:53Z\"";
 
-fn node_yaml(out: &mut String, i: u32, node: &herald::cluster::Node) {
+fn node_yaml(out: &mut String, i: u32, node: &herald_core::cluster::Node) {
     let name = &node.name;
     let _ = write!(
         out,
@@ -74,7 +74,7 @@ fn node_yaml(out: &mut String, i: u32, node: &herald::cluster::Node) {
     );
 }
 
-fn service_yaml(out: &mut String, i: u32, s: &herald::cluster::Service) {
+fn service_yaml(out: &mut String, i: u32, s: &herald_core::cluster::Service) {
     let (ns, name) = (&s.key.namespace, &s.key.name);
     let _ = write!(
         out,
@@ -117,7 +117,7 @@ fn service_yaml(out: &mut String, i: u32, s: &herald::cluster::Service) {
     }
 }
 
-fn slice_yaml(out: &mut String, i: u32, slice: &herald::cluster::EndpointSlice) {
+fn slice_yaml(out: &mut String, i: u32, slice: &herald_core::cluster::EndpointSlice) {
     let (ns, name) = (&slice.key.namespace, &slice.key.name);
     let service = slice.service_name.as_deref().unwrap_or_default();
     let v6 = slice.address_type == AddressType::Ipv6;

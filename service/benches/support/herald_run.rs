@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use herald::scale;
+use herald_core::scale;
 
 pub struct HeraldRun {
     child: Child,

@@ -39,9 +39,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{ClusterSource, SourceSnapshot};
-use crate::cluster::{
-    from_endpoint_slice, from_node, from_service, ClusterState, EndpointSlice, Node, ObjectKey, Objects, Service,
-};
+use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Objects, Service};
+use crate::convert::{from_endpoint_slice, from_node, from_service};
 use crate::config::KubernetesSourceConfig;
 
 /// The least time between two publications of the cluster state, unless configured otherwise.

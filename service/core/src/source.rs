@@ -1,18 +1,13 @@
-//! Sources of cluster state: a watched file, or the Kubernetes API.
+//! What a source of cluster state publishes (the sources themselves, a watched file or the Kubernetes
+//! API, are in herald-k8s).
 //!
 //! A source publishes complete cluster states on a watch channel. It publishes nothing until it has
 //! read a complete state once, and while it cannot read (a broken file, an unreachable API server) it
 //! keeps the last state published and says why in its status: losing the source must never withdraw
 //! a route.
 
-pub mod file;
-pub mod kubernetes;
-
-use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
-
-use tokio::sync::watch;
 
 use crate::cluster::ClusterState;
 
@@ -35,10 +30,4 @@ pub struct SourceSnapshot {
     /// Grows by one with each cluster state published; 0 before the first.
     pub version: u64,
     pub status: SourceStatus,
-}
-
-/// A source of cluster state. Each implementation is a real way to learn the cluster.
-pub trait ClusterSource: Send + 'static {
-    /// Publishes states until the sender's receivers are all gone.
-    fn run(self, updates: watch::Sender<SourceSnapshot>) -> impl Future<Output = ()> + Send;
 }

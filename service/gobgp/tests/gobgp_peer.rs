@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use gobgpd::{Gobgpd, free_port};
-use herald::config::{Community, GobgpConfig, Origin, Seconds};
-use herald::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_core::config::{Community, GobgpConfig, Origin, Seconds};
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
 use tokio::sync::watch;
 
 fn speaker_config(
@@ -84,7 +84,7 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
         anti_entropy_interval: Seconds(Duration::from_secs(30)),
         batch_size: 1000,
     };
-    let mut status = herald::gobgp::spawn(config, plans_rx);
+    let mut status = herald_gobgp::spawn(config, plans_rx);
     tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.applied_generation == 1))
         .await
         .expect("converges")

@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use gobgpd::{Gobgpd, Listed};
-use herald::config::{Community, GobgpConfig, LargeCommunity, Origin, Seconds};
-use herald::gobgp::SinkStatus;
-use herald::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_core::config::{Community, GobgpConfig, LargeCommunity, Origin, Seconds};
+use herald_gobgp::SinkStatus;
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
 use ipnet::IpNet;
 use tokio::sync::watch;
 
@@ -127,7 +127,7 @@ impl Herald {
     fn start(config: GobgpConfig, first: Option<Plan>) -> Herald {
         let first = first.map(|p| PlanSnapshot { generation: 1, plan: std::sync::Arc::new(p), ..Default::default() });
         let (plans, plans_rx) = watch::channel(first.unwrap_or_default());
-        let status = herald::gobgp::spawn(config, plans_rx);
+        let status = herald_gobgp::spawn(config, plans_rx);
         Herald { plans, status }
     }
 
@@ -702,9 +702,9 @@ async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
     let g = Gobgpd::start().await;
     let cfg = config(g.address(), Duration::from_secs(60));
     // A short call timeout, so that the test need not wait the default 10 s.
-    let client = herald::gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1)).unwrap();
+    let client = herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1)).unwrap();
     let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
-    let status = herald::gobgp::spawn_with(client, &g.address(), herald::gobgp::settings(&cfg), plans_rx);
+    let status = herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
     let mut h = Herald { plans, status };
     h.publish(lab_plan());
     h.converged(CONVERGE).await;

@@ -1,4 +1,4 @@
-//! The gobgp sink: makes gobgpd's RIB equal the plan, through GoBGP's gRPC API.
+//! herald-gobgp, the gobgp sink: makes gobgpd's RIB equal the plan, through GoBGP's gRPC API.
 //!
 //! - [`paths`]: the plan as the set of paths gobgpd should hold for herald (one per prefix and next
 //!   hop), how herald's paths are told from everyone else's, and the diff.
@@ -12,6 +12,11 @@ pub mod paths;
 pub mod reconciler;
 pub mod restart;
 pub mod v3;
+
+// herald-core's modules, under the paths the modules here name them by (`crate::config::...`).
+use herald_core::{config, plan};
+#[cfg(test)]
+use herald_core::scale;
 
 use std::time::{Duration, SystemTime};
 

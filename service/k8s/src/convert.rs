@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use super::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

@@ -4,15 +4,9 @@
 //! Values stay as the cluster wrote them (IPs as strings) so that the planner, not the reader, decides
 //! what is malformed and reports it against the Service that carries it.
 
-mod convert;
-mod manifest;
-
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-
-pub use convert::{from_endpoint_slice, from_node, from_service};
-pub use manifest::{parse_manifest, ManifestError};
 
 /// A namespaced object's identity, `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

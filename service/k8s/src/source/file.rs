@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{ClusterSource, SourceSnapshot, SourceStatus};
-use crate::cluster::parse_manifest;
+use crate::parse_manifest;
 
 pub struct FileSource {
     path: PathBuf,

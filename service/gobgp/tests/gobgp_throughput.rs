@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
-use herald::config::{Community, GobgpConfig, Origin, Seconds};
-use herald::gobgp::SinkStatus;
-use herald::gobgp::reconciler::GobgpClient;
-use herald::gobgp::v3::V3Client;
-use herald::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_core::config::{Community, GobgpConfig, Origin, Seconds};
+use herald_gobgp::SinkStatus;
+use herald_gobgp::reconciler::GobgpClient;
+use herald_gobgp::v3::V3Client;
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
 use tokio::sync::watch;
 
 /// CPU seconds (user + system) a process used, from /proc.
@@ -77,7 +77,7 @@ async fn throughput() {
     };
     let plans: Vec<Arc<Plan>> = vec![Arc::new(plan(routes, 1)), Arc::new(plan(routes, 2)), Arc::new(Plan::default())];
     let (tx, rx) = watch::channel(PlanSnapshot::default());
-    let mut status = herald::gobgp::spawn(config, rx);
+    let mut status = herald_gobgp::spawn(config, rx);
     for (i, (what, p)) in ["pushed", "replaced", "withdrawn"].iter().zip(&plans).enumerate() {
         let (herald_cpu, gobgpd_cpu) = (cpu_seconds("self"), cpu_seconds(&gobgpd_pid));
         let started = Instant::now();

@@ -455,30 +455,6 @@ fn explanations_account_for_every_ip() {
     assert_eq!(b.ips[0].outcome, IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap()));
 }
 
-/// The seed lab, stage by stage, from the example files a user runs `herald plan` on.
-#[test]
-fn seed_lab_stages() {
-    let lab = config(include_str!("../../../examples/yaobank/herald.yaml"));
-    let read = |text: &str| crate::cluster::parse_manifest(text).unwrap();
-    let stage1 = plan(&read(include_str!("../../../examples/yaobank/stage1-cluster-range.yaml")), &lab);
-    assert_eq!(routes(&stage1), expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3)]));
-    let stage2 = plan(&read(include_str!("../../../examples/yaobank/stage2-local-policy.yaml")), &lab);
-    assert_eq!(
-        routes(&stage2),
-        expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"]), ("198.19.48.0/20", ALL3)])
-    );
-    let stage3 = plan(&read(include_str!("../../../examples/yaobank/cluster-state.yaml")), &lab);
-    assert_eq!(
-        routes(&stage3),
-        expect(&[
-            ("198.19.32.0/20", ALL3),
-            ("198.19.38.11/32", &["node1=198.19.0.2"]),
-            ("198.19.48.0/20", ALL3),
-            ("198.19.48.10/32", &["node1=198.19.0.2"]),
-        ])
-    );
-}
-
 /// A cluster large enough to be planned in two halves gets the plan Service by Service would give,
 /// in the full planner and in the incremental one.
 #[test]

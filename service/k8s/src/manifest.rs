@@ -7,7 +7,8 @@ use serde::de::{DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::{from_endpoint_slice, from_node, from_service, ClusterState, EndpointSlice, Node, Service};
+use crate::cluster::{ClusterState, EndpointSlice, Node, Service};
+use crate::convert::{from_endpoint_slice, from_node, from_service};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

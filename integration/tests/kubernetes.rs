@@ -18,6 +18,7 @@ use herald_k8s::source::file::FileSource;
 use herald_k8s::source::kubernetes::{KubernetesSource, client};
 use herald_k8s::source::{ClusterSource, SourceSnapshot};
 use herald_integration::fake_apiserver::{FakeApiServer, Kind, Outage};
+use herald_testkit::gobgpd::Gobgpd;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use serde_json::{Value, json};
@@ -822,59 +823,24 @@ async fn wait_async<T, F: std::future::Future<Output = Option<T>>>(what: &str, t
     }
 }
 
-/// A gobgpd of its own for a test: no BGP listener, its API on a free port of 127.0.0.1.
-struct Gobgpd {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Gobgpd {
-    fn start() -> Gobgpd {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gobgpd.toml");
-        std::fs::write(&config, "[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n").unwrap();
-        let port = herald_integration::process::free_port();
-        let log = std::fs::File::create(dir.path().join("gobgpd.log")).unwrap();
-        let child = std::process::Command::new("gobgpd")
-            .arg("--config-file")
-            .arg(&config)
-            .arg(format!("--api-hosts=127.0.0.1:{port}"))
-            .args(["--pprof-disable", "--log-plain"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("gobgpd (scripts/install-deps.sh installs it)");
-        Gobgpd { child, port, _dir: dir }
+/// gobgpd's IPv4 RIB as (prefix, next hop) pairs, through the `gobgp` CLI.
+fn rib(gobgpd: &Gobgpd) -> Option<BTreeSet<(String, String)>> {
+    let output = std::process::Command::new("gobgp")
+        .args(["-u", "127.0.0.1", "-p", &gobgpd.port().to_string(), "global", "rib", "-a", "ipv4", "-j"])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
     }
-
-    /// gobgpd's IPv4 RIB as (prefix, next hop) pairs, through the `gobgp` CLI.
-    fn rib(&self) -> Option<BTreeSet<(String, String)>> {
-        let output = std::process::Command::new("gobgp")
-            .args(["-u", "127.0.0.1", "-p", &self.port.to_string(), "global", "rib", "-a", "ipv4", "-j"])
-            .output()
-            .ok()?;
-        if !output.status.success() {
-            return None;
+    let rib: Value = serde_json::from_slice(&output.stdout).ok()?;
+    let mut paths = BTreeSet::new();
+    for (prefix, destinations) in rib.as_object()? {
+        for path in destinations.as_array()? {
+            let hop = path["attrs"].as_array()?.iter().find_map(|a| a["nexthop"].as_str())?;
+            paths.insert((prefix.clone(), hop.to_string()));
         }
-        let rib: Value = serde_json::from_slice(&output.stdout).ok()?;
-        let mut paths = BTreeSet::new();
-        for (prefix, destinations) in rib.as_object()? {
-            for path in destinations.as_array()? {
-                let hop = path["attrs"].as_array()?.iter().find_map(|a| a["nexthop"].as_str())?;
-                paths.insert((prefix.clone(), hop.to_string()));
-            }
-        }
-        Some(paths)
     }
-}
-
-impl Drop for Gobgpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(paths)
 }
 
 /// The (prefix, next hop) paths of a plan's IPv4 routes: what gobgpd should hold.
@@ -898,7 +864,7 @@ async fn herald_run_with_the_kubernetes_source() {
     let server = FakeApiServer::start().await.unwrap();
     let mut objects = yaobank();
     load(&server, &objects);
-    let gobgpd = Gobgpd::start();
+    let gobgpd = Gobgpd::start().await;
     let port = free_port();
     let config_path = server.dir().join("herald.yaml");
     std::fs::write(
@@ -907,7 +873,7 @@ async fn herald_run_with_the_kubernetes_source() {
             "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
              gobgp: {{address: \"127.0.0.1:{}\"}}\n",
             server.kubeconfig_path().display(),
-            gobgpd.port
+            gobgpd.port()
         ),
     )
     .unwrap();
@@ -937,7 +903,7 @@ async fn herald_run_with_the_kubernetes_source() {
     let first_plan = started.elapsed();
     let expected_paths = paths(&herald_core::planner::plan(&model(&objects), &config));
     assert!(expected_paths.len() >= 5);
-    wait("gobgpd's RIB to hold the plan", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    wait("gobgpd's RIB to hold the plan", SHORT, || rib(&gobgpd).filter(|rib| *rib == expected_paths)).await;
     let in_rib = started.elapsed();
     let status = api.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().source.unwrap();
     assert_eq!(status.name, "kubernetes");
@@ -967,7 +933,7 @@ async fn herald_run_with_the_kubernetes_source() {
     })
     .await;
 
-    wait("the new host route in gobgpd", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    wait("the new host route in gobgpd", SHORT, || rib(&gobgpd).filter(|rib| *rib == expected_paths)).await;
     assert!(expected_paths.contains(&("10.96.90.9/32".to_string(), "10.0.0.2".to_string())));
 
     // An outage: the plan and the RIB stay, the status says why; then it clears.
@@ -984,7 +950,7 @@ async fn herald_run_with_the_kubernetes_source() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(routes(api.clone()).await.unwrap(), (generation, expected.clone()), "the plan changed during the outage");
-    assert_eq!(gobgpd.rib(), Some(expected_paths.clone()), "gobgpd's RIB changed during the outage");
+    assert_eq!(rib(&gobgpd), Some(expected_paths.clone()), "gobgpd's RIB changed during the outage");
     server.end_outage().await.unwrap();
     wait_async("the error to clear and the deletion to show", LONG, || {
         let mut api = api.clone();
@@ -997,7 +963,7 @@ async fn herald_run_with_the_kubernetes_source() {
     .await;
     objects.retain(|o| o["metadata"]["namespace"] != "shop" || o["kind"] != "Service");
     let expected_paths = paths(&herald_core::planner::plan(&model(&objects), &config));
-    wait("the withdrawal in gobgpd", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    wait("the withdrawal in gobgpd", SHORT, || rib(&gobgpd).filter(|rib| *rib == expected_paths)).await;
     std::mem::forget(dump);
     println!(
         "herald run: first plan served {} and in gobgpd's RIB {} after start; outage error: {error}",

@@ -13,12 +13,9 @@
 //!   cluster state to the reconciler's status saying gobgpd holds the plan made from it; and
 //!   gobgpd's CPU time over those changes.
 
-#[path = "../gobgp/tests/support/gobgpd.rs"]
-mod gobgpd;
-#[path = "support/cluster_yaml.rs"]
-mod cluster_yaml;
-#[path = "support/herald_run.rs"]
-mod herald_run;
+use herald_testkit::gobgpd;
+use herald_testkit::cluster_yaml;
+use herald_testkit::herald_run;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +26,7 @@ use herald_run::HeraldRun;
 use herald_core::cluster::{ClusterState, Node};
 use herald_core::config::Config;
 use herald_gobgp::v3::V3Client;
-use herald_core::scale::{self, Scale};
+use herald_testkit::scale::{self, Scale};
 use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use tokio::sync::watch;
 
@@ -74,7 +71,7 @@ async fn first_push(dir: &Path, cluster: &Path, variant: &Variant, g: &Gobgpd, p
     let gobgpd_pid = g.pid().unwrap();
     let cpu_before = cpu_seconds(gobgpd_pid);
     let started = Instant::now();
-    let mut herald = HeraldRun::start(dir, cluster, variant.ecmp, &g.address());
+    let mut herald = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, cluster, variant.ecmp, &g.address());
     let outcome = loop {
         if let Some(status) = herald.exited() {
             break Err(format!("herald exited with {status}"));

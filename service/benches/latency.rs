@@ -24,8 +24,7 @@
 //!
 //! `HERALD_LATENCY_ONLY=per-change|paced` runs one 15 s churn only (for `perf record`).
 
-#[path = "../gobgp/tests/support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -39,7 +38,7 @@ use herald_gobgp::v3::V3Client;
 use herald_gobgp::SinkStatus;
 use herald_core::plan::{Plan, PlanSnapshot};
 use herald_core::planner::incremental::{Change, IncrementalPlanner};
-use herald_core::scale::{self, Scale};
+use herald_testkit::scale::{self, Scale};
 use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
 use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use tokio::sync::watch;

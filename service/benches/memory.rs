@@ -13,12 +13,9 @@
 //! `HERALD_MEMORY_YAML_ONLY=1` writes the YAML and reads it back in this process (and checks that
 //! it reads as the scale cluster).
 
-#[path = "../gobgp/tests/support/gobgpd.rs"]
-mod gobgpd;
-#[path = "support/cluster_yaml.rs"]
-mod cluster_yaml;
-#[path = "support/herald_run.rs"]
-mod herald_run;
+use herald_testkit::gobgpd;
+use herald_testkit::cluster_yaml;
+use herald_testkit::herald_run;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -33,7 +30,7 @@ use herald_core::config::{GobgpConfig, Origin, Seconds};
 use herald_gobgp::v3::V3Client;
 use herald_core::plan::PlanSnapshot;
 use herald_core::planner::incremental::IncrementalPlanner;
-use herald_core::scale::{self, Scale};
+use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
 const TARGET_MB: f64 = 200.0;
@@ -131,7 +128,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
     drop(yaml);
     let g = Gobgpd::start().await;
     let started = Instant::now();
-    let mut child = HeraldRun::start(dir, &cluster_path, "", &g.address());
+    let mut child = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, &cluster_path, "", &g.address());
     let pid = child.pid().to_string();
     let mut peak = (0.0f64, 0.0f64);
     let outcome = loop {

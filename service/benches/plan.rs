@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_core::scale::{self, Scale};
+use herald_testkit::scale::{self, Scale};
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();

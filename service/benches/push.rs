@@ -17,8 +17,7 @@
 //! `HERALD_PUSH_ONLY=raw|herald|client` runs one variant only (for `perf record`);
 //! `RUST_LOG=herald=debug` shows the reconciler's own timings.
 
-#[path = "../gobgp/tests/support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};

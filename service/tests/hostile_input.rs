@@ -1,16 +1,14 @@
 //! Hostile input: every bad cluster state, config or selector gets an error that says what is wrong,
 //! never a panic, and whatever is accepted is planned without breaking the planner's invariants
-//! (`herald_core::planner::invariants`).
+//! (`herald_testkit::invariants`).
 //!
-//! Two sources of inputs, through the same checks as the fuzz targets (`fuzz/src/lib.rs`, included
-//! below):
+//! Two sources of inputs, through the same checks as the fuzz targets (`herald_testkit::fuzz`, the
+//! targets' bodies):
 //! - every input the fuzzers ever crashed on, kept in `fuzz/regressions/<target>/` by `scripts/fuzz.sh`;
 //! - a hand-written table of known-nasty inputs: deep nesting, alias bombs, huge numbers and lines,
 //!   NUL bytes, duplicate keys, wrong types at every level, IPs spelled to fool a lenient parser.
 
-#[allow(dead_code)]
-#[path = "../../fuzz/src/lib.rs"]
-mod fuzz;
+use herald_testkit::fuzz;
 
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -22,7 +20,7 @@ use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, N
 use herald_core::config::Config;
 use herald_core::guard::{Guard, GuardConfig};
 use herald_core::plan::{IpOutcome, Plan, RefusalCause, Route};
-use herald_core::planner::invariants::check_plan_invariants;
+use herald_testkit::invariants::check_plan_invariants;
 use herald_core::planner::plan;
 use herald_core::selector::LabelSelector;
 

@@ -14,6 +14,5 @@ pub mod config;
 pub mod guard;
 pub mod plan;
 pub mod planner;
-pub mod scale;
 pub mod selector;
 pub mod source;

@@ -15,8 +15,6 @@ pub mod v3;
 
 // herald-core's modules, under the paths the modules here name them by (`crate::config::...`).
 use herald_core::{config, plan};
-#[cfg(test)]
-use herald_core::scale;
 
 use std::time::{Duration, SystemTime};
 

@@ -588,7 +588,7 @@ mod tests {
     }
 
     /// A plan of `routes` routes of a few nodes, some announcing one prefix with two addresses.
-    fn random_route(rng: &mut crate::scale::Rng, index: u32, nodes: u32) -> Route {
+    fn random_route(rng: &mut herald_testkit::scale::Rng, index: u32, nodes: u32) -> Route {
         let prefix = format!("10.{}.{}.0/24", index / 256, index % 256);
         let hops: Vec<(String, String)> = (0..rng.below(4))
             .map(|_| {
@@ -606,7 +606,7 @@ mod tests {
 
     #[test]
     fn desired_kept_up_to_date_equals_desired_derived_again() {
-        let mut rng = crate::scale::Rng::new(42);
+        let mut rng = herald_testkit::scale::Rng::new(42);
         let mut plan = plan((0..40).map(|i| random_route(&mut rng, i, 8)).filter(|r| !r.next_hops.is_empty()).collect());
         let mut desired = Desired::new(&plan, Origin::Egp, Some(150));
         let (mut incremental, mut rebuilt) = (0, 0);

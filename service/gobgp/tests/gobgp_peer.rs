@@ -3,8 +3,7 @@
 //! peering over loopback with ADD-PATH like the lab's router, receives herald's paths exactly like
 //! an operator's: every next hop of a prefix, third-party next hops kept, communities kept.
 
-#[path = "support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

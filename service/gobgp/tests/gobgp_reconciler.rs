@@ -1,8 +1,7 @@
 //! The gobgp sink against a real gobgpd (no mocks): every test starts its own standalone gobgpd
 //! on a free port, so the tests run in parallel.
 
-#[path = "support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

@@ -6,8 +6,7 @@
 //! HERALD_BENCH_PATHS=200000 cargo test --release -p herald --test gobgp_throughput -- --ignored --nocapture
 //! ```
 
-#[path = "support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -57,7 +57,7 @@ impl Announcer {
 }
 
 /// Why a node is or is not eligible; `None` when it is.
-fn ineligibility(node: &Node, config: &Config) -> Option<&'static str> {
+pub fn ineligibility(node: &Node, config: &Config) -> Option<&'static str> {
     if !config.node_selector.matches(&node.labels) {
         Some("not in this pool (nodeSelector)")
     } else if !node.ready {
@@ -423,11 +423,11 @@ fn host_reason(why: &str, route: &Route, k: usize) -> String {
 }
 
 /// From this many Services on, they are planned on two threads.
-const PLAN_IN_TWO_ABOVE: usize = 2_000;
+pub const PLAN_IN_TWO_ABOVE: usize = 2_000;
 
 /// `plan_one` of each Service, in order. Services are planned independently of each other: a large
 /// cluster's are planned in two halves at once (two cores nearly halve a full plan of 20,000).
-pub(crate) fn plan_each<'a>(services: &[&'a Service], plan_one: impl Fn(&'a Service) -> ServicePlan + Sync) -> Vec<ServicePlan> {
+pub fn plan_each<'a>(services: &[&'a Service], plan_one: impl Fn(&'a Service) -> ServicePlan + Sync) -> Vec<ServicePlan> {
     if services.len() < PLAN_IN_TWO_ABOVE {
         return services.iter().map(|s| plan_one(s)).collect();
     }
@@ -820,8 +820,4 @@ fn ip_outcome(
 
 
 pub mod incremental;
-pub mod invariants;
 pub mod spread;
-
-#[cfg(test)]
-mod tests;

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::EXCLUDE_LABEL;
+use herald_core::planner::EXCLUDE_LABEL;
 use crate::cluster::{ClusterState, Node, ObjectKey, Service, TrafficPolicy};
 use crate::config::{Config, RangeConfig};
 use crate::plan::{IpOutcome, IpRole, Plan, RefusalCause, RouteKind};

@@ -2,9 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use super::*;
-use crate::cluster::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use crate::config::Config;
+use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald_core::config::Config;
+use herald_core::plan::{IpOutcome, Plan, Route, RouteKind};
+use herald_core::planner::*;
+use herald_testkit::scale;
+use ipnet::IpNet;
 
 fn node(name: &str, ips: &[&str]) -> Node {
     Node {
@@ -459,8 +462,8 @@ fn explanations_account_for_every_ip() {
 /// in the full planner and in the incremental one.
 #[test]
 fn a_large_cluster_planned_in_two_halves_equals_one_by_one() {
-    let state = crate::scale::cluster(crate::scale::Scale::small(40, 2 * PLAN_IN_TWO_ABOVE as u32 + 1));
-    let config = crate::scale::config();
+    let state = scale::cluster(scale::Scale::small(40, 2 * PLAN_IN_TWO_ABOVE as u32 + 1));
+    let config = scale::config();
     let context = PlanContext::new(&state, &config);
     let services: Vec<&Service> = state.services.values().map(|s| &**s).collect();
     let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
@@ -473,7 +476,7 @@ fn a_large_cluster_planned_in_two_halves_equals_one_by_one() {
     assert_eq!(halves, one_by_one);
     let full = plan(&state, &config);
     assert!(full.routes.len() > 100, "{} routes", full.routes.len());
-    assert_eq!(crate::planner::incremental::IncrementalPlanner::new(state, config).plan(), &full);
+    assert_eq!(herald_core::planner::incremental::IncrementalPlanner::new(state, config).plan(), &full);
 }
 
 mod properties {
@@ -626,7 +629,7 @@ mod properties {
         fn plans_keep_the_invariants(s in arb_state()) {
             let cfg = config(CONFIG);
             let p = plan(&s, &cfg);
-            if let Err(violations) = crate::planner::invariants::check_plan_invariants(&s, &cfg, &p) {
+            if let Err(violations) = herald_testkit::invariants::check_plan_invariants(&s, &cfg, &p) {
                 prop_assert!(false, "{violations}");
             }
         }
@@ -665,7 +668,7 @@ mod incremental_equals_full {
 
     use super::properties::arb_state_for_tests as arb_state;
     use super::*;
-    use crate::planner::incremental::{Change, IncrementalPlanner};
+    use herald_core::planner::incremental::{Change, IncrementalPlanner};
 
     use super::properties::CONFIG;
 
@@ -733,7 +736,7 @@ mod incremental_equals_full {
                 let delta = incremental.apply(change);
                 let full = plan(incremental.state(), &cfg);
                 prop_assert_eq!(incremental.plan(), &full);
-                let mut expected = crate::planner::incremental::diff(&before, &full);
+                let mut expected = herald_core::planner::incremental::diff(&before, &full);
                 let mut got = delta;
                 expected.upserted.sort_by_key(|r| r.prefix);
                 got.upserted.sort_by_key(|r| r.prefix);
@@ -891,13 +894,13 @@ mod ecmp {
         assert_eq!(host.left_out.len(), 4);
         assert!(host.reason.ends_with("(16 of 20 endpoint nodes: ecmp.maxPaths 16)"), "{}", host.reason);
         // The same 16 whichever Service's endpoints they are: the best 16 of all 20.
-        let keys: Vec<u64> = (0..20).map(|i| crate::planner::spread::node_key(&format!("node-{i}"))).collect();
-        let best: BTreeSet<String> = crate::planner::spread::top(&host.prefix, 16, &keys).into_iter().map(|i| format!("node-{i}")).collect();
+        let keys: Vec<u64> = (0..20).map(|i| herald_core::planner::spread::node_key(&format!("node-{i}"))).collect();
+        let best: BTreeSet<String> = herald_core::planner::spread::top(&host.prefix, 16, &keys).into_iter().map(|i| format!("node-{i}")).collect();
         assert_eq!(nodes_of(host), best);
         let a = &p.services[&ObjectKey::new("ns", "a")];
         assert!(a.notes.iter().any(|n| n.starts_with("198.19.38.11: announced from ") && n.contains("(ecmp.maxPaths 16); left out: ")), "{:?}", a.notes);
         // Incrementally, the same.
-        let incremental = crate::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
+        let incremental = herald_core::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
         assert_eq!(incremental.plan(), &p);
     }
 
@@ -972,14 +975,14 @@ mod ecmp {
             s.nodes.values().rev().for_each(|n| reversed.insert_node(Node::clone(n)));
             prop_assert_eq!(&plan(&reversed, &cfg), &p);
             if eligible > 0 {
-                if let Err(v) = crate::planner::invariants::check_plan_invariants(&s, &cfg, &p) {
+                if let Err(v) = herald_testkit::invariants::check_plan_invariants(&s, &cfg, &p) {
                     prop_assert!(false, "{v}");
                 }
             }
         }
 
         /// A node going NotReady or Ready again changes at most 2 × its own paths + a few (see
-        /// spread::tests::STABILITY_SLACK; the part count follows the pool, not readiness); a
+        /// spread::STABILITY_SLACK; the part count follows the pool, not readiness); a
         /// Service changes no range route.
         #[test]
         fn one_node_moves_few_paths_and_services_none((size, k, not_ready) in arb_pool(), which in any::<prop::sample::Index>()) {
@@ -996,7 +999,7 @@ mod ecmp {
             let name = format!("node-{flipped}");
             let own = a.iter().chain(&b).filter(|(_, n)| *n == name).count();
             let changed = a.symmetric_difference(&b).count();
-            let slack = crate::planner::spread::tests::STABILITY_SLACK;
+            let slack = spread::STABILITY_SLACK;
             prop_assert!(changed <= 2 * own + slack, "{} paths changed for a node of {} paths", changed, own);
 
             let mut with_service = s.clone();

@@ -28,14 +28,14 @@ use herald_k8s::parse_manifest;
 use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
 use herald_core::config::{Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName, RangeConfig};
 use herald_core::guard::{Guard, GuardConfig};
-use herald_core::planner::invariants::{check_guarded, check_plan_invariants};
+use crate::invariants::{check_guarded, check_plan_invariants};
 use herald_core::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
 use herald_core::selector::LabelSelector;
 use ipnet::IpNet;
 
 /// The yaobank lab's config and cluster, the realistic pair.
-const YAOBANK_CONFIG: &str = include_str!("../../examples/yaobank/herald.yaml");
-const YAOBANK_STATE: &str = include_str!("../../examples/yaobank/cluster-state.yaml");
+const YAOBANK_CONFIG: &str = include_str!("../../../examples/yaobank/herald.yaml");
+const YAOBANK_STATE: &str = include_str!("../../../examples/yaobank/cluster-state.yaml");
 
 /// A config with wide, overlapping ranges of both families and deny prefixes inside them, so that
 /// whatever IPs a fuzzed cluster holds, most rules of the planner are reached.

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // each bench that includes this uses part of it
 //! `herald run` as a user starts it, for the benchmarks: this build's binary, the file source on a
 //! cluster written as YAML, against a gobgpd; stopped when dropped.
 
@@ -6,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use herald_core::scale;
+use crate::scale;
 
 pub struct HeraldRun {
     child: Child,
@@ -14,9 +13,10 @@ pub struct HeraldRun {
 }
 
 impl HeraldRun {
-    /// Starts `herald run` with the scale config plus `extra` (YAML), reading `cluster`, pushing into
-    /// the gobgpd at `gobgp_address`; its config and log go to `dir`.
-    pub fn start(dir: &Path, cluster: &Path, extra: &str, gobgp_address: &str) -> HeraldRun {
+    /// Starts `herald run` (the binary `herald`, a bench's `env!("CARGO_BIN_EXE_herald")`) with the
+    /// scale config plus `extra` (YAML), reading `cluster`, pushing into the gobgpd at
+    /// `gobgp_address`; its config and log go to `dir`.
+    pub fn start(herald: &Path, dir: &Path, cluster: &Path, extra: &str, gobgp_address: &str) -> HeraldRun {
         let api_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let config = dir.join("herald.yaml");
         std::fs::write(
@@ -30,7 +30,7 @@ impl HeraldRun {
         .unwrap();
         let log = dir.join("herald.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let child = Command::new(herald)
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "info")

@@ -4,8 +4,6 @@
 //! Also a small, independent reader of gobgpd's RIB (`ListPath`), so that tests do not check
 //! herald's decoder with itself, and a runner for the `gobgp` CLI.
 
-#![allow(dead_code)]
-
 use std::net::{IpAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -2,11 +2,14 @@
 //!
 //! - [`paths`]: the plan as the set of paths gobgpd should hold for herald (one per prefix and next
 //!   hop), how herald's paths are told from everyone else's, and the diff.
-//! - [`reconciler`]: the loop that pushes the diff, re-reads gobgpd's RIB and repairs it.
+//! - [`reconciler`]: the loop that pushes the diff, re-reads gobgpd's RIB and repairs it;
+//!   [`decisions`]: its decisions (what to look at, how long to wait, what a probe or a read-back
+//!   found), pure and unit-tested.
 //! - [`restart`]: whether a restarted gobgpd got herald's plan before its graceful-restart deferral
 //!   ended, and the neighbors it wrongly holds back from.
 //! - [`v3`]: the GoBGP v3 API client (`apipb`), behind [`reconciler::GobgpClient`].
 
+pub mod decisions;
 pub mod inspect;
 pub mod paths;
 pub mod reconciler;

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{InRib, SinkStatus};
+use super::decisions::{self, Backoff, Probe, PushFailure, ReadBack, Scope};
 use super::paths::{self, Desired, Op, PathAttrs, PathSet};
 use super::restart::{self, PeerRestart, Verdict};
 use crate::config::Origin;
@@ -154,13 +155,12 @@ pub struct Reconciler<C> {
     /// herald's paths in gobgpd, as far as herald knows.
     applied: PathSet,
     /// The prefixes whose paths changed since `applied` last equalled `desired` (less the families
-    /// gobgpd lacks): the diff need look at no others. None: not known to be equal, diff them all.
-    dirty: Option<BTreeSet<IpNet>>,
+    /// gobgpd lacks): the diff need look at no others. All: not known to be equal, diff them all.
+    dirty: Scope,
     /// The prefixes whose every desired path gobgpd holds, as last published.
     in_rib: InRib,
     /// The prefixes whose paths (desired or applied) changed since: the ones to look at again.
-    /// None: look at them all.
-    in_rib_stale: Option<BTreeSet<IpNet>>,
+    in_rib_stale: Scope,
     /// Whether `applied` is known to match gobgpd; false: read back before pushing.
     known: bool,
     /// gobgpd's path counts last time they were seen.
@@ -200,9 +200,9 @@ impl<C: GobgpClient> Reconciler<C> {
             plan: PlanSnapshot::default(),
             desired_at: Instant::now(),
             applied: PathSet::new(),
-            dirty: None,
+            dirty: Scope::All,
             in_rib: InRib::new(),
-            in_rib_stale: None,
+            in_rib_stale: Scope::All,
             known: false,
             baseline: None,
             absent: [false; 2],
@@ -219,24 +219,18 @@ impl<C: GobgpClient> Reconciler<C> {
 
     /// Runs until the plan channel closes.
     pub async fn run(mut self) {
-        let mut backoff = self.settings.backoff_min;
+        let mut backoff = Backoff::new(&self.settings);
         let mut next_anti_entropy = tokio::time::Instant::now() + self.settings.anti_entropy_interval;
         loop {
             match self.reconcile().await {
                 Ok(()) => {
-                    backoff = self.settings.backoff_min;
+                    backoff.succeeded();
                     self.recovered();
                 }
                 Err(e) => {
-                    // A gobgpd that refuses connections is restarting, or gone: retry soon, as its
-                    // graceful-restart deferral runs from the moment it is back.
-                    let wait = match e.kind {
-                        ErrorKind::Unreachable => backoff.min(self.settings.reconnect_max),
-                        _ => backoff,
-                    };
+                    let wait = backoff.failed(e.kind);
                     self.failed(e);
                     let until = tokio::time::Instant::now() + wait;
-                    backoff = (backoff * 2).min(self.settings.backoff_max);
                     if !self.sleep_until(until).await {
                         return;
                     }
@@ -322,19 +316,12 @@ impl<C: GobgpClient> Reconciler<C> {
         // per plan out of thousands.
         match self.desired.update(&self.plan.plan, &latest.plan) {
             Some(changed) => {
-                if let Some(stale) = &mut self.in_rib_stale {
-                    stale.extend(changed.iter().copied());
-                    if stale.len() > STALE_IN_RIB_MAX {
-                        self.in_rib_stale = None;
-                    }
-                }
-                if let Some(dirty) = &mut self.dirty {
-                    dirty.extend(changed);
-                }
+                self.in_rib_stale.extend_up_to(changed.iter().copied(), STALE_IN_RIB_MAX);
+                self.dirty.extend(changed);
             }
             None => {
-                self.dirty = None;
-                self.in_rib_stale = None;
+                self.dirty = Scope::All;
+                self.in_rib_stale = Scope::All;
             }
         }
         self.desired_at = Instant::now();
@@ -352,8 +339,8 @@ impl<C: GobgpClient> Reconciler<C> {
     /// The operations that turn what gobgpd holds into the plan, less those of absent families.
     fn diff(&self) -> Vec<Op> {
         let mut ops = match &self.dirty {
-            Some(prefixes) => paths::diff_prefixes(&self.desired.paths, &self.applied, prefixes),
-            None => paths::diff(&self.desired.paths, &self.applied),
+            Scope::Only(prefixes) => paths::diff_prefixes(&self.desired.paths, &self.applied, prefixes),
+            Scope::All => paths::diff(&self.desired.paths, &self.applied),
         };
         if self.absent.iter().any(|&a| a) {
             ops.retain(|op| !self.absent[paths::Family::of(&op.key.prefix) as usize]);
@@ -407,7 +394,7 @@ impl<C: GobgpClient> Reconciler<C> {
         self.restart_window(ops.len()).await?;
         if !ops.is_empty() {
             // Until the push is through, `applied` and `desired` differ by more than `dirty` says.
-            self.dirty = None;
+            self.dirty = Scope::All;
         }
         let (mut added, mut withdrawn) = (0u64, 0u64);
         // How many of herald's paths per family the pushes added (less those they withdrew).
@@ -422,18 +409,15 @@ impl<C: GobgpClient> Reconciler<C> {
             let chunk = &ops[pos..end];
             let batch_started = Instant::now();
             if let Err(e) = self.client.push(chunk).await {
-                if e.kind == ErrorKind::Rejected {
-                    // gobgpd is there and refused part of the call; it may hold the rest. Additions
-                    // of the call count as unknown (re-added, or withdrawn if no longer wanted);
-                    // withdrawals stay to do. Both are harmless to repeat.
-                    for op in chunk.iter().filter(|op| !op.withdraw) {
-                        let unknown = PathAttrs { foreign_attributes: true, ..op.attrs.clone() };
-                        self.applied.insert(op.key, unknown);
-                        self.in_rib_changed(op.key.prefix);
+                match decisions::push_failed(e.kind) {
+                    PushFailure::AdditionsUnknown => {
+                        for op in chunk.iter().filter(|op| !op.withdraw) {
+                            let unknown = PathAttrs { foreign_attributes: true, ..op.attrs.clone() };
+                            self.applied.insert(op.key, unknown);
+                            self.in_rib_changed(op.key.prefix);
+                        }
                     }
-                } else {
-                    // gobgpd may have restarted meanwhile: read back before going on.
-                    self.known = false;
+                    PushFailure::ReadBack => self.known = false,
                 }
                 // The counts changed by an unknown part of this push: ask for them again.
                 self.baseline = None;
@@ -481,7 +465,7 @@ impl<C: GobgpClient> Reconciler<C> {
             }
         }
         // `applied` equals `desired` now (less the families gobgpd lacks).
-        self.dirty = Some(BTreeSet::new());
+        self.dirty = Scope::nothing();
         let elapsed = started.elapsed();
         if added + withdrawn >= 1000 || elapsed >= Duration::from_secs(1) {
             info!(generation = self.plan.generation, paths = self.applied.len(), added, withdrawn,
@@ -523,37 +507,39 @@ impl<C: GobgpClient> Reconciler<C> {
         if !self.follow_if_lost(&previous) && !self.adopted_once && self.episode.is_none() {
             self.episode = Some(restart::Episode::new(None));
         }
-        self.dirty = None;
-        self.in_rib_stale = None;
+        self.dirty = Scope::All;
+        self.in_rib_stale = Scope::All;
         self.known = true;
         self.baseline = None;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        if !self.adopted_once {
-            self.adopted_once = true;
-            info!(
+        let found = decisions::read_back(!self.adopted_once, previous != self.applied, self.failing.is_some());
+        self.adopted_once = true;
+        match found {
+            ReadBack::Adopted => info!(
                 paths = self.applied.len(),
                 others = view.others,
                 elapsed_ms,
                 "read herald's paths already in gobgpd"
-            );
-        } else if previous != self.applied && self.failing.is_some() {
-            info!(
+            ),
+            ReadBack::AfterError => info!(
                 paths = self.applied.len(),
                 others = view.others,
                 elapsed_ms,
                 "read gobgpd's RIB back after an error"
-            );
-        } else if previous != self.applied {
-            self.status.send_modify(|s| s.repairs += 1);
-            warn!(
-                paths = self.applied.len(),
-                expected = previous.len(),
-                others = view.others,
-                elapsed_ms,
-                "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing"
-            );
-        } else {
-            debug!(paths = self.applied.len(), others = view.others, elapsed_ms, "gobgpd's RIB as expected");
+            ),
+            ReadBack::Repair => {
+                self.status.send_modify(|s| s.repairs += 1);
+                warn!(
+                    paths = self.applied.len(),
+                    expected = previous.len(),
+                    others = view.others,
+                    elapsed_ms,
+                    "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing"
+                );
+            }
+            ReadBack::AsExpected => {
+                debug!(paths = self.applied.len(), others = view.others, elapsed_ms, "gobgpd's RIB as expected")
+            }
         }
         if view.undecodable > 0 {
             warn!(paths = view.undecodable, "some of herald's paths in gobgpd could not be read; replacing them");
@@ -774,8 +760,8 @@ impl<C: GobgpClient> Reconciler<C> {
               "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing");
         let previous = std::mem::replace(&mut self.applied, read);
         self.follow_if_lost(&previous);
-        self.dirty = None;
-        self.in_rib_stale = None;
+        self.dirty = Scope::All;
+        self.in_rib_stale = Scope::All;
         self.baseline = None;
         true
     }
@@ -784,16 +770,14 @@ impl<C: GobgpClient> Reconciler<C> {
     async fn probe(&mut self) -> Result<bool, ClientError> {
         let counts = self.client.path_counts().await?;
         let own = paths::count_by_family(&self.applied);
-        let absent = counts.map(|c| c.is_none());
-        let dropped = (0..2).any(|i| {
-            let now = counts[i].unwrap_or(0);
-            now < own[i] || self.baseline.is_some_and(|b| now < b[i].unwrap_or(0))
-        });
+        let verdict = decisions::probe(counts, own, self.baseline, self.absent);
         self.baseline = Some(counts);
-        if absent != self.absent {
+        if verdict == Probe::FamiliesChanged {
+            let absent = counts.map(|c| c.is_none());
             info!(ipv4 = !absent[0], ipv6 = !absent[1], "gobgpd's address families changed; reading its RIB back");
             return Ok(true);
         }
+        let dropped = verdict == Probe::LostPaths;
         if dropped {
             info!(
                 ipv4 = counts[0],
@@ -842,13 +826,8 @@ impl<C: GobgpClient> Reconciler<C> {
 
     /// Notes that the paths of `prefix` changed in `applied`.
     fn in_rib_changed(&mut self, prefix: IpNet) {
-        if let Some(stale) = &mut self.in_rib_stale {
-            stale.insert(prefix);
-            if stale.len() > STALE_IN_RIB_MAX {
-                // A big change: one walk through both sets is cheaper than looking prefix by prefix.
-                self.in_rib_stale = None;
-            }
-        }
+        // A big change: one walk through both sets is cheaper than looking prefix by prefix.
+        self.in_rib_stale.extend_up_to([prefix], STALE_IN_RIB_MAX);
     }
 
     /// Publishes status; `converged`: gobgpd holds the current plan.
@@ -857,9 +836,9 @@ impl<C: GobgpClient> Reconciler<C> {
             Default::default()
         } else {
             // Only the prefixes whose paths changed since last time, unless everything may have.
-            match self.in_rib_stale.replace(BTreeSet::new()) {
-                None => self.in_rib = paths::prefixes_in_rib(&self.desired.paths, &self.applied).into_iter().collect(),
-                Some(stale) => {
+            match self.in_rib_stale.take() {
+                Scope::All => self.in_rib = paths::prefixes_in_rib(&self.desired.paths, &self.applied).into_iter().collect(),
+                Scope::Only(stale) => {
                     for prefix in stale {
                         if paths::prefix_in_rib(&self.desired.paths, &self.applied, prefix) {
                             self.in_rib.insert(prefix);

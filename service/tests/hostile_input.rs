@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herald_k8s::parse_manifest;
-use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
 use herald_core::config::Config;
 use herald_core::guard::{Guard, GuardConfig};
 use herald_core::plan::{IpOutcome, Plan, RefusalCause, Route};
@@ -323,7 +323,7 @@ fn local_service(name: &str, cluster: &[&str], external: &[&str], lb: &[&str]) -
     let strings = |ips: &[&str]| ips.iter().map(|s| s.to_string()).collect();
     Service {
         key: ObjectKey::new("shop", name),
-        type_: "LoadBalancer".to_string(),
+        type_: ServiceType::LoadBalancer,
         cluster_ips: strings(cluster),
         external_ips: strings(external),
         load_balancer_ips: strings(lb),

@@ -244,8 +244,8 @@ pub type Explanations = imbl::OrdMap<ObjectKey, Arc<ServiceExplanation>>;
 /// Its collections are persistent maps of shared entries: a copy costs nothing and shares all its
 /// structure, a change copies only the path to the entry changed, and two versions are compared
 /// (or diffed) without visiting what they share. A plan of 20,000 Services is published after each
-/// change, read by the reconciler, the API and the guard at once: a deep copy per publication cost
-/// 9-27 ms at that scale, and comparing two versions as much again.
+/// change, read by the reconciler, the API and the guard at once: a deep copy per publication, and
+/// comparing two versions, cost milliseconds at that scale (BENCHMARKS.md, figures behind choices).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub routes: Routes,

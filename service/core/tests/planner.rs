@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
 use herald_core::config::Config;
 use herald_core::plan::{IpOutcome, Plan, Route, RouteKind};
 use herald_core::planner::*;
@@ -31,7 +31,7 @@ fn not_ready(mut n: Node) -> Node {
 fn svc(name: &str, cluster: &[&str], local: bool) -> Service {
     Service {
         key: ObjectKey::new("ns", name),
-        type_: "ClusterIP".to_string(),
+        type_: ServiceType::ClusterIP,
         cluster_ips: cluster.iter().map(|s| s.to_string()).collect(),
         external_traffic_policy: if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
         ..Default::default()
@@ -50,7 +50,7 @@ fn itp_local(mut s: Service) -> Service {
 }
 
 fn with_lb(mut s: Service, ips: &[&str]) -> Service {
-    s.type_ = "LoadBalancer".to_string();
+    s.type_ = ServiceType::LoadBalancer;
     s.load_balancer_ips = ips.iter().map(|s| s.to_string()).collect();
     s
 }
@@ -238,7 +238,7 @@ fn cases() -> Vec<Case> {
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
             state: state(
                 lab_nodes(),
-                vec![svc("headless", &["None"], true), Service { type_: "ExternalName".into(), ..svc("ext", &[], true) }],
+                vec![svc("headless", &["None"], true), Service { type_: ServiceType::ExternalName, ..svc("ext", &[], true) }],
                 vec![slice("headless", "1", &[READY("node1")]), slice("ext", "1", &[READY("node1")])],
             ),
             routes: expect(&[("198.19.32.0/20", ALL3)]),
@@ -746,6 +746,37 @@ mod incremental_equals_full {
             }
         }
     }
+}
+
+/// An EndpointSlice that moves from one Service to another re-plans both; a host route both share
+/// is in the delta once (it was listed as removed by the first and upserted by the second), and
+/// the delta is the one between the plans before and after.
+#[test]
+fn a_slice_moving_between_services_that_share_an_ip_lists_the_ip_once() {
+    let cfg = config(LAB);
+    let a = with_external(svc("a", &["198.19.32.1"], true), &["198.19.48.10"]);
+    let b = with_external(svc("b", &["198.19.32.2"], true), &["198.19.48.10"]);
+    let on_node1 = slice("a", "1", &[READY("node1")]);
+    let mut incremental = herald_core::planner::incremental::IncrementalPlanner::new(
+        state(lab_nodes(), vec![a, b], vec![on_node1.clone()]),
+        cfg.clone(),
+    );
+    let shared: IpNet = "198.19.48.10/32".parse().unwrap();
+    assert!(incremental.plan().routes.contains_key(&shared), "{:?}", incremental.plan().routes.keys().collect::<Vec<_>>());
+    let before = incremental.plan().clone();
+    let moved = EndpointSlice { service_name: Some("b".to_string()), ..on_node1 };
+    let delta = incremental.apply(herald_core::planner::incremental::Change::EndpointSlice(moved.into()));
+    let removed_and_upserted: Vec<&IpNet> =
+        delta.removed.iter().filter(|p| delta.upserted.iter().any(|r| r.prefix == **p)).collect();
+    assert!(removed_and_upserted.is_empty(), "both removed and upserted: {removed_and_upserted:?}");
+    assert!(incremental.plan().routes.contains_key(&shared));
+    let mut expected = herald_core::planner::incremental::diff(&before, incremental.plan());
+    let mut got = delta;
+    expected.upserted.sort_by_key(|r| r.prefix);
+    got.upserted.sort_by_key(|r| r.prefix);
+    expected.removed.sort();
+    got.removed.sort();
+    assert_eq!(got, expected);
 }
 
 /// What `heraldctl explain` says of each of the new cases: families per endpoint node, FQDN slices,

@@ -83,8 +83,8 @@ pub fn spawn_with<C: reconciler::GobgpClient>(
 }
 
 /// Paths per AddPathStream call: a few messages of `batch_size` paths, so that gobgpd works on one
-/// while herald encodes the next (measured ~15% faster than one message a call), and few enough
-/// that a call takes well under [`CALL_TIMEOUT`] even on a slow gobgpd (gobgpd takes ~100k paths/s).
+/// while herald encodes the next (faster than one message a call: BENCHMARKS.md, figures behind
+/// choices), and few enough that a call takes well under [`CALL_TIMEOUT`] even on a slow gobgpd.
 fn ops_per_push(batch_size: usize) -> usize {
     let batch_size = batch_size.max(1);
     (batch_size * 8).min(16_384).max(batch_size)

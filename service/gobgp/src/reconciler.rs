@@ -482,8 +482,8 @@ impl<C: GobgpClient> Reconciler<C> {
         }
         // gobgpd's counts after herald's changes: a later drop means gobgpd lost paths. Worked out
         // from herald's own changes when the counts before them are known (herald's pushes change
-        // only herald's paths), asked otherwise: asking took ~3 ms with 30,000 paths, for every
-        // plan of a churning cluster, holding up the next one.
+        // only herald's paths), asked otherwise: asking costs milliseconds at scale, for every plan
+        // of a churning cluster, holding up the next one (BENCHMARKS.md, figures behind choices).
         match &mut self.baseline {
             Some(counts) => {
                 for (count, change) in counts.iter_mut().zip(own_change) {
@@ -721,8 +721,8 @@ impl<C: GobgpClient> Reconciler<C> {
         Ok(())
     }
 
-    /// Anti-entropy: reads gobgpd's RIB back beside the pushes, which go on meanwhile (a read of
-    /// 30,000 paths took ~400 ms, which plans would otherwise wait for).
+    /// Anti-entropy: reads gobgpd's RIB back beside the pushes, which go on meanwhile (a read at
+    /// scale takes long enough for plans to wait: BENCHMARKS.md, figures behind choices).
     fn start_anti_entropy(&mut self) {
         if self.reading.is_some() || !self.known {
             return;

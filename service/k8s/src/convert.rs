@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use crate::cluster::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -56,7 +56,7 @@ pub fn from_service(service: &core::Service) -> Service {
         .collect();
     Service {
         key: key(&service.metadata),
-        type_: spec.type_.unwrap_or_else(|| "ClusterIP".to_string()),
+        type_: spec.type_.as_deref().map(ServiceType::from).unwrap_or_default(),
         cluster_ips,
         external_ips: spec.external_ips.unwrap_or_default(),
         load_balancer_ips,

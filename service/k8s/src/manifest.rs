@@ -28,8 +28,8 @@ pub enum ManifestError {
 /// that lost its services.
 ///
 /// Objects are read as the YAML streams by, one at a time: the YAML tree of one object exists at a
-/// time, not the tree of the whole file (a `List` of a large cluster is one document; as a tree of
-/// `serde_json::Value`s its 90 MB of YAML took ~850 MB).
+/// time, not the tree of the whole file (a `List` of a large cluster is one document, and as one
+/// tree takes many times its size in memory: BENCHMARKS.md, figures behind choices).
 pub fn parse_manifest(text: &str) -> Result<ClusterState, ManifestError> {
     let documents: Vec<Document> = serde_saphyr::from_multiple_with_options(text, options(text.len()))
         .map_err(|e| ManifestError::Yaml(e.to_string()))?;

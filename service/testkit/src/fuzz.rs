@@ -553,7 +553,7 @@ impl PlannerInput {
             }
             state.insert_service(Service {
                 key,
-                type_: pick(SERVICE_TYPES, s.type_).to_string(),
+                type_: pick(SERVICE_TYPES, s.type_).into(),
                 cluster_ips,
                 external_ips,
                 load_balancer_ips,

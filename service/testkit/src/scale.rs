@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +115,7 @@ pub fn cluster(scale: Scale) -> ClusterState {
         let load_balancer_ips = if lb { vec![v4(0x6441_0000, s + 1).to_string()] } else { Vec::new() };
         state.insert_service(Service {
             key: ObjectKey::new(namespace.clone(), name.clone()),
-            type_: if lb { "LoadBalancer" } else { "ClusterIP" }.to_string(),
+            type_: if lb { ServiceType::LoadBalancer } else { ServiceType::ClusterIP },
             cluster_ips,
             external_ips,
             load_balancer_ips,

@@ -56,12 +56,54 @@ impl TrafficPolicy {
     }
 }
 
+/// `spec.type` of a Service (ClusterIP when the Service leaves it out).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+    /// A type herald does not know, as the cluster wrote it (planned like ClusterIP: by its IPs).
+    Other(String),
+}
+
+impl ServiceType {
+    pub fn as_str(&self) -> &str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+            ServiceType::ExternalName => "ExternalName",
+            ServiceType::Other(other) => other,
+        }
+    }
+}
+
+impl From<&str> for ServiceType {
+    fn from(text: &str) -> ServiceType {
+        match text {
+            "ClusterIP" => ServiceType::ClusterIP,
+            "NodePort" => ServiceType::NodePort,
+            "LoadBalancer" => ServiceType::LoadBalancer,
+            "ExternalName" => ServiceType::ExternalName,
+            other => ServiceType::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A Kubernetes Service as far as BGP announcements care.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Service {
     pub key: ObjectKey,
-    /// `spec.type`: ClusterIP, NodePort, LoadBalancer, ExternalName.
-    pub type_: String,
+    /// `spec.type`.
+    pub type_: ServiceType,
     /// `spec.clusterIPs` (or `spec.clusterIP` when the list is absent); `None` marks headless.
     pub cluster_ips: Vec<String>,
     pub external_ips: Vec<String>,
@@ -77,7 +119,7 @@ pub struct Service {
 impl Service {
     /// Headless (`clusterIP: None`) and ExternalName Services have no IP of their own to route.
     pub fn has_no_ips(&self) -> bool {
-        self.type_ == "ExternalName" || self.cluster_ips.iter().any(|ip| ip == "None")
+        self.type_ == ServiceType::ExternalName || self.cluster_ips.iter().any(|ip| ip == "None")
     }
 }
 

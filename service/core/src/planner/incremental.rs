@@ -20,7 +20,8 @@ use crate::plan::{Plan, Route};
 
 pub use crate::cluster::Change;
 
-/// The routes a change touched: the new routes of changed prefixes, and the prefixes now gone.
+/// The routes a change touched: the new routes of changed prefixes, and the prefixes now gone; a
+/// prefix is in one list at most, and only if its route differs from the one before the change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanDelta {
     pub upserted: Vec<Arc<Route>>,
@@ -32,6 +33,11 @@ impl PlanDelta {
         self.upserted.is_empty() && self.removed.is_empty()
     }
 }
+
+/// The routes before a change of the prefixes it touched (None: no route), so that the delta is
+/// worked out once the change is through: a prefix that two re-plans touch (an EndpointSlice moved
+/// from one Service to another) is listed once, or not at all if it ends as it began.
+type Before = BTreeMap<IpNet, Option<Arc<Route>>>;
 
 pub struct IncrementalPlanner {
     config: Config,
@@ -129,8 +135,9 @@ impl IncrementalPlanner {
         routes.remove(prefix)
     }
 
-    /// Re-plans one Service and re-merges the host routes it had or has.
-    fn replan_service(&mut self, key: &ObjectKey) -> PlanDelta {
+    /// Re-plans one Service and re-merges the host routes it had or has; notes in `before` the
+    /// routes it replaces.
+    fn replan_service(&mut self, key: &ObjectKey, before: &mut Before) {
         let old = self.parts.remove(key);
         let new = self.plan_part(key);
         let mut touched: BTreeSet<IpNet> = BTreeSet::new();
@@ -162,22 +169,33 @@ impl IncrementalPlanner {
                 self.plan.services.remove(key);
             }
         }
-        let mut delta = PlanDelta::default();
         for prefix in touched {
             let route = self.merged(&prefix);
-            let before = self.plan.routes.get(&prefix);
+            let current = self.plan.routes.get(&prefix);
             match route {
-                Some(route) if before.map(|r| &**r) != Some(&route) => {
-                    let route = Arc::new(route);
-                    self.plan.routes.insert(prefix, route.clone());
-                    delta.upserted.push(route);
+                Some(route) if current.map(|r| &**r) != Some(&route) => {
+                    before.entry(prefix).or_insert_with(|| current.cloned());
+                    self.plan.routes.insert(prefix, Arc::new(route));
                 }
                 Some(_) => {}
                 None => {
-                    if self.plan.routes.remove(&prefix).is_some() {
-                        delta.removed.push(prefix);
+                    if let Some(old) = self.plan.routes.remove(&prefix) {
+                        before.entry(prefix).or_insert(Some(old));
                     }
                 }
+            }
+        }
+    }
+
+    /// The delta from the routes `before` a change to the plan now.
+    fn delta_since(&self, before: Before) -> PlanDelta {
+        let mut delta = PlanDelta::default();
+        for (prefix, old) in before {
+            match self.plan.routes.get(&prefix) {
+                Some(now) if old.as_deref() != Some(&**now) => delta.upserted.push(now.clone()),
+                Some(_) => {}
+                None if old.is_some() => delta.removed.push(prefix),
+                None => {}
             }
         }
         delta
@@ -185,15 +203,16 @@ impl IncrementalPlanner {
 
     /// Applies one change; returns the routes it changed.
     pub fn apply(&mut self, change: Change) -> PlanDelta {
+        let mut before = Before::new();
         match &change {
             Change::Service(service) => {
                 let key = service.key.clone();
                 self.state.apply(&change);
-                self.replan_service(&key)
+                self.replan_service(&key, &mut before);
             }
             Change::ServiceDeleted(key) => {
                 self.state.apply(&change);
-                self.replan_service(key)
+                self.replan_service(key, &mut before);
             }
             Change::EndpointSlice(slice) => {
                 let previous = self.state.endpoint_slices.get(&slice.key).and_then(|s| s.service_key());
@@ -207,31 +226,24 @@ impl IncrementalPlanner {
                     self.slices_by_service.entry(current.clone()).or_default().insert(slice.key.clone());
                 }
                 self.state.apply(&change);
-                let mut delta = PlanDelta::default();
                 for service in previous.into_iter().chain(current).collect::<BTreeSet<_>>() {
-                    let d = self.replan_service(&service);
-                    delta.upserted.extend(d.upserted);
-                    delta.removed.extend(d.removed);
+                    self.replan_service(&service, &mut before);
                 }
-                delta
             }
-            Change::EndpointSliceDeleted(key) => match self.state.endpoint_slices.remove(key) {
-                Some(slice) => match slice.service_key() {
-                    Some(service) => {
-                        if let Some(set) = self.slices_by_service.get_mut(&service) {
-                            set.remove(key);
-                        }
-                        self.replan_service(&service)
+            Change::EndpointSliceDeleted(key) => {
+                if let Some(service) = self.state.endpoint_slices.remove(key).and_then(|slice| slice.service_key()) {
+                    if let Some(set) = self.slices_by_service.get_mut(&service) {
+                        set.remove(key);
                     }
-                    None => PlanDelta::default(),
-                },
-                None => PlanDelta::default(),
-            },
+                    self.replan_service(&service, &mut before);
+                }
+            }
             Change::Node(_) | Change::NodeDeleted(_) => {
                 self.state.apply(&change);
-                self.replan_everything()
+                return self.replan_everything();
             }
         }
+        self.delta_since(before)
     }
 
     fn replan_everything(&mut self) -> PlanDelta {

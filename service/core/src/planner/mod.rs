@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::cluster::{AddressType, ClusterState, EndpointSlice, Node, Service, TrafficPolicy};
+use crate::cluster::{AddressType, ClusterState, EndpointSlice, Node, Service, ServiceType, TrafficPolicy};
 use crate::config::{Community, Config, LargeCommunity, PoolName, RangeConfig};
 use crate::plan::{
     IpExplanation, IpOutcome, IpRole, NextHop, NodeExplanation, Plan, Refusal, RefusalCause, Route, RouteKind,
@@ -662,7 +662,7 @@ pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&Endpoin
     let internal = service.internal_traffic_policy == TrafficPolicy::Local;
     let mut part = ServicePlan {
         explanation: ServiceExplanation {
-            type_: service.type_.clone(),
+            type_: service.type_.to_string(),
             external_traffic_policy: service.external_traffic_policy,
             internal_traffic_policy: service.internal_traffic_policy,
             ..Default::default()
@@ -670,7 +670,7 @@ pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&Endpoin
         ..Default::default()
     };
     if service.has_no_ips() {
-        part.explanation.notes.push(if service.type_ == "ExternalName" {
+        part.explanation.notes.push(if service.type_ == ServiceType::ExternalName {
             "ExternalName Service: no IP of its own, nothing to announce".to_string()
         } else {
             "headless Service (clusterIP: None): nothing to announce".to_string()

@@ -169,7 +169,9 @@ enum Step<M> {
     Error(String),
 }
 
-enum Change {
+/// One step of one of the three watches (Services, EndpointSlices, Nodes), as the merged stream
+/// carries it.
+enum WatchEvent {
     Service(Step<Service>),
     EndpointSlice(Step<EndpointSlice>),
     Node(Step<Node>),
@@ -249,8 +251,8 @@ fn watch_kind<K, M>(
     api: Api<K>,
     config: watcher::Config,
     convert: fn(&K) -> M,
-    wrap: fn(Step<M>) -> Change,
-) -> impl Stream<Item = Change> + Send + 'static
+    wrap: fn(Step<M>) -> WatchEvent,
+) -> impl Stream<Item = WatchEvent> + Send + 'static
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     M: Send + 'static,
@@ -399,11 +401,11 @@ impl Tracker {
         }
     }
 
-    fn apply_change(&mut self, change: Change) {
+    fn apply_change(&mut self, change: WatchEvent) {
         match change {
-            Change::Service(step) => self.apply(step),
-            Change::EndpointSlice(step) => self.apply(step),
-            Change::Node(step) => self.apply(step),
+            WatchEvent::Service(step) => self.apply(step),
+            WatchEvent::EndpointSlice(step) => self.apply(step),
+            WatchEvent::Node(step) => self.apply(step),
         }
     }
 }
@@ -440,16 +442,16 @@ impl ClusterSource for KubernetesSource {
         updates.send_modify(|s| s.status.name = SOURCE_NAME.to_string());
         let config = self.watcher_config.clone();
         let mut changes = futures::stream::select_all([
-            watch_kind(Api::<core::Service>::all(self.client.clone()), config.clone(), from_service, Change::Service)
+            watch_kind(Api::<core::Service>::all(self.client.clone()), config.clone(), from_service, WatchEvent::Service)
                 .boxed(),
             watch_kind(
                 Api::<discovery::EndpointSlice>::all(self.client.clone()),
                 config.clone(),
                 from_endpoint_slice,
-                Change::EndpointSlice,
+                WatchEvent::EndpointSlice,
             )
             .boxed(),
-            watch_kind(Api::<core::Node>::all(self.client.clone()), config, from_node, Change::Node).boxed(),
+            watch_kind(Api::<core::Node>::all(self.client.clone()), config, from_node, WatchEvent::Node).boxed(),
         ]);
 
         let mut tracker = Tracker {
@@ -562,7 +564,7 @@ mod tests {
     }
 
     fn service(name: &str) -> Service {
-        Service { key: ObjectKey::new("ns", name), type_: "ClusterIP".to_string(), ..Default::default() }
+        Service { key: ObjectKey::new("ns", name), type_: crate::cluster::ServiceType::ClusterIP, ..Default::default() }
     }
 
     fn list<M: Model>(t: &mut Tracker, objects: Vec<M>) {

@@ -3,7 +3,7 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 20 s; all targets)
 #
-# Targets (fuzz/fuzz_targets/, bodies in fuzz/src/lib.rs): cluster_state, config, planner, selector.
+# Targets (fuzz/fuzz_targets/, bodies in service/testkit/src/fuzz.rs): cluster_state, config, planner, selector.
 #
 # Stable works because the targets are built with `--sanitizer none`: cargo-fuzz then passes only
 # stable rustc flags (SanitizerCoverage through `-Cpasses=sancov-module` and `-Cllvm-args`, plus

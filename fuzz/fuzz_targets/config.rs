@@ -1,8 +1,8 @@
-//! `cargo fuzz run --sanitizer none config`: see herald_fuzz::config for what is fuzzed and checked.
+//! `cargo fuzz run --sanitizer none config`: see herald_testkit::fuzz::config for what is fuzzed and checked.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Err(violation) = herald_fuzz::config(data) {
+    if let Err(violation) = herald_testkit::fuzz::config(data) {
         panic!("{violation}");
     }
 });

@@ -6,10 +6,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use herald::brake::{BrakeRelease, BrakeStatus};
-use herald::config::KubernetesSourceConfig;
-use herald::plan::PlanSnapshot;
-use herald::source::kubernetes::client;
+use herald_core::brake::{BrakeRelease, BrakeStatus};
+use herald_core::config::KubernetesSourceConfig;
+use herald_core::plan::PlanSnapshot;
+use herald_k8s::source::kubernetes::client;
 use herald_integration::fake_apiserver::FakeApiServer;
 use tokio::sync::watch;
 
@@ -44,8 +44,8 @@ async fn one_event_per_engagement_and_per_release_on_the_lease_from_the_leader_o
     let client = client(&KubernetesSourceConfig { kubeconfig: Some(server.kubeconfig_path()) }).await.unwrap();
     let (plans, plans_rx) = watch::channel(PlanSnapshot { generation: 1, brake_enabled: true, ..Default::default() });
     let (leading, leading_rx) = watch::channel(false);
-    let reporting = herald::events::Reporting { pool: Default::default(), instance: "replica-a".to_string(), leading: leading_rx };
-    let _recorder = herald::brake_events::spawn_brake_recorder(client, plans_rx, reporting, (LEASE.0.to_string(), LEASE.1.to_string()));
+    let reporting = herald_k8s::events::Reporting { pool: Default::default(), instance: "replica-a".to_string(), leading: leading_rx };
+    let _recorder = herald_k8s::brake_events::spawn_brake_recorder(client, plans_rx, reporting, (LEASE.0.to_string(), LEASE.1.to_string()));
 
     // Not leading: engaged, but another replica speaks.
     plans.send_modify(|p| {

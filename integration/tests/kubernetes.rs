@@ -10,13 +10,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use herald::cluster::{ClusterState, from_endpoint_slice, from_node, from_service};
-use herald::config::{Config, KubernetesSourceConfig};
-use herald::plan::PlanSnapshot;
-use herald::source::file::FileSource;
-use herald::source::kubernetes::{KubernetesSource, client};
-use herald::source::{ClusterSource, SourceSnapshot};
+use herald_core::cluster::ClusterState;
+use herald_k8s::{from_endpoint_slice, from_node, from_service};
+use herald_core::config::{Config, KubernetesSourceConfig};
+use herald_core::plan::PlanSnapshot;
+use herald_k8s::source::file::FileSource;
+use herald_k8s::source::kubernetes::{KubernetesSource, client};
+use herald_k8s::source::{ClusterSource, SourceSnapshot};
 use herald_integration::fake_apiserver::{FakeApiServer, Kind, Outage};
+use herald_testkit::gobgpd::Gobgpd;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use serde_json::{Value, json};
@@ -500,7 +502,7 @@ async fn outage(kind: Outage) {
     let before = source.cluster().unwrap();
     let publications = source.publications();
     let config = Config::parse(CONFIG).unwrap();
-    let plan_before = herald::planner::plan(&before, &config);
+    let plan_before = herald_core::planner::plan(&before, &config);
 
     let start = Instant::now();
     server.start_outage(kind);
@@ -513,7 +515,7 @@ async fn outage(kind: Outage) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(source.publications(), publications, "published during the outage");
     assert!(Arc::ptr_eq(&source.cluster().unwrap(), &before), "the state changed during the outage");
-    assert_eq!(herald::planner::plan(&source.cluster().unwrap(), &config), plan_before);
+    assert_eq!(herald_core::planner::plan(&source.cluster().unwrap(), &config), plan_before);
     assert!(source.rx.borrow().status.synced);
     assert!(source.last_error().is_some());
 
@@ -596,7 +598,7 @@ fn spawn_planner(config: Config, mut source: watch::Receiver<SourceSnapshot>) ->
                 && last.as_ref().is_none_or(|l| !Arc::ptr_eq(l, &cluster))
             {
                 last = Some(cluster.clone());
-                let plan = herald::planner::plan(&cluster, &config);
+                let plan = herald_core::planner::plan(&cluster, &config);
                 tx.send_if_modified(|current| {
                     if current.generation > 0 && *current.plan == plan {
                         return false;
@@ -615,10 +617,10 @@ fn spawn_planner(config: Config, mut source: watch::Receiver<SourceSnapshot>) ->
 }
 
 /// A recorder's reporting as the only replica: always leading (while the sender lives).
-fn alone() -> (watch::Sender<bool>, herald::events::Reporting) {
+fn alone() -> (watch::Sender<bool>, herald_k8s::events::Reporting) {
     let (leading, rx) = watch::channel(true);
-    let pool = herald::config::PoolName::default();
-    (leading, herald::events::Reporting { pool, instance: "test".to_string(), leading: rx })
+    let pool = herald_core::config::PoolName::default();
+    (leading, herald_k8s::events::Reporting { pool, instance: "test".to_string(), leading: rx })
 }
 
 #[tokio::test]
@@ -630,7 +632,7 @@ async fn one_event_per_refusal_cause_across_plan_changes() {
     let config = Config::parse(CONFIG).unwrap();
     let (mut plans, planner) = spawn_planner(config, source.rx.clone());
     let (_leading, reporting) = alone();
-    let recorder = herald::events::spawn_event_recorder(source.client.clone(), plans.clone(), reporting);
+    let recorder = herald_k8s::events::spawn_event_recorder(source.client.clone(), plans.clone(), reporting);
     let _tasks = Tasks(vec![planner, recorder]);
 
     let generation = |plans: &watch::Receiver<PlanSnapshot>| plans.borrow().generation;
@@ -639,7 +641,7 @@ async fn one_event_per_refusal_cause_across_plan_changes() {
         (s.generation > 0).then_some(s.plan)
     })
     .await;
-    let causes = herald::events::causes(&plan.refusals);
+    let causes = herald_k8s::events::causes(&plan.refusals);
     assert!(causes.len() >= 3, "the example has refusals: {causes:?}");
     let start = Instant::now();
     wait("one Event per cause", SHORT, || (server.events().len() >= causes.len()).then_some(())).await;
@@ -751,18 +753,18 @@ async fn events_are_retried_when_the_api_server_fails() {
     let source = Source::start(&server).await;
     source.wait_cluster("the first state", SHORT, |_| true).await;
     let config = Config::parse(CONFIG).unwrap();
-    let plan = herald::planner::plan(&source.cluster().unwrap(), &config);
+    let plan = herald_core::planner::plan(&source.cluster().unwrap(), &config);
     // The plan arrives while the API server is down: the Events come once it is back.
     server.start_outage(Outage::Unavailable);
     let (tx, rx) = watch::channel(PlanSnapshot::default());
     let (_leading, reporting) = alone();
-    let recorder = herald::events::spawn_event_recorder(source.client.clone(), rx, reporting);
+    let recorder = herald_k8s::events::spawn_event_recorder(source.client.clone(), rx, reporting);
     let _tasks = Tasks(vec![recorder]);
     tx.send_replace(PlanSnapshot { generation: 1, plan: Arc::new(plan.clone()), ..Default::default() });
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(server.events().is_empty());
     server.end_outage().await.unwrap();
-    let causes = herald::events::causes(&plan.refusals).len();
+    let causes = herald_k8s::events::causes(&plan.refusals).len();
     wait("the Events after the outage", Duration::from_secs(20), || (server.events().len() == causes).then_some(())).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(server.events().len(), causes);
@@ -795,11 +797,11 @@ async fn file_and_kubernetes_sources_give_the_same_plan() {
         "nodeSelector: pool=b\nserviceExternalIPs: [{cidr: 198.19.48.0/20}]\n".to_string(),
     ] {
         let config = Config::parse(&config).unwrap();
-        let a = herald::planner::plan(&from_file, &config);
-        let b = herald::planner::plan(&from_kubernetes, &config);
+        let a = herald_core::planner::plan(&from_file, &config);
+        let b = herald_core::planner::plan(&from_kubernetes, &config);
         assert_eq!(a, b, "different plans from the same objects");
     }
-    let plan = herald::planner::plan(&from_kubernetes, &Config::parse(CONFIG).unwrap());
+    let plan = herald_core::planner::plan(&from_kubernetes, &Config::parse(CONFIG).unwrap());
     assert!(!plan.routes.is_empty() && !plan.refusals.is_empty(), "a plan worth comparing: {plan:?}");
     println!(
         "parity: {} objects, {} routes, {} refusals: identical plans from the file and the Kubernetes source",
@@ -821,63 +823,28 @@ async fn wait_async<T, F: std::future::Future<Output = Option<T>>>(what: &str, t
     }
 }
 
-/// A gobgpd of its own for a test: no BGP listener, its API on a free port of 127.0.0.1.
-struct Gobgpd {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Gobgpd {
-    fn start() -> Gobgpd {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gobgpd.toml");
-        std::fs::write(&config, "[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n").unwrap();
-        let port = herald_integration::process::free_port();
-        let log = std::fs::File::create(dir.path().join("gobgpd.log")).unwrap();
-        let child = std::process::Command::new("gobgpd")
-            .arg("--config-file")
-            .arg(&config)
-            .arg(format!("--api-hosts=127.0.0.1:{port}"))
-            .args(["--pprof-disable", "--log-plain"])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("gobgpd (scripts/install-deps.sh installs it)");
-        Gobgpd { child, port, _dir: dir }
+/// gobgpd's IPv4 RIB as (prefix, next hop) pairs, through the `gobgp` CLI.
+fn rib(gobgpd: &Gobgpd) -> Option<BTreeSet<(String, String)>> {
+    let output = std::process::Command::new("gobgp")
+        .args(["-u", "127.0.0.1", "-p", &gobgpd.port().to_string(), "global", "rib", "-a", "ipv4", "-j"])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
     }
-
-    /// gobgpd's IPv4 RIB as (prefix, next hop) pairs, through the `gobgp` CLI.
-    fn rib(&self) -> Option<BTreeSet<(String, String)>> {
-        let output = std::process::Command::new("gobgp")
-            .args(["-u", "127.0.0.1", "-p", &self.port.to_string(), "global", "rib", "-a", "ipv4", "-j"])
-            .output()
-            .ok()?;
-        if !output.status.success() {
-            return None;
+    let rib: Value = serde_json::from_slice(&output.stdout).ok()?;
+    let mut paths = BTreeSet::new();
+    for (prefix, destinations) in rib.as_object()? {
+        for path in destinations.as_array()? {
+            let hop = path["attrs"].as_array()?.iter().find_map(|a| a["nexthop"].as_str())?;
+            paths.insert((prefix.clone(), hop.to_string()));
         }
-        let rib: Value = serde_json::from_slice(&output.stdout).ok()?;
-        let mut paths = BTreeSet::new();
-        for (prefix, destinations) in rib.as_object()? {
-            for path in destinations.as_array()? {
-                let hop = path["attrs"].as_array()?.iter().find_map(|a| a["nexthop"].as_str())?;
-                paths.insert((prefix.clone(), hop.to_string()));
-            }
-        }
-        Some(paths)
     }
-}
-
-impl Drop for Gobgpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(paths)
 }
 
 /// The (prefix, next hop) paths of a plan's IPv4 routes: what gobgpd should hold.
-fn paths(plan: &herald::plan::Plan) -> BTreeSet<(String, String)> {
+fn paths(plan: &herald_core::plan::Plan) -> BTreeSet<(String, String)> {
     plan.routes
         .values()
         .filter(|r| r.prefix.addr().is_ipv4())
@@ -897,7 +864,7 @@ async fn herald_run_with_the_kubernetes_source() {
     let server = FakeApiServer::start().await.unwrap();
     let mut objects = yaobank();
     load(&server, &objects);
-    let gobgpd = Gobgpd::start();
+    let gobgpd = Gobgpd::start().await;
     let port = free_port();
     let config_path = server.dir().join("herald.yaml");
     std::fs::write(
@@ -906,7 +873,7 @@ async fn herald_run_with_the_kubernetes_source() {
             "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
              gobgp: {{address: \"127.0.0.1:{}\"}}\n",
             server.kubeconfig_path().display(),
-            gobgpd.port
+            gobgpd.port()
         ),
     )
     .unwrap();
@@ -921,8 +888,8 @@ async fn herald_run_with_the_kubernetes_source() {
     .await;
     let mut api = PlanServiceClient::new(channel);
     let config = Config::parse(CONFIG).unwrap();
-    let prefixes = |plan: &herald::plan::Plan| plan.routes.keys().map(|p| p.to_string()).collect::<BTreeSet<_>>();
-    let expected = prefixes(&herald::planner::plan(&model(&objects), &config));
+    let prefixes = |plan: &herald_core::plan::Plan| plan.routes.keys().map(|p| p.to_string()).collect::<BTreeSet<_>>();
+    let expected = prefixes(&herald_core::planner::plan(&model(&objects), &config));
     let routes = |mut api: PlanServiceClient<tonic::transport::Channel>| async move {
         let response = api.list_routes(pb::ListRoutesRequest::default()).await.ok()?.into_inner();
         Some((response.generation, response.routes.into_iter().map(|r| r.prefix).collect::<BTreeSet<_>>()))
@@ -934,9 +901,9 @@ async fn herald_run_with_the_kubernetes_source() {
     })
     .await;
     let first_plan = started.elapsed();
-    let expected_paths = paths(&herald::planner::plan(&model(&objects), &config));
+    let expected_paths = paths(&herald_core::planner::plan(&model(&objects), &config));
     assert!(expected_paths.len() >= 5);
-    wait("gobgpd's RIB to hold the plan", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    wait("gobgpd's RIB to hold the plan", SHORT, || rib(&gobgpd).filter(|rib| *rib == expected_paths)).await;
     let in_rib = started.elapsed();
     let status = api.get_status(pb::GetStatusRequest {}).await.unwrap().into_inner().source.unwrap();
     assert_eq!(status.name, "kubernetes");
@@ -944,7 +911,7 @@ async fn herald_run_with_the_kubernetes_source() {
     assert_eq!(status.last_error, "");
 
     // The Events, from the binary's own recorder.
-    let causes = herald::events::causes(&herald::planner::plan(&model(&objects), &config).refusals).len();
+    let causes = herald_k8s::events::causes(&herald_core::planner::plan(&model(&objects), &config).refusals).len();
     wait("the IPRefused Events", SHORT, || (server.events().len() == causes).then_some(())).await;
 
     // A change in the cluster reaches the served plan.
@@ -956,8 +923,8 @@ async fn herald_run_with_the_kubernetes_source() {
         server.apply_value(object.clone());
         objects.push(object.clone());
     }
-    let expected = prefixes(&herald::planner::plan(&model(&objects), &config));
-    let expected_paths = paths(&herald::planner::plan(&model(&objects), &config));
+    let expected = prefixes(&herald_core::planner::plan(&model(&objects), &config));
+    let expected_paths = paths(&herald_core::planner::plan(&model(&objects), &config));
     assert!(expected.contains("10.96.90.9/32"));
     wait_async("the new host route", SHORT, || {
         let api = api.clone();
@@ -966,7 +933,7 @@ async fn herald_run_with_the_kubernetes_source() {
     })
     .await;
 
-    wait("the new host route in gobgpd", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    wait("the new host route in gobgpd", SHORT, || rib(&gobgpd).filter(|rib| *rib == expected_paths)).await;
     assert!(expected_paths.contains(&("10.96.90.9/32".to_string(), "10.0.0.2".to_string())));
 
     // An outage: the plan and the RIB stay, the status says why; then it clears.
@@ -983,7 +950,7 @@ async fn herald_run_with_the_kubernetes_source() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(routes(api.clone()).await.unwrap(), (generation, expected.clone()), "the plan changed during the outage");
-    assert_eq!(gobgpd.rib(), Some(expected_paths.clone()), "gobgpd's RIB changed during the outage");
+    assert_eq!(rib(&gobgpd), Some(expected_paths.clone()), "gobgpd's RIB changed during the outage");
     server.end_outage().await.unwrap();
     wait_async("the error to clear and the deletion to show", LONG, || {
         let mut api = api.clone();
@@ -995,8 +962,8 @@ async fn herald_run_with_the_kubernetes_source() {
     })
     .await;
     objects.retain(|o| o["metadata"]["namespace"] != "shop" || o["kind"] != "Service");
-    let expected_paths = paths(&herald::planner::plan(&model(&objects), &config));
-    wait("the withdrawal in gobgpd", SHORT, || gobgpd.rib().filter(|rib| *rib == expected_paths)).await;
+    let expected_paths = paths(&herald_core::planner::plan(&model(&objects), &config));
+    wait("the withdrawal in gobgpd", SHORT, || rib(&gobgpd).filter(|rib| *rib == expected_paths)).await;
     std::mem::forget(dump);
     println!(
         "herald run: first plan served {} and in gobgpd's RIB {} after start; outage error: {error}",
@@ -1021,7 +988,7 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 /// The herald configs in deploy/kubernetes are valid, read the Kubernetes API, and select their pool.
 #[test]
 fn deploy_kubernetes_configs_are_valid() {
-    use herald::config::SourceConfig;
+    use herald_core::config::SourceConfig;
     let root = herald_integration::process::repo_root().join("deploy/kubernetes");
     let mut configs = vec![("base".to_string(), root.join("base/config/herald.yaml"))];
     for entry in std::fs::read_dir(root.join("overlays")).unwrap() {
@@ -1160,8 +1127,8 @@ fn told(server: &FakeApiServer) -> Vec<Told> {
 /// The causes that `pool_config`'s pool records for `objects`.
 fn pool_causes(objects: &[Value], pool_config: &str) -> BTreeSet<(String, String, String)> {
     let config = Config::parse(pool_config).unwrap();
-    let plan = herald::planner::plan(&model(objects), &config);
-    herald::events::causes(plan.refusals.iter().filter(|r| r.event_pool == config.pool))
+    let plan = herald_core::planner::plan(&model(objects), &config);
+    herald_k8s::events::causes(plan.refusals.iter().filter(|r| r.event_pool == config.pool))
         .into_iter()
         .map(|(service, ip, reason)| (service.to_string(), ip, reason))
         .collect()
@@ -1426,8 +1393,8 @@ async fn kube_client(server: &FakeApiServer) -> kube::Client {
     client(&KubernetesSourceConfig { kubeconfig: Some(server.kubeconfig_path()) }).await.unwrap()
 }
 
-fn candidate_settings(name: &str, duration: Duration) -> herald::lease::LeaseSettings {
-    herald::lease::LeaseSettings {
+fn candidate_settings(name: &str, duration: Duration) -> herald_k8s::lease::LeaseSettings {
+    herald_k8s::lease::LeaseSettings {
         namespace: LEASE_NAMESPACE.to_string(),
         name: "contested".to_string(),
         identity: name.to_string(),
@@ -1461,7 +1428,7 @@ async fn a_live_lease_is_not_taken_over_and_a_dead_one_is() {
     let lease = Lease { metadata: ObjectMeta { name: Some("contested".to_string()), ..Default::default() }, spec: renewed() };
     let mut lease = leases.create(&PostParams::default(), &lease).await.unwrap();
 
-    let candidate = herald::lease::spawn_candidate(client, candidate_settings("candidate", duration));
+    let candidate = herald_k8s::lease::spawn_candidate(client, candidate_settings("candidate", duration));
     let leading = candidate.leading();
     let renewing = Instant::now();
     while renewing.elapsed() < duration * 2 {
@@ -1520,17 +1487,17 @@ async fn one_leader_at_a_time_among_candidates() {
     let server = FakeApiServer::start().await.unwrap();
     let client = kube_client(&server).await;
     let duration = Duration::from_secs(2);
-    let mut candidates: Vec<(String, herald::lease::Candidate)> = (1..=3)
+    let mut candidates: Vec<(String, herald_k8s::lease::Candidate)> = (1..=3)
         .map(|i| {
             let name = format!("candidate-{i}");
-            (name.clone(), herald::lease::spawn_candidate(client.clone(), candidate_settings(&name, duration)))
+            (name.clone(), herald_k8s::lease::spawn_candidate(client.clone(), candidate_settings(&name, duration)))
         })
         .collect();
-    let leaders = |candidates: &[(String, herald::lease::Candidate)]| -> Vec<String> {
+    let leaders = |candidates: &[(String, herald_k8s::lease::Candidate)]| -> Vec<String> {
         candidates.iter().filter(|(_, c)| *c.leading().borrow()).map(|(n, _)| n.clone()).collect()
     };
     // Sampled every 5 ms for `span`: never two leaders; the one there is at the end.
-    async fn sample(candidates: &[(String, herald::lease::Candidate)], span: Duration, leaders: impl Fn(&[(String, herald::lease::Candidate)]) -> Vec<String>) -> Option<String> {
+    async fn sample(candidates: &[(String, herald_k8s::lease::Candidate)], span: Duration, leaders: impl Fn(&[(String, herald_k8s::lease::Candidate)]) -> Vec<String>) -> Option<String> {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < span {

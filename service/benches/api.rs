@@ -7,9 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald::api::server::{serve_on, ApiState};
-use herald::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
-use herald::source::SourceSnapshot;
+use herald_grpc::server::{serve_on, ApiState};
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_k8s::source::SourceSnapshot;
 use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
 use ipnet::IpNet;

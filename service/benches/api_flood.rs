@@ -9,12 +9,7 @@
 //! runtime of one thread. The file source polls every 50 ms: the latencies include that.
 //! Figures of one run; compare only figures of the same run (the machine is shared and noisy).
 
-#[path = "../tests/support/gobgpd.rs"]
-mod gobgpd;
-#[path = "support/cluster_yaml.rs"]
-mod cluster_yaml;
-#[path = "support/herald_run.rs"]
-mod herald_run;
+use herald_testkit::{cluster_yaml, gobgpd, herald_run};
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
-use herald::scale::{self, Scale};
+use herald_testkit::scale::{self, Scale};
 use herald_api::gobgp::v3 as api;
 use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
@@ -169,7 +164,7 @@ async fn main() {
     let cluster = dir.path().join("cluster.yaml");
     write(&cluster, &base);
     let g = Gobgpd::start().await;
-    let herald = HeraldRun::start(dir.path(), &cluster, "", &g.address());
+    let herald = HeraldRun::start(std::path::Path::new(env!("CARGO_BIN_EXE_herald")), dir.path(), &cluster, "", &g.address());
     let pid = herald.pid();
     // Settled: gobgpd's path count stops changing.
     let mut last = 0;

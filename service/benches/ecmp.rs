@@ -13,12 +13,9 @@
 //!   cluster state to the reconciler's status saying gobgpd holds the plan made from it; and
 //!   gobgpd's CPU time over those changes.
 
-#[path = "../tests/support/gobgpd.rs"]
-mod gobgpd;
-#[path = "support/cluster_yaml.rs"]
-mod cluster_yaml;
-#[path = "support/herald_run.rs"]
-mod herald_run;
+use herald_testkit::gobgpd;
+use herald_testkit::cluster_yaml;
+use herald_testkit::herald_run;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,11 +23,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use gobgpd::Gobgpd;
 use herald_run::HeraldRun;
-use herald::cluster::{ClusterState, Node};
-use herald::config::Config;
-use herald::gobgp::v3::V3Client;
-use herald::scale::{self, Scale};
-use herald::source::{SourceSnapshot, SourceStatus};
+use herald_core::cluster::{ClusterState, Node};
+use herald_core::config::Config;
+use herald_gobgp::v3::V3Client;
+use herald_testkit::scale::{self, Scale};
+use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use tokio::sync::watch;
 
 const ROUNDS: usize = 2;
@@ -74,7 +71,7 @@ async fn first_push(dir: &Path, cluster: &Path, variant: &Variant, g: &Gobgpd, p
     let gobgpd_pid = g.pid().unwrap();
     let cpu_before = cpu_seconds(gobgpd_pid);
     let started = Instant::now();
-    let mut herald = HeraldRun::start(dir, cluster, variant.ecmp, &g.address());
+    let mut herald = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, cluster, variant.ecmp, &g.address());
     let outcome = loop {
         if let Some(status) = herald.exited() {
             break Err(format!("herald exited with {status}"));
@@ -106,10 +103,10 @@ fn snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
 /// reconciler, against `g` (already holding the plan): each change's time to acknowledgement.
 async fn node_changes(state: &ClusterState, config: &Config, g: &Gobgpd, seed: u64) -> (Vec<Duration>, f64) {
     let gobgp = config.gobgp.clone().unwrap();
-    let client = V3Client::new(&gobgp.address, gobgp.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let client = V3Client::new(&gobgp.address, gobgp.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (source, source_rx) = watch::channel(snapshot(state, 1));
     let mut plans = herald::run::spawn_planner(Arc::new(config.clone()), source_rx).unwrap();
-    let mut status = herald::gobgp::spawn_with(client, &gobgp.address, herald::gobgp::settings(&gobgp), plans.clone());
+    let mut status = herald_gobgp::spawn_with(client, &gobgp.address, herald_gobgp::settings(&gobgp), plans.clone());
     // It finds the plan in gobgpd (adopted, nothing pushed).
     status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
     let gobgpd_pid = g.pid().unwrap();
@@ -151,7 +148,7 @@ async fn main() {
     for variant in &VARIANTS {
         let config = Config::parse(&format!("{}{}", scale::CONFIG, variant.ecmp)).unwrap();
         let t = Instant::now();
-        let plan = herald::planner::plan(&state, &config);
+        let plan = herald_core::planner::plan(&state, &config);
         let elapsed = t.elapsed();
         let widest = plan.routes.values().map(|r| r.next_hops.len()).max().unwrap_or(0);
         let parts = plan.routes.values().filter(|r| r.part_of.is_some()).count();

@@ -24,24 +24,23 @@
 //!
 //! `HERALD_LATENCY_ONLY=per-change|paced` runs one 15 s churn only (for `perf record`).
 
-#[path = "../tests/support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use gobgpd::Gobgpd;
-use herald::cluster::ClusterState;
-use herald::config::{Config, GobgpConfig, Origin, Seconds};
-use herald::gobgp::paths::{self, PathSet};
-use herald::gobgp::reconciler::GobgpClient;
-use herald::gobgp::v3::V3Client;
-use herald::gobgp::SinkStatus;
-use herald::plan::{Plan, PlanSnapshot};
-use herald::planner::incremental::{Change, IncrementalPlanner};
-use herald::scale::{self, Scale};
-use herald::source::kubernetes::DEFAULT_MIN_INTERVAL;
-use herald::source::{SourceSnapshot, SourceStatus};
+use herald_core::cluster::ClusterState;
+use herald_core::config::{Config, GobgpConfig, Origin, Seconds};
+use herald_gobgp::paths::{self, PathSet};
+use herald_gobgp::reconciler::GobgpClient;
+use herald_gobgp::v3::V3Client;
+use herald_gobgp::SinkStatus;
+use herald_core::plan::{Plan, PlanSnapshot};
+use herald_core::planner::incremental::{Change, IncrementalPlanner};
+use herald_testkit::scale::{self, Scale};
+use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
+use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use tokio::sync::watch;
 
 const RATE: f64 = 1000.0;
@@ -246,10 +245,10 @@ fn summary(label: &str, sorted: &[Duration]) -> String {
 async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, pacing: Pacing) {
     let g = Gobgpd::start().await;
     let cfg = gobgp_config(g.address());
-    let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (source, source_rx) = watch::channel(source_snapshot(initial, 1));
     let plans = herald::run::spawn_planner(Arc::new(config.clone()), source_rx).unwrap();
-    let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), plans.clone());
+    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), plans.clone());
     let t = Instant::now();
     status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
     let initial_push = t.elapsed();
@@ -362,8 +361,8 @@ async fn main() {
     let changed_plan = local_change.expect("some change moves a route");
     let clone = time(20, || plan.clone());
     let compare = time(20, || plan == changed_plan);
-    let deep_clone = time(5, || plan.routes.iter().map(|(p, r)| (*p, herald::plan::Route::clone(r))).count()
-        + plan.services.values().map(|e| herald::plan::ServiceExplanation::clone(e)).count());
+    let deep_clone = time(5, || plan.routes.iter().map(|(p, r)| (*p, herald_core::plan::Route::clone(r))).count()
+        + plan.services.values().map(|e| herald_core::plan::ServiceExplanation::clone(e)).count());
     let mut one_change = initial.clone();
     one_change.apply(&Change::EndpointSlice(scale::endpoint_change(&initial, Scale::LARGE, &mut rng).into()));
     let state_copy = time(20, || initial.clone());
@@ -415,7 +414,7 @@ async fn main() {
     );
     {
         let g = Gobgpd::start().await;
-        let mut client = V3Client::new(&g.address(), 1000, herald::gobgp::CALL_TIMEOUT).unwrap();
+        let mut client = V3Client::new(&g.address(), 1000, herald_gobgp::CALL_TIMEOUT).unwrap();
         let all = paths::diff(&desired, &PathSet::new());
         for chunk in all.chunks(8000) {
             client.push(chunk).await.unwrap();

@@ -13,12 +13,9 @@
 //! `HERALD_MEMORY_YAML_ONLY=1` writes the YAML and reads it back in this process (and checks that
 //! it reads as the scale cluster).
 
-#[path = "../tests/support/gobgpd.rs"]
-mod gobgpd;
-#[path = "support/cluster_yaml.rs"]
-mod cluster_yaml;
-#[path = "support/herald_run.rs"]
-mod herald_run;
+use herald_testkit::gobgpd;
+use herald_testkit::cluster_yaml;
+use herald_testkit::herald_run;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -28,12 +25,12 @@ use std::time::{Duration, Instant};
 use gobgpd::Gobgpd;
 use herald_run::HeraldRun;
 use cluster_yaml::cluster_yaml;
-use herald::cluster::ClusterState;
-use herald::config::{GobgpConfig, Origin, Seconds};
-use herald::gobgp::v3::V3Client;
-use herald::plan::PlanSnapshot;
-use herald::planner::incremental::IncrementalPlanner;
-use herald::scale::{self, Scale};
+use herald_core::cluster::ClusterState;
+use herald_core::config::{GobgpConfig, Origin, Seconds};
+use herald_gobgp::v3::V3Client;
+use herald_core::plan::PlanSnapshot;
+use herald_core::planner::incremental::IncrementalPlanner;
+use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
 const TARGET_MB: f64 = 200.0;
@@ -79,7 +76,7 @@ async fn in_process() -> (ClusterState, usize) {
         state.services.len(),
         state.endpoint_slices.values().map(|s| s.endpoints.len()).sum::<usize>()
     ));
-    let plan = Arc::new(herald::planner::plan(&state, &config));
+    let plan = Arc::new(herald_core::planner::plan(&state, &config));
     stages.report(&format!("+ its plan ({} routes, {} paths, {} Service explanations)", plan.routes.len(), plan.path_count(), plan.services.len()));
     let planner = IncrementalPlanner::new(state.clone(), config.clone());
     stages.report("+ IncrementalPlanner (its own ClusterState, plan and per-Service parts)");
@@ -92,9 +89,9 @@ async fn in_process() -> (ClusterState, usize) {
         anti_entropy_interval: Seconds(Duration::from_secs(30)),
         batch_size: 1000,
     };
-    let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (tx, rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
-    let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), rx);
+    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), rx);
     tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
         .await
         .expect("the plan reaches gobgpd")
@@ -131,7 +128,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize) {
     drop(yaml);
     let g = Gobgpd::start().await;
     let started = Instant::now();
-    let mut child = HeraldRun::start(dir, &cluster_path, "", &g.address());
+    let mut child = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, &cluster_path, "", &g.address());
     let pid = child.pid().to_string();
     let mut peak = (0.0f64, 0.0f64);
     let outcome = loop {
@@ -191,7 +188,7 @@ async fn main() {
         let yaml = cluster_yaml(&state);
         println!("{:.1} MB", yaml.len() as f64 / 1e6);
         let t = Instant::now();
-        match herald::cluster::parse_manifest(&yaml) {
+        match herald_k8s::parse_manifest(&yaml) {
             Ok(read) => {
                 println!("parsed in {:.1} s; VmHWM {:.1} MB", t.elapsed().as_secs_f64(), memory("self").1);
                 assert_eq!(read.services, state.services);

@@ -21,22 +21,21 @@
 //!
 //! Figures are of one run; the machine is shared and noisy.
 
-#[path = "../tests/support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use gobgpd::Gobgpd;
-use herald::cluster::{ClusterState, Node};
-use herald::config::{Config, GobgpConfig, Origin, Seconds};
-use herald::gobgp::v3::V3Client;
-use herald::plan::PlanSnapshot;
-use herald::planner::incremental::{Change, IncrementalPlanner};
-use herald::scale::{self, Scale};
-use herald::source::kubernetes::DEFAULT_MIN_INTERVAL;
-use herald::source::{SourceSnapshot, SourceStatus};
+use herald_core::cluster::{ClusterState, Node};
+use herald_core::config::{Config, GobgpConfig, Origin, Seconds};
+use herald_gobgp::v3::V3Client;
+use herald_core::plan::PlanSnapshot;
+use herald_core::planner::incremental::{Change, IncrementalPlanner};
+use herald_testkit::scale::{self, Scale};
+use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
+use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use k8s_openapi::api::core::v1 as core;
 use tokio::sync::watch;
 
@@ -95,7 +94,7 @@ fn batch(label: &str, from: &ClusterState, to: &ClusterState, sample: usize) {
     let t = Instant::now();
     let delta = batched.apply_batch(changes);
     let batch_time = t.elapsed();
-    let full = herald::planner::plan(to, batched_config());
+    let full = herald_core::planner::plan(to, batched_config());
     assert_eq!(batched.plan(), &full, "the batch plans what a full plan of the state plans");
     println!(
         "  {label}: {n} Node changes; one by one: {:.1} ms per change (median of the first {sample}: {:.2} s for them), \
@@ -173,7 +172,7 @@ fn status_churn() {
         .map(|i| {
             let json = node_json(&scale::node_name(i as u32), &format!("10.1.{}.{}", i / 250, i % 250 + 1), 0);
             let node: core::Node = serde_json::from_str(&json).unwrap();
-            let node = herald::cluster::from_node(&node);
+            let node = herald_k8s::from_node(&node);
             (node.name.clone(), Arc::new(node))
         })
         .collect();
@@ -190,7 +189,7 @@ fn status_churn() {
         let t = Instant::now();
         let node: core::Node = serde_json::from_str(report).unwrap();
         let t1 = Instant::now();
-        let model = herald::cluster::from_node(&node);
+        let model = herald_k8s::from_node(&node);
         // The source's test before it changes (and publishes) anything.
         changed += usize::from(known.get(&model.name).map(|n| &**n) != Some(&model));
         decode += t1 - t;
@@ -332,14 +331,14 @@ async fn latency_run(label: &str, initial: &ClusterState, config: &Config, batch
         anti_entropy_interval: Seconds(Duration::from_secs(30)),
         batch_size: 1000,
     };
-    let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (source, source_rx) = watch::channel(source_snapshot(initial, 1));
     let plans = if batched {
         herald::run::spawn_planner(Arc::new(config.clone()), source_rx).unwrap()
     } else {
         spawn_one_by_one_planner(config.clone(), source_rx)
     };
-    let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), plans.clone());
+    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), plans.clone());
     status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
     // Every plan published (generation, cluster version, when) and every acknowledgment.
     let published: Arc<Mutex<Vec<(u64, u64, Instant)>>> = Arc::default();
@@ -427,7 +426,7 @@ async fn main() {
     let config = scale::config();
     let initial = scale::cluster(Scale::LARGE);
     let t = Instant::now();
-    let _ = herald::planner::plan(&initial, &config);
+    let _ = herald_core::planner::plan(&initial, &config);
     println!(
         "scale: {} nodes, {} services, {} endpoint slices; one full plan {:.0} ms",
         initial.nodes.len(),

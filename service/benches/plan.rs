@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald::scale::{self, Scale};
+use herald_testkit::scale::{self, Scale};
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -22,13 +22,13 @@ fn main() {
         state.endpoint_slices.values().map(|s| s.endpoints.len()).sum::<usize>(),
         started.elapsed()
     );
-    let plan = herald::planner::plan(&state, &config);
+    let plan = herald_core::planner::plan(&state, &config);
     println!("plan: {} routes, {} paths, {} refusals", plan.routes.len(), plan.path_count(), plan.refusals.len());
     let runs = 15;
     let samples: Vec<Duration> = (0..runs)
         .map(|_| {
             let t = Instant::now();
-            std::hint::black_box(herald::planner::plan(&state, &config));
+            std::hint::black_box(herald_core::planner::plan(&state, &config));
             t.elapsed()
         })
         .collect();
@@ -39,7 +39,7 @@ fn main() {
         samples.iter().max().unwrap().as_secs_f64() * 1e3);
 
     // Incremental: one EndpointSlice change to a plan delta.
-    let mut incremental = herald::planner::incremental::IncrementalPlanner::new(state.clone(), config.clone());
+    let mut incremental = herald_core::planner::incremental::IncrementalPlanner::new(state.clone(), config.clone());
     let mut rng = scale::Rng::new(7);
     let mut all = Vec::new();
     let mut local = Vec::new();
@@ -48,9 +48,9 @@ fn main() {
         let is_local = slice
             .service_key()
             .and_then(|k| incremental.state().services.get(&k))
-            .is_some_and(|s| s.external_traffic_policy == herald::cluster::TrafficPolicy::Local);
+            .is_some_and(|s| s.external_traffic_policy == herald_core::cluster::TrafficPolicy::Local);
         let t = Instant::now();
-        std::hint::black_box(incremental.apply(herald::planner::incremental::Change::EndpointSlice(slice.into())));
+        std::hint::black_box(incremental.apply(herald_core::planner::incremental::Change::EndpointSlice(slice.into())));
         let elapsed = t.elapsed();
         all.push(elapsed);
         if is_local {
@@ -64,6 +64,6 @@ fn main() {
         us(median(all)),
         us(median(local))
     );
-    assert_eq!(incremental.plan(), &herald::planner::plan(incremental.state(), &config), "incremental diverged from full");
+    assert_eq!(incremental.plan(), &herald_core::planner::plan(incremental.state(), &config), "incremental diverged from full");
     println!("  after 5000 changes the incremental plan equals a full recompute");
 }

@@ -17,8 +17,7 @@
 //! `HERALD_PUSH_ONLY=raw|herald|client` runs one variant only (for `perf record`);
 //! `RUST_LOG=herald=debug` shows the reconciler's own timings.
 
-#[path = "../tests/support/gobgpd.rs"]
-mod gobgpd;
+use herald_testkit::gobgpd;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -26,11 +25,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
-use herald::config::{Community, GobgpConfig, Origin, Seconds};
-use herald::gobgp::paths::{self, PathSet};
-use herald::gobgp::reconciler::GobgpClient;
-use herald::gobgp::v3::V3Client;
-use herald::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_core::config::{Community, GobgpConfig, Origin, Seconds};
+use herald_gobgp::paths::{self, PathSet};
+use herald_gobgp::reconciler::GobgpClient;
+use herald_gobgp::v3::V3Client;
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
 use herald_api::gobgp::v3 as api;
 use ipnet::IpNet;
 use pbjson_types::Any;
@@ -169,9 +168,9 @@ fn raw_messages(raw: &[RawPath]) -> Vec<api::AddPathStreamRequest> {
 /// The reconciler, started and idle (it has read gobgpd's empty RIB back), then given the plan.
 async fn push_herald(g: &Gobgpd, plan: Arc<Plan>, started: &mut Option<(Instant, f64, f64)>, gobgpd_pid: &str) {
     let cfg = config(g.address());
-    let client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
+    let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (tx, rx) = watch::channel(PlanSnapshot::default());
-    let mut status = herald::gobgp::spawn_with(client, &cfg.address, herald::gobgp::settings(&cfg), rx);
+    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), rx);
     tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reachable)).await.expect("reconciler ready").unwrap();
     *started = Some((Instant::now(), cpu_seconds("self"), cpu_seconds(gobgpd_pid)));
     tx.send_replace(PlanSnapshot { generation: 1, plan, ..Default::default() });
@@ -186,8 +185,8 @@ async fn push_herald(g: &Gobgpd, plan: Arc<Plan>, started: &mut Option<(Instant,
 
 async fn push_client(g: &Gobgpd, desired: &PathSet) -> Duration {
     let cfg = config(g.address());
-    let mut client = V3Client::new(&cfg.address, cfg.batch_size, herald::gobgp::CALL_TIMEOUT).unwrap();
-    let per_push = herald::gobgp::settings(&cfg).ops_per_push;
+    let mut client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
+    let per_push = herald_gobgp::settings(&cfg).ops_per_push;
     // Connect first, as the reconciler has by the time it pushes.
     client.path_counts().await.unwrap();
     let ops = paths::diff(desired, &PathSet::new());

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use herald::cluster::parse_manifest;
-use herald::config::Config;
+use herald_k8s::parse_manifest;
+use herald_core::config::Config;
 use herald::run::RunOptions;
 
 /// Announces Kubernetes Service IPs over BGP through a gobgpd sidecar.
@@ -120,7 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.api.listen = listen;
             }
             if let (Some(cert_file), Some(key_file)) = (api_tls_cert_file, api_tls_key_file) {
-                config.api.tls = Some(herald::config::TlsConfig { cert_file, key_file, client_ca_file: api_tls_client_ca_file });
+                config.api.tls = Some(herald_core::config::TlsConfig { cert_file, key_file, client_ca_file: api_tls_client_ca_file });
             }
             if config.api.health_listen == Some(config.api.listen) {
                 anyhow::bail!("api.healthListen {} is the API's address too: give the health listener a port of its own", config.api.listen);
@@ -148,13 +148,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 (Some(_), None) => anyhow::bail!("--cluster-state is required with --config"),
             };
-            let plan = herald::planner::plan(&state, &config);
+            let plan = herald_core::planner::plan(&state, &config);
             match output {
                 Format::Json => {
-                    let response = herald::api::proto::list_routes(&plan, 0);
+                    let response = herald_grpc::proto::list_routes(&plan, 0);
                     println!("{}", serde_json::to_string_pretty(&response)?);
                 }
-                Format::Table => print!("{}", herald::api::table::plan(&plan)),
+                Format::Table => print!("{}", herald_grpc::table::plan(&plan)),
             }
             Ok(ExitCode::SUCCESS)
         }

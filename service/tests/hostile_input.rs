@@ -1,29 +1,28 @@
 //! Hostile input: every bad cluster state, config or selector gets an error that says what is wrong,
 //! never a panic, and whatever is accepted is planned without breaking the planner's invariants
-//! (`herald::planner::invariants`).
+//! (`herald_testkit::invariants`).
 //!
-//! Two sources of inputs, through the same checks as the fuzz targets (`fuzz/src/lib.rs`, included
-//! below):
+//! Two sources of inputs, through the same checks as the fuzz targets (`herald_testkit::fuzz`, the
+//! targets' bodies):
 //! - every input the fuzzers ever crashed on, kept in `fuzz/regressions/<target>/` by `scripts/fuzz.sh`;
 //! - a hand-written table of known-nasty inputs: deep nesting, alias bombs, huge numbers and lines,
 //!   NUL bytes, duplicate keys, wrong types at every level, IPs spelled to fool a lenient parser.
 
-#[allow(dead_code)]
-#[path = "../../fuzz/src/lib.rs"]
-mod fuzz;
+use herald_testkit::fuzz;
 
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use herald::cluster::{parse_manifest, AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald::config::Config;
-use herald::guard::{Guard, GuardConfig};
-use herald::plan::{IpOutcome, Plan, RefusalCause, Route};
-use herald::planner::invariants::check_plan_invariants;
-use herald::planner::plan;
-use herald::selector::LabelSelector;
+use herald_k8s::parse_manifest;
+use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
+use herald_core::config::Config;
+use herald_core::guard::{Guard, GuardConfig};
+use herald_core::plan::{IpOutcome, Plan, RefusalCause, Route};
+use herald_testkit::invariants::check_plan_invariants;
+use herald_core::planner::plan;
+use herald_core::selector::LabelSelector;
 
 /// No input may take longer than this to be read (they are all small or bounded by the parser's budget).
 const SLOW: Duration = Duration::from_secs(10);
@@ -327,7 +326,7 @@ fn local_service(name: &str, cluster: &[&str], external: &[&str], lb: &[&str]) -
     let strings = |ips: &[&str]| ips.iter().map(|s| s.to_string()).collect();
     Service {
         key: ObjectKey::new("shop", name),
-        type_: "LoadBalancer".to_string(),
+        type_: ServiceType::LoadBalancer,
         cluster_ips: strings(cluster),
         external_ips: strings(external),
         load_balancer_ips: strings(lb),
@@ -654,13 +653,13 @@ fn the_invariant_checker_catches_doctored_plans() {
     p.insert_route(outside);
     doctored.push(("a refused IP outside every range announced", p));
     let mut p = good.clone();
-    p.route_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
+    p.route_mut(&host).unwrap().next_hops.insert(herald_core::plan::NextHop {
         node: "n1".to_string(),
         address: "10.0.0.99".parse().unwrap(),
     });
     doctored.push(("a next hop that is no InternalIP", p));
     let mut p = good.clone();
-    p.route_mut(&host).unwrap().next_hops.insert(herald::plan::NextHop {
+    p.route_mut(&host).unwrap().next_hops.insert(herald_core::plan::NextHop {
         node: "ghost".to_string(),
         address: "10.0.0.1".parse().unwrap(),
     });

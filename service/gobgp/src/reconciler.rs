@@ -143,6 +143,9 @@ const STATUS_EVERY: Duration = Duration::from_millis(500);
 /// How long a newer plan waits before a push in progress switches to it.
 const REPLAN_AFTER: Duration = Duration::from_millis(100);
 
+/// An anti-entropy read of gobgpd's RIB, running as a task of its own.
+type RibRead = tokio::task::JoinHandle<Result<RibView, ClientError>>;
+
 pub struct Reconciler<C> {
     client: C,
     settings: Settings,
@@ -174,7 +177,7 @@ pub struct Reconciler<C> {
     adopted_once: bool,
     /// An anti-entropy read running beside the pushes, and the prefixes pushed since it started
     /// (what it read of those may be older than what herald pushed).
-    reading: Option<(tokio::task::JoinHandle<Result<RibView, ClientError>>, BTreeSet<IpNet>)>,
+    reading: Option<(RibRead, BTreeSet<IpNet>)>,
     pushed: u64,
     withdrawn: u64,
     /// When herald last knew gobgpd to hold the paths herald applied: the sessions of a gobgpd

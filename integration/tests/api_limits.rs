@@ -164,12 +164,11 @@ async fn a_flood_is_refused_past_the_limits_and_herald_stays_bounded() {
     for _ in 0..200 {
         if let Ok(ch) = Endpoint::from_shared(format!("http://127.0.0.1:{api}")).unwrap().connect().await {
             let mut client = PlanServiceClient::new(ch).max_decoding_message_size(64 << 20);
-            if let Ok(r) = client.list_routes(pb::ListRoutesRequest::default()).await {
-                if r.get_ref().routes.len() > SERVICES as usize {
+            if let Ok(r) = client.list_routes(pb::ListRoutesRequest::default()).await
+                && r.get_ref().routes.len() > SERVICES as usize {
                     probe = Some(client);
                     break;
                 }
-            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

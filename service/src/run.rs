@@ -190,11 +190,10 @@ async fn plan_loop(
                 error!("the planner failed; keeping the last plan");
             }
         }
-        if std::mem::take(&mut release_asked) {
-            if !guard.release_brake("an operator") {
+        if std::mem::take(&mut release_asked)
+            && !guard.release_brake("an operator") {
                 info!("withdrawal brake release asked for, but the brake holds nothing");
             }
-        }
         if let Some(raw) = planning.plan() {
             let guarded = guard.apply(raw, std::time::Instant::now());
             wake_at = guarded.wake_at.map(tokio::time::Instant::from_std);

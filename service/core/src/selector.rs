@@ -160,9 +160,12 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    /// A selector, a node's labels, whether it matches.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+
     #[test]
     fn matches_like_kubernetes() {
-        let cases: &[(&str, &[(&str, &str)], bool)] = &[
+        let cases: &[Case] = &[
             ("", &[], true),
             ("pool=a", &[("pool", "a")], true),
             ("pool=a", &[("pool", "b")], false),

@@ -28,19 +28,22 @@ pub struct RefusedLabels {
 /// Refused calls by limit, shared with the metrics.
 pub type RefusedCalls = Family<RefusedLabels, Counter>;
 
+/// Open WatchPlan streams by peer address.
+type StreamsByPeer = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// The API's limits and what is held against them.
 pub struct Limits {
     pub config: ApiLimits,
     calls: Arc<Semaphore>,
     watches: Arc<Semaphore>,
-    per_peer: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_peer: StreamsByPeer,
     refused: RefusedCalls,
 }
 
 /// Held while a WatchPlan stream is open; dropping it frees the stream's place.
 pub struct WatchPermit {
     _total: OwnedSemaphorePermit,
-    peer: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    peer: Option<(IpAddr, StreamsByPeer)>,
 }
 
 impl Drop for WatchPermit {

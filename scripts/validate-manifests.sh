@@ -66,7 +66,15 @@ MONITORED=$(mktemp -d)
 trap 'rm -rf "$MONITORED"' EXIT
 cp -r "$MANIFESTS"/. "$MONITORED"/
 for kustomization in "$MONITORED"/overlays/*/kustomization.yaml; do
-    printf '\ncomponents:\n  - ../../components/monitoring\n' >>"$kustomization"
+    if grep -q '^  - \.\./pool-' "$kustomization"; then
+        # An overlay of another overlay (pool-a-api-tls): it gets the component from that one.
+        continue
+    elif grep -q '^components:' "$kustomization"; then
+        # One more entry in the overlay's own list (a second `components:` key would replace it).
+        sed -i 's|^components:$|components:\n  - ../../components/monitoring|' "$kustomization"
+    else
+        printf '\ncomponents:\n  - ../../components/monitoring\n' >>"$kustomization"
+    fi
 done
 
 # base, then each overlay, then each overlay with the monitoring component: "name dir" lines.

@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 
-use super::{merge_host_route, plan_service, PlanContext, ServicePlan};
+use super::{merge_host_route, plan_service_routes, Explanations, PlanContext, ServicePlan};
 use crate::cluster::{ClusterState, EndpointSlice, ObjectKey, Service};
 use crate::config::Config;
 use crate::plan::{Plan, Route};
@@ -36,7 +36,7 @@ impl PlanDelta {
 pub struct IncrementalPlanner {
     config: Config,
     state: ClusterState,
-    context: PlanContext,
+    context: Arc<PlanContext>,
     parts: HashMap<ObjectKey, ServicePlan>,
     /// Services contributing to each host route, in key order (the merge order of the full planner).
     contributors: HashMap<IpNet, BTreeSet<ObjectKey>>,
@@ -46,7 +46,7 @@ pub struct IncrementalPlanner {
 
 impl IncrementalPlanner {
     pub fn new(state: ClusterState, config: Config) -> Self {
-        let context = PlanContext::new(&state, &config);
+        let context = Arc::new(PlanContext::new(&state, &config));
         let mut planner = IncrementalPlanner {
             config,
             state,
@@ -85,11 +85,11 @@ impl IncrementalPlanner {
             .flatten()
             .filter_map(|k| self.state.endpoint_slices.get(k).map(|s| &**s))
             .collect();
-        plan_service(&self.context, service, &slices)
+        plan_service_routes(&self.context, service, &slices)
     }
 
     fn replan_all(&mut self) {
-        self.context = PlanContext::new(&self.state, &self.config);
+        self.context = Arc::new(PlanContext::new(&self.state, &self.config));
         self.parts.clear();
         self.contributors.clear();
         let services: Vec<&Service> = self.state.services.values().map(|s| &**s).collect();
@@ -109,10 +109,10 @@ impl IncrementalPlanner {
                 plan.insert_route(route);
             }
         }
-        for (key, part) in &self.parts {
+        for part in self.parts.values() {
             plan.refusals.extend(part.refusals.iter().cloned());
-            plan.services.insert(key.clone(), Arc::new(part.explanation.clone()));
         }
+        plan.services = Explanations::new(self.context.clone(), &self.state);
         self.plan = plan;
     }
 
@@ -155,12 +155,9 @@ impl IncrementalPlanner {
                     self.contributors.entry(route.prefix).or_default().insert(key.clone());
                 }
                 self.plan.refusals.extend(new.refusals.iter().cloned());
-                self.plan.services.insert(key.clone(), Arc::new(new.explanation.clone()));
                 self.parts.insert(key.clone(), new);
             }
-            None => {
-                self.plan.services.remove(key);
-            }
+            None => {}
         }
         let mut delta = PlanDelta::default();
         for prefix in touched {
@@ -185,6 +182,13 @@ impl IncrementalPlanner {
 
     /// Applies one change; returns the routes it changed.
     pub fn apply(&mut self, change: Change) -> PlanDelta {
+        let delta = self.apply_to_routes(change);
+        // The explanations follow the state (a copy that shares it: nothing is explained here).
+        self.plan.services = Explanations::new(self.context.clone(), &self.state);
+        delta
+    }
+
+    fn apply_to_routes(&mut self, change: Change) -> PlanDelta {
         match &change {
             Change::Service(service) => {
                 let key = service.key.clone();

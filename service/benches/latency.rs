@@ -338,12 +338,15 @@ async fn main() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     }
     let bench_started = Instant::now();
-    let config = scale::config();
     let scale = Scale::selected_or_exit();
-    let default_rate = if scale.nodes > Scale::LARGE.nodes { 5000.0 } else { 1000.0 };
+    let large = scale.nodes > Scale::LARGE.nodes;
+    // At 5,000 nodes, `ecmp: {maxPaths: 64}`: without a limit a range is a prefix of ~5,000 next
+    // hops, which gobgpd takes at a few hundred paths a second (minutes for the first push).
+    let config = if large { Config::parse(&format!("{}ecmp: {{maxPaths: 64}}\n", scale::CONFIG)).expect("scale config") } else { scale::config() };
+    let default_rate = if large { 5000.0 } else { 1000.0 };
     let rate = std::env::var("HERALD_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(default_rate);
     let load = Load { scale, rate };
-    println!("scale: {}; churn: {rate:.0} EndpointSlice changes a second", scale.describe());
+    println!("scale: {}; churn: {rate:.0} EndpointSlice changes a second{}", scale.describe(), if large { "; ecmp: {maxPaths: 64}" } else { "" });
     let initial = scale::cluster(scale);
     let mut planner = IncrementalPlanner::new(initial.clone(), config.clone());
     let plan: Plan = planner.plan().clone();

@@ -35,6 +35,12 @@ use herald_core::planner::incremental::IncrementalPlanner;
 use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
+/// Added to the scale config: at 5,000 nodes, `ecmp: {maxPaths: 64}` (without a limit, a range is a
+/// prefix of ~5,000 next hops, which gobgpd takes at a few hundred paths a second: minutes).
+fn ecmp_config(scale: Scale) -> &'static str {
+    if scale.nodes > Scale::LARGE.nodes { "ecmp: {maxPaths: 64}\n" } else { "" }
+}
+
 /// The targets, in MB: (in this process, `herald run`) at 1,000 nodes and at 5,000.
 fn targets(scale: Scale) -> (f64, f64) {
     if scale.nodes > Scale::LARGE.nodes { (600.0, 800.0) } else { (200.0, 200.0) }
@@ -75,7 +81,7 @@ async fn in_process(scale: Scale) -> (ClusterState, usize) {
     let mut stages = Stages { last: 0.0 };
     let base = stages.report("at start");
     let state = scale::cluster(scale);
-    let config = scale::config();
+    let config = herald_core::config::Config::parse(&format!("{}{}", scale::CONFIG, ecmp_config(scale))).expect("scale config");
     stages.report(&format!(
         "+ ClusterState ({} nodes, {} Services, {} endpoints)",
         state.nodes.len(),
@@ -135,7 +141,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
     drop(yaml);
     let g = Gobgpd::start().await;
     let started = Instant::now();
-    let mut child = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, &cluster_path, "", &g.address());
+    let mut child = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, &cluster_path, ecmp_config(scale), &g.address());
     let pid = child.pid().to_string();
     let mut peak = (0.0f64, 0.0f64);
     let outcome = loop {
@@ -189,7 +195,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
 async fn main() {
     let started = Instant::now();
     let scale = Scale::selected_or_exit();
-    println!("scale: {}", scale.describe());
+    println!("scale: {}; config: the scale config {}", scale.describe(), if ecmp_config(scale).is_empty() { "as it is" } else { "with ecmp: {maxPaths: 64}" });
     let dir = tempfile::Builder::new().prefix("herald-memory-").tempdir().unwrap();
     if std::env::var_os("HERALD_MEMORY_YAML_ONLY").is_some() {
         // Writes the YAML and reads it back in this process: `HERALD_MEMORY_YAML_ONLY=1`.

@@ -1,8 +1,10 @@
-//! Latency benchmark: `cargo bench -p herald --bench latency`.
+//! Latency benchmark: `cargo bench -p herald --bench latency`; at the 5,000-node scenario with
+//! `-- --scale large` (or `HERALD_SCALE=large`).
 //!
 //! From a cluster-state change to gobgpd acknowledging the plan that contains it, under a churn of
 //! 1,000 EndpointSlice changes a second on the scale cluster (1,000 nodes, 20,000 Services, 200,000
-//! endpoints), through herald's own pipeline in one process: cluster states published on a source
+//! endpoints), or of 5,000 a second on the 5,000-node one (50,000 Services, 500,000 endpoints;
+//! `HERALD_LATENCY_RATE` sets another rate), through herald's own pipeline in one process: cluster states published on a source
 //! channel as a source does, `run::spawn_planner` (the planner thread of `herald run`: incremental
 //! planner fed by the difference between states, guard, publication) and the real reconciler
 //! (`gobgp::spawn_with`, `V3Client`, herald's default settings) pushing into a real gobgpd.
@@ -43,7 +45,12 @@ use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
 use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use tokio::sync::watch;
 
-const RATE: f64 = 1000.0;
+/// The cluster and the rate of changes to it (per second).
+#[derive(Clone, Copy)]
+struct Load {
+    scale: Scale,
+    rate: f64,
+}
 /// How long each churn runs. The paced run is longer than the default anti-entropy interval
 /// (30 s), so that it includes one anti-entropy pass.
 const PER_CHANGE_RUN: Duration = Duration::from_secs(10);
@@ -116,10 +123,10 @@ fn source_snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
     }
 }
 
-/// Applies changes to `state` at `RATE` for `run`, publishing states on `source` as `pacing` says.
-fn churn(state: &mut ClusterState, rng: &mut scale::Rng, source: &watch::Sender<SourceSnapshot>, run: Duration, pacing: Pacing) -> Churn {
-    let total = (run.as_secs_f64() * RATE) as usize;
-    let due = |t0: Instant, i: usize| t0 + Duration::from_secs_f64(i as f64 / RATE);
+/// Applies changes to `state` at `load.rate` for `run`, publishing states on `source` as `pacing` says.
+fn churn(state: &mut ClusterState, rng: &mut scale::Rng, source: &watch::Sender<SourceSnapshot>, run: Duration, pacing: Pacing, load: Load) -> Churn {
+    let total = (run.as_secs_f64() * load.rate) as usize;
+    let due = |t0: Instant, i: usize| t0 + Duration::from_secs_f64(i as f64 / load.rate);
     let mut version = source.borrow().version;
     let mut out = Churn { changes: Vec::with_capacity(total), publish: vec![], behind: Duration::ZERO };
     let t0 = Instant::now();
@@ -142,7 +149,7 @@ fn churn(state: &mut ClusterState, rng: &mut scale::Rng, source: &watch::Sender<
             continue;
         }
         if i < total && due(t0, i) <= now {
-            let slice = scale::endpoint_change(state, Scale::LARGE, rng);
+            let slice = scale::endpoint_change(state, load.scale, rng);
             let change = Change::EndpointSlice(slice.into());
             state.apply(&change);
             out.changes.push(Applied { due: due(t0, i), version: version + 1, change });
@@ -242,7 +249,7 @@ fn summary(label: &str, sorted: &[Duration]) -> String {
 }
 
 /// One churn run: herald's planner thread and reconciler, a fresh gobgpd, the scale cluster.
-async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, pacing: Pacing) {
+async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, pacing: Pacing, load: Load) {
     let g = Gobgpd::start().await;
     let cfg = gobgp_config(g.address());
     let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
@@ -268,7 +275,7 @@ async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, 
     let mut state = initial.clone();
     let (churned, _source) = tokio::task::spawn_blocking(move || {
         let mut rng = scale::Rng::new(seed);
-        (churn(&mut state, &mut rng, &source, run, pacing), source)
+        (churn(&mut state, &mut rng, &source, run, pacing, load), source)
     })
     .await
     .unwrap();
@@ -331,12 +338,20 @@ async fn main() {
         tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
     }
     let bench_started = Instant::now();
-    let config = scale::config();
-    let initial = scale::cluster(Scale::LARGE);
+    let scale = Scale::selected_or_exit();
+    let large = scale.nodes > Scale::LARGE.nodes;
+    // At 5,000 nodes, `ecmp: {maxPaths: 64}`: without a limit a range is a prefix of ~5,000 next
+    // hops, which gobgpd takes at a few hundred paths a second (minutes for the first push).
+    let config = if large { Config::parse(&format!("{}ecmp: {{maxPaths: 64}}\n", scale::CONFIG)).expect("scale config") } else { scale::config() };
+    let default_rate = if large { 5000.0 } else { 1000.0 };
+    let rate = std::env::var("HERALD_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(default_rate);
+    let load = Load { scale, rate };
+    println!("scale: {}; churn: {rate:.0} EndpointSlice changes a second{}", scale.describe(), if large { "; ecmp: {maxPaths: 64}" } else { "" });
+    let initial = scale::cluster(scale);
     let mut planner = IncrementalPlanner::new(initial.clone(), config.clone());
     let plan: Plan = planner.plan().clone();
     println!(
-        "scale: {} nodes, {} services, {} endpoint slices; plan: {} routes, {} paths, {} service explanations",
+        "cluster: {} nodes, {} services, {} endpoint slices; plan: {} routes, {} paths, {} Services explained",
         planner.state().nodes.len(),
         planner.state().services.len(),
         planner.state().endpoint_slices.len(),
@@ -350,7 +365,7 @@ async fn main() {
     let mut apply_times = Vec::new();
     let mut local_change = None;
     for _ in 0..2000 {
-        let slice = scale::endpoint_change(planner.state(), Scale::LARGE, &mut rng);
+        let slice = scale::endpoint_change(planner.state(), scale, &mut rng);
         let t = Instant::now();
         let delta = planner.apply(Change::EndpointSlice(slice.into()));
         apply_times.push(t.elapsed());
@@ -361,14 +376,13 @@ async fn main() {
     let changed_plan = local_change.expect("some change moves a route");
     let clone = time(20, || plan.clone());
     let compare = time(20, || plan == changed_plan);
-    // What publishing cost when every plan was copied whole: each route and explanation cloned.
+    // What publishing cost when every plan was copied whole: each route cloned.
     let deep_clone = time(5, || {
         let routes: Vec<_> = plan.routes.iter().map(|(p, r)| (*p, herald_core::plan::Route::clone(r))).collect();
-        let services: Vec<_> = plan.services.values().map(|e| herald_core::plan::ServiceExplanation::clone(e)).collect();
-        routes.len() + services.len()
+        routes.len()
     });
     let mut one_change = initial.clone();
-    one_change.apply(&Change::EndpointSlice(scale::endpoint_change(&initial, Scale::LARGE, &mut rng).into()));
+    one_change.apply(&Change::EndpointSlice(scale::endpoint_change(&initial, scale, &mut rng).into()));
     let state_copy = time(20, || initial.clone());
     let state_diff = time(20, || initial.changes_to(&one_change));
     let desired = paths::desired_paths(&plan, Origin::Igp, None);
@@ -391,11 +405,10 @@ async fn main() {
     println!("  IncrementalPlanner::apply, one EndpointSlice change: {:.1} us", median(apply_times).as_secs_f64() * 1e6);
     println!(
         "  Plan copy (what each publication costs; shared): {:.4} ms; comparing two versions a change apart {:.4} ms; \
-         for scale, a deep copy of its {} routes and {} Service explanations {:.2} ms",
+         for scale, a deep copy of its {} routes {:.2} ms",
         ms(clone),
         ms(compare),
         plan.routes.len(),
-        plan.services.len(),
         ms(deep_clone)
     );
     println!(
@@ -460,10 +473,10 @@ async fn main() {
     if let Ok(only) = std::env::var("HERALD_LATENCY_ONLY") {
         // For profiling one run: `HERALD_LATENCY_ONLY=paced perf record -g target/release/deps/latency-*`.
         let pacing = if only == "per-change" { Pacing::PerChange } else { Pacing::Paced };
-        run(&initial, &config, 2, Duration::from_secs(15), pacing).await;
+        run(&initial, &config, 2, Duration::from_secs(15), pacing, load).await;
         return;
     }
-    run(&initial, &config, 1, PER_CHANGE_RUN, Pacing::PerChange).await;
-    run(&initial, &config, 2, PACED_RUN, Pacing::Paced).await;
+    run(&initial, &config, 1, PER_CHANGE_RUN, Pacing::PerChange, load).await;
+    run(&initial, &config, 2, PACED_RUN, Pacing::Paced, load).await;
     println!("bench took {:.0?}", bench_started.elapsed());
 }

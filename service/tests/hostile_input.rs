@@ -374,7 +374,7 @@ fn planned(state: &ClusterState) -> Plan {
 }
 
 fn outcome(plan: &Plan, service: &str, ip: &str) -> IpOutcome {
-    let explanation = &plan.services[&ObjectKey::new("shop", service)];
+    let explanation = plan.services.get(&ObjectKey::new("shop", service)).expect("the Service is explained");
     explanation.ips.iter().find(|i| i.ip == ip).unwrap_or_else(|| panic!("{ip} not explained")).outcome.clone()
 }
 
@@ -673,7 +673,7 @@ fn the_invariant_checker_catches_doctored_plans() {
     p.route_mut(&host).unwrap().next_hops.clear();
     doctored.push(("a route without next hops", p));
     let mut p = good.clone();
-    p.services.clear();
+    p.services = Default::default();
     doctored.push(("explanations missing", p));
     for (what, plan) in doctored {
         assert!(check_plan_invariants(&state, &config, &plan).is_err(), "{what} passed the checker");

@@ -236,8 +236,8 @@ pub struct ServiceExplanation {
 
 /// The routes of a plan, by prefix.
 pub type Routes = imbl::OrdMap<IpNet, Arc<Route>>;
-/// The explanations of a plan, by Service.
-pub type Explanations = imbl::OrdMap<ObjectKey, Arc<ServiceExplanation>>;
+/// The explanations of a plan, by Service: made when asked, from what the plan was made of.
+pub use crate::planner::Explanations;
 
 /// The advertisement plan.
 ///

@@ -435,7 +435,7 @@ fn communities_from_ranges_and_allowlisted_annotations() {
     assert_eq!(host.large_communities.iter().map(ToString::to_string).collect::<Vec<_>>(), ["65000:1:2"]);
     let range = &p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()];
     assert_eq!(range.communities.iter().map(ToString::to_string).collect::<Vec<_>>(), ["65000:1"]);
-    let notes = &p.services[&ObjectKey::new("ns", "a")].notes;
+    let notes = &p.services.get(&ObjectKey::new("ns", "a")).unwrap().notes;
     assert_eq!(notes.len(), 2, "{notes:?}");
 }
 
@@ -447,14 +447,14 @@ fn explanations_account_for_every_ip() {
         vec![slice("a", "1", &[READY("node1"), NOT_READY("node2")])],
     );
     let p = plan(&s, &config(LAB));
-    let a = &p.services[&ObjectKey::new("ns", "a")];
+    let a = &p.services.get(&ObjectKey::new("ns", "a")).unwrap();
     let outcomes: Vec<(&str, &IpOutcome)> = a.ips.iter().map(|i| (i.ip.as_str(), &i.outcome)).collect();
     assert_eq!(outcomes[0], ("198.19.38.11", &IpOutcome::HostRoute("198.19.38.11/32".parse().unwrap())));
     assert_eq!(outcomes[1], ("198.19.48.10", &IpOutcome::HostRoute("198.19.48.10/32".parse().unwrap())));
     assert!(matches!(outcomes[2], ("8.8.8.8", IpOutcome::NotAnnounced(_))));
     assert_eq!(a.endpoint_nodes["node1"], "ready endpoint");
     assert_eq!(a.endpoint_nodes["node2"], "endpoint not ready");
-    let b = &p.services[&ObjectKey::new("ns", "b")];
+    let b = &p.services.get(&ObjectKey::new("ns", "b")).unwrap();
     assert_eq!(b.ips[0].outcome, IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap()));
 }
 
@@ -640,7 +640,7 @@ mod properties {
             let cfg = config(CONFIG);
             let p = plan(&s, &cfg);
             for (key, service) in &s.services {
-                let e = &p.services[key];
+                let e = &p.services.get(key).unwrap();
                 prop_assert_eq!(e.ips.len(), service.cluster_ips.len() + service.external_ips.len() + service.load_balancer_ips.len());
             }
             for refusal in &p.refusals {
@@ -896,7 +896,7 @@ fn explanations_name_families_policies_and_pools() {
         ],
     );
     let p = plan(&s, &cfg);
-    let explain = |name: &str| &p.services[&ObjectKey::new("ns", name)];
+    let explain = |name: &str| p.services.get(&ObjectKey::new("ns", name)).unwrap();
 
     let families = explain("families");
     assert_eq!(families.endpoint_nodes["node1"], "IPv4: endpoint not ready; IPv6: ready endpoint");
@@ -1025,7 +1025,7 @@ mod ecmp {
         let keys: Vec<u64> = (0..20).map(|i| herald_core::planner::spread::node_key(&format!("node-{i}"))).collect();
         let best: BTreeSet<String> = herald_core::planner::spread::top(&host.prefix, 16, &keys).into_iter().map(|i| format!("node-{i}")).collect();
         assert_eq!(nodes_of(host), best);
-        let a = &p.services[&ObjectKey::new("ns", "a")];
+        let a = &p.services.get(&ObjectKey::new("ns", "a")).unwrap();
         assert!(a.notes.iter().any(|n| n.starts_with("198.19.38.11: announced from ") && n.contains("(ecmp.maxPaths 16); left out: ")), "{:?}", a.notes);
         // Incrementally, the same.
         let incremental = herald_core::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
@@ -1136,4 +1136,57 @@ mod ecmp {
             prop_assert_eq!(range_paths(&plan(&with_service, &cfg)), range_paths(&before));
         }
     }
+}
+
+/// A plan's explanations are made when asked: each is the one the planner makes with the Service's
+/// routes (`plan_service`), and two plans compare equal exactly when their explanations do, found
+/// without making those of the Services that did not change.
+#[test]
+fn explanations_made_when_asked_are_the_planners() {
+    let state = scale::cluster(scale::Scale::small(40, 400));
+    let config = scale::config();
+    let full = plan(&state, &config);
+    let context = PlanContext::new(&state, &config);
+    let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
+    for slice in state.endpoint_slices.values() {
+        slices.entry(slice.service_key().unwrap()).or_default().push(slice);
+    }
+    assert_eq!(full.services.len(), state.services.len());
+    assert!(full.services.keys().eq(state.services.keys()));
+    let mut explained = 0;
+    for (key, explanation) in full.services.iter() {
+        let service = &state.services[key];
+        let planned = plan_service(&context, service, slices.get(key).map(Vec::as_slice).unwrap_or_default()).explanation;
+        assert_eq!(explanation, planned, "{key}");
+        assert_eq!(full.services.get(key), Some(planned), "{key}");
+        explained += usize::from(!explanation.endpoint_nodes.is_empty());
+    }
+    assert!(explained > 10, "only {explained} Services with endpoint nodes");
+    assert_eq!(full.services.get(&ObjectKey::new("ns-0", "no-such-service")), None);
+    assert!(Plan::default().services.is_empty());
+
+    let mut planner = incremental::IncrementalPlanner::new(state.clone(), config.clone());
+    assert_eq!(planner.plan(), &full);
+    let policy = |p: TrafficPolicy| {
+        state.services.values().find(|s| s.external_traffic_policy == p && slices.contains_key(&s.key)).unwrap().key.clone()
+    };
+    // An endpoint more for a Cluster Service, on a node it had none on: no route and no
+    // explanation changes (a Cluster Service's IPs are the ranges'), so the plans are equal.
+    let (cluster, local) = (policy(TrafficPolicy::Cluster), policy(TrafficPolicy::Local));
+    let on_new_node = |key: &ObjectKey| {
+        let mut slice = EndpointSlice::clone(slices[key][0]);
+        let used: Vec<String> = slice.endpoints.iter().filter_map(|e| e.node_name.clone()).collect();
+        let node = state.nodes.keys().find(|n| !used.contains(n)).unwrap().clone();
+        slice.endpoints.push(Endpoint { node_name: Some(node), ready: Some(true), serving: Some(true), terminating: Some(false) });
+        slice
+    };
+    planner.apply(incremental::Change::EndpointSlice(on_new_node(&cluster).into()));
+    assert_eq!(planner.plan(), &full, "a Cluster Service's new endpoint changes nothing planned");
+    assert_ne!(planner.plan().services.get(&cluster), None);
+    // The same for a Local Service: a new endpoint node, in its explanation (and its host routes).
+    planner.apply(incremental::Change::EndpointSlice(on_new_node(&local).into()));
+    assert_ne!(planner.plan(), &full);
+    let (before, after) = (full.services.get(&local).unwrap(), planner.plan().services.get(&local).unwrap());
+    assert_eq!(after.endpoint_nodes.len(), before.endpoint_nodes.len() + 1);
+    assert_eq!(planner.plan(), &plan(planner.state(), &config));
 }

@@ -407,11 +407,51 @@ impl<C: GobgpClient> Reconciler<C> {
         if !ops.is_empty() {
             self.publish(ops.len() as u64, false);
         }
+        // The operations gobgpd has acknowledged whose bookkeeping is not done yet: done once the
+        // next call is under way, while gobgpd takes its first messages, not while gobgpd waits.
+        let mut unbooked = pos..pos;
+        // A macro, not a method: the call in flight holds `self.client`, these fields are others.
+        macro_rules! book {
+            ($range:expr) => {
+                for op in &ops[$range] {
+                    let family = paths::Family::of(&op.key.prefix) as usize;
+                    match (op.withdraw, self.applied.contains_key(&op.key)) {
+                        (true, true) => own_change[family] -= 1,
+                        (false, false) => own_change[family] += 1,
+                        _ => {}
+                    }
+                    paths::apply(&mut self.applied, op);
+                    if let Some((_, touched)) = &mut self.reading {
+                        touched.insert(op.key.prefix);
+                    }
+                    // `in_rib_changed`, spelled out.
+                    self.in_rib_stale.extend_up_to([op.key.prefix], STALE_IN_RIB_MAX);
+                    if op.withdraw {
+                        withdrawn += 1;
+                        self.withdrawn += 1;
+                    } else {
+                        added += 1;
+                        self.pushed += 1;
+                    }
+                }
+            };
+        }
         while pos < ops.len() {
             let end = (pos + self.settings.ops_per_push).min(ops.len());
             let chunk = &ops[pos..end];
             let batch_started = Instant::now();
-            if let Err(e) = self.client.push(chunk).await {
+            let result = {
+                let push = self.client.push(chunk);
+                tokio::pin!(push);
+                // One poll starts the call: its first messages are encoded and on their way.
+                let first_poll = std::future::poll_fn(|cx| std::task::Poll::Ready(push.as_mut().poll(cx))).await;
+                book!(std::mem::replace(&mut unbooked, pos..pos));
+                match first_poll {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => push.await,
+                }
+            };
+            if let Err(e) = result {
                 match decisions::push_failed(e.kind) {
                     PushFailure::AdditionsUnknown => {
                         for op in chunk.iter().filter(|op| !op.withdraw) {
@@ -426,33 +466,21 @@ impl<C: GobgpClient> Reconciler<C> {
                 self.baseline = None;
                 return Err(e);
             }
-            for op in chunk {
-                let family = paths::Family::of(&op.key.prefix) as usize;
-                match (op.withdraw, self.applied.contains_key(&op.key)) {
-                    (true, true) => own_change[family] -= 1,
-                    (false, false) => own_change[family] += 1,
-                    _ => {}
-                }
-                paths::apply(&mut self.applied, op);
-                if let Some((_, touched)) = &mut self.reading {
-                    touched.insert(op.key.prefix);
-                }
-                self.in_rib_changed(op.key.prefix);
-                if op.withdraw {
-                    withdrawn += 1;
-                    self.withdrawn += 1;
-                } else {
-                    added += 1;
-                    self.pushed += 1;
-                }
-            }
             debug!(paths = chunk.len(), elapsed_ms = batch_started.elapsed().as_millis() as u64, "batch applied");
+            unbooked = pos..end;
             pos = end;
-            if self.plan_changed() && self.desired_at.elapsed() >= REPLAN_AFTER {
+            let replan = self.plan_changed() && self.desired_at.elapsed() >= REPLAN_AFTER;
+            if pos == ops.len() || replan || published.elapsed() >= STATUS_EVERY {
+                // The last call, a diff about to be made again, or status to publish: the books
+                // first.
+                book!(std::mem::replace(&mut unbooked, pos..pos));
+            }
+            if replan {
                 // A newer plan: what is left of this diff may be stale; diff against the new one.
                 self.refresh_plan();
                 ops = self.diff();
                 pos = 0;
+                unbooked = 0..0;
             }
             if published.elapsed() >= STATUS_EVERY {
                 self.publish((ops.len() - pos) as u64, false);

@@ -214,7 +214,7 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
         ));
     }
 
-    for (key, explanation) in &plan.services {
+    for (key, explanation) in plan.services.iter() {
         let Some(service) = state.services.get(key) else { continue };
         let listed: usize = if service.has_no_ips() { 0 } else { ROLES.iter().map(|r| service_ips(service, *r).len()).sum() };
         if explanation.ips.len() != listed {

@@ -32,6 +32,61 @@ impl Scale {
         dual_stack_permille: 100,
     };
 
+    /// The largest cluster Kubernetes supports (5,000 nodes), in the same mix: 50,000 Services,
+    /// 500,000 endpoints. The benchmarks' `--scale large` (or `HERALD_SCALE=large`).
+    pub const KUBERNETES_LIMIT: Scale = Scale { nodes: 5000, services: 50_000, ..Scale::LARGE };
+
+    /// The scenario a benchmark was asked for: `--scale large` (or `--scale=large`) among its
+    /// arguments, else the environment's `HERALD_SCALE`; `large` is [`Scale::KUBERNETES_LIMIT`],
+    /// `default` (or nothing) [`Scale::LARGE`]. Other arguments are left alone (cargo passes
+    /// `--bench`).
+    pub fn selected() -> Result<Scale, String> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let mut asked = None;
+        for (i, arg) in args.iter().enumerate() {
+            if let Some(value) = arg.strip_prefix("--scale=") {
+                asked = Some(value.to_string());
+            } else if arg == "--scale" {
+                asked = Some(args.get(i + 1).cloned().ok_or("--scale needs a value: default or large")?);
+            }
+        }
+        let asked = asked.or_else(|| std::env::var("HERALD_SCALE").ok()).unwrap_or_default();
+        match asked.as_str() {
+            "" | "default" => Ok(Scale::LARGE),
+            "large" => Ok(Scale::KUBERNETES_LIMIT),
+            other => Err(format!("unknown scale `{other}`: default (1,000 nodes) or large (5,000 nodes)")),
+        }
+    }
+
+    /// [`Scale::selected`], or the reason on stderr and exit status 2.
+    pub fn selected_or_exit() -> Scale {
+        Scale::selected().unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        })
+    }
+
+    /// "1,000 nodes, 20,000 Services, 200,000 endpoints".
+    pub fn describe(&self) -> String {
+        fn thousands(n: u64) -> String {
+            let digits = n.to_string();
+            let mut out = String::new();
+            for (i, c) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i) % 3 == 0 {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            out
+        }
+        format!(
+            "{} nodes, {} Services, {} endpoints",
+            thousands(self.nodes.into()),
+            thousands(self.services.into()),
+            thousands(u64::from(self.services) * u64::from(self.endpoints_per_service))
+        )
+    }
+
     pub const fn small(nodes: u32, services: u32) -> Scale {
         Scale { nodes, services, endpoints_per_service: 3, ..Scale::LARGE }
     }

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 
-use super::{merge_host_route, plan_service, PlanContext, ServicePlan};
+use super::{merge_host_route, plan_service_routes, Explanations, PlanContext, ServicePlan};
 use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service};
 use crate::config::Config;
 use crate::plan::{Plan, Route};
@@ -48,7 +48,7 @@ type Before = BTreeMap<IpNet, Option<Arc<Route>>>;
 pub struct IncrementalPlanner {
     config: Config,
     state: ClusterState,
-    context: PlanContext,
+    context: Arc<PlanContext>,
     parts: HashMap<ObjectKey, ServicePlan>,
     /// Services contributing to each host route, in key order (the merge order of the full planner).
     contributors: HashMap<IpNet, BTreeSet<ObjectKey>>,
@@ -58,7 +58,7 @@ pub struct IncrementalPlanner {
 
 impl IncrementalPlanner {
     pub fn new(state: ClusterState, config: Config) -> Self {
-        let context = PlanContext::new(&state, &config);
+        let context = Arc::new(PlanContext::new(&state, &config));
         let mut planner = IncrementalPlanner {
             config,
             state,
@@ -97,11 +97,11 @@ impl IncrementalPlanner {
             .flatten()
             .filter_map(|k| self.state.endpoint_slices.get(k).map(|s| &**s))
             .collect();
-        plan_service(&self.context, service, &slices)
+        plan_service_routes(&self.context, service, &slices)
     }
 
     fn replan_all(&mut self) {
-        self.context = PlanContext::new(&self.state, &self.config);
+        self.context = Arc::new(PlanContext::new(&self.state, &self.config));
         self.parts.clear();
         self.contributors.clear();
         let services: Vec<&Service> = self.state.services.values().map(|s| &**s).collect();
@@ -121,10 +121,10 @@ impl IncrementalPlanner {
                 plan.insert_route(route);
             }
         }
-        for (key, part) in &self.parts {
+        for part in self.parts.values() {
             plan.refusals.extend(part.refusals.iter().cloned());
-            plan.services.insert(key.clone(), Arc::new(part.explanation.clone()));
         }
+        plan.services = Explanations::new(self.context.clone(), &self.state);
         self.plan = plan;
     }
 
@@ -168,12 +168,9 @@ impl IncrementalPlanner {
                     self.contributors.entry(route.prefix).or_default().insert(key.clone());
                 }
                 self.plan.refusals.extend(new.refusals.iter().cloned());
-                self.plan.services.insert(key.clone(), Arc::new(new.explanation.clone()));
                 self.parts.insert(key.clone(), new);
             }
-            None => {
-                self.plan.services.remove(key);
-            }
+            None => {}
         }
         for prefix in touched {
             let route = self.merged(&prefix);
@@ -209,6 +206,13 @@ impl IncrementalPlanner {
 
     /// Applies one change; returns the routes it changed.
     pub fn apply(&mut self, change: Change) -> PlanDelta {
+        let delta = self.apply_to_routes(change);
+        // The explanations follow the state (a copy that shares it: nothing is explained here).
+        self.plan.services = Explanations::new(self.context.clone(), &self.state);
+        delta
+    }
+
+    fn apply_to_routes(&mut self, change: Change) -> PlanDelta {
         let mut before = Before::new();
         match &change {
             Change::Service(service) => {

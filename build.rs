@@ -14,7 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
     // herald's API alone, for server reflection: herald serves no GoBGP service.
     let herald_fds = protox::compile(["herald/v1/herald.proto"], ["proto"])?;
-    std::fs::write(out.join("herald_descriptor.bin"), prost::Message::encode_to_vec(&herald_fds))?;
+    std::fs::write(
+        out.join("herald_descriptor.bin"),
+        prost::Message::encode_to_vec(&herald_fds),
+    )?;
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)

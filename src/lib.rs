@@ -26,4 +26,5 @@ pub mod gobgp {
 pub use pbjson_types;
 
 /// Encoded `FileDescriptorSet` of herald.v1 and what it imports, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/herald_descriptor.bin"));

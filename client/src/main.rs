@@ -13,7 +13,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 #[command(version, about = "Query herald's advertisement plan")]
 struct Cli {
     /// herald's API address.
-    #[arg(long, global = true, env = "HERALD_SERVER", default_value = "http://127.0.0.1:50151")]
+    #[arg(
+        long,
+        global = true,
+        env = "HERALD_SERVER",
+        default_value = "http://127.0.0.1:50151"
+    )]
     server: String,
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -88,7 +93,14 @@ enum BrakeAction {
 /// The brake in a few lines.
 fn brake_lines(brake: &pb::WithdrawalBrake) -> Vec<String> {
     let time = |t: &Option<herald_api::pbjson_types::Timestamp>| {
-        t.as_ref().map(|t| serde_json::to_value(t).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()).unwrap_or_default()
+        t.as_ref()
+            .map(|t| {
+                serde_json::to_value(t)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
     };
     let mut lines = Vec::new();
     if !brake.enabled {
@@ -107,12 +119,19 @@ fn brake_lines(brake: &pb::WithdrawalBrake) -> Vec<String> {
             brake.nodes.len(),
             brake.nodes.join(", ")
         ));
-        lines.push(format!("releases at {} at the latest (heraldctl brake release: now)", time(&brake.releases_at)));
+        lines.push(format!(
+            "releases at {} at the latest (heraldctl brake release: now)",
+            time(&brake.releases_at)
+        ));
     } else {
         lines.push("armed, holding nothing".to_string());
     }
     if !brake.last_release.is_empty() {
-        lines.push(format!("last released {}: {}", time(&brake.last_release_at), brake.last_release));
+        lines.push(format!(
+            "last released {}: {}",
+            time(&brake.last_release_at),
+            brake.last_release
+        ));
     }
     lines
 }
@@ -124,20 +143,38 @@ fn kind_from_name(name: &str) -> anyhow::Result<pb::RouteKind> {
 
 fn kind_name(kind: i32) -> String {
     pb::RouteKind::try_from(kind)
-        .map(|k| k.as_str_name().trim_start_matches("ROUTE_KIND_").to_lowercase().replace('_', "-"))
+        .map(|k| {
+            k.as_str_name()
+                .trim_start_matches("ROUTE_KIND_")
+                .to_lowercase()
+                .replace('_', "-")
+        })
         .unwrap_or_else(|_| kind.to_string())
 }
 
 fn align(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for row in rows {
         let line: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(c, cell)| if c + 1 == row.len() { cell.clone() } else { format!("{cell:<w$}", w = widths[c]) })
+            .map(|(c, cell)| {
+                if c + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[c])
+                }
+            })
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
@@ -147,11 +184,19 @@ fn align(rows: &[Vec<String>]) -> String {
 
 /// A route's kind, and the range a part is a part of.
 fn route_kind(kind: i32, part_of: &str) -> String {
-    if part_of.is_empty() { kind_name(kind) } else { format!("{} of {part_of}", kind_name(kind)) }
+    if part_of.is_empty() {
+        kind_name(kind)
+    } else {
+        format!("{} of {part_of}", kind_name(kind))
+    }
 }
 
 fn hops(next_hops: &[pb::NextHop]) -> String {
-    next_hops.iter().map(|h| format!("{} ({})", h.address, h.node)).collect::<Vec<_>>().join(", ")
+    next_hops
+        .iter()
+        .map(|h| format!("{} ({})", h.address, h.node))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -160,13 +205,21 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 fn routes_table(routes: &[pb::Route], with_rib: bool) -> String {
-    let mut rows = vec![vec!["PREFIX".to_string(), "KIND".into(), "NEXT HOPS".into()]];
+    let mut rows = vec![vec![
+        "PREFIX".to_string(),
+        "KIND".into(),
+        "NEXT HOPS".into(),
+    ]];
     if with_rib {
         rows[0].push("IN RIB".into());
     }
     rows[0].push("SOURCES".into());
     for r in routes {
-        let mut row = vec![r.prefix.clone(), route_kind(r.kind, &r.part_of), hops(&r.next_hops)];
+        let mut row = vec![
+            r.prefix.clone(),
+            route_kind(r.kind, &r.part_of),
+            hops(&r.next_hops),
+        ];
         if with_rib {
             row.push(if r.in_rib { "yes" } else { "no" }.into());
         }
@@ -206,9 +259,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut client = PlanServiceClient::new(channel).max_decoding_message_size(512 << 20);
     let json = cli.output == Output::Json;
     match cli.command {
-        Command::Routes { kind, node, service, prefix } => {
+        Command::Routes {
+            kind,
+            node,
+            service,
+            prefix,
+        } => {
             let request = pb::ListRoutesRequest {
-                kind: kind.as_deref().map(kind_from_name).transpose()?.unwrap_or_default() as i32,
+                kind: kind
+                    .as_deref()
+                    .map(kind_from_name)
+                    .transpose()?
+                    .unwrap_or_default() as i32,
                 node: node.unwrap_or_default(),
                 service: service.unwrap_or_default(),
                 prefix: prefix.unwrap_or_default(),
@@ -217,18 +279,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 return print_json(&response);
             }
-            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await?
+                .into_inner();
             print!("{}", routes_table(&response.routes, status.gobgp.is_some()));
             if !response.refusals.is_empty() {
                 println!("\nREFUSED");
                 let mut rows = vec![vec!["SERVICE".to_string(), "IP".into(), "REASON".into()]];
-                rows.extend(response.refusals.iter().map(|r| vec![r.service.clone(), r.ip.clone(), r.reason.clone()]));
+                rows.extend(
+                    response
+                        .refusals
+                        .iter()
+                        .map(|r| vec![r.service.clone(), r.ip.clone(), r.reason.clone()]),
+                );
                 print!("{}", align(&rows));
             }
         }
         Command::Explain { service } => {
-            let (namespace, name) = service.split_once('/').unwrap_or(("default", service.as_str()));
-            let request = pb::ExplainServiceRequest { namespace: namespace.into(), name: name.into() };
+            let (namespace, name) = service
+                .split_once('/')
+                .unwrap_or(("default", service.as_str()));
+            let request = pb::ExplainServiceRequest {
+                namespace: namespace.into(),
+                name: name.into(),
+            };
             let response = client.explain_service(request).await?.into_inner();
             if json {
                 return print_json(&response);
@@ -241,7 +316,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "Service {namespace}/{name}: type {}, externalTrafficPolicy {}, internalTrafficPolicy {}",
                 response.r#type, response.external_traffic_policy, response.internal_traffic_policy
             );
-            let mut rows = vec![vec!["IP".to_string(), "ROLE".into(), "ANNOUNCED".into(), "PREFIX".into(), "NEXT HOPS".into(), "WHY".into()]];
+            let mut rows = vec![vec![
+                "IP".to_string(),
+                "ROLE".into(),
+                "ANNOUNCED".into(),
+                "PREFIX".into(),
+                "NEXT HOPS".into(),
+                "WHY".into(),
+            ]];
             for ip in &response.ips {
                 rows.push(vec![
                     ip.ip.clone(),
@@ -275,16 +357,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let wire_paths = |paths: &[pb::WirePath]| {
                     paths
                         .iter()
-                        .map(|p| format!("{} (id {}{})", p.next_hop, p.identifier, if p.herald { "" } else { ", not herald's" }))
+                        .map(|p| {
+                            format!(
+                                "{} (id {}{})",
+                                p.next_hop,
+                                p.identifier,
+                                if p.herald { "" } else { ", not herald's" }
+                            )
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
                 println!("  planned:      {}", hops(&w.planned));
-                println!("  gobgpd RIB:   {}", if w.rib.is_empty() { "nothing".to_string() } else { wire_paths(&w.rib) });
+                println!(
+                    "  gobgpd RIB:   {}",
+                    if w.rib.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        wire_paths(&w.rib)
+                    }
+                );
                 for n in &w.neighbors {
                     let neighbor = n.neighbor.clone().unwrap_or_default();
-                    let sent = if n.sent.is_empty() { "nothing".to_string() } else { wire_paths(&n.sent) };
-                    println!("  sent to {} ({}): {sent}", neighbor.address, neighbor.state);
+                    let sent = if n.sent.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        wire_paths(&n.sent)
+                    };
+                    println!(
+                        "  sent to {} ({}): {sent}",
+                        neighbor.address, neighbor.state
+                    );
                     if !n.note.is_empty() {
                         println!("    ! {}", n.note);
                     }
@@ -292,17 +395,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Nodes { node } => {
-            let response = client.list_nodes(pb::ListNodesRequest { node: node.clone().unwrap_or_default() }).await?.into_inner();
+            let response = client
+                .list_nodes(pb::ListNodesRequest {
+                    node: node.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
             if json {
                 return print_json(&response);
             }
             if node.is_some() {
                 for n in &response.nodes {
-                    let state = if n.eligible { "eligible".to_string() } else { format!("not eligible: {}", n.reason) };
+                    let state = if n.eligible {
+                        "eligible".to_string()
+                    } else {
+                        format!("not eligible: {}", n.reason)
+                    };
                     println!("node {} ({}), {state}", n.name, n.addresses.join(", "));
-                    println!("announces {} range(s), {} part(s), {} host route(s):", n.ranges, n.parts, n.host_routes);
+                    println!(
+                        "announces {} range(s), {} part(s), {} host route(s):",
+                        n.ranges, n.parts, n.host_routes
+                    );
                     let mut rows = vec![vec!["PREFIX".to_string(), "KIND".into()]];
-                    rows.extend(n.routes.iter().map(|r| vec![r.prefix.clone(), route_kind(r.kind, &r.part_of)]));
+                    rows.extend(
+                        n.routes
+                            .iter()
+                            .map(|r| vec![r.prefix.clone(), route_kind(r.kind, &r.part_of)]),
+                    );
                     print!("{}", align(&rows));
                     if !n.left_out_of.is_empty() {
                         println!("left out by ecmp.maxPaths of: {}", n.left_out_of.join(", "));
@@ -311,13 +430,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let mut rows = vec![vec![
-                "NODE".to_string(), "ADDRESSES".into(), "STATE".into(), "RANGES".into(), "PARTS".into(), "HOST ROUTES".into(), "LEFT OUT OF".into(),
+                "NODE".to_string(),
+                "ADDRESSES".into(),
+                "STATE".into(),
+                "RANGES".into(),
+                "PARTS".into(),
+                "HOST ROUTES".into(),
+                "LEFT OUT OF".into(),
             ]];
             for n in &response.nodes {
                 rows.push(vec![
                     n.name.clone(),
                     n.addresses.join(", "),
-                    if n.eligible { "eligible".to_string() } else { n.reason.clone() },
+                    if n.eligible {
+                        "eligible".to_string()
+                    } else {
+                        n.reason.clone()
+                    },
                     n.ranges.to_string(),
                     n.parts.to_string(),
                     n.host_routes.to_string(),
@@ -331,7 +460,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if json {
                 return print_json(&response);
             }
-            let mut rows = vec![vec!["STATE".to_string(), "PREFIX".into(), "NEXT HOP".into(), "NODE".into(), "PATH ID".into()]];
+            let mut rows = vec![vec![
+                "STATE".to_string(),
+                "PREFIX".into(),
+                "NEXT HOP".into(),
+                "NODE".into(),
+                "PATH ID".into(),
+            ]];
             for e in &response.entries {
                 let state = pb::PathState::try_from(e.state).unwrap_or_default();
                 if state == pb::PathState::InSync && !all {
@@ -344,30 +479,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     pb::PathState::Foreign => "foreign",
                     pb::PathState::Unspecified => "?",
                 };
-                rows.push(vec![name.to_string(), e.prefix.clone(), e.next_hop.clone(), e.node.clone(), e.identifier.to_string()]);
+                rows.push(vec![
+                    name.to_string(),
+                    e.prefix.clone(),
+                    e.next_hop.clone(),
+                    e.node.clone(),
+                    e.identifier.to_string(),
+                ]);
             }
             if rows.len() > 1 {
                 print!("{}", align(&rows));
             }
             println!(
                 "generation {}: {} in sync, {} missing, {} unexpected (herald's, being withdrawn), {} foreign (not herald's, never touched)",
-                response.generation, response.in_sync, response.missing, response.unexpected, response.foreign
+                response.generation,
+                response.in_sync,
+                response.missing,
+                response.unexpected,
+                response.foreign
             );
         }
         Command::Watch => {
-            let mut stream = client.watch_plan(pb::WatchPlanRequest {}).await?.into_inner();
+            let mut stream = client
+                .watch_plan(pb::WatchPlanRequest {})
+                .await?
+                .into_inner();
             while let Some(message) = stream.message().await? {
                 if json {
                     println!("{}", serde_json::to_string(&message)?);
                     continue;
                 }
-                let what = if message.snapshot { "snapshot" } else { "update" };
+                let what = if message.snapshot {
+                    "snapshot"
+                } else {
+                    "update"
+                };
                 println!("generation {} ({what})", message.generation);
                 for r in &message.added {
-                    println!("  + {} {} via {}", r.prefix, route_kind(r.kind, &r.part_of), hops(&r.next_hops));
+                    println!(
+                        "  + {} {} via {}",
+                        r.prefix,
+                        route_kind(r.kind, &r.part_of),
+                        hops(&r.next_hops)
+                    );
                 }
                 for r in &message.changed {
-                    println!("  ~ {} {} via {}", r.prefix, route_kind(r.kind, &r.part_of), hops(&r.next_hops));
+                    println!(
+                        "  ~ {} {} via {}",
+                        r.prefix,
+                        route_kind(r.kind, &r.part_of),
+                        hops(&r.next_hops)
+                    );
                 }
                 for p in &message.removed {
                     println!("  - {p}");
@@ -375,23 +537,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status => {
-            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await?
+                .into_inner();
             if json {
                 return print_json(&status);
             }
             println!("herald {}", status.version);
             if let Some(source) = &status.source {
-                let state = if source.synced { "synced" } else { "not synced" };
-                println!("source:  {} ({state}){}", source.name, error_suffix(&source.last_error));
+                let state = if source.synced {
+                    "synced"
+                } else {
+                    "not synced"
+                };
+                println!(
+                    "source:  {} ({state}){}",
+                    source.name,
+                    error_suffix(&source.last_error)
+                );
             }
-            println!("plan:    generation {}, {} routes, {} refused IPs", status.plan_generation, status.routes, status.refusals);
+            println!(
+                "plan:    generation {}, {} routes, {} refused IPs",
+                status.plan_generation, status.routes, status.refusals
+            );
             match &status.gobgp {
                 None => println!("gobgpd:  not configured (plan only)"),
                 Some(g) => {
-                    let state = if g.reachable { "reachable" } else { "UNREACHABLE" };
+                    let state = if g.reachable {
+                        "reachable"
+                    } else {
+                        "UNREACHABLE"
+                    };
                     println!(
                         "gobgpd:  {} ({state}), applied generation {}, {} paths applied, {} pending{}",
-                        g.address, g.applied_generation, g.paths_applied, g.pending_operations, error_suffix(&g.last_error)
+                        g.address,
+                        g.applied_generation,
+                        g.paths_applied,
+                        g.pending_operations,
+                        error_suffix(&g.last_error)
                     );
                 }
             }
@@ -402,7 +586,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (false, true) => "ADD-PATH ipv6",
                     (false, false) => "no ADD-PATH",
                 };
-                println!("peer:    {} {} ({add_path}){}", n.address, n.state, if n.description.is_empty() { String::new() } else { format!(" {}", n.description) });
+                println!(
+                    "peer:    {} {} ({add_path}){}",
+                    n.address,
+                    n.state,
+                    if n.description.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", n.description)
+                    }
+                );
             }
             if let Some(brake) = &status.brake {
                 for line in brake_lines(brake) {
@@ -414,7 +607,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Brake { action: None } => {
-            let status = client.get_status(pb::GetStatusRequest {}).await?.into_inner();
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await?
+                .into_inner();
             let brake = status.brake.unwrap_or_default();
             if json {
                 return print_json(&brake);
@@ -423,14 +619,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
-        Command::Brake { action: Some(BrakeAction::Release) } => {
+        Command::Brake {
+            action: Some(BrakeAction::Release),
+        } => {
             let mut control = ControlServiceClient::new(client_channel);
-            let response = control.release_brake(pb::ReleaseBrakeRequest {}).await?.into_inner();
+            let response = control
+                .release_brake(pb::ReleaseBrakeRequest {})
+                .await?
+                .into_inner();
             if json {
                 return print_json(&response);
             }
             if response.was_engaged {
-                println!("released: plan generation {} no longer holds the lost nodes' paths", response.generation);
+                println!(
+                    "released: plan generation {} no longer holds the lost nodes' paths",
+                    response.generation
+                );
             } else {
                 println!("the brake held nothing; nothing changed");
             }
@@ -443,7 +647,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn error_suffix(error: &str) -> String {
-    if error.is_empty() { String::new() } else { format!(", last error: {error}") }
+    if error.is_empty() {
+        String::new()
+    } else {
+        format!(", last error: {error}")
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

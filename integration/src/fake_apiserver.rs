@@ -117,12 +117,17 @@ impl RequestRecord {
         self.accept.contains("as=PartialObjectMetadata")
     }
     pub fn is_watch(&self) -> bool {
-        matches!(self.query.get("watch").map(String::as_str), Some("true" | "1"))
+        matches!(
+            self.query.get("watch").map(String::as_str),
+            Some("true" | "1")
+        )
     }
     /// The kind a list or watch was for.
     pub fn kind(&self) -> Option<Kind> {
         let last = self.path.rsplit('/').next()?;
-        Kind::ALL.into_iter().find(|k| k.plural() == last && self.path.starts_with(k.prefix()))
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.plural() == last && self.path.starts_with(k.prefix()))
     }
 }
 
@@ -147,11 +152,18 @@ impl RecordedEvent {
     }
     /// `note` (events.k8s.io) or `message` (core).
     pub fn note(&self) -> &str {
-        self.object["note"].as_str().or_else(|| self.object["message"].as_str()).unwrap_or_default()
+        self.object["note"]
+            .as_str()
+            .or_else(|| self.object["message"].as_str())
+            .unwrap_or_default()
     }
     /// `regarding` (events.k8s.io) or `involvedObject` (core).
     pub fn regarding(&self) -> &Value {
-        if self.object.get("regarding").is_some() { &self.object["regarding"] } else { &self.object["involvedObject"] }
+        if self.object.get("regarding").is_some() {
+            &self.object["regarding"]
+        } else {
+            &self.object["involvedObject"]
+        }
     }
 }
 
@@ -232,7 +244,9 @@ impl FakeApiServer {
         Self::start_with_bookmarks(Duration::from_secs(1)).await
     }
 
-    pub async fn start_with_bookmarks(bookmark_interval: Duration) -> anyhow::Result<FakeApiServer> {
+    pub async fn start_with_bookmarks(
+        bookmark_interval: Duration,
+    ) -> anyhow::Result<FakeApiServer> {
         let listener = bind("127.0.0.1:0".parse()?)?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
@@ -260,7 +274,13 @@ impl FakeApiServer {
         std::fs::write(dir.path().join("kubeconfig"), kubeconfig(addr))?;
         let accept = tokio::spawn(accept_loop(listener, inner.clone()));
         let bookmarks = tokio::spawn(bookmark_loop(inner.clone(), bookmark_interval));
-        Ok(FakeApiServer { inner, addr, dir, accept: Mutex::new(Some(accept)), bookmarks })
+        Ok(FakeApiServer {
+            inner,
+            addr,
+            dir,
+            accept: Mutex::new(Some(accept)),
+            bookmarks,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -289,11 +309,20 @@ impl FakeApiServer {
 
     /// Creates or replaces an object given as JSON (with `kind`).
     pub fn apply_value(&self, mut object: Value) -> u64 {
-        let kind = object["kind"].as_str().and_then(Kind::from_name).expect("a Service, EndpointSlice or Node");
+        let kind = object["kind"]
+            .as_str()
+            .and_then(Kind::from_name)
+            .expect("a Service, EndpointSlice or Node");
         object["apiVersion"] = json!(kind.api_version());
-        let name = object["metadata"]["name"].as_str().expect("metadata.name").to_string();
+        let name = object["metadata"]["name"]
+            .as_str()
+            .expect("metadata.name")
+            .to_string();
         let namespace = if kind.namespaced() {
-            let ns = object["metadata"]["namespace"].as_str().unwrap_or("default").to_string();
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
             object["metadata"]["namespace"] = json!(ns);
             ns
         } else {
@@ -304,7 +333,10 @@ impl FakeApiServer {
         let rv = state.resource_version;
         let key = (kind, namespace, name);
         let existing = state.objects.get(&key).cloned();
-        let uid = match existing.as_ref().and_then(|e| e["metadata"]["uid"].as_str()) {
+        let uid = match existing
+            .as_ref()
+            .and_then(|e| e["metadata"]["uid"].as_str())
+        {
             Some(uid) => uid.to_string(),
             None => {
                 state.next_uid += 1;
@@ -313,10 +345,17 @@ impl FakeApiServer {
         };
         object["metadata"]["uid"] = json!(uid);
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if object["metadata"].get("creationTimestamp").is_none_or(Value::is_null) {
+        if object["metadata"]
+            .get("creationTimestamp")
+            .is_none_or(Value::is_null)
+        {
             object["metadata"]["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
         }
-        let type_ = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        let type_ = if existing.is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         state.objects.insert(key, object.clone());
         state.publish(rv, kind, type_, object);
         rv
@@ -324,7 +363,11 @@ impl FakeApiServer {
 
     /// Deletes an object; false if there was none. `namespace` is ignored for Nodes.
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> bool {
-        let namespace = if kind.namespaced() { namespace.to_string() } else { String::new() };
+        let namespace = if kind.namespaced() {
+            namespace.to_string()
+        } else {
+            String::new()
+        };
         let mut state = self.inner.lock();
         let Some(mut object) = state.objects.remove(&(kind, namespace, name.to_string())) else {
             return false;
@@ -373,7 +416,11 @@ impl FakeApiServer {
     /// Open watch streams, per kind.
     pub fn open_watches(&self, kind: Kind) -> usize {
         let state = self.inner.lock();
-        state.watchers.iter().filter(|w| w.kind == kind && !w.tx.is_closed()).count()
+        state
+            .watchers
+            .iter()
+            .filter(|w| w.kind == kind && !w.tx.is_closed())
+            .count()
     }
 
     /// Starts an outage: open watches are cut, and until [`end_outage`](Self::end_outage) every
@@ -433,8 +480,14 @@ impl FakeApiServer {
 
     /// Completed (200) full-object list requests for a kind, pages counted once (first page only).
     pub fn list_count(&self, kind: Kind) -> usize {
-        self.count(|r| r.status == 200 && !r.is_watch() && !r.is_metadata() && r.kind() == Some(kind))
-            - self.count(|r| r.status == 200 && r.query.contains_key("continue") && !r.is_metadata() && r.kind() == Some(kind))
+        self.count(|r| {
+            r.status == 200 && !r.is_watch() && !r.is_metadata() && r.kind() == Some(kind)
+        }) - self.count(|r| {
+            r.status == 200
+                && r.query.contains_key("continue")
+                && !r.is_metadata()
+                && r.kind() == Some(kind)
+        })
     }
 
     /// Metadata-only list requests for a kind (whatever their answer).
@@ -443,7 +496,12 @@ impl FakeApiServer {
     }
 
     fn count(&self, filter: impl Fn(&RequestRecord) -> bool) -> usize {
-        self.inner.lock().requests.iter().filter(|r| r.method == "GET" && filter(r)).count()
+        self.inner
+            .lock()
+            .requests
+            .iter()
+            .filter(|r| r.method == "GET" && filter(r))
+            .count()
     }
 
     /// Watch requests for a kind that were answered 200.
@@ -452,7 +510,9 @@ impl FakeApiServer {
             .lock()
             .requests
             .iter()
-            .filter(|r| r.method == "GET" && r.status == 200 && r.is_watch() && r.kind() == Some(kind))
+            .filter(|r| {
+                r.method == "GET" && r.status == 200 && r.is_watch() && r.kind() == Some(kind)
+            })
             .count()
     }
 
@@ -473,7 +533,11 @@ impl FakeApiServer {
 
     /// A Lease as stored now.
     pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.inner.lock().leases.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.inner
+            .lock()
+            .leases
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Every version a Lease was stored in, oldest first.
@@ -493,8 +557,12 @@ impl State {
         let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
         self.watchers.retain(|w| !w.tx.is_closed());
         for watcher in &self.watchers {
-            if watcher.kind == kind && (watcher.namespace.is_none() || watcher.namespace == namespace) {
-                let _ = watcher.tx.send(WatchFrame::Event(json!({"type": type_, "object": object})));
+            if watcher.kind == kind
+                && (watcher.namespace.is_none() || watcher.namespace == namespace)
+            {
+                let _ = watcher
+                    .tx
+                    .send(WatchFrame::Event(json!({"type": type_, "object": object})));
             }
         }
         self.history.push((rv, kind, type_, object));
@@ -533,7 +601,9 @@ current-context: fake
 
 async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let inner = inner.clone();
         let mut epoch = inner.epoch.subscribe();
         tokio::spawn(async move {
@@ -580,7 +650,11 @@ fn full(status: StatusCode, body: &Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync())
+        .body(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
         .expect("valid response")
 }
 
@@ -596,10 +670,24 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
 
 /// What a path names.
 enum Target {
-    Collection { kind: Kind, namespace: Option<String> },
-    Object { kind: Kind, namespace: String, name: String },
-    Events { api_version: &'static str, namespace: String, name: Option<String> },
-    Leases { namespace: String, name: Option<String> },
+    Collection {
+        kind: Kind,
+        namespace: Option<String>,
+    },
+    Object {
+        kind: Kind,
+        namespace: String,
+        name: String,
+    },
+    Events {
+        api_version: &'static str,
+        namespace: String,
+        name: Option<String>,
+    },
+    Leases {
+        namespace: String,
+        name: Option<String>,
+    },
     Version,
 }
 
@@ -610,41 +698,76 @@ fn route(path: &str) -> Option<Target> {
     if let Some(rest) = path.strip_prefix("/apis/coordination.k8s.io/v1/namespaces/") {
         let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
         return match parts.as_slice() {
-            [ns, "leases"] => Some(Target::Leases { namespace: ns.to_string(), name: None }),
-            [ns, "leases", name] => Some(Target::Leases { namespace: ns.to_string(), name: Some(name.to_string()) }),
+            [ns, "leases"] => Some(Target::Leases {
+                namespace: ns.to_string(),
+                name: None,
+            }),
+            [ns, "leases", name] => Some(Target::Leases {
+                namespace: ns.to_string(),
+                name: Some(name.to_string()),
+            }),
             _ => None,
         };
     }
-    let (api_version, rest): (&'static str, &str) = if let Some(rest) = path.strip_prefix("/api/v1/") {
-        ("v1", rest)
-    } else if let Some(rest) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
-        ("discovery.k8s.io/v1", rest)
-    } else if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/") {
-        ("events.k8s.io/v1", rest)
-    } else {
-        return None;
-    };
+    let (api_version, rest): (&'static str, &str) =
+        if let Some(rest) = path.strip_prefix("/api/v1/") {
+            ("v1", rest)
+        } else if let Some(rest) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
+            ("discovery.k8s.io/v1", rest)
+        } else if let Some(rest) = path.strip_prefix("/apis/events.k8s.io/v1/") {
+            ("events.k8s.io/v1", rest)
+        } else {
+            return None;
+        };
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let kind_of = |plural: &str| {
-        Kind::ALL.into_iter().find(|k| k.plural() == plural && k.api_version() == api_version)
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.plural() == plural && k.api_version() == api_version)
     };
     match parts.as_slice() {
         ["namespaces", ns, "events"] if api_version != "discovery.k8s.io/v1" => {
-            Some(Target::Events { api_version, namespace: ns.to_string(), name: None })
+            Some(Target::Events {
+                api_version,
+                namespace: ns.to_string(),
+                name: None,
+            })
         }
         ["namespaces", ns, "events", name] if api_version != "discovery.k8s.io/v1" => {
-            Some(Target::Events { api_version, namespace: ns.to_string(), name: Some(name.to_string()) })
+            Some(Target::Events {
+                api_version,
+                namespace: ns.to_string(),
+                name: Some(name.to_string()),
+            })
         }
-        [plural] => kind_of(plural).map(|kind| Target::Collection { kind, namespace: None }),
-        ["namespaces", ns, plural] => kind_of(plural)
-            .filter(|k| k.namespaced())
-            .map(|kind| Target::Collection { kind, namespace: Some(ns.to_string()) }),
-        ["namespaces", ns, plural, name] => kind_of(plural).filter(|k| k.namespaced()).map(|kind| {
-            Target::Object { kind, namespace: ns.to_string(), name: name.to_string() }
+        [plural] => kind_of(plural).map(|kind| Target::Collection {
+            kind,
+            namespace: None,
         }),
+        ["namespaces", ns, plural] => {
+            kind_of(plural)
+                .filter(|k| k.namespaced())
+                .map(|kind| Target::Collection {
+                    kind,
+                    namespace: Some(ns.to_string()),
+                })
+        }
+        ["namespaces", ns, plural, name] => {
+            kind_of(plural)
+                .filter(|k| k.namespaced())
+                .map(|kind| Target::Object {
+                    kind,
+                    namespace: ns.to_string(),
+                    name: name.to_string(),
+                })
+        }
         [plural, name] => kind_of(plural)
             .filter(|k| !k.namespaced())
-            .map(|kind| Target::Object { kind, namespace: String::new(), name: name.to_string() }),
+            .map(|kind| Target::Object {
+                kind,
+                namespace: String::new(),
+                name: name.to_string(),
+            }),
         _ => None,
     }
 }
@@ -657,7 +780,14 @@ async fn handle(inner: Arc<Inner>, request: Request<Incoming>) -> Response<Body>
         .query()
         .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
         .unwrap_or_default();
-    let header = |name| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let header = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
     let accept = header(hyper::header::ACCEPT);
     let content_type = header(hyper::header::CONTENT_TYPE);
     let body = match request.into_body().collect().await {
@@ -689,10 +819,18 @@ async fn respond(
     body: &Bytes,
 ) -> Response<Body> {
     if inner.lock().outage == Some(Outage::Unavailable) {
-        return status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the server is currently unable to handle the request");
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        );
     }
     let Some(target) = route(path) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", &format!("the server could not find the requested resource ({path})"));
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("the server could not find the requested resource ({path})"),
+        );
     };
     match (method, target) {
         (&Method::GET, Target::Version) => full(
@@ -706,38 +844,96 @@ async fn respond(
             } else {
                 let mut held = inner.held.subscribe();
                 let _ = held.wait_for(|held| !held.contains(&kind)).await;
-                list(inner, kind, namespace, query, accept.contains("as=PartialObjectMetadataList"))
+                list(
+                    inner,
+                    kind,
+                    namespace,
+                    query,
+                    accept.contains("as=PartialObjectMetadataList"),
+                )
             }
         }
-        (&Method::GET, Target::Object { kind, namespace, name }) => {
-            match inner.lock().objects.get(&(kind, namespace, name.clone())) {
-                Some(object) => full(StatusCode::OK, object),
-                None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{} \"{name}\" not found", kind.plural())),
-            }
-        }
-        (&Method::POST, Target::Events { api_version, namespace, name: None }) => {
+        (
+            &Method::GET,
+            Target::Object {
+                kind,
+                namespace,
+                name,
+            },
+        ) => match inner.lock().objects.get(&(kind, namespace, name.clone())) {
+            Some(object) => full(StatusCode::OK, object),
+            None => status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("{} \"{name}\" not found", kind.plural()),
+            ),
+        },
+        (
+            &Method::POST,
+            Target::Events {
+                api_version,
+                namespace,
+                name: None,
+            },
+        ) => {
             let Ok(mut object) = serde_json::from_slice::<Value>(body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the body is not JSON",
+                );
             };
             let mut state = inner.lock();
             state.resource_version += 1;
             state.next_uid += 1;
             object["metadata"]["namespace"] = json!(namespace);
             object["metadata"]["resourceVersion"] = json!(state.resource_version.to_string());
-            object["metadata"]["uid"] = json!(format!("00000000-0000-4000-9000-{:012x}", state.next_uid));
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            object["metadata"]["uid"] =
+                json!(format!("00000000-0000-4000-9000-{:012x}", state.next_uid));
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if name.is_empty() {
-                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value");
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name: Required value",
+                );
             }
-            if state.events.iter().any(|e| e.namespace == namespace && e.object["metadata"]["name"] == json!(name)) {
-                return status(StatusCode::CONFLICT, "AlreadyExists", &format!("events \"{name}\" already exists"));
+            if state
+                .events
+                .iter()
+                .any(|e| e.namespace == namespace && e.object["metadata"]["name"] == json!(name))
+            {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("events \"{name}\" already exists"),
+                );
             }
-            state.events.push(RecordedEvent { api_version: api_version.to_string(), namespace, object: object.clone(), patches: 0 });
+            state.events.push(RecordedEvent {
+                api_version: api_version.to_string(),
+                namespace,
+                object: object.clone(),
+                patches: 0,
+            });
             full(StatusCode::CREATED, &object)
         }
-        (&Method::PATCH, Target::Events { namespace, name: Some(name), .. }) => {
+        (
+            &Method::PATCH,
+            Target::Events {
+                namespace,
+                name: Some(name),
+                ..
+            },
+        ) => {
             let Ok(patch) = serde_json::from_slice::<Value>(body) else {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the body is not JSON",
+                );
             };
             let mut state = inner.lock();
             let Some(event) = state
@@ -745,20 +941,42 @@ async fn respond(
                 .iter_mut()
                 .find(|e| e.namespace == namespace && e.object["metadata"]["name"] == json!(name))
             else {
-                return status(StatusCode::NOT_FOUND, "NotFound", &format!("events \"{name}\" not found"));
+                return status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("events \"{name}\" not found"),
+                );
             };
             merge(&mut event.object, &patch);
             event.patches += 1;
             let object = event.object.clone();
             full(StatusCode::OK, &object)
         }
-        (&Method::GET, Target::Events { namespace, name: None, .. }) => {
+        (
+            &Method::GET,
+            Target::Events {
+                namespace,
+                name: None,
+                ..
+            },
+        ) => {
             let state = inner.lock();
-            let items: Vec<Value> =
-                state.events.iter().filter(|e| e.namespace == namespace).map(|e| e.object.clone()).collect();
-            full(StatusCode::OK, &json!({"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}))
+            let items: Vec<Value> = state
+                .events
+                .iter()
+                .filter(|e| e.namespace == namespace)
+                .map(|e| e.object.clone())
+                .collect();
+            full(
+                StatusCode::OK,
+                &json!({"kind": "EventList", "apiVersion": "v1", "metadata": {}, "items": items}),
+            )
         }
-        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{method} is not supported on {path}")),
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("{method} is not supported on {path}"),
+        ),
     }
 }
 
@@ -790,7 +1008,11 @@ fn list(
         Some(token) => match state.pages.remove(token) {
             Some(page) => page,
             None => {
-                return status(StatusCode::GONE, "Expired", "the provided continue parameter is too old to display a consistent list result");
+                return status(
+                    StatusCode::GONE,
+                    "Expired",
+                    "the provided continue parameter is too old to display a consistent list result",
+                );
             }
         },
         None => {
@@ -803,7 +1025,10 @@ fn list(
             (state.resource_version, items)
         }
     };
-    let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let (page, rest) = match limit {
         Some(limit) if items.len() > limit => {
             let mut items = items;
@@ -835,16 +1060,26 @@ fn list(
     )
 }
 
-fn watch(inner: &Arc<Inner>, kind: Kind, namespace: Option<String>, query: &BTreeMap<String, String>) -> Response<Body> {
+fn watch(
+    inner: &Arc<Inner>,
+    kind: Kind,
+    namespace: Option<String>,
+    query: &BTreeMap<String, String>,
+) -> Response<Body> {
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut state = inner.lock();
-        let from = query.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let from = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
         if from == 0 {
             // "Any": the current state as ADDED events, then changes.
             for ((k, ns, _), object) in &state.objects {
                 if *k == kind && namespace.as_ref().is_none_or(|n| n == ns) {
-                    let _ = tx.send(WatchFrame::Event(json!({"type": "ADDED", "object": object})));
+                    let _ = tx.send(WatchFrame::Event(
+                        json!({"type": "ADDED", "object": object}),
+                    ));
                 }
             }
         } else if from < state.compacted {
@@ -862,36 +1097,53 @@ fn watch(inner: &Arc<Inner>, kind: Kind, namespace: Option<String>, query: &BTre
         } else {
             for (rv, k, type_, object) in &state.history {
                 let object_ns = object["metadata"]["namespace"].as_str();
-                if *rv > from && *k == kind && namespace.as_deref().is_none_or(|n| Some(n) == object_ns) {
+                if *rv > from
+                    && *k == kind
+                    && namespace.as_deref().is_none_or(|n| Some(n) == object_ns)
+                {
                     let _ = tx.send(WatchFrame::Event(json!({"type": type_, "object": object})));
                 }
             }
         }
-        let bookmarks = matches!(query.get("allowWatchBookmarks").map(String::as_str), Some("true" | "1"));
-        state.watchers.push(Watcher { kind, namespace, bookmarks, tx });
+        let bookmarks = matches!(
+            query.get("allowWatchBookmarks").map(String::as_str),
+            Some("true" | "1")
+        );
+        state.watchers.push(Watcher {
+            kind,
+            namespace,
+            bookmarks,
+            tx,
+        });
     }
-    let timeout = query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(1800);
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1800);
     let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-    let frames = futures::stream::unfold((rx, Box::pin(deadline), false), |(mut rx, mut deadline, done)| async move {
-        if done {
-            return None;
-        }
-        tokio::select! {
-            frame = rx.recv() => match frame {
-                Some(WatchFrame::Event(event)) => {
-                    let mut line = event.to_string();
-                    line.push('\n');
-                    Some((Ok(Frame::data(Bytes::from(line))), (rx, deadline, false)))
-                }
-                Some(WatchFrame::Close) | None => None,
-                Some(WatchFrame::Abort) => Some((
-                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "watch dropped by the test")),
-                    (rx, deadline, true),
-                )),
-            },
-            () = &mut deadline => None,
-        }
-    });
+    let frames = futures::stream::unfold(
+        (rx, Box::pin(deadline), false),
+        |(mut rx, mut deadline, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Some(WatchFrame::Event(event)) => {
+                        let mut line = event.to_string();
+                        line.push('\n');
+                        Some((Ok(Frame::data(Bytes::from(line))), (rx, deadline, false)))
+                    }
+                    Some(WatchFrame::Close) | None => None,
+                    Some(WatchFrame::Abort) => Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "watch dropped by the test")),
+                        (rx, deadline, true),
+                    )),
+                },
+                () = &mut deadline => None,
+            }
+        },
+    );
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
@@ -900,16 +1152,36 @@ fn watch(inner: &Arc<Inner>, kind: Kind, namespace: Option<String>, query: &BTre
 }
 
 /// The Lease API: what a leader election needs, with the API server's optimistic concurrency.
-fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<String>, content_type: &str, body: &Bytes) -> Response<Body> {
+fn leases(
+    inner: &Arc<Inner>,
+    method: &Method,
+    namespace: &str,
+    name: Option<String>,
+    content_type: &str,
+    body: &Bytes,
+) -> Response<Body> {
     let mut state = inner.lock();
-    let not_found = |name: &str| status(StatusCode::NOT_FOUND, "NotFound", &format!("leases.coordination.k8s.io \"{name}\" not found"));
+    let not_found = |name: &str| {
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("leases.coordination.k8s.io \"{name}\" not found"),
+        )
+    };
     let key = |name: &str| (namespace.to_string(), name.to_string());
     match (method, name) {
         (&Method::GET, None) => {
-            let items: Vec<Value> =
-                state.leases.iter().filter(|((ns, _), _)| ns == namespace).map(|(_, l)| l.clone()).collect();
+            let items: Vec<Value> = state
+                .leases
+                .iter()
+                .filter(|((ns, _), _)| ns == namespace)
+                .map(|(_, l)| l.clone())
+                .collect();
             let metadata = json!({"resourceVersion": state.resource_version.to_string()});
-            full(StatusCode::OK, &json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata, "items": items}))
+            full(
+                StatusCode::OK,
+                &json!({"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1", "metadata": metadata, "items": items}),
+            )
         }
         (&Method::GET, Some(name)) => match state.leases.get(&key(&name)) {
             Some(lease) => full(StatusCode::OK, lease),
@@ -920,18 +1192,32 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
                 Ok(lease) => lease,
                 Err(rejection) => return rejected(rejection),
             };
-            let Some(name) = lease["metadata"]["name"].as_str().filter(|n| !n.is_empty()).map(str::to_string) else {
-                return status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value");
+            let Some(name) = lease["metadata"]["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_string)
+            else {
+                return status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "Lease.coordination.k8s.io \"\" is invalid: metadata.name: Required value",
+                );
             };
             if state.leases.contains_key(&key(&name)) {
-                return status(StatusCode::CONFLICT, "AlreadyExists", &format!("leases.coordination.k8s.io \"{name}\" already exists"));
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    &format!("leases.coordination.k8s.io \"{name}\" already exists"),
+                );
             }
             state.next_uid += 1;
             let uid = format!("00000000-0000-4000-a000-{:012x}", state.next_uid);
             state.store_lease(namespace, &name, lease, &uid, StatusCode::CREATED)
         }
         (&Method::PUT | &Method::PATCH, Some(name)) => {
-            let Some(stored) = state.leases.get(&key(&name)).cloned() else { return not_found(&name) };
+            let Some(stored) = state.leases.get(&key(&name)).cloned() else {
+                return not_found(&name);
+            };
             let lease = if method == Method::PUT {
                 match lease_body(body) {
                     Ok(lease) => lease,
@@ -939,12 +1225,24 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
                 }
             } else {
                 // Strategic merge equals a merge patch for a Lease's fields (no lists in its spec).
-                if !matches!(content_type, "application/merge-patch+json" | "application/strategic-merge-patch+json") {
-                    return status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType",
-                                  &format!("this test server takes merge patches of Leases, not {content_type}"));
+                if !matches!(
+                    content_type,
+                    "application/merge-patch+json" | "application/strategic-merge-patch+json"
+                ) {
+                    return status(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "UnsupportedMediaType",
+                        &format!(
+                            "this test server takes merge patches of Leases, not {content_type}"
+                        ),
+                    );
                 }
                 let Ok(patch) = serde_json::from_slice::<Value>(body) else {
-                    return status(StatusCode::BAD_REQUEST, "BadRequest", "the body is not JSON");
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "the body is not JSON",
+                    );
                 };
                 let mut patched = stored.clone();
                 // The stored resourceVersion stays unless the patch names one (a precondition).
@@ -954,25 +1252,49 @@ fn leases(inner: &Arc<Inner>, method: &Method, namespace: &str, name: Option<Str
                     Err(rejection) => return rejected(rejection),
                 }
             };
-            if lease["metadata"]["name"].as_str().is_some_and(|n| n != name) {
-                return status(StatusCode::BAD_REQUEST, "BadRequest", "the name of the object does not match the name on the URL");
+            if lease["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n != name)
+            {
+                return status(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "the name of the object does not match the name on the URL",
+                );
             }
-            let wanted = lease["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty());
+            let wanted = lease["metadata"]["resourceVersion"]
+                .as_str()
+                .filter(|v| !v.is_empty());
             if wanted.is_some_and(|v| Some(v) != stored["metadata"]["resourceVersion"].as_str()) {
-                return status(StatusCode::CONFLICT, "Conflict", &format!(
-                    "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
-                ));
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    &format!(
+                        "Operation cannot be fulfilled on leases.coordination.k8s.io \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+                    ),
+                );
             }
-            let uid = stored["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let uid = stored["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let mut lease = lease;
-            lease["metadata"]["creationTimestamp"] = stored["metadata"]["creationTimestamp"].clone();
+            lease["metadata"]["creationTimestamp"] =
+                stored["metadata"]["creationTimestamp"].clone();
             state.store_lease(namespace, &name, lease, &uid, StatusCode::OK)
         }
         (&Method::DELETE, Some(name)) => match state.leases.remove(&key(&name)) {
-            Some(_) => full(StatusCode::OK, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})),
+            Some(_) => full(
+                StatusCode::OK,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+            ),
             None => not_found(&name),
         },
-        _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", &format!("{method} is not supported on leases")),
+        _ => status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("{method} is not supported on leases"),
+        ),
     }
 }
 
@@ -983,18 +1305,27 @@ type Rejection = (StatusCode, &'static str, String);
 /// election writes: 400 if it is not a Lease at all, 422 if a field is out of range.
 fn lease_body(body: &[u8]) -> Result<Value, Rejection> {
     let bad = |message: String| (StatusCode::BAD_REQUEST, "BadRequest", message);
-    let lease: Value = serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    let typed: k8s_openapi::api::coordination::v1::Lease =
-        serde_json::from_value(lease.clone()).map_err(|e| bad(format!("the body is not a Lease: {e}")))?;
+    let lease: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let typed: k8s_openapi::api::coordination::v1::Lease = serde_json::from_value(lease.clone())
+        .map_err(|e| bad(format!("the body is not a Lease: {e}")))?;
     let spec = typed.spec.unwrap_or_default();
     let invalid = |field: &str, value: i32, why: &str| {
-        Err((StatusCode::UNPROCESSABLE_ENTITY, "Invalid", format!("Lease is invalid: spec.{field}: Invalid value: {value}: {why}")))
+        Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("Lease is invalid: spec.{field}: Invalid value: {value}: {why}"),
+        ))
     };
     if let Some(seconds) = spec.lease_duration_seconds.filter(|s| *s <= 0) {
         return invalid("leaseDurationSeconds", seconds, "must be greater than 0");
     }
     if let Some(transitions) = spec.lease_transitions.filter(|t| *t < 0) {
-        return invalid("leaseTransitions", transitions, "must be greater than or equal to 0");
+        return invalid(
+            "leaseTransitions",
+            transitions,
+            "must be greater than or equal to 0",
+        );
     }
     Ok(lease)
 }
@@ -1005,7 +1336,14 @@ fn rejected((code, reason, message): Rejection) -> Response<Body> {
 
 impl State {
     /// Stores a Lease under a new resourceVersion and answers with it.
-    fn store_lease(&mut self, namespace: &str, name: &str, mut lease: Value, uid: &str, code: StatusCode) -> Response<Body> {
+    fn store_lease(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        mut lease: Value,
+        uid: &str,
+        code: StatusCode,
+    ) -> Response<Body> {
         self.resource_version += 1;
         lease["apiVersion"] = json!("coordination.k8s.io/v1");
         lease["kind"] = json!("Lease");
@@ -1013,10 +1351,14 @@ impl State {
         lease["metadata"]["namespace"] = json!(namespace);
         lease["metadata"]["uid"] = json!(uid);
         lease["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
-        if lease["metadata"].get("creationTimestamp").is_none_or(Value::is_null) {
+        if lease["metadata"]
+            .get("creationTimestamp")
+            .is_none_or(Value::is_null)
+        {
             lease["metadata"]["creationTimestamp"] = json!("2025-01-01T00:00:00Z");
         }
-        self.leases.insert((namespace.to_string(), name.to_string()), lease.clone());
+        self.leases
+            .insert((namespace.to_string(), name.to_string()), lease.clone());
         self.lease_versions.push(lease.clone());
         full(code, &lease)
     }

@@ -217,7 +217,9 @@ impl Lab {
         if lab.api_socket.is_some() {
             // gobgpd runs as a user of its own then, which may bind BGP's port 179 in the
             // namespace as Docker lets it (the image's Dockerfile says why).
-            run(lab.pool_cmd("sysctl").args(["-qw", "net.ipv4.ip_unprivileged_port_start=179"]))?;
+            run(lab
+                .pool_cmd("sysctl")
+                .args(["-qw", "net.ipv4.ip_unprivileged_port_start=179"]))?;
         }
         // Copies in the lab's directory, so that everything of a failed run is in one place.
         fs::write(lab.gobgpd_config_path(0), GOBGPD_CONFIG)
@@ -295,8 +297,15 @@ impl Lab {
     pub fn gobgp_of(&self, speaker: usize, args: &[&str]) -> Result<String> {
         let mut command = self.pool_cmd("gobgp");
         match self.api_socket_of(speaker) {
-            Some(socket) => command.arg("--target").arg(format!("unix://{}", socket.display())),
-            None => command.args(["-u", "127.0.0.1", "-p", &self.gobgp_api_port_of(speaker).to_string()]),
+            Some(socket) => command
+                .arg("--target")
+                .arg(format!("unix://{}", socket.display())),
+            None => command.args([
+                "-u",
+                "127.0.0.1",
+                "-p",
+                &self.gobgp_api_port_of(speaker).to_string(),
+            ]),
         };
         run(command.args(args))
     }
@@ -356,7 +365,11 @@ impl Lab {
                 // write: gobgpd-start then never adds -r by itself (GobgpdStart says when).
                 let mut command = self.pool_cmd("setpriv");
                 command
-                    .args([format!("--reuid={}", user.uid), format!("--regid={}", user.gid), "--clear-groups".to_string()])
+                    .args([
+                        format!("--reuid={}", user.uid),
+                        format!("--regid={}", user.gid),
+                        "--clear-groups".to_string(),
+                    ])
                     .args(["env", "GOBGPD_STATE_DIR=/nonexistent"])
                     .arg(crate::process::repo_root().join("deploy/docker/gobgpd-start"))
                     .arg(format!("--api-hosts=unix://{}", socket.display()));
@@ -364,7 +377,10 @@ impl Lab {
             }
             _ => {
                 let mut command = self.pool_cmd("gobgpd");
-                command.args(["--api-hosts", &format!("127.0.0.1:{}", self.gobgp_api_port_of(speaker))]);
+                command.args([
+                    "--api-hosts",
+                    &format!("127.0.0.1:{}", self.gobgp_api_port_of(speaker)),
+                ]);
                 command
             }
         };
@@ -446,18 +462,38 @@ impl Lab {
     /// until that session is established. Returns the speaker's number (1).
     pub fn add_speaker(&mut self) -> Result<usize> {
         let speaker = self.gobgpd.len();
-        ensure!(speaker < SPEAKERS, "the lab has all its {SPEAKERS} speakers");
-        for addr in [format!("{}/{V4_PREFIX_LEN}", speaker_v4(speaker)), format!("{}/{V6_PREFIX_LEN}", speaker_v6(speaker))] {
-            let mut args = vec!["-n", self.pool_ns.as_str(), "addr", "add", addr.as_str(), "dev", IFACE];
+        ensure!(
+            speaker < SPEAKERS,
+            "the lab has all its {SPEAKERS} speakers"
+        );
+        for addr in [
+            format!("{}/{V4_PREFIX_LEN}", speaker_v4(speaker)),
+            format!("{}/{V6_PREFIX_LEN}", speaker_v6(speaker)),
+        ] {
+            let mut args = vec![
+                "-n",
+                self.pool_ns.as_str(),
+                "addr",
+                "add",
+                addr.as_str(),
+                "dev",
+                IFACE,
+            ];
             if addr.contains(':') {
                 args.push("nodad");
             }
             ip(&args)?;
         }
         let first = POOL_V4.to_string();
-        ensure!(GOBGPD_CONFIG.contains(&first), "gobgpd.toml does not name {first}");
-        fs::write(self.gobgpd_config_path(speaker), GOBGPD_CONFIG.replace(&first, &speaker_v4(speaker).to_string()))
-            .context("cannot write the second speaker's gobgpd config")?;
+        ensure!(
+            GOBGPD_CONFIG.contains(&first),
+            "gobgpd.toml does not name {first}"
+        );
+        fs::write(
+            self.gobgpd_config_path(speaker),
+            GOBGPD_CONFIG.replace(&first, &speaker_v4(speaker).to_string()),
+        )
+        .context("cannot write the second speaker's gobgpd config")?;
         self.gobgpd.push(None);
         self.start_gobgpd_of(speaker, GobgpdStart::Fresh)?;
         self.birdc(&["enable", BGP_PROTOCOLS[speaker]])?;
@@ -467,11 +503,16 @@ impl Lab {
 
     /// Speaker `speaker`'s gobgpd log so far (every start of it, appended).
     pub fn gobgpd_log(&self, speaker: usize) -> String {
-        fs::read_to_string(self.dir().join(speaker_file("gobgpd", speaker, "log"))).unwrap_or_default()
+        fs::read_to_string(self.dir().join(speaker_file("gobgpd", speaker, "log")))
+            .unwrap_or_default()
     }
 
     /// Replaces speaker `speaker`'s gobgpd config by `edit` of it, for gobgpd's next start.
-    pub fn edit_gobgpd_config(&self, speaker: usize, edit: impl FnOnce(&str) -> String) -> Result<()> {
+    pub fn edit_gobgpd_config(
+        &self,
+        speaker: usize,
+        edit: impl FnOnce(&str) -> String,
+    ) -> Result<()> {
         let path = self.gobgpd_config_path(speaker);
         let text = fs::read_to_string(&path).context("cannot read gobgpd's config")?;
         fs::write(&path, edit(&text)).context("cannot write gobgpd's config")
@@ -484,7 +525,10 @@ impl Lab {
         let text = fs::read_to_string(&path).context("cannot read BIRD's config")?;
         fs::write(&path, edit(&text)).context("cannot write BIRD's config")?;
         let out = self.birdc(&["configure"])?;
-        ensure!(out.contains("Reconfigured") || out.contains("Reconfiguration in progress"), "birdc configure: {out}");
+        ensure!(
+            out.contains("Reconfigured") || out.contains("Reconfiguration in progress"),
+            "birdc configure: {out}"
+        );
         Ok(())
     }
 
@@ -733,7 +777,8 @@ fn speaker_file(stem: &str, speaker: usize, extension: &str) -> String {
 impl Drop for Lab {
     fn drop(&mut self) {
         let gobgpds = self.gobgpd.iter_mut().map(|child| ("gobgpd", child.take()));
-        let children: Vec<(&str, Option<Child>)> = gobgpds.chain([("bird", self.bird.take())]).collect();
+        let children: Vec<(&str, Option<Child>)> =
+            gobgpds.chain([("bird", self.bird.take())]).collect();
         for (name, child) in children {
             if let Some(Err(e)) = child.map(|mut child| stop(&mut child)) {
                 eprintln!("lab cleanup: cannot stop {name}: {e}");

@@ -4,27 +4,40 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// A binary of this workspace, next to the test executable's profile directory
 /// (`target/<profile>/<name>`). The test command builds every binary before it runs the tests.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
-    assert!(path.exists(), "{} is missing: build the workspace first (`cargo build --workspace`)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
     path
 }
 
 /// The repository root, for example files.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released; good enough for tests that start at once).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// `program` run through `wrap` (e.g. `ip netns exec NS`), or directly when `wrap` is empty.
@@ -69,7 +82,13 @@ impl Herald {
     }
 
     /// [`start`](Self::start) with environment variables (e.g. a pod's `POD_NAME`).
-    pub fn start_with_env(config: &Path, api_port: u16, log: PathBuf, wrap: &[&str], env: &[(&str, &str)]) -> Result<Herald> {
+    pub fn start_with_env(
+        config: &Path,
+        api_port: u16,
+        log: PathBuf,
+        wrap: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Herald> {
         let herald = workspace_bin("herald");
         let mut command = wrapped(&herald, wrap);
         let log_file = std::fs::File::create(&log).context("herald log file")?;
@@ -83,8 +102,14 @@ impl Herald {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        let child = command.spawn().with_context(|| format!("cannot start {}", herald.display()))?;
-        Ok(Herald { child: Some(child), api: format!("http://127.0.0.1:{api_port}"), log })
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", herald.display()))?;
+        Ok(Herald {
+            child: Some(child),
+            api: format!("http://127.0.0.1:{api_port}"),
+            log,
+        })
     }
 
     pub fn log_text(&self) -> String {
@@ -114,7 +139,9 @@ impl Herald {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -130,11 +157,19 @@ impl Drop for Herald {
 /// Runs heraldctl against `server` (with `wrap`, e.g. inside a namespace) and returns its output.
 pub fn heraldctl(server: &str, args: &[&str], wrap: &[&str]) -> Output {
     wrapped(&workspace_bin("heraldctl"), wrap)
-        .arg("--server").arg(server).args(args).output().expect("run heraldctl")
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("run heraldctl")
 }
 
 /// Polls `probe` every 50 ms until it returns `Some`, for at most `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+pub fn wait_until<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe() {

@@ -5,22 +5,88 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use herald_integration::process::{free_port, heraldctl, repo_root, wait_until, Herald};
+use herald_integration::process::{Herald, free_port, heraldctl, repo_root, wait_until};
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A CA, and a certificate signed by it for `name` (with `san` as subjectAltName).
 fn issue(dir: &Path, ca: &str, name: &str, san: &str) {
-    openssl(dir, &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]);
-    std::fs::write(dir.join(format!("{name}.ext")), format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n")).unwrap();
-    openssl(dir, &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"), "-CAcreateserial", "-days", "2", "-out", &format!("{name}.crt"), "-extfile", &format!("{name}.ext")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\n"),
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.crt"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
 }
 
 fn make_ca(dir: &Path, name: &str) {
-    openssl(dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", &format!("/CN={name}")]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
 }
 
 #[test]
@@ -51,10 +117,21 @@ fn tls_with_client_certificates() {
         let mut args = extra.to_vec();
         args.push("status");
         let out = heraldctl(&server, &args, &[]);
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
     };
     let (ca, cert, key) = (path("ca.crt"), path("client.crt"), path("client.key"));
-    let trusted = ["--ca", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    let trusted = [
+        "--ca",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
     let answer = wait_until(Duration::from_secs(10), "herald over TLS", || {
         let (ok, text) = ctl(&trusted);
         (ok && text.contains("generation 1")).then_some(text)
@@ -63,11 +140,29 @@ fn tls_with_client_certificates() {
     assert!(answer.contains("(synced)"), "{answer}");
 
     // No client certificate, one from another CA, a server not trusted, plain text: all refused.
-    let (other_cert, other_key, other_ca) = (path("intruder.crt"), path("intruder.key"), path("other-ca.crt"));
+    let (other_cert, other_key, other_ca) = (
+        path("intruder.crt"),
+        path("intruder.key"),
+        path("other-ca.crt"),
+    );
     let refused: [&[&str]; 3] = [
         &["--ca", ca.as_str()],
-        &["--ca", ca.as_str(), "--cert", other_cert.as_str(), "--key", other_key.as_str()],
-        &["--ca", other_ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()],
+        &[
+            "--ca",
+            ca.as_str(),
+            "--cert",
+            other_cert.as_str(),
+            "--key",
+            other_key.as_str(),
+        ],
+        &[
+            "--ca",
+            other_ca.as_str(),
+            "--cert",
+            cert.as_str(),
+            "--key",
+            key.as_str(),
+        ],
     ];
     for args in refused {
         let (ok, text) = ctl(args);

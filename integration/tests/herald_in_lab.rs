@@ -5,13 +5,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use herald_integration::lab::Lab;
-use herald_integration::lab_herald::{lab_final_table, ALL_NODES, table, write_atomically, LabHerald, LAB_RANGES};
+use herald_integration::lab_herald::{
+    ALL_NODES, LAB_RANGES, LabHerald, lab_final_table, table, write_atomically,
+};
 use herald_integration::process::{repo_root, wait_until};
 
 const ALL: &[&str] = ALL_NODES;
 
 fn write_state(path: &Path, transform: impl Fn(String) -> String) {
-    let lab_state = std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap();
+    let lab_state =
+        std::fs::read_to_string(repo_root().join("examples/yaobank/cluster-state.yaml")).unwrap();
     write_atomically(path, &transform(lab_state)).unwrap();
 }
 
@@ -24,7 +27,12 @@ fn host1_learns_the_lab_routes_and_follows_the_cluster() {
     let herald = LabHerald::start(&lab, dir.path(), &state, LAB_RANGES, "").unwrap();
 
     // The lab's final `ip route` on host1: both /20s over the three nodes, the /32s via node1.
-    herald.wait_table(&lab, &lab_final_table("198.19.0.2"), Duration::from_secs(15), "initial routes");
+    herald.wait_table(
+        &lab,
+        &lab_final_table("198.19.0.2"),
+        Duration::from_secs(15),
+        "initial routes",
+    );
     let text = lab.host1_routes_v4().unwrap();
     for line in [
         "198.19.32.0/20 proto bird",
@@ -35,34 +43,71 @@ fn host1_learns_the_lab_routes_and_follows_the_cluster() {
         "198.19.48.0/20 proto bird",
         "198.19.48.10 via 198.19.0.2 dev eth0 proto bird",
     ] {
-        assert!(text.contains(line), "host1's ip route lacks `{line}`:\n{text}");
+        assert!(
+            text.contains(line),
+            "host1's ip route lacks `{line}`:\n{text}"
+        );
     }
 
     // herald knows the routes are in gobgpd's RIB.
     let routes = herald.ctl(&["routes"]);
     assert!(routes.contains("IN RIB"), "{routes}");
-    assert_eq!(routes.lines().filter(|l| l.contains(" yes ")).count(), 4, "{routes}");
+    assert_eq!(
+        routes.lines().filter(|l| l.contains(" yes ")).count(),
+        4,
+        "{routes}"
+    );
     let status = herald.ctl(&["status"]);
-    assert!(status.contains("(reachable)") && status.contains("8 paths applied"), "{status}");
+    assert!(
+        status.contains("(reachable)") && status.contains("8 paths applied"),
+        "{status}"
+    );
 
     // The customer pod moves to node2: host1's /32s follow within 2 s.
     write_state(&state, |s| s.replace("nodeName: node1", "nodeName: node2"));
-    let moved = herald.wait_table(&lab, &lab_final_table("198.19.0.3"), Duration::from_secs(2), "pod moved to node2");
+    let moved = herald.wait_table(
+        &lab,
+        &lab_final_table("198.19.0.3"),
+        Duration::from_secs(2),
+        "pod moved to node2",
+    );
     eprintln!("pod move reached host1 in {moved:?}");
 
     // Back to externalTrafficPolicy: Cluster: the host routes go, the ranges stay.
-    write_state(&state, |s| s.replace("nodeName: node1", "nodeName: node2").replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster"));
+    write_state(&state, |s| {
+        s.replace("nodeName: node1", "nodeName: node2").replace(
+            "externalTrafficPolicy: Local",
+            "externalTrafficPolicy: Cluster",
+        )
+    });
     let ranges_only = table(&[("198.19.32.0/20", ALL), ("198.19.48.0/20", ALL)]);
-    let cluster = herald.wait_table(&lab, &ranges_only, Duration::from_secs(2), "policy back to Cluster");
+    let cluster = herald.wait_table(
+        &lab,
+        &ranges_only,
+        Duration::from_secs(2),
+        "policy back to Cluster",
+    );
     eprintln!("policy change reached host1 in {cluster:?}");
 
     // A node that is not Ready leaves every ECMP set.
     write_state(&state, |s| {
-        s.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster")
-            .replacen("status: \"True\"\n      reason: KubeletReady", "status: \"False\"\n      reason: KubeletNotReady", 1)
+        s.replace(
+            "externalTrafficPolicy: Local",
+            "externalTrafficPolicy: Cluster",
+        )
+        .replacen(
+            "status: \"True\"\n      reason: KubeletReady",
+            "status: \"False\"\n      reason: KubeletNotReady",
+            1,
+        )
     });
     let without_control = table(&[("198.19.32.0/20", &ALL[1..]), ("198.19.48.0/20", &ALL[1..])]);
-    herald.wait_table(&lab, &without_control, Duration::from_secs(2), "control NotReady");
+    herald.wait_table(
+        &lab,
+        &without_control,
+        Duration::from_secs(2),
+        "control NotReady",
+    );
 }
 
 /// IPv6: a dual-stack Local Service gets a /128 from its endpoint's node, over MP_REACH_NLRI.
@@ -89,12 +134,27 @@ fn ipv6_host_routes_reach_host1() {
     let ranges = "serviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/20}, {cidr: 'fd00:48::/64'}]\n";
     let herald = LabHerald::start(&lab, dir.path(), &state, ranges, "").unwrap();
     let expected = "fd00:48::10 via fd00:198:19::2 dev eth0 proto bird";
-    let found = wait_until(Duration::from_secs(15), "the IPv6 host route on host1", || {
-        lab.host1_routes_v6().ok().filter(|t| t.contains(expected) && t.contains("fd00:48::/64"))
-    });
-    assert!(found.is_ok(), "{:?}\n{}\n{}", lab.host1_routes_v6(), lab.diagnostics(), herald.herald.log_text());
+    let found = wait_until(
+        Duration::from_secs(15),
+        "the IPv6 host route on host1",
+        || {
+            lab.host1_routes_v6()
+                .ok()
+                .filter(|t| t.contains(expected) && t.contains("fd00:48::/64"))
+        },
+    );
+    assert!(
+        found.is_ok(),
+        "{:?}\n{}\n{}",
+        lab.host1_routes_v6(),
+        lab.diagnostics(),
+        herald.herald.log_text()
+    );
     let v6 = found.unwrap();
     for node in ["fd00:198:19::1", "fd00:198:19::2", "fd00:198:19::3"] {
-        assert!(v6.contains(&format!("nexthop via {node} dev eth0 weight 1")), "{v6}");
+        assert!(
+            v6.contains(&format!("nexthop via {node} dev eth0 weight 1")),
+            "{v6}"
+        );
     }
 }

@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use herald_grpc::server::{serve_on, ApiState};
-use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
-use herald_k8s::source::SourceSnapshot;
 use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_grpc::server::{ApiState, serve_on};
+use herald_k8s::source::SourceSnapshot;
 use ipnet::IpNet;
 use tokio::sync::watch;
 
@@ -20,21 +20,22 @@ fn big_plan(routes: u32) -> Plan {
     for i in 0..routes {
         let prefix = IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0A60_0000 + i)));
         let next_hops: BTreeSet<NextHop> = (0..1 + i % 3)
-            .map(|n| NextHop { node: format!("node-{:04}", (i + n * 7) % 1000), address: IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + (i + n * 7) % 1000)) })
+            .map(|n| NextHop {
+                node: format!("node-{:04}", (i + n * 7) % 1000),
+                address: IpAddr::V4(Ipv4Addr::from(0x0A00_0000 + (i + n * 7) % 1000)),
+            })
             .collect();
-        plan.insert_route(
-            Route {
-                prefix,
-                kind: RouteKind::ClusterIp,
-                next_hops,
-                sources: BTreeSet::from([format!("ns-{}/svc-{i:06}", i % 100)]),
-                reason: "externalTrafficPolicy: Local; ready endpoints on node-0001".to_string(),
-                communities: BTreeSet::new(),
-                large_communities: BTreeSet::new(),
-                part_of: None,
-                left_out: Default::default(),
-            },
-        );
+        plan.insert_route(Route {
+            prefix,
+            kind: RouteKind::ClusterIp,
+            next_hops,
+            sources: BTreeSet::from([format!("ns-{}/svc-{i:06}", i % 100)]),
+            reason: "externalTrafficPolicy: Local; ready endpoints on node-0001".to_string(),
+            communities: BTreeSet::new(),
+            large_communities: BTreeSet::new(),
+            part_of: None,
+            left_out: Default::default(),
+        });
     }
     plan
 }
@@ -48,18 +49,37 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn client(addr: std::net::SocketAddr) -> PlanServiceClient<tonic::transport::Channel> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     PlanServiceClient::new(channel).max_decoding_message_size(512 << 20)
 }
 
 #[tokio::main]
 async fn main() {
     let plan = Arc::new(big_plan(100_000));
-    let (plan_tx, plans) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
+    let (plan_tx, plans) = watch::channel(PlanSnapshot {
+        generation: 1,
+        plan: plan.clone(),
+        ..Default::default()
+    });
     let (_source_tx, source) = watch::channel(SourceSnapshot::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_on(listener, None, ApiState { plans, source, sink: None, gobgp: None, brake_releases: None }, std::future::pending()));
+    tokio::spawn(serve_on(
+        listener,
+        None,
+        ApiState {
+            plans,
+            source,
+            sink: None,
+            gobgp: None,
+            brake_releases: None,
+        },
+        std::future::pending(),
+    ));
 
     // ListRoutes of 100,000 routes.
     let mut c = client(addr).await;
@@ -67,7 +87,11 @@ async fn main() {
     let mut bytes = 0;
     for _ in 0..10 {
         let t = Instant::now();
-        let response = c.list_routes(pb::ListRoutesRequest::default()).await.unwrap().into_inner();
+        let response = c
+            .list_routes(pb::ListRoutesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
         samples.push(t.elapsed());
         assert_eq!(response.routes.len(), 100_000);
         bytes = prost::Message::encoded_len(&response);
@@ -84,12 +108,20 @@ async fn main() {
     // 50 WatchPlan clients while 10 routes of a 10,000-route plan change 20 times a second for 5 s.
     const WATCHED_ROUTES: u32 = 10_000;
     let plan = Arc::new(big_plan(WATCHED_ROUTES));
-    plan_tx.send_replace(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
+    plan_tx.send_replace(PlanSnapshot {
+        generation: 1,
+        plan: plan.clone(),
+        ..Default::default()
+    });
     let published: Arc<std::sync::Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let mut watchers = Vec::new();
     for _ in 0..50 {
         let mut c = client(addr).await;
-        let mut stream = c.watch_plan(pb::WatchPlanRequest {}).await.unwrap().into_inner();
+        let mut stream = c
+            .watch_plan(pb::WatchPlanRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         let first = stream.message().await.unwrap().unwrap();
         assert!(first.snapshot);
         watchers.push(tokio::spawn(async move {
@@ -108,20 +140,30 @@ async fn main() {
     for generation in 2..=101u64 {
         ticker.tick().await;
         for k in 0..10u32 {
-            let prefix = IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0A60_0000 + (generation as u32 * 10 + k) % WATCHED_ROUTES)));
+            let prefix = IpNet::from(IpAddr::V4(Ipv4Addr::from(
+                0x0A60_0000 + (generation as u32 * 10 + k) % WATCHED_ROUTES,
+            )));
             if let Some(route) = current.route_mut(&prefix) {
                 route.reason = format!("changed at generation {generation}");
             }
         }
         let next = Arc::new(current.clone());
         published.lock().unwrap().push((generation, Instant::now()));
-        plan_tx.send_replace(PlanSnapshot { generation, plan: next, ..Default::default() });
+        plan_tx.send_replace(PlanSnapshot {
+            generation,
+            plan: next,
+            ..Default::default()
+        });
     }
-    let published: std::collections::HashMap<u64, Instant> = published.lock().unwrap().iter().copied().collect();
+    let published: std::collections::HashMap<u64, Instant> =
+        published.lock().unwrap().iter().copied().collect();
     let mut latencies = Vec::new();
     let mut delivered = 0;
     for w in watchers {
-        let received = tokio::time::timeout(Duration::from_secs(30), w).await.expect("watchers finish").unwrap();
+        let received = tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("watchers finish")
+            .unwrap();
         delivered += received.len();
         for (generation, at) in received {
             latencies.push(at.duration_since(published[&generation]));

@@ -12,16 +12,16 @@
 use herald_testkit::{cluster_yaml, gobgpd, herald_run};
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
-use herald_testkit::scale::{self, Scale};
 use herald_api::gobgp::v3 as api;
 use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
 use herald_run::HeraldRun;
+use herald_testkit::scale::{self, Scale};
 
 const CHANGES: usize = 40;
 const PROBE: &str = "100.64.250.1/32";
@@ -33,14 +33,24 @@ fn extra_items(node: &str) -> String {
     )
 }
 
-async fn holds_probe(client: &mut api::gobgp_api_client::GobgpApiClient<tonic::transport::Channel>) -> bool {
+async fn holds_probe(
+    client: &mut api::gobgp_api_client::GobgpApiClient<tonic::transport::Channel>,
+) -> bool {
     let request = api::ListPathRequest {
         table_type: api::TableType::Global as i32,
-        family: Some(api::Family { afi: api::family::Afi::Ip as i32, safi: api::family::Safi::Unicast as i32 }),
-        prefixes: vec![api::TableLookupPrefix { prefix: PROBE.to_string(), ..Default::default() }],
+        family: Some(api::Family {
+            afi: api::family::Afi::Ip as i32,
+            safi: api::family::Safi::Unicast as i32,
+        }),
+        prefixes: vec![api::TableLookupPrefix {
+            prefix: PROBE.to_string(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
-    let Ok(response) = client.list_path(request).await else { return false };
+    let Ok(response) = client.list_path(request).await else {
+        return false;
+    };
     let mut stream = response.into_inner();
     let mut found = false;
     while let Ok(Some(m)) = stream.message().await {
@@ -56,7 +66,12 @@ fn write(path: &std::path::Path, text: &str) {
 }
 
 /// `CHANGES` changes, alternately adding and removing the probe Service; latencies sorted.
-async fn changes(g: &Gobgpd, cluster: &std::path::Path, with: &str, without: &str) -> Vec<Duration> {
+async fn changes(
+    g: &Gobgpd,
+    cluster: &std::path::Path,
+    with: &str,
+    without: &str,
+) -> Vec<Duration> {
     let mut client = g.client().await;
     let mut present = holds_probe(&mut client).await;
     let mut latencies = Vec::new();
@@ -68,7 +83,10 @@ async fn changes(g: &Gobgpd, cluster: &std::path::Path, with: &str, without: &st
             if holds_probe(&mut client).await == want {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(30), "gobgpd never followed the change");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "gobgpd never followed the change"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         latencies.push(started.elapsed());
@@ -87,22 +105,35 @@ fn ms(d: Duration) -> f64 {
 fn summary(name: &str, v: &[Duration]) -> Duration {
     let median = v[v.len() / 2];
     let p90 = v[(v.len() - 1) * 9 / 10];
-    println!("  {name:<14} median {:6.1} ms   p90 {:6.1} ms   max {:6.1} ms", ms(median), ms(p90), ms(*v.last().unwrap()));
+    println!(
+        "  {name:<14} median {:6.1} ms   p90 {:6.1} ms   max {:6.1} ms",
+        ms(median),
+        ms(p90),
+        ms(*v.last().unwrap())
+    );
     median
 }
 
 /// The flood, on a runtime of its own thread, until `stop`: counts answered and refused calls.
-fn flood(port: u16, stop: Arc<AtomicBool>, counts: Arc<[AtomicU64; 4]>) -> std::thread::JoinHandle<()> {
+fn flood(
+    port: u16,
+    stop: Arc<AtomicBool>,
+    counts: Arc<[AtomicU64; 4]>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async move {
             let connect = |from: Ipv4Addr| async move {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-                    .unwrap()
-                    .local_address(Some(IpAddr::V4(from)))
-                    .connect()
-                    .await
-                    .unwrap();
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                        .unwrap()
+                        .local_address(Some(IpAddr::V4(from)))
+                        .connect()
+                        .await
+                        .unwrap();
                 PlanServiceClient::new(channel).max_decoding_message_size(256 << 20)
             };
             let mut streams = Vec::new();
@@ -150,7 +181,18 @@ fn flood(port: u16, stop: Arc<AtomicBool>, counts: Arc<[AtomicU64; 4]>) -> std::
 
 fn rss_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 #[tokio::main]
@@ -164,7 +206,13 @@ async fn main() {
     let cluster = dir.path().join("cluster.yaml");
     write(&cluster, &base);
     let g = Gobgpd::start().await;
-    let herald = HeraldRun::start(std::path::Path::new(env!("CARGO_BIN_EXE_herald")), dir.path(), &cluster, "", &g.address());
+    let herald = HeraldRun::start(
+        std::path::Path::new(env!("CARGO_BIN_EXE_herald")),
+        dir.path(),
+        &cluster,
+        "",
+        &g.address(),
+    );
     let pid = herald.pid();
     // Settled: gobgpd's path count stops changing.
     let mut last = 0;
@@ -176,7 +224,10 @@ async fn main() {
         }
         last = count;
     }
-    println!("api_flood: {} Services, {} nodes; gobgpd holds {last} paths; {CHANGES} changes per run", scale.services, scale.nodes);
+    println!(
+        "api_flood: {} Services, {} nodes; gobgpd holds {last} paths; {CHANGES} changes per run",
+        scale.services, scale.nodes
+    );
     let quiet = changes(&g, &cluster, &with, &base).await;
     let rss_quiet = rss_mib(pid, "VmRSS:");
 
@@ -195,10 +246,23 @@ async fn main() {
     let q = summary("quiet", &quiet);
     let f = summary("during flood", &flooded);
     let q2 = summary("quiet again", &quiet_again);
-    let [watch_ok, watch_refused, list_ok, list_refused] = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>()[..] else { unreachable!() };
+    let [watch_ok, watch_refused, list_ok, list_refused] = counts
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect::<Vec<_>>()[..]
+    else {
+        unreachable!()
+    };
     println!(
         "flood: WatchPlan {watch_ok} accepted, {watch_refused} refused; ListRoutes {list_ok} answered, {list_refused} refused (RESOURCE_EXHAUSTED)"
     );
-    println!("herald RSS: {rss_quiet:.0} MiB quiet, {rss_flood:.0} MiB in the flood, peak (VmHWM) {:.0} MiB", rss_mib(pid, "VmHWM:"));
-    println!("flood/quiet median: {:.2}x (quiet again: {:.2}x)", ms(f) / ms(q), ms(f) / ms(q2));
+    println!(
+        "herald RSS: {rss_quiet:.0} MiB quiet, {rss_flood:.0} MiB in the flood, peak (VmHWM) {:.0} MiB",
+        rss_mib(pid, "VmHWM:")
+    );
+    println!(
+        "flood/quiet median: {:.2}x (quiet again: {:.2}x)",
+        ms(f) / ms(q),
+        ms(f) / ms(q2)
+    );
 }

@@ -14,8 +14,8 @@
 //!   cluster state to the reconciler's status saying gobgpd holds the plan made from it; and
 //!   gobgpd's CPU time over those changes.
 
-use herald_testkit::gobgpd;
 use herald_testkit::cluster_yaml;
+use herald_testkit::gobgpd;
 use herald_testkit::herald_run;
 
 use std::path::Path;
@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use gobgpd::Gobgpd;
-use herald_run::HeraldRun;
 use herald_core::cluster::{ClusterState, Node};
 use herald_core::config::Config;
 use herald_gobgp::v3::V3Client;
-use herald_testkit::scale::{self, Scale};
 use herald_k8s::source::{SourceSnapshot, SourceStatus};
+use herald_run::HeraldRun;
+use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
 const ROUNDS: usize = 2;
@@ -38,8 +38,16 @@ const NODE_CHANGES: usize = 30;
 /// CPU seconds (user + system) of a process, from /proc.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (field(11) + field(12)) / 100.0
 }
 
@@ -57,7 +65,16 @@ struct Variant {
     ecmp: &'static str,
 }
 
-const VARIANTS: [Variant; 2] = [Variant { name: "no limit", ecmp: "" }, Variant { name: "maxPaths 64", ecmp: "ecmp: {maxPaths: 64}\n" }];
+const VARIANTS: [Variant; 2] = [
+    Variant {
+        name: "no limit",
+        ecmp: "",
+    },
+    Variant {
+        name: "maxPaths 64",
+        ecmp: "ecmp: {maxPaths: 64}\n",
+    },
+];
 
 #[derive(Default)]
 struct Figures {
@@ -68,11 +85,23 @@ struct Figures {
 }
 
 /// `herald run` until gobgpd holds `paths` paths: how long from its start, and gobgpd's CPU time.
-async fn first_push(dir: &Path, cluster: &Path, variant: &Variant, g: &Gobgpd, paths: usize) -> (Duration, f64) {
+async fn first_push(
+    dir: &Path,
+    cluster: &Path,
+    variant: &Variant,
+    g: &Gobgpd,
+    paths: usize,
+) -> (Duration, f64) {
     let gobgpd_pid = g.pid().unwrap();
     let cpu_before = cpu_seconds(gobgpd_pid);
     let started = Instant::now();
-    let mut herald = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, cluster, variant.ecmp, &g.address());
+    let mut herald = HeraldRun::start(
+        Path::new(env!("CARGO_BIN_EXE_herald")),
+        dir,
+        cluster,
+        variant.ecmp,
+        &g.address(),
+    );
     let outcome = loop {
         if let Some(status) = herald.exited() {
             break Err(format!("herald exited with {status}"));
@@ -96,20 +125,40 @@ fn snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
     SourceSnapshot {
         cluster: Some(Arc::new(state.clone())),
         version,
-        status: SourceStatus { name: "bench".to_string(), synced: true, last_error: None, last_update: Some(SystemTime::now()) },
+        status: SourceStatus {
+            name: "bench".to_string(),
+            synced: true,
+            last_error: None,
+            last_update: Some(SystemTime::now()),
+        },
     }
 }
 
 /// Nodes going NotReady and Ready again, one change at a time, through the planner thread and the
 /// reconciler, against `g` (already holding the plan): each change's time to acknowledgement.
-async fn node_changes(state: &ClusterState, config: &Config, g: &Gobgpd, seed: u64, scale: Scale) -> (Vec<Duration>, f64) {
+async fn node_changes(
+    state: &ClusterState,
+    config: &Config,
+    g: &Gobgpd,
+    seed: u64,
+    scale: Scale,
+) -> (Vec<Duration>, f64) {
     let gobgp = config.gobgp.clone().unwrap();
-    let client = V3Client::new(&gobgp.address, gobgp.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
+    let client =
+        V3Client::new(&gobgp.address, gobgp.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (source, source_rx) = watch::channel(snapshot(state, 1));
     let mut plans = herald::run::spawn_planner(Arc::new(config.clone()), source_rx).unwrap();
-    let mut status = herald_gobgp::spawn_with(client, &gobgp.address, herald_gobgp::settings(&gobgp), plans.clone());
+    let mut status = herald_gobgp::spawn_with(
+        client,
+        &gobgp.address,
+        herald_gobgp::settings(&gobgp),
+        plans.clone(),
+    );
     // It finds the plan in gobgpd (adopted, nothing pushed).
-    status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
+    status
+        .wait_for(|s| s.applied_generation >= 1)
+        .await
+        .unwrap();
     let gobgpd_pid = g.pid().unwrap();
     let cpu_before = cpu_seconds(gobgpd_pid);
     let mut state = state.clone();
@@ -123,23 +172,43 @@ async fn node_changes(state: &ClusterState, config: &Config, g: &Gobgpd, seed: u
         let version = 2 + change as u64;
         let published = Instant::now();
         source.send_replace(snapshot(&state, version));
-        let generation = plans.wait_for(|p| p.cluster_version >= version).await.unwrap().generation;
-        status.wait_for(|s| s.applied_generation >= generation).await.unwrap();
+        let generation = plans
+            .wait_for(|p| p.cluster_version >= version)
+            .await
+            .unwrap()
+            .generation;
+        status
+            .wait_for(|s| s.applied_generation >= generation)
+            .await
+            .unwrap();
         times.push(published.elapsed());
     }
     let cpu = cpu_seconds(gobgpd_pid) - cpu_before;
-    assert_eq!(g.path_count().await, status.borrow().paths_applied, "gobgpd holds the plan");
+    assert_eq!(
+        g.path_count().await,
+        status.borrow().paths_applied,
+        "gobgpd holds the plan"
+    );
     (times, cpu)
 }
 
 fn config_of(variant: &Variant, g: &Gobgpd) -> Config {
-    Config::parse(&format!("{}{}gobgp: {{address: '{}'}}\n", scale::CONFIG, variant.ecmp, g.address())).unwrap()
+    Config::parse(&format!(
+        "{}{}gobgp: {{address: '{}'}}\n",
+        scale::CONFIG,
+        variant.ecmp,
+        g.address()
+    ))
+    .unwrap()
 }
 
 #[tokio::main]
 async fn main() {
     let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("herald-ecmp-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("herald-ecmp-")
+        .tempdir()
+        .unwrap();
     let scale = Scale::selected_or_exit();
     let state = scale::cluster(scale);
     let cluster = dir.path().join("cluster.yaml");
@@ -152,10 +221,24 @@ async fn main() {
         let t = Instant::now();
         let plan = herald_core::planner::plan(&state, &config);
         let elapsed = t.elapsed();
-        let widest = plan.routes.values().map(|r| r.next_hops.len()).max().unwrap_or(0);
+        let widest = plan
+            .routes
+            .values()
+            .map(|r| r.next_hops.len())
+            .max()
+            .unwrap_or(0);
         let parts = plan.routes.values().filter(|r| r.part_of.is_some()).count();
-        let ranges = plan.routes.values().filter(|r| r.kind.is_range() && r.part_of.is_none()).count();
-        let range_paths: usize = plan.routes.values().filter(|r| r.kind.is_range()).map(|r| r.next_hops.len()).sum();
+        let ranges = plan
+            .routes
+            .values()
+            .filter(|r| r.kind.is_range() && r.part_of.is_none())
+            .count();
+        let range_paths: usize = plan
+            .routes
+            .values()
+            .filter(|r| r.kind.is_range())
+            .map(|r| r.next_hops.len())
+            .sum();
         println!(
             "  {:<12} {:>6} routes ({ranges} ranges, {parts} parts), {:>6} paths ({range_paths} of them for ranges and parts), at most {widest} next hops a route; planned in {:.0} ms",
             variant.name,
@@ -171,7 +254,9 @@ async fn main() {
     // minutes, so only maxPaths 64 is pushed there.
     let large = scale.nodes > Scale::LARGE.nodes;
     if large {
-        println!("(at this scale only maxPaths 64 is pushed: without a limit, gobgpd takes minutes for the ranges' ~5,000 next hops each)");
+        println!(
+            "(at this scale only maxPaths 64 is pushed: without a limit, gobgpd takes minutes for the ranges' ~5,000 next hops each)"
+        );
     }
     let mut figures: Vec<Figures> = VARIANTS.iter().map(|_| Figures::default()).collect();
     for round in 0..ROUNDS {
@@ -181,7 +266,14 @@ async fn main() {
             }
             let g = Gobgpd::start().await;
             let (push, cpu) = first_push(dir.path(), &cluster, variant, &g, paths[v]).await;
-            let (changes, changes_cpu) = node_changes(&state, &config_of(variant, &g), &g, 0x6563_6d70 + round as u64, scale).await;
+            let (changes, changes_cpu) = node_changes(
+                &state,
+                &config_of(variant, &g),
+                &g,
+                0x6563_6d70 + round as u64,
+                scale,
+            )
+            .await;
             println!(
                 "round {}, {:<12}: first push {:.1} s (gobgpd CPU {:.1} s); {} node changes: median {:.0} ms, p99 {:.0} ms (gobgpd CPU {:.1} s)",
                 round + 1,
@@ -217,7 +309,10 @@ async fn main() {
         changes.sort();
         println!(
             "\nmaxPaths 64 at this scale: cold start (`herald run` start to gobgpd holding the plan) {:?} s, median {:.1} s, target <= 5 s; node change -> ack p99 {:.0} ms, median {:.0} ms",
-            pushes.iter().map(|d| (d.as_secs_f64() * 10.0).round() / 10.0).collect::<Vec<_>>(),
+            pushes
+                .iter()
+                .map(|d| (d.as_secs_f64() * 10.0).round() / 10.0)
+                .collect::<Vec<_>>(),
             pushes[pushes.len() / 2].as_secs_f64(),
             ms(percentile(&changes, 0.99)),
             ms(changes[changes.len() / 2])
@@ -225,7 +320,9 @@ async fn main() {
         println!("\n(took {:.0} s)", started.elapsed().as_secs_f64());
         return;
     }
-    println!("\nSide by side ({ROUNDS} rounds each, alternating; medians of the rounds, p99 over all node changes):");
+    println!(
+        "\nSide by side ({ROUNDS} rounds each, alternating; medians of the rounds, p99 over all node changes):"
+    );
     println!("| | no limit | maxPaths 64 | ratio |");
     println!("|---|---|---|---|");
     let median = |v: &[Duration]| {
@@ -238,17 +335,39 @@ async fn main() {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let row = |what: &str, a: f64, b: f64, unit: &str| println!("| {what} | {a:.1}{unit} | {b:.1}{unit} | {:.2} |", b / a);
+    let row = |what: &str, a: f64, b: f64, unit: &str| {
+        println!("| {what} | {a:.1}{unit} | {b:.1}{unit} | {:.2} |", b / a)
+    };
     row("paths in the plan", paths[0] as f64, paths[1] as f64, "");
-    row("first push, `herald run` start to applied", median(&figures[0].first_push).as_secs_f64(), median(&figures[1].first_push).as_secs_f64(), " s");
-    row("gobgpd CPU during the first push", median_f(&figures[0].first_push_gobgpd_cpu), median_f(&figures[1].first_push_gobgpd_cpu), " s");
+    row(
+        "first push, `herald run` start to applied",
+        median(&figures[0].first_push).as_secs_f64(),
+        median(&figures[1].first_push).as_secs_f64(),
+        " s",
+    );
+    row(
+        "gobgpd CPU during the first push",
+        median_f(&figures[0].first_push_gobgpd_cpu),
+        median_f(&figures[1].first_push_gobgpd_cpu),
+        " s",
+    );
     let p99 = |f: &Figures| {
         let mut v = f.node_change.clone();
         v.sort();
         ms(percentile(&v, 0.99))
     };
-    row("node change → ack, p99", p99(&figures[0]), p99(&figures[1]), " ms");
-    row("node change → ack, median", ms(median(&figures[0].node_change)), ms(median(&figures[1].node_change)), " ms");
+    row(
+        "node change → ack, p99",
+        p99(&figures[0]),
+        p99(&figures[1]),
+        " ms",
+    );
+    row(
+        "node change → ack, median",
+        ms(median(&figures[0].node_change)),
+        ms(median(&figures[1].node_change)),
+        " ms",
+    );
     row(
         &format!("gobgpd CPU over {} node changes", 2 * NODE_CHANGES),
         median_f(&figures[0].node_changes_gobgpd_cpu),

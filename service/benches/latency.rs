@@ -34,15 +34,15 @@ use std::time::{Duration, Instant, SystemTime};
 use gobgpd::Gobgpd;
 use herald_core::cluster::ClusterState;
 use herald_core::config::{Config, GobgpConfig, Origin, Seconds};
+use herald_core::plan::{Plan, PlanSnapshot};
+use herald_core::planner::incremental::{Change, IncrementalPlanner};
+use herald_gobgp::SinkStatus;
 use herald_gobgp::paths::{self, PathSet};
 use herald_gobgp::reconciler::GobgpClient;
 use herald_gobgp::v3::V3Client;
-use herald_gobgp::SinkStatus;
-use herald_core::plan::{Plan, PlanSnapshot};
-use herald_core::planner::incremental::{Change, IncrementalPlanner};
-use herald_testkit::scale::{self, Scale};
 use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
 use herald_k8s::source::{SourceSnapshot, SourceStatus};
+use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
 /// The cluster and the rate of changes to it (per second).
@@ -119,16 +119,32 @@ fn source_snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
     SourceSnapshot {
         cluster: Some(Arc::new(state.clone())),
         version,
-        status: SourceStatus { name: "bench".to_string(), synced: true, last_error: None, last_update: Some(SystemTime::now()) },
+        status: SourceStatus {
+            name: "bench".to_string(),
+            synced: true,
+            last_error: None,
+            last_update: Some(SystemTime::now()),
+        },
     }
 }
 
 /// Applies changes to `state` at `load.rate` for `run`, publishing states on `source` as `pacing` says.
-fn churn(state: &mut ClusterState, rng: &mut scale::Rng, source: &watch::Sender<SourceSnapshot>, run: Duration, pacing: Pacing, load: Load) -> Churn {
+fn churn(
+    state: &mut ClusterState,
+    rng: &mut scale::Rng,
+    source: &watch::Sender<SourceSnapshot>,
+    run: Duration,
+    pacing: Pacing,
+    load: Load,
+) -> Churn {
     let total = (run.as_secs_f64() * load.rate) as usize;
     let due = |t0: Instant, i: usize| t0 + Duration::from_secs_f64(i as f64 / load.rate);
     let mut version = source.borrow().version;
-    let mut out = Churn { changes: Vec::with_capacity(total), publish: vec![], behind: Duration::ZERO };
+    let mut out = Churn {
+        changes: Vec::with_capacity(total),
+        publish: vec![],
+        behind: Duration::ZERO,
+    };
     let t0 = Instant::now();
     let mut last_published: Option<Instant> = None;
     let mut unpublished = 0usize;
@@ -152,13 +168,21 @@ fn churn(state: &mut ClusterState, rng: &mut scale::Rng, source: &watch::Sender<
             let slice = scale::endpoint_change(state, load.scale, rng);
             let change = Change::EndpointSlice(slice.into());
             state.apply(&change);
-            out.changes.push(Applied { due: due(t0, i), version: version + 1, change });
+            out.changes.push(Applied {
+                due: due(t0, i),
+                version: version + 1,
+                change,
+            });
             unpublished += 1;
             i += 1;
             continue;
         }
         let next = if i < total { due(t0, i) } else { publish_at };
-        let next = if unpublished > 0 { next.min(publish_at) } else { next };
+        let next = if unpublished > 0 {
+            next.min(publish_at)
+        } else {
+            next
+        };
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     out.behind = Instant::now().saturating_duration_since(due(t0, total.saturating_sub(1)));
@@ -175,14 +199,19 @@ fn watch_plans(mut plans: watch::Receiver<PlanSnapshot>) -> Arc<Mutex<Vec<(u64, 
                 let p = plans.borrow_and_update();
                 (p.generation, p.cluster_version)
             };
-            out.lock().unwrap().push((generation, version, Instant::now()));
+            out.lock()
+                .unwrap()
+                .push((generation, version, Instant::now()));
         }
     });
     seen
 }
 
 /// Every time the status says a newer generation is applied: (generation, when it was applied).
-fn watch_acks(mut status: watch::Receiver<SinkStatus>, clock: (Instant, SystemTime)) -> Arc<Mutex<Vec<(u64, Instant)>>> {
+fn watch_acks(
+    mut status: watch::Receiver<SinkStatus>,
+    clock: (Instant, SystemTime),
+) -> Arc<Mutex<Vec<(u64, Instant)>>> {
     let acks: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
     let out = acks.clone();
     tokio::spawn(async move {
@@ -194,7 +223,9 @@ fn watch_acks(mut status: watch::Receiver<SinkStatus>, clock: (Instant, SystemTi
             };
             if generation > last {
                 last = generation;
-                let at = at.and_then(|t| t.duration_since(clock.1).ok()).map_or_else(Instant::now, |d| clock.0 + d);
+                let at = at
+                    .and_then(|t| t.duration_since(clock.1).ok())
+                    .map_or_else(Instant::now, |d| clock.0 + d);
                 out.lock().unwrap().push((generation, at));
             }
         }
@@ -211,21 +242,37 @@ struct Report {
     planner: Vec<Duration>,
 }
 
-fn latencies(changes: &[&Applied], plans: &[(u64, u64, Instant)], acks: &[(u64, Instant)]) -> Report {
+fn latencies(
+    changes: &[&Applied],
+    plans: &[(u64, u64, Instant)],
+    acks: &[(u64, Instant)],
+) -> Report {
     let ack = |generation: u64| {
         let k = acks.partition_point(|(g, _)| *g < generation);
-        acks.get(k).map(|a| a.1).expect("every generation acknowledged")
+        acks.get(k)
+            .map(|a| a.1)
+            .expect("every generation acknowledged")
     };
-    let mut report = Report { routes: vec![], sink: vec![], planner: vec![] };
+    let mut report = Report {
+        routes: vec![],
+        sink: vec![],
+        planner: vec![],
+    };
     for (generation, _, at) in plans {
-        report.sink.push(ack(*generation).saturating_duration_since(*at));
+        report
+            .sink
+            .push(ack(*generation).saturating_duration_since(*at));
     }
     for c in changes {
         // The first plan made from a state that contains the change.
         let k = plans.partition_point(|(_, version, _)| *version < c.version);
         let (generation, _, published) = plans.get(k).copied().expect("every route change planned");
-        report.planner.push(published.saturating_duration_since(c.due));
-        report.routes.push(ack(generation).saturating_duration_since(c.due));
+        report
+            .planner
+            .push(published.saturating_duration_since(c.due));
+        report
+            .routes
+            .push(ack(generation).saturating_duration_since(c.due));
     }
     report.routes.sort();
     report.sink.sort();
@@ -249,15 +296,30 @@ fn summary(label: &str, sorted: &[Duration]) -> String {
 }
 
 /// One churn run: herald's planner thread and reconciler, a fresh gobgpd, the scale cluster.
-async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, pacing: Pacing, load: Load) {
+async fn run(
+    initial: &ClusterState,
+    config: &Config,
+    seed: u64,
+    run: Duration,
+    pacing: Pacing,
+    load: Load,
+) {
     let g = Gobgpd::start().await;
     let cfg = gobgp_config(g.address());
     let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (source, source_rx) = watch::channel(source_snapshot(initial, 1));
     let plans = herald::run::spawn_planner(Arc::new(config.clone()), source_rx).unwrap();
-    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), plans.clone());
+    let mut status = herald_gobgp::spawn_with(
+        client,
+        &cfg.address,
+        herald_gobgp::settings(&cfg),
+        plans.clone(),
+    );
     let t = Instant::now();
-    status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
+    status
+        .wait_for(|s| s.applied_generation >= 1)
+        .await
+        .unwrap();
     let initial_push = t.elapsed();
     let paths = plans.borrow().plan.path_count();
     assert_eq!(g.path_count().await as usize, paths);
@@ -267,7 +329,12 @@ async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, 
     let gobgpd_pid = g.pid().unwrap().to_string();
     let cpu = |pid: &str| -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
     };
     let (cpu_self, cpu_gobgpd) = (cpu("self"), cpu(&gobgpd_pid));
@@ -275,7 +342,10 @@ async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, 
     let mut state = initial.clone();
     let (churned, _source) = tokio::task::spawn_blocking(move || {
         let mut rng = scale::Rng::new(seed);
-        (churn(&mut state, &mut rng, &source, run, pacing, load), source)
+        (
+            churn(&mut state, &mut rng, &source, run, pacing, load),
+            source,
+        )
     })
     .await
     .unwrap();
@@ -284,13 +354,23 @@ async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, 
 
     // Which changes changed a route: the same changes again, through a planner of their own.
     let mut replay = IncrementalPlanner::new(initial.clone(), config.clone());
-    let moved: Vec<&Applied> =
-        churned.changes.iter().filter(|c| !replay.apply(c.change.clone()).is_empty()).collect();
+    let moved: Vec<&Applied> = churned
+        .changes
+        .iter()
+        .filter(|c| !replay.apply(c.change.clone()).is_empty())
+        .collect();
     // The pipeline ends with the replayed plan, in gobgpd.
     tokio::time::timeout(Duration::from_secs(60), async {
         let mut plans = plans.clone();
-        let generation = plans.wait_for(|p| *p.plan == *replay.plan()).await.expect("the planner runs").generation;
-        status.wait_for(|s| s.applied_generation >= generation).await.expect("the reconciler runs");
+        let generation = plans
+            .wait_for(|p| *p.plan == *replay.plan())
+            .await
+            .expect("the planner runs")
+            .generation;
+        status
+            .wait_for(|s| s.applied_generation >= generation)
+            .await
+            .expect("the reconciler runs");
     })
     .await
     .expect("the pipeline ends with the replayed plan, applied");
@@ -324,29 +404,72 @@ async fn run(initial: &ClusterState, config: &Config, seed: u64, run: Duration, 
         "  reconciler: {} paths added, {} withdrawn, {} errors, {} repairs; CPU over the run: bench process {:.1} s, gobgpd {:.1} s",
         s.paths_added, s.paths_withdrawn, s.errors, s.repairs, cpu_self, cpu_gobgpd
     );
-    println!("  {}", summary("latency, changes that changed a route (an AddPath)", &report.routes));
-    println!("  where it goes: {}", summary("change due -> its plan published (source + planner)", &report.planner));
-    println!("                 {}", summary("plan published -> acknowledged (reconciler + gobgpd), per plan", &report.sink));
-    let slow = report.routes.iter().filter(|d| **d > Duration::from_millis(20)).count();
-    println!("  route changes over 20 ms: {slow} ({:.2}%); target p99 <= 20 ms", 100.0 * slow as f64 / moved.len().max(1) as f64);
-    assert_eq!(g.path_count().await, s.paths_applied, "gobgpd holds the plan");
+    println!(
+        "  {}",
+        summary(
+            "latency, changes that changed a route (an AddPath)",
+            &report.routes
+        )
+    );
+    println!(
+        "  where it goes: {}",
+        summary(
+            "change due -> its plan published (source + planner)",
+            &report.planner
+        )
+    );
+    println!(
+        "                 {}",
+        summary(
+            "plan published -> acknowledged (reconciler + gobgpd), per plan",
+            &report.sink
+        )
+    );
+    let slow = report
+        .routes
+        .iter()
+        .filter(|d| **d > Duration::from_millis(20))
+        .count();
+    println!(
+        "  route changes over 20 ms: {slow} ({:.2}%); target p99 <= 20 ms",
+        100.0 * slow as f64 / moved.len().max(1) as f64
+    );
+    assert_eq!(
+        g.path_count().await,
+        s.paths_applied,
+        "gobgpd holds the plan"
+    );
 }
 
 #[tokio::main]
 async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
     }
     let bench_started = Instant::now();
     let scale = Scale::selected_or_exit();
     let large = scale.nodes > Scale::LARGE.nodes;
     // At 5,000 nodes, `ecmp: {maxPaths: 64}`: without a limit a range is a prefix of ~5,000 next
     // hops, which gobgpd takes at a few hundred paths a second (minutes for the first push).
-    let config = if large { Config::parse(&format!("{}ecmp: {{maxPaths: 64}}\n", scale::CONFIG)).expect("scale config") } else { scale::config() };
+    let config = if large {
+        Config::parse(&format!("{}ecmp: {{maxPaths: 64}}\n", scale::CONFIG)).expect("scale config")
+    } else {
+        scale::config()
+    };
     let default_rate = if large { 5000.0 } else { 1000.0 };
-    let rate = std::env::var("HERALD_LATENCY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(default_rate);
+    let rate = std::env::var("HERALD_LATENCY_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default_rate);
     let load = Load { scale, rate };
-    println!("scale: {}; churn: {rate:.0} EndpointSlice changes a second{}", scale.describe(), if large { "; ecmp: {maxPaths: 64}" } else { "" });
+    println!(
+        "scale: {}; churn: {rate:.0} EndpointSlice changes a second{}",
+        scale.describe(),
+        if large { "; ecmp: {maxPaths: 64}" } else { "" }
+    );
     let initial = scale::cluster(scale);
     let mut planner = IncrementalPlanner::new(initial.clone(), config.clone());
     let plan: Plan = planner.plan().clone();
@@ -378,11 +501,17 @@ async fn main() {
     let compare = time(20, || plan == changed_plan);
     // What publishing cost when every plan was copied whole: each route cloned.
     let deep_clone = time(5, || {
-        let routes: Vec<_> = plan.routes.iter().map(|(p, r)| (*p, herald_core::plan::Route::clone(r))).collect();
+        let routes: Vec<_> = plan
+            .routes
+            .iter()
+            .map(|(p, r)| (*p, herald_core::plan::Route::clone(r)))
+            .collect();
         routes.len()
     });
     let mut one_change = initial.clone();
-    one_change.apply(&Change::EndpointSlice(scale::endpoint_change(&initial, scale, &mut rng).into()));
+    one_change.apply(&Change::EndpointSlice(
+        scale::endpoint_change(&initial, scale, &mut rng).into(),
+    ));
     let state_copy = time(20, || initial.clone());
     let state_diff = time(20, || initial.changes_to(&one_change));
     let desired = paths::desired_paths(&plan, Origin::Igp, None);
@@ -397,12 +526,21 @@ async fn main() {
     let mut changed_prefixes = Vec::new();
     let update_time = time(21, || {
         forth = !forth;
-        let changed = if forth { kept.update(&plan, &changed_plan) } else { kept.update(&changed_plan, &plan) };
+        let changed = if forth {
+            kept.update(&plan, &changed_plan)
+        } else {
+            kept.update(&changed_plan, &plan)
+        };
         changed_prefixes = changed.expect("a small change is taken incrementally");
     });
-    let restricted_time = time(20, || paths::diff_prefixes(&desired_changed, &desired, &changed_prefixes));
+    let restricted_time = time(20, || {
+        paths::diff_prefixes(&desired_changed, &desired, &changed_prefixes)
+    });
     println!("costs at this scale, medians measured alone:");
-    println!("  IncrementalPlanner::apply, one EndpointSlice change: {:.1} us", median(apply_times).as_secs_f64() * 1e6);
+    println!(
+        "  IncrementalPlanner::apply, one EndpointSlice change: {:.1} us",
+        median(apply_times).as_secs_f64() * 1e6
+    );
     println!(
         "  Plan copy (what each publication costs; shared): {:.4} ms; comparing two versions a change apart {:.4} ms; \
          for scale, a deep copy of its {} routes {:.2} ms",
@@ -443,7 +581,11 @@ async fn main() {
             client.path_counts().await.unwrap();
             get_table.push(t.elapsed());
             // Flip one route back and forth: a real AddPath of a few paths.
-            let (from, to) = if i % 2 == 0 { (&desired, &desired_changed) } else { (&desired_changed, &desired) };
+            let (from, to) = if i % 2 == 0 {
+                (&desired, &desired_changed)
+            } else {
+                (&desired_changed, &desired)
+            };
             let ops = paths::diff(to, from);
             let t = Instant::now();
             client.push(&ops).await.unwrap();
@@ -472,11 +614,23 @@ async fn main() {
 
     if let Ok(only) = std::env::var("HERALD_LATENCY_ONLY") {
         // For profiling one run: `HERALD_LATENCY_ONLY=paced perf record -g target/release/deps/latency-*`.
-        let pacing = if only == "per-change" { Pacing::PerChange } else { Pacing::Paced };
+        let pacing = if only == "per-change" {
+            Pacing::PerChange
+        } else {
+            Pacing::Paced
+        };
         run(&initial, &config, 2, Duration::from_secs(15), pacing, load).await;
         return;
     }
-    run(&initial, &config, 1, PER_CHANGE_RUN, Pacing::PerChange, load).await;
+    run(
+        &initial,
+        &config,
+        1,
+        PER_CHANGE_RUN,
+        Pacing::PerChange,
+        load,
+    )
+    .await;
     run(&initial, &config, 2, PACED_RUN, Pacing::Paced, load).await;
     println!("bench took {:.0?}", bench_started.elapsed());
 }

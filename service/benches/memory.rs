@@ -15,8 +15,8 @@
 //! `HERALD_MEMORY_YAML_ONLY=1` writes the YAML and reads it back in this process (and checks that
 //! it reads as the scale cluster).
 
-use herald_testkit::gobgpd;
 use herald_testkit::cluster_yaml;
+use herald_testkit::gobgpd;
 use herald_testkit::herald_run;
 
 use std::net::IpAddr;
@@ -24,26 +24,34 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gobgpd::Gobgpd;
-use herald_run::HeraldRun;
 use cluster_yaml::cluster_yaml;
+use gobgpd::Gobgpd;
 use herald_core::cluster::ClusterState;
 use herald_core::config::{GobgpConfig, Origin, Seconds};
-use herald_gobgp::v3::V3Client;
 use herald_core::plan::PlanSnapshot;
 use herald_core::planner::incremental::IncrementalPlanner;
+use herald_gobgp::v3::V3Client;
+use herald_run::HeraldRun;
 use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
 /// Added to the scale config: at 5,000 nodes, `ecmp: {maxPaths: 64}` (without a limit, a range is a
 /// prefix of ~5,000 next hops, which gobgpd takes at a few hundred paths a second: minutes).
 fn ecmp_config(scale: Scale) -> &'static str {
-    if scale.nodes > Scale::LARGE.nodes { "ecmp: {maxPaths: 64}\n" } else { "" }
+    if scale.nodes > Scale::LARGE.nodes {
+        "ecmp: {maxPaths: 64}\n"
+    } else {
+        ""
+    }
 }
 
 /// The targets, in MB: (in this process, `herald run`) at 1,000 nodes and at 5,000.
 fn targets(scale: Scale) -> (f64, f64) {
-    if scale.nodes > Scale::LARGE.nodes { (600.0, 800.0) } else { (200.0, 200.0) }
+    if scale.nodes > Scale::LARGE.nodes {
+        (600.0, 800.0)
+    } else {
+        (200.0, 200.0)
+    }
 }
 
 /// (VmRSS, VmHWM) in MB of a process ("self" or a pid).
@@ -67,7 +75,10 @@ struct Stages {
 impl Stages {
     fn report(&mut self, what: &str) -> f64 {
         let (rss, hwm) = memory("self");
-        println!("  {what:<72} VmRSS {rss:7.1} MB ({:+7.1} MB)   VmHWM {hwm:7.1} MB", rss - self.last);
+        println!(
+            "  {what:<72} VmRSS {rss:7.1} MB ({:+7.1} MB)   VmHWM {hwm:7.1} MB",
+            rss - self.last
+        );
         self.last = rss;
         rss
     }
@@ -81,15 +92,26 @@ async fn in_process(scale: Scale) -> (ClusterState, usize) {
     let mut stages = Stages { last: 0.0 };
     let base = stages.report("at start");
     let state = scale::cluster(scale);
-    let config = herald_core::config::Config::parse(&format!("{}{}", scale::CONFIG, ecmp_config(scale))).expect("scale config");
+    let config =
+        herald_core::config::Config::parse(&format!("{}{}", scale::CONFIG, ecmp_config(scale)))
+            .expect("scale config");
     stages.report(&format!(
         "+ ClusterState ({} nodes, {} Services, {} endpoints)",
         state.nodes.len(),
         state.services.len(),
-        state.endpoint_slices.values().map(|s| s.endpoints.len()).sum::<usize>()
+        state
+            .endpoint_slices
+            .values()
+            .map(|s| s.endpoints.len())
+            .sum::<usize>()
     ));
     let plan = Arc::new(herald_core::planner::plan(&state, &config));
-    stages.report(&format!("+ its plan ({} routes, {} paths, {} Services explained)", plan.routes.len(), plan.path_count(), plan.services.len()));
+    stages.report(&format!(
+        "+ its plan ({} routes, {} paths, {} Services explained)",
+        plan.routes.len(),
+        plan.path_count(),
+        plan.services.len()
+    ));
     let planner = IncrementalPlanner::new(state.clone(), config.clone());
     stages.report("+ IncrementalPlanner (its own ClusterState, plan and per-Service parts)");
 
@@ -102,15 +124,25 @@ async fn in_process(scale: Scale) -> (ClusterState, usize) {
         batch_size: 1000,
     };
     let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
-    let (tx, rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone(), ..Default::default() });
-    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), rx);
-    tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
-        .await
-        .expect("the plan reaches gobgpd")
-        .unwrap();
+    let (tx, rx) = watch::channel(PlanSnapshot {
+        generation: 1,
+        plan: plan.clone(),
+        ..Default::default()
+    });
+    let mut status =
+        herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), rx);
+    tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| s.applied_generation >= 1),
+    )
+    .await
+    .expect("the plan reaches gobgpd")
+    .unwrap();
     let paths = plan.path_count();
     assert_eq!(g.path_count().await as usize, paths);
-    let rss = stages.report(&format!("+ reconciler after pushing the plan into gobgpd ({paths} paths, desired + applied)"));
+    let rss = stages.report(&format!(
+        "+ reconciler after pushing the plan into gobgpd ({paths} paths, desired + applied)"
+    ));
     let (_, hwm) = memory("self");
     let (gobgpd_rss, gobgpd_hwm) = memory(&g.pid().unwrap().to_string());
     println!(
@@ -118,7 +150,9 @@ async fn in_process(scale: Scale) -> (ClusterState, usize) {
         rss - base,
         if hwm <= target_mb { "met" } else { "NOT met" }
     );
-    println!("  (gobgpd itself, another process: VmRSS {gobgpd_rss:.1} MB, VmHWM {gobgpd_hwm:.1} MB)");
+    println!(
+        "  (gobgpd itself, another process: VmRSS {gobgpd_rss:.1} MB, VmHWM {gobgpd_hwm:.1} MB)"
+    );
     drop(tx);
     drop(planner);
     (state, paths)
@@ -141,7 +175,13 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
     drop(yaml);
     let g = Gobgpd::start().await;
     let started = Instant::now();
-    let mut child = HeraldRun::start(Path::new(env!("CARGO_BIN_EXE_herald")), dir, &cluster_path, ecmp_config(scale), &g.address());
+    let mut child = HeraldRun::start(
+        Path::new(env!("CARGO_BIN_EXE_herald")),
+        dir,
+        &cluster_path,
+        ecmp_config(scale),
+        &g.address(),
+    );
     let pid = child.pid().to_string();
     let mut peak = (0.0f64, 0.0f64);
     let outcome = loop {
@@ -168,7 +208,10 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
             // Settled: a second later, still holding everything.
             tokio::time::sleep(Duration::from_secs(1)).await;
             let (rss_later, hwm_later) = memory(&pid);
-            println!("  herald read, planned and pushed {paths} paths into gobgpd in {:.1} s", elapsed.as_secs_f64());
+            println!(
+                "  herald read, planned and pushed {paths} paths into gobgpd in {:.1} s",
+                elapsed.as_secs_f64()
+            );
             println!(
                 "  herald run: VmRSS {rss:.1} MB then {rss_later:.1} MB, peak VmHWM {:.1} MB; target <= {target_mb:.0} MB: {}",
                 hwm.max(hwm_later),
@@ -180,9 +223,18 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
             );
         }
         Err(e) => {
-            println!("  herald run FAILED: {e}; VmRSS {rss:.1} MB, peak VmHWM {:.1} MB (sampled peak RSS {:.1} MB)", hwm.max(peak.1), peak.0);
-            let interesting: Vec<&str> =
-                log_text.lines().filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("cluster state")).take(5).collect();
+            println!(
+                "  herald run FAILED: {e}; VmRSS {rss:.1} MB, peak VmHWM {:.1} MB (sampled peak RSS {:.1} MB)",
+                hwm.max(peak.1),
+                peak.0
+            );
+            let interesting: Vec<&str> = log_text
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN") || l.contains("ERROR") || l.contains("cluster state")
+                })
+                .take(5)
+                .collect();
             for line in interesting {
                 println!("    log: {}", line.chars().take(400).collect::<String>());
             }
@@ -195,8 +247,19 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
 async fn main() {
     let started = Instant::now();
     let scale = Scale::selected_or_exit();
-    println!("scale: {}; config: the scale config {}", scale.describe(), if ecmp_config(scale).is_empty() { "as it is" } else { "with ecmp: {maxPaths: 64}" });
-    let dir = tempfile::Builder::new().prefix("herald-memory-").tempdir().unwrap();
+    println!(
+        "scale: {}; config: the scale config {}",
+        scale.describe(),
+        if ecmp_config(scale).is_empty() {
+            "as it is"
+        } else {
+            "with ecmp: {maxPaths: 64}"
+        }
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("herald-memory-")
+        .tempdir()
+        .unwrap();
     if std::env::var_os("HERALD_MEMORY_YAML_ONLY").is_some() {
         // Writes the YAML and reads it back in this process: `HERALD_MEMORY_YAML_ONLY=1`.
         let state = scale::cluster(scale);
@@ -205,13 +268,26 @@ async fn main() {
         let t = Instant::now();
         match herald_k8s::parse_manifest(&yaml) {
             Ok(read) => {
-                println!("parsed in {:.1} s; VmHWM {:.1} MB", t.elapsed().as_secs_f64(), memory("self").1);
+                println!(
+                    "parsed in {:.1} s; VmHWM {:.1} MB",
+                    t.elapsed().as_secs_f64(),
+                    memory("self").1
+                );
                 assert_eq!(read.services, state.services);
                 assert_eq!(read.endpoint_slices, state.endpoint_slices);
-                let ips = |s: &ClusterState| s.nodes.values().map(|n| (n.name.clone(), n.ready, n.internal_ips.clone())).collect::<Vec<(String, bool, Vec<IpAddr>)>>();
+                let ips = |s: &ClusterState| {
+                    s.nodes
+                        .values()
+                        .map(|n| (n.name.clone(), n.ready, n.internal_ips.clone()))
+                        .collect::<Vec<(String, bool, Vec<IpAddr>)>>()
+                };
                 assert_eq!(ips(&read), ips(&state));
             }
-            Err(e) => println!("parse failed after {:.1} s: {}", t.elapsed().as_secs_f64(), e.to_string().chars().take(300).collect::<String>()),
+            Err(e) => println!(
+                "parse failed after {:.1} s: {}",
+                t.elapsed().as_secs_f64(),
+                e.to_string().chars().take(300).collect::<String>()
+            ),
         }
         return;
     }

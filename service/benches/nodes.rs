@@ -30,12 +30,12 @@ use std::time::{Duration, Instant, SystemTime};
 use gobgpd::Gobgpd;
 use herald_core::cluster::{ClusterState, Node};
 use herald_core::config::{Config, GobgpConfig, Origin, Seconds};
-use herald_gobgp::v3::V3Client;
 use herald_core::plan::PlanSnapshot;
 use herald_core::planner::incremental::{Change, IncrementalPlanner};
-use herald_testkit::scale::{self, Scale};
+use herald_gobgp::v3::V3Client;
 use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
 use herald_k8s::source::{SourceSnapshot, SourceStatus};
+use herald_testkit::scale::{self, Scale};
 use k8s_openapi::api::core::v1 as core;
 use tokio::sync::watch;
 
@@ -68,7 +68,10 @@ fn upgraded(state: &ClusterState) -> ClusterState {
     let mut out = state.clone();
     for (i, node) in state.nodes.values().enumerate() {
         let mut node = Node::clone(node);
-        node.labels.insert("node.kubernetes.io/kubelet-version".to_string(), "v1.34.2".to_string());
+        node.labels.insert(
+            "node.kubernetes.io/kubelet-version".to_string(),
+            "v1.34.2".to_string(),
+        );
         if i % 20 == 3 {
             node.ready = !node.ready;
         }
@@ -95,7 +98,11 @@ fn batch(label: &str, from: &ClusterState, to: &ClusterState, sample: usize) {
     let delta = batched.apply_batch(changes);
     let batch_time = t.elapsed();
     let full = herald_core::planner::plan(to, batched_config());
-    assert_eq!(batched.plan(), &full, "the batch plans what a full plan of the state plans");
+    assert_eq!(
+        batched.plan(),
+        &full,
+        "the batch plans what a full plan of the state plans"
+    );
     println!(
         "  {label}: {n} Node changes; one by one: {:.1} ms per change (median of the first {sample}: {:.2} s for them), \
          {:.0} s for the {n} multiplied out; as one batch: {:.1} ms ({} routes changed); ratio {:.0}x",
@@ -121,7 +128,14 @@ fn planner_of(state: &ClusterState) -> IncrementalPlanner {
 /// A Node as a kubelet reports it on a node of a real cluster: labels, annotations, five
 /// conditions, 40 images, capacity, node info. `beat` moves the heartbeat times.
 fn node_json(name: &str, address: &str, beat: u64) -> String {
-    let time = |s: u64| format!("2026-12-04T{:02}:{:02}:{:02}Z", (s / 3600) % 24, (s / 60) % 60, s % 60);
+    let time = |s: u64| {
+        format!(
+            "2026-12-04T{:02}:{:02}:{:02}Z",
+            (s / 3600) % 24,
+            (s / 60) % 60,
+            s % 60
+        )
+    };
     let condition = |t: &str, status: &str, reason: &str| {
         format!(
             r#"{{"type":"{t}","status":"{status}","lastHeartbeatTime":"{}","lastTransitionTime":"{}","reason":"{reason}","message":"kubelet has {reason}"}}"#,
@@ -170,7 +184,11 @@ fn status_churn() {
     // The nodes as herald has them.
     let known: BTreeMap<String, Arc<Node>> = (0..NODES)
         .map(|i| {
-            let json = node_json(&scale::node_name(i as u32), &format!("10.1.{}.{}", i / 250, i % 250 + 1), 0);
+            let json = node_json(
+                &scale::node_name(i as u32),
+                &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+                0,
+            );
             let node: core::Node = serde_json::from_str(&json).unwrap();
             let node = herald_k8s::from_node(&node);
             (node.name.clone(), Arc::new(node))
@@ -179,7 +197,11 @@ fn status_churn() {
     let reports: Vec<String> = (0..REPORTS)
         .map(|r| {
             let i = r % NODES;
-            node_json(&scale::node_name(i as u32), &format!("10.1.{}.{}", i / 250, i % 250 + 1), 10 * (r / NODES + 1) as u64)
+            node_json(
+                &scale::node_name(i as u32),
+                &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+                10 * (r / NODES + 1) as u64,
+            )
         })
         .collect();
     let bytes = reports[0].len();
@@ -195,7 +217,10 @@ fn status_churn() {
         decode += t1 - t;
         convert += t1.elapsed();
     }
-    assert_eq!(changed, 0, "a status report that changes nothing herald reads changes nothing");
+    assert_eq!(
+        changed, 0,
+        "a status report that changes nothing herald reads changes nothing"
+    );
     let per = |d: Duration| d.as_secs_f64() * 1e6 / REPORTS as f64;
     let rate = NODES as f64 / 10.0;
     println!(
@@ -213,13 +238,21 @@ fn source_snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
     SourceSnapshot {
         cluster: Some(Arc::new(state.clone())),
         version,
-        status: SourceStatus { name: "bench".to_string(), synced: true, last_error: None, last_update: Some(SystemTime::now()) },
+        status: SourceStatus {
+            name: "bench".to_string(),
+            synced: true,
+            last_error: None,
+            last_update: Some(SystemTime::now()),
+        },
     }
 }
 
 /// The planner thread as `herald run` had it before Node changes were batched: every change of a
 /// new state applied one by one (a full re-plan per Node change), no guard.
-fn spawn_one_by_one_planner(config: Config, mut source: watch::Receiver<SourceSnapshot>) -> watch::Receiver<PlanSnapshot> {
+fn spawn_one_by_one_planner(
+    config: Config,
+    mut source: watch::Receiver<SourceSnapshot>,
+) -> watch::Receiver<PlanSnapshot> {
     let (plans, rx) = watch::channel(PlanSnapshot::default());
     let runtime = tokio::runtime::Handle::current();
     std::thread::spawn(move || {
@@ -238,7 +271,12 @@ fn spawn_one_by_one_planner(config: Config, mut source: watch::Receiver<SourceSn
                                 p.apply(change);
                             }
                         }
-                        _ => planner = Some(IncrementalPlanner::new(ClusterState::clone(&cluster), config.clone())),
+                        _ => {
+                            planner = Some(IncrementalPlanner::new(
+                                ClusterState::clone(&cluster),
+                                config.clone(),
+                            ))
+                        }
                     }
                     planned = Some(cluster);
                     let plan = planner.as_ref().unwrap().plan().clone();
@@ -270,7 +308,14 @@ struct Applied {
 
 /// Endpoint churn at `rate` for `run`, and from `relabel_at` the 1,000 nodes relabelled at
 /// `relabel_rate`; states published as the Kubernetes source paces them.
-fn churn(state: &mut ClusterState, source: &watch::Sender<SourceSnapshot>, run: Duration, rate: f64, relabel_at: Duration, relabel_rate: f64) -> Vec<Applied> {
+fn churn(
+    state: &mut ClusterState,
+    source: &watch::Sender<SourceSnapshot>,
+    run: Duration,
+    rate: f64,
+    relabel_at: Duration,
+    relabel_rate: f64,
+) -> Vec<Applied> {
     let mut rng = scale::Rng::new(7);
     let nodes: Vec<String> = state.nodes.keys().cloned().collect();
     let total = (run.as_secs_f64() * rate) as usize;
@@ -295,7 +340,11 @@ fn churn(state: &mut ClusterState, source: &watch::Sender<SourceSnapshot>, run: 
             let slice = scale::endpoint_change(state, Scale::LARGE, &mut rng);
             let change = Change::EndpointSlice(slice.into());
             state.apply(&change);
-            out.push(Applied { due: due(i), version: version + 1, change });
+            out.push(Applied {
+                due: due(i),
+                version: version + 1,
+                change,
+            });
             unpublished = true;
             i += 1;
             continue;
@@ -322,7 +371,12 @@ fn churn(state: &mut ClusterState, source: &watch::Sender<SourceSnapshot>, run: 
     out
 }
 
-async fn latency_run(label: &str, initial: &ClusterState, config: &Config, batched: bool) -> (Duration, Duration, usize) {
+async fn latency_run(
+    label: &str,
+    initial: &ClusterState,
+    config: &Config,
+    batched: bool,
+) -> (Duration, Duration, usize) {
     let g = Gobgpd::start().await;
     let cfg = GobgpConfig {
         address: g.address(),
@@ -338,8 +392,16 @@ async fn latency_run(label: &str, initial: &ClusterState, config: &Config, batch
     } else {
         spawn_one_by_one_planner(config.clone(), source_rx)
     };
-    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), plans.clone());
-    status.wait_for(|s| s.applied_generation >= 1).await.unwrap();
+    let mut status = herald_gobgp::spawn_with(
+        client,
+        &cfg.address,
+        herald_gobgp::settings(&cfg),
+        plans.clone(),
+    );
+    status
+        .wait_for(|s| s.applied_generation >= 1)
+        .await
+        .unwrap();
     // Every plan published (generation, cluster version, when) and every acknowledgment.
     let published: Arc<Mutex<Vec<(u64, u64, Instant)>>> = Arc::default();
     let acks: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::default();
@@ -369,7 +431,14 @@ async fn latency_run(label: &str, initial: &ClusterState, config: &Config, batch
     let mut state = initial.clone();
     let started = Instant::now();
     let (changes, _source) = tokio::task::spawn_blocking(move || {
-        let changes = churn(&mut state, &source, Duration::from_secs(12), 200.0, Duration::from_secs(2), 500.0);
+        let changes = churn(
+            &mut state,
+            &source,
+            Duration::from_secs(12),
+            200.0,
+            Duration::from_secs(2),
+            500.0,
+        );
         (changes, source)
     })
     .await
@@ -384,8 +453,16 @@ async fn latency_run(label: &str, initial: &ClusterState, config: &Config, batch
     }
     // Drained: the replayed plan published and acknowledged (bounded: the one-by-one planner is slow).
     tokio::time::timeout(Duration::from_secs(600), async {
-        let generation = plans.clone().wait_for(|p| *p.plan == *replay.plan()).await.unwrap().generation;
-        status.wait_for(|s| s.applied_generation >= generation).await.unwrap();
+        let generation = plans
+            .clone()
+            .wait_for(|p| *p.plan == *replay.plan())
+            .await
+            .unwrap()
+            .generation;
+        status
+            .wait_for(|s| s.applied_generation >= generation)
+            .await
+            .unwrap();
     })
     .await
     .expect("the pipeline drains within 10 minutes");
@@ -436,17 +513,39 @@ async fn main() {
     );
 
     println!("1,000 Node changes in one cluster state:");
-    batch("relabel with a label herald does not read", &initial, &relabelled(&initial), 20);
-    batch("rolling kubelet upgrade (a version label on every node, 50 flip Ready)", &initial, &upgraded(&initial), 20);
+    batch(
+        "relabel with a label herald does not read",
+        &initial,
+        &relabelled(&initial),
+        20,
+    );
+    batch(
+        "rolling kubelet upgrade (a version label on every node, 50 flip Ready)",
+        &initial,
+        &upgraded(&initial),
+        20,
+    );
 
     status_churn();
 
     if std::env::var_os("HERALD_NODES_NO_LATENCY").is_some() {
         return;
     }
-    println!("endpoint change -> gobgpd acknowledgment, 200 endpoint changes/s for 12 s, 1,000 Nodes relabelled at 500/s from 2 s:");
-    let (_, before, _) = latency_run("one change at a time (before)", &initial, &config, false).await;
-    let (_, after, _) = latency_run("batched, herald run's planner (after)", &initial, &config, true).await;
-    println!("  p99 before / after: {:.0}x", before.as_secs_f64() / after.as_secs_f64().max(1e-6));
+    println!(
+        "endpoint change -> gobgpd acknowledgment, 200 endpoint changes/s for 12 s, 1,000 Nodes relabelled at 500/s from 2 s:"
+    );
+    let (_, before, _) =
+        latency_run("one change at a time (before)", &initial, &config, false).await;
+    let (_, after, _) = latency_run(
+        "batched, herald run's planner (after)",
+        &initial,
+        &config,
+        true,
+    )
+    .await;
+    println!(
+        "  p99 before / after: {:.0}x",
+        before.as_secs_f64() / after.as_secs_f64().max(1e-6)
+    );
     println!("bench took {:.0?}", started.elapsed());
 }

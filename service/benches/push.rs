@@ -25,12 +25,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
+use herald_api::gobgp::v3 as api;
 use herald_core::config::{Community, GobgpConfig, Origin, Seconds};
+use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
 use herald_gobgp::paths::{self, PathSet};
 use herald_gobgp::reconciler::GobgpClient;
 use herald_gobgp::v3::V3Client;
-use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
-use herald_api::gobgp::v3 as api;
 use ipnet::IpNet;
 use pbjson_types::Any;
 use prost::Message;
@@ -49,13 +49,21 @@ const COMMUNITY: u32 = 64512 << 16 | 100;
 /// CPU seconds (user + system) of a process, from /proc.
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
 }
 
 /// `ROUTES` host routes, each on `HOPS_PER_ROUTE` of 64 nodes.
 fn plan() -> Plan {
-    let hop = |n: usize| NextHop { node: format!("node-{n:02}"), address: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1 + n as u8)) };
+    let hop = |n: usize| NextHop {
+        node: format!("node-{n:02}"),
+        address: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1 + n as u8)),
+    };
     let routes = (0..ROUTES).map(|i| {
         let prefix = IpNet::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 + i as u32)));
         let route = Route {
@@ -71,7 +79,10 @@ fn plan() -> Plan {
         };
         (prefix, route)
     });
-    Plan { routes: routes.collect(), ..Default::default() }
+    Plan {
+        routes: routes.collect(),
+        ..Default::default()
+    }
 }
 
 fn config(address: String) -> GobgpConfig {
@@ -100,24 +111,50 @@ struct RawEncoder {
 
 impl RawEncoder {
     fn new() -> Self {
-        let any = |url: &str, bytes: Vec<u8>| Any { type_url: format!("type.googleapis.com/apipb.{url}"), value: Bytes::from(bytes) };
+        let any = |url: &str, bytes: Vec<u8>| Any {
+            type_url: format!("type.googleapis.com/apipb.{url}"),
+            value: Bytes::from(bytes),
+        };
         RawEncoder {
-            origin: any("OriginAttribute", api::OriginAttribute { origin: 0 }.encode_to_vec()),
-            communities: any("CommunitiesAttribute", api::CommunitiesAttribute { communities: vec![COMMUNITY] }.encode_to_vec()),
+            origin: any(
+                "OriginAttribute",
+                api::OriginAttribute { origin: 0 }.encode_to_vec(),
+            ),
+            communities: any(
+                "CommunitiesAttribute",
+                api::CommunitiesAttribute {
+                    communities: vec![COMMUNITY],
+                }
+                .encode_to_vec(),
+            ),
         }
     }
 
     fn path(&self, p: &RawPath) -> api::Path {
-        let nlri = api::IpAddressPrefix { prefix_len: p.prefix.prefix_len().into(), prefix: p.prefix.network().to_string() };
-        let hop = api::NextHopAttribute { next_hop: p.next_hop.to_string() };
+        let nlri = api::IpAddressPrefix {
+            prefix_len: p.prefix.prefix_len().into(),
+            prefix: p.prefix.network().to_string(),
+        };
+        let hop = api::NextHopAttribute {
+            next_hop: p.next_hop.to_string(),
+        };
         api::Path {
-            nlri: Some(Any { type_url: "type.googleapis.com/apipb.IPAddressPrefix".into(), value: nlri.encode_to_vec().into() }),
+            nlri: Some(Any {
+                type_url: "type.googleapis.com/apipb.IPAddressPrefix".into(),
+                value: nlri.encode_to_vec().into(),
+            }),
             pattrs: vec![
                 self.origin.clone(),
-                Any { type_url: "type.googleapis.com/apipb.NextHopAttribute".into(), value: hop.encode_to_vec().into() },
+                Any {
+                    type_url: "type.googleapis.com/apipb.NextHopAttribute".into(),
+                    value: hop.encode_to_vec().into(),
+                },
                 self.communities.clone(),
             ],
-            family: Some(api::Family { afi: api::family::Afi::Ip as i32, safi: api::family::Safi::Unicast as i32 }),
+            family: Some(api::Family {
+                afi: api::family::Afi::Ip as i32,
+                safi: api::family::Safi::Unicast as i32,
+            }),
             source_asn: paths::HERALD_SOURCE_ASN,
             identifier: p.identifier,
             ..Default::default()
@@ -166,26 +203,43 @@ fn raw_messages(raw: &[RawPath]) -> Vec<api::AddPathStreamRequest> {
 }
 
 /// The reconciler, started and idle (it has read gobgpd's empty RIB back), then given the plan.
-async fn push_herald(g: &Gobgpd, plan: Arc<Plan>, started: &mut Option<(Instant, f64, f64)>, gobgpd_pid: &str) {
+async fn push_herald(
+    g: &Gobgpd,
+    plan: Arc<Plan>,
+    started: &mut Option<(Instant, f64, f64)>,
+    gobgpd_pid: &str,
+) {
     let cfg = config(g.address());
     let client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let (tx, rx) = watch::channel(PlanSnapshot::default());
-    let mut status = herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), rx);
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reachable)).await.expect("reconciler ready").unwrap();
-    *started = Some((Instant::now(), cpu_seconds("self"), cpu_seconds(gobgpd_pid)));
-    tx.send_replace(PlanSnapshot { generation: 1, plan, ..Default::default() });
-    let s = tokio::time::timeout(Duration::from_secs(120), status.wait_for(|s| s.applied_generation >= 1))
+    let mut status =
+        herald_gobgp::spawn_with(client, &cfg.address, herald_gobgp::settings(&cfg), rx);
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.reachable))
         .await
-        .expect("reconciler converges")
-        .unwrap()
-        .clone();
+        .expect("reconciler ready")
+        .unwrap();
+    *started = Some((Instant::now(), cpu_seconds("self"), cpu_seconds(gobgpd_pid)));
+    tx.send_replace(PlanSnapshot {
+        generation: 1,
+        plan,
+        ..Default::default()
+    });
+    let s = tokio::time::timeout(
+        Duration::from_secs(120),
+        status.wait_for(|s| s.applied_generation >= 1),
+    )
+    .await
+    .expect("reconciler converges")
+    .unwrap()
+    .clone();
     assert_eq!(s.paths_applied as usize, PATHS);
     assert_eq!(s.pending_operations, 0);
 }
 
 async fn push_client(g: &Gobgpd, desired: &PathSet) -> Duration {
     let cfg = config(g.address());
-    let mut client = V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
+    let mut client =
+        V3Client::new(&cfg.address, cfg.batch_size, herald_gobgp::CALL_TIMEOUT).unwrap();
     let per_push = herald_gobgp::settings(&cfg).ops_per_push;
     // Connect first, as the reconciler has by the time it pushes.
     client.path_counts().await.unwrap();
@@ -208,23 +262,42 @@ async fn run_once(variant: Variant, inputs: &Inputs) -> Sample {
             client.get_bgp(api::GetBgpRequest {}).await.unwrap();
             let (c0, g0) = (cpu_seconds("self"), cpu_seconds(&pid));
             let t = Instant::now();
-            client.add_path_stream(tokio_stream::iter(messages)).await.expect("AddPathStream");
-            Sample { elapsed: t.elapsed(), self_cpu: cpu_seconds("self") - c0, gobgpd_cpu: cpu_seconds(&pid) - g0 }
+            client
+                .add_path_stream(tokio_stream::iter(messages))
+                .await
+                .expect("AddPathStream");
+            Sample {
+                elapsed: t.elapsed(),
+                self_cpu: cpu_seconds("self") - c0,
+                gobgpd_cpu: cpu_seconds(&pid) - g0,
+            }
         }
         Variant::Herald => {
             let mut started = None;
             push_herald(&g, inputs.plan.clone(), &mut started, &pid).await;
             let elapsed = started.unwrap().0.elapsed();
             let (_, c0, g0) = started.unwrap();
-            Sample { elapsed, self_cpu: cpu_seconds("self") - c0, gobgpd_cpu: cpu_seconds(&pid) - g0 }
+            Sample {
+                elapsed,
+                self_cpu: cpu_seconds("self") - c0,
+                gobgpd_cpu: cpu_seconds(&pid) - g0,
+            }
         }
         Variant::Client => {
             let (c0, g0) = (cpu_seconds("self"), cpu_seconds(&pid));
             let elapsed = push_client(&g, &inputs.desired).await;
-            Sample { elapsed, self_cpu: cpu_seconds("self") - c0, gobgpd_cpu: cpu_seconds(&pid) - g0 }
+            Sample {
+                elapsed,
+                self_cpu: cpu_seconds("self") - c0,
+                gobgpd_cpu: cpu_seconds(&pid) - g0,
+            }
         }
     };
-    assert_eq!(g.path_count().await as usize, PATHS, "{variant:?}: gobgpd holds every path");
+    assert_eq!(
+        g.path_count().await as usize,
+        PATHS,
+        "{variant:?}: gobgpd holds every path"
+    );
     sample
 }
 
@@ -254,14 +327,21 @@ async fn unary(raw: &[RawPath]) -> (Duration, f64) {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 #[tokio::main]
 async fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         // The reconciler's own timings (`RUST_LOG=herald=debug`): plan taken, each batch applied.
-        tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
     }
     let started = Instant::now();
     let plan = plan();
@@ -269,14 +349,24 @@ async fn main() {
     assert_eq!(desired.len(), PATHS);
     let raw: Vec<RawPath> = desired
         .iter()
-        .map(|(k, a)| RawPath { prefix: k.prefix, next_hop: a.next_hop, identifier: k.identifier })
+        .map(|(k, a)| RawPath {
+            prefix: k.prefix,
+            next_hop: a.next_hop,
+            identifier: k.identifier,
+        })
         .collect();
-    let inputs = Inputs { plan: Arc::new(plan), raw: Arc::new(raw), desired };
+    let inputs = Inputs {
+        plan: Arc::new(plan),
+        raw: Arc::new(raw),
+        desired,
+    };
     println!(
         "push: {PATHS} paths ({ROUTES} /32 routes x {HOPS_PER_ROUTE} next hops, ORIGIN + NEXT_HOP + 1 community) into an empty gobgpd ({}), {BATCH} paths a message",
         gobgpd::GOBGPD
     );
-    println!("{ROUNDS} rounds of raw, herald, client, each run with a fresh gobgpd; wall time from push to acknowledgment");
+    println!(
+        "{ROUNDS} rounds of raw, herald, client, each run with a fresh gobgpd; wall time from push to acknowledgment"
+    );
 
     // herald's own work before its first message, measured alone.
     let time = |f: &mut dyn FnMut()| {
@@ -290,10 +380,28 @@ async fn main() {
         v.sort_by(f64::total_cmp);
         v[4]
     };
-    let desired_ms = time(&mut || drop(std::hint::black_box(paths::desired_paths(&inputs.plan, Origin::Igp, None))));
-    let diff_ms = time(&mut || drop(std::hint::black_box(paths::diff(&inputs.desired, &PathSet::new()))));
-    let in_rib_ms = time(&mut || drop(std::hint::black_box(paths::prefixes_in_rib(&inputs.desired, &inputs.desired))));
-    println!("herald's CPU, alone: path set of the plan {desired_ms:.1} ms, diff against an empty RIB {diff_ms:.1} ms, inRib {in_rib_ms:.1} ms");
+    let desired_ms = time(&mut || {
+        drop(std::hint::black_box(paths::desired_paths(
+            &inputs.plan,
+            Origin::Igp,
+            None,
+        )))
+    });
+    let diff_ms = time(&mut || {
+        drop(std::hint::black_box(paths::diff(
+            &inputs.desired,
+            &PathSet::new(),
+        )))
+    });
+    let in_rib_ms = time(&mut || {
+        drop(std::hint::black_box(paths::prefixes_in_rib(
+            &inputs.desired,
+            &inputs.desired,
+        )))
+    });
+    println!(
+        "herald's CPU, alone: path set of the plan {desired_ms:.1} ms, diff against an empty RIB {diff_ms:.1} ms, inRib {in_rib_ms:.1} ms"
+    );
 
     let variants = [Variant::Raw, Variant::Herald, Variant::Client];
     if let Ok(only) = std::env::var("HERALD_PUSH_ONLY") {
@@ -305,7 +413,11 @@ async fn main() {
         };
         for _ in 0..ROUNDS {
             let s = run_once(v, &inputs).await;
-            println!("{}: {:.0} paths/s", v.name(), PATHS as f64 / s.elapsed.as_secs_f64());
+            println!(
+                "{}: {:.0} paths/s",
+                v.name(),
+                PATHS as f64 / s.elapsed.as_secs_f64()
+            );
         }
         return;
     }
@@ -352,10 +464,16 @@ async fn main() {
     println!(
         "herald / raw: {:.3} (ratio of medians); per-round ratios {:?}, median {:.3}; target >= 0.9",
         medians[1] / medians[0],
-        round_ratios.iter().map(|r| (r * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+        round_ratios
+            .iter()
+            .map(|r| (r * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>(),
         median(round_ratios.clone())
     );
-    println!("herald V3Client::push alone / raw: {:.3}", medians[2] / medians[0]);
+    println!(
+        "herald V3Client::push alone / raw: {:.3}",
+        medians[2] / medians[0]
+    );
 
     let mut unary_rates = Vec::new();
     let mut unary_cpu = Vec::new();
@@ -377,7 +495,11 @@ async fn main() {
         let wide: Vec<RawPath> = (0..prefixes)
             .flat_map(|p| {
                 (0..hops).map(move |h| RawPath {
-                    prefix: IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6400_0000u32 + ((p as u32) << 16))), 16).unwrap(),
+                    prefix: IpNet::new(
+                        IpAddr::V4(Ipv4Addr::from(0x6400_0000u32 + ((p as u32) << 16))),
+                        16,
+                    )
+                    .unwrap(),
                     next_hop: IpAddr::V4(Ipv4Addr::from(0x0a01_0000u32 + h as u32)),
                     identifier: paths::IDENTIFIER_TAG | h as u32,
                 })
@@ -390,7 +512,10 @@ async fn main() {
         client.get_bgp(api::GetBgpRequest {}).await.unwrap();
         let g0 = cpu_seconds(&pid);
         let t = Instant::now();
-        client.add_path_stream(tokio_stream::iter(messages)).await.expect("AddPathStream");
+        client
+            .add_path_stream(tokio_stream::iter(messages))
+            .await
+            .expect("AddPathStream");
         let elapsed = t.elapsed();
         assert_eq!(g.path_count().await as usize, wide.len());
         println!(

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use herald_k8s::parse_manifest;
-use herald_core::config::Config;
 use herald::run::RunOptions;
+use herald_core::config::Config;
+use herald_k8s::parse_manifest;
 
 /// Announces Kubernetes Service IPs over BGP through a gobgpd sidecar.
 #[derive(Parser)]
@@ -38,7 +38,11 @@ enum Command {
         #[arg(long, env = "HERALD_API_TLS_KEY_FILE", requires = "api_tls_cert_file")]
         api_tls_key_file: Option<PathBuf>,
         /// ... and the CA of the clients' certificates (clients without one are refused).
-        #[arg(long, env = "HERALD_API_TLS_CLIENT_CA_FILE", requires = "api_tls_cert_file")]
+        #[arg(
+            long,
+            env = "HERALD_API_TLS_CLIENT_CA_FILE",
+            requires = "api_tls_cert_file"
+        )]
         api_tls_client_ca_file: Option<PathBuf>,
     },
     /// Print the advertisement plan for a config and a cluster-state file, and exit.
@@ -73,7 +77,9 @@ const EXAMPLE_STATE: &str = include_str!("../../examples/yaobank/cluster-state.y
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -82,7 +88,7 @@ fn init_logging(format: LogFormat) {
 
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let term = async {
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
@@ -113,27 +119,56 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run { config, kubeconfig, log_format, api_listen, api_tls_cert_file, api_tls_key_file, api_tls_client_ca_file } => {
+        Command::Run {
+            config,
+            kubeconfig,
+            log_format,
+            api_listen,
+            api_tls_cert_file,
+            api_tls_key_file,
+            api_tls_client_ca_file,
+        } => {
             init_logging(log_format);
             let mut config = Config::load(&config)?;
             if let Some(listen) = api_listen {
                 config.api.listen = listen;
             }
             if let (Some(cert_file), Some(key_file)) = (api_tls_cert_file, api_tls_key_file) {
-                config.api.tls = Some(herald_core::config::TlsConfig { cert_file, key_file, client_ca_file: api_tls_client_ca_file });
+                config.api.tls = Some(herald_core::config::TlsConfig {
+                    cert_file,
+                    key_file,
+                    client_ca_file: api_tls_client_ca_file,
+                });
             }
             if config.api.health_listen == Some(config.api.listen) {
-                anyhow::bail!("api.healthListen {} is the API's address too: give the health listener a port of its own", config.api.listen);
+                anyhow::bail!(
+                    "api.healthListen {} is the API's address too: give the health listener a port of its own",
+                    config.api.listen
+                );
             }
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(herald::run::run(config, RunOptions { kubeconfig }, shutdown_signal()))?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(herald::run::run(
+                config,
+                RunOptions { kubeconfig },
+                shutdown_signal(),
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plan { config, cluster_state, output } => {
+        Command::Plan {
+            config,
+            cluster_state,
+            output,
+        } => {
             let (config, state) = match (config, cluster_state) {
                 (None, None) => {
-                    eprintln!("herald: no --config and --cluster-state: planning the built-in yaobank example");
-                    (Config::parse(EXAMPLE_CONFIG).map_err(anyhow::Error::msg)?, parse_manifest(EXAMPLE_STATE)?)
+                    eprintln!(
+                        "herald: no --config and --cluster-state: planning the built-in yaobank example"
+                    );
+                    (
+                        Config::parse(EXAMPLE_CONFIG).map_err(anyhow::Error::msg)?,
+                        parse_manifest(EXAMPLE_STATE)?,
+                    )
                 }
                 (config, Some(path)) => {
                     let config = match config {
@@ -142,8 +177,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("cannot read cluster state {}", path.display()))?;
-                    let state =
-                        parse_manifest(&text).with_context(|| format!("invalid cluster state {}", path.display()))?;
+                    let state = parse_manifest(&text)
+                        .with_context(|| format!("invalid cluster state {}", path.display()))?;
                     (config, state)
                 }
                 (Some(_), None) => anyhow::bail!("--cluster-state is required with --config"),

@@ -10,13 +10,13 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::gobgp::inspect::Inspector;
 use crate::gobgp::SinkStatus;
+use crate::gobgp::inspect::Inspector;
 use crate::plan::{PlanSnapshot, RefusalCause, RouteKind};
 use crate::source::SourceSnapshot;
 
@@ -104,19 +104,37 @@ impl SinkTracker {
             if self.published.len() == Self::KEPT {
                 self.published.pop_front();
             }
-            self.published.push_back((generation, std::time::Instant::now()));
+            self.published
+                .push_back((generation, std::time::Instant::now()));
         }
     }
 
     fn observe(&mut self, metrics: &SinkMetrics, status: &SinkStatus) {
-        let operation = |name: &str| metrics.operations.get_or_create(&OperationLabels { operation: name.to_string() }).clone();
+        let operation = |name: &str| {
+            metrics
+                .operations
+                .get_or_create(&OperationLabels {
+                    operation: name.to_string(),
+                })
+                .clone()
+        };
         operation("add").inc_by(status.paths_added.saturating_sub(self.added));
         operation("withdraw").inc_by(status.paths_withdrawn.saturating_sub(self.withdrawn));
-        metrics.errors.inc_by(status.errors.saturating_sub(self.errors));
-        metrics.repairs.inc_by(status.repairs.saturating_sub(self.repairs));
-        (self.added, self.withdrawn, self.errors, self.repairs) =
-            (status.paths_added, status.paths_withdrawn, status.errors, status.repairs);
-        metrics.restart_misses.inc_by(status.restart_misses.saturating_sub(self.restart_misses));
+        metrics
+            .errors
+            .inc_by(status.errors.saturating_sub(self.errors));
+        metrics
+            .repairs
+            .inc_by(status.repairs.saturating_sub(self.repairs));
+        (self.added, self.withdrawn, self.errors, self.repairs) = (
+            status.paths_added,
+            status.paths_withdrawn,
+            status.errors,
+            status.repairs,
+        );
+        metrics
+            .restart_misses
+            .inc_by(status.restart_misses.saturating_sub(self.restart_misses));
         self.restart_misses = status.restart_misses;
         if status.applied_generation > self.applied_generation {
             self.applied_generation = status.applied_generation;
@@ -188,36 +206,100 @@ impl Metrics {
             api_refused: Default::default(),
             registry: Registry::default(),
         };
-        registry.register("routes_planned", "Routes in the plan, by kind", m.routes_planned.clone());
-        registry.register("next_hops_planned", "Paths (prefix, next hop) in the plan", m.paths_planned.clone());
-        registry.register("plan_generation", "Generation of the current plan", m.plan_generation.clone());
-        registry.register("refused_ips", "Service IPs refused, by cause", m.refused.clone());
+        registry.register(
+            "routes_planned",
+            "Routes in the plan, by kind",
+            m.routes_planned.clone(),
+        );
+        registry.register(
+            "next_hops_planned",
+            "Paths (prefix, next hop) in the plan",
+            m.paths_planned.clone(),
+        );
+        registry.register(
+            "plan_generation",
+            "Generation of the current plan",
+            m.plan_generation.clone(),
+        );
+        registry.register(
+            "refused_ips",
+            "Service IPs refused, by cause",
+            m.refused.clone(),
+        );
         registry.register("range_parts", "Parts a range is announced in (ecmp.maxPaths), by range; absent for a range announced whole", m.range_parts.clone());
         registry.register(
             "next_hops_left_out",
             "Nodes that would announce a route but for ecmp.maxPaths, by kind: a host route's endpoint nodes beyond the limit, a range's nodes that carry none of its parts",
             m.left_out.clone(),
         );
-        registry.register("source_synced", "1 once the source delivered a complete cluster state", m.source_synced.clone());
-        registry.register("source_up", "1 while the source's last read succeeded", m.source_up.clone());
+        registry.register(
+            "source_synced",
+            "1 once the source delivered a complete cluster state",
+            m.source_synced.clone(),
+        );
+        registry.register(
+            "source_up",
+            "1 while the source's last read succeeded",
+            m.source_up.clone(),
+        );
         registry.register(
             "max_routes_refused",
             "Routes the planner wanted that guard.maxRoutes left out (0 under the limit)",
             m.max_routes_refused.clone(),
         );
         if with_gobgp {
-            registry.register("routes_applied", "Routes of the plan whose every path is in gobgpd's RIB, by kind", m.routes_applied.clone());
-            registry.register("gobgp_up", "1 while gobgpd's API answers", m.gobgp_up.clone());
-            registry.register("gobgp_paths_applied", "herald's paths in gobgpd's RIB", m.paths_applied.clone());
-            registry.register("gobgp_pending_operations", "Paths still to add or withdraw", m.pending.clone());
-            registry.register("gobgp_applied_generation", "Plan generation gobgpd's RIB last equalled", m.applied_generation.clone());
-            registry.register("reconcile_operations", "Paths added or withdrawn in gobgpd", m.sink.operations.clone());
-            registry.register("reconcile_errors", "Failed calls to gobgpd", m.sink.errors.clone());
-            registry.register("push_duration_seconds", "Time to make gobgpd's RIB equal a new plan", m.sink.push_seconds.clone());
-            registry.register("bgp_peer_state", "BGP neighbors of gobgpd, 1 for the current session state", m.sink.peers.clone());
+            registry.register(
+                "routes_applied",
+                "Routes of the plan whose every path is in gobgpd's RIB, by kind",
+                m.routes_applied.clone(),
+            );
+            registry.register(
+                "gobgp_up",
+                "1 while gobgpd's API answers",
+                m.gobgp_up.clone(),
+            );
+            registry.register(
+                "gobgp_paths_applied",
+                "herald's paths in gobgpd's RIB",
+                m.paths_applied.clone(),
+            );
+            registry.register(
+                "gobgp_pending_operations",
+                "Paths still to add or withdraw",
+                m.pending.clone(),
+            );
+            registry.register(
+                "gobgp_applied_generation",
+                "Plan generation gobgpd's RIB last equalled",
+                m.applied_generation.clone(),
+            );
+            registry.register(
+                "reconcile_operations",
+                "Paths added or withdrawn in gobgpd",
+                m.sink.operations.clone(),
+            );
+            registry.register(
+                "reconcile_errors",
+                "Failed calls to gobgpd",
+                m.sink.errors.clone(),
+            );
+            registry.register(
+                "push_duration_seconds",
+                "Time to make gobgpd's RIB equal a new plan",
+                m.sink.push_seconds.clone(),
+            );
+            registry.register(
+                "bgp_peer_state",
+                "BGP neighbors of gobgpd, 1 for the current session state",
+                m.sink.peers.clone(),
+            );
             registry.register("rib_repairs", "Times gobgpd's RIB differed from what herald applied (gobgpd restarted, paths changed by hand) and was repaired", m.sink.repairs.clone());
             registry.register("gobgp_restart_deferral_seconds", "The longest graceful-restart deferral time of gobgpd's neighbors, read when it last lost herald's paths", m.restart_deferral.clone());
-            registry.register("gobgp_restart_deferral_misses", "Restarts of gobgpd that sent End-of-RIB to a peer before herald's plan was in", m.sink.restart_misses.clone());
+            registry.register(
+                "gobgp_restart_deferral_misses",
+                "Restarts of gobgpd that sent End-of-RIB to a peer before herald's plan was in",
+                m.sink.restart_misses.clone(),
+            );
         }
         registry.register(
             "api_refused_calls",
@@ -225,9 +307,21 @@ impl Metrics {
             m.api_refused.clone(),
         );
         registry.register("withdrawal_brake_engaged", "1 while the withdrawal brake holds the paths of nodes lost at once (see heraldctl brake)", m.brake_engaged.clone());
-        registry.register("withdrawal_brake_held_paths", "Paths the withdrawal brake keeps announced for lost nodes", m.brake_held_paths.clone());
-        registry.register("withdrawal_brake_held_nodes", "Lost nodes whose paths the withdrawal brake keeps announced", m.brake_held_nodes.clone());
-        registry.register("withdrawal_brake_engagements", "Times the withdrawal brake engaged", m.brake_engagements.clone());
+        registry.register(
+            "withdrawal_brake_held_paths",
+            "Paths the withdrawal brake keeps announced for lost nodes",
+            m.brake_held_paths.clone(),
+        );
+        registry.register(
+            "withdrawal_brake_held_nodes",
+            "Lost nodes whose paths the withdrawal brake keeps announced",
+            m.brake_held_nodes.clone(),
+        );
+        registry.register(
+            "withdrawal_brake_engagements",
+            "Times the withdrawal brake engaged",
+            m.brake_engagements.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -241,9 +335,11 @@ impl Metrics {
     fn observe_plan(&self, snapshot: &PlanSnapshot, in_rib: Option<&SinkStatus>) {
         self.plan_generation.set(snapshot.generation as i64);
         self.paths_planned.set(snapshot.plan.path_count() as i64);
-        self.max_routes_refused.set(snapshot.plan.max_routes_refused as i64);
+        self.max_routes_refused
+            .set(snapshot.plan.max_routes_refused as i64);
         // One walk over the routes for every per-kind and per-range figure.
-        let mut by_kind: std::collections::HashMap<RouteKind, (i64, i64, i64)> = std::collections::HashMap::new();
+        let mut by_kind: std::collections::HashMap<RouteKind, (i64, i64, i64)> =
+            std::collections::HashMap::new();
         let mut parts: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
         for route in snapshot.plan.routes.values() {
             let counts = by_kind.entry(route.kind).or_default();
@@ -255,7 +351,9 @@ impl Metrics {
             }
         }
         for kind in RouteKind::ALL {
-            let labels = KindLabels { kind: kind.as_str().to_string() };
+            let labels = KindLabels {
+                kind: kind.as_str().to_string(),
+            };
             let (planned, applied, left_out) = by_kind.get(&kind).copied().unwrap_or_default();
             self.routes_planned.get_or_create(&labels).set(planned);
             self.routes_applied.get_or_create(&labels).set(applied);
@@ -266,11 +364,22 @@ impl Metrics {
         // Ranges no longer in parts go, rather than stay at their last count.
         self.range_parts.clear();
         for (range, count) in parts {
-            self.range_parts.get_or_create(&RangeLabels { range }).set(count);
+            self.range_parts
+                .get_or_create(&RangeLabels { range })
+                .set(count);
         }
         for cause in RefusalCause::ALL {
-            let count = snapshot.plan.refusals.iter().filter(|r| r.cause == cause).count();
-            self.refused.get_or_create(&CauseLabels { cause: cause.as_str().to_string() }).set(count as i64);
+            let count = snapshot
+                .plan
+                .refusals
+                .iter()
+                .filter(|r| r.cause == cause)
+                .count();
+            self.refused
+                .get_or_create(&CauseLabels {
+                    cause: cause.as_str().to_string(),
+                })
+                .set(count as i64);
         }
     }
 
@@ -278,9 +387,16 @@ impl Metrics {
     fn observe_brake(&self, snapshot: &PlanSnapshot, last: &mut u64) {
         let status = snapshot.brake.as_deref();
         self.brake_engaged.set(i64::from(status.is_some()));
-        self.brake_held_paths.set(status.map_or(0, |b| b.paths as i64));
-        self.brake_held_nodes.set(status.map_or(0, |b| b.nodes.len() as i64));
-        let seen = status.map(|b| b.engagement).into_iter().chain(snapshot.brake_released.as_ref().map(|r| r.engagement)).max().unwrap_or(0);
+        self.brake_held_paths
+            .set(status.map_or(0, |b| b.paths as i64));
+        self.brake_held_nodes
+            .set(status.map_or(0, |b| b.nodes.len() as i64));
+        let seen = status
+            .map(|b| b.engagement)
+            .into_iter()
+            .chain(snapshot.brake_released.as_ref().map(|r| r.engagement))
+            .max()
+            .unwrap_or(0);
         if seen > *last {
             self.brake_engagements.inc_by(seen - *last);
             *last = seen;
@@ -289,14 +405,16 @@ impl Metrics {
 
     fn observe_source(&self, snapshot: &SourceSnapshot) {
         self.source_synced.set(i64::from(snapshot.status.synced));
-        self.source_up.set(i64::from(snapshot.status.last_error.is_none()));
+        self.source_up
+            .set(i64::from(snapshot.status.last_error.is_none()));
     }
 
     fn observe_sink(&self, status: &SinkStatus) {
         self.gobgp_up.set(i64::from(status.reachable));
         self.paths_applied.set(status.paths_applied as i64);
         self.pending.set(status.pending_operations as i64);
-        self.applied_generation.set(status.applied_generation as i64);
+        self.applied_generation
+            .set(status.applied_generation as i64);
         if let Some(window) = status.graceful_restart {
             self.restart_deferral.set(window.deferral.as_secs() as i64);
         }
@@ -321,7 +439,10 @@ impl Metrics {
             self.observe_brake(&plan, &mut brake_engagements);
             let now = tokio::time::Instant::now();
             let gauges_due = match gauges_at {
-                Some(at) if now < at + PLAN_GAUGES_EVERY && plan.plan.routes.len() >= THROTTLED_ABOVE => {
+                Some(at)
+                    if now < at + PLAN_GAUGES_EVERY
+                        && plan.plan.routes.len() >= THROTTLED_ABOVE =>
+                {
                     Some(at + PLAN_GAUGES_EVERY)
                 }
                 _ => {
@@ -368,7 +489,13 @@ pub async fn follow_peers(metrics: Arc<Metrics>, inspector: Inspector, every: st
         interval.tick().await;
         // An unreachable gobgpd shows as herald_gobgp_up 0; its neighbors are then unknown.
         let current: Vec<PeerLabels> = match inspector.neighbors().await {
-            Ok(neighbors) => neighbors.into_iter().map(|n| PeerLabels { peer: n.address, state: n.state }).collect(),
+            Ok(neighbors) => neighbors
+                .into_iter()
+                .map(|n| PeerLabels {
+                    peer: n.address,
+                    state: n.state,
+                })
+                .collect(),
             Err(_) => Vec::new(),
         };
         for gone in shown.iter().filter(|l| !current.contains(l)) {
@@ -382,7 +509,10 @@ pub async fn follow_peers(metrics: Arc<Metrics>, inspector: Inspector, every: st
 }
 
 /// Serves `/metrics` until the process ends. Binding is the caller's, so a taken port fails start-up.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     info!(listen = %listener.local_addr()?, "metrics serving on /metrics");
     let app = axum::Router::new().route(
         "/metrics",
@@ -390,7 +520,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) -> 
             let metrics = metrics.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     metrics.encode(),
                 )
             }

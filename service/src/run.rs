@@ -7,17 +7,17 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::api::server::{self, ApiState};
+use crate::brake::{BrakeRelease, BrakeStatus};
+use crate::cluster::ClusterState;
 use crate::config::{Config, SourceConfig};
 use crate::gobgp::inspect::Inspector;
-use crate::metrics::Metrics;
-use std::time::Duration;
-use crate::cluster::ClusterState;
-use crate::brake::{BrakeRelease, BrakeStatus};
 use crate::guard::{Guard, GuardConfig};
+use crate::metrics::Metrics;
 use crate::plan::{Plan, PlanSnapshot};
 use crate::planner::incremental::IncrementalPlanner;
 use crate::source::file::FileSource;
 use crate::source::{ClusterSource, SourceSnapshot};
+use std::time::Duration;
 
 /// Options of `herald run` that are not in the config file.
 #[derive(Debug, Default, Clone)]
@@ -28,7 +28,9 @@ pub struct RunOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("the config has no `source` (use `source: {{file: PATH}}` or `source: {{kubernetes: {{}}}}`)")]
+    #[error(
+        "the config has no `source` (use `source: {{file: PATH}}` or `source: {{kubernetes: {{}}}}`)"
+    )]
     NoSource,
     #[error(transparent)]
     Serve(#[from] server::ServeError),
@@ -43,7 +45,13 @@ pub enum RunError {
 /// Publishes `plan` if it differs from the current one (the first plan is published even if empty).
 /// Says what is new: refused IPs and notes that the last plan did not have (a churning cluster
 /// publishes often; the same refusal is not repeated with every plan).
-fn publish(plans: &watch::Sender<PlanSnapshot>, plan: Plan, cluster_version: u64, elapsed: Duration, brake: BrakeView) {
+fn publish(
+    plans: &watch::Sender<PlanSnapshot>,
+    plan: Plan,
+    cluster_version: u64,
+    elapsed: Duration,
+    brake: BrakeView,
+) {
     plans.send_if_modified(|current| {
         if current.generation > 0 && *current.plan == plan && brake.same_as(current) {
             return false;
@@ -89,16 +97,21 @@ struct BrakeView {
 impl BrakeView {
     fn same_as(&self, current: &PlanSnapshot) -> bool {
         current.brake.as_deref() == self.status.as_ref()
-            && (self.released.is_none() || current.brake_released.as_deref() == self.released.as_ref())
+            && (self.released.is_none()
+                || current.brake_released.as_deref() == self.released.as_ref())
     }
 
     /// Engaging and letting go are logged once each, at warn: an operator must hear of both.
     fn log_change(&self, current: &PlanSnapshot) {
         match (&current.brake, &self.status) {
-            (None, Some(now)) => warn!(engagement = now.engagement, reason = %now.reason, nodes = now.nodes.len(),
-                paths = now.paths, prefixes = now.prefixes, "withdrawal brake engaged: keeping the lost nodes' paths announced"),
-            (Some(before), Some(now)) if before.engagement != now.engagement => warn!(engagement = now.engagement,
-                reason = %now.reason, nodes = now.nodes.len(), paths = now.paths, "withdrawal brake engaged again"),
+            (None, Some(now)) => {
+                warn!(engagement = now.engagement, reason = %now.reason, nodes = now.nodes.len(),
+                paths = now.paths, prefixes = now.prefixes, "withdrawal brake engaged: keeping the lost nodes' paths announced")
+            }
+            (Some(before), Some(now)) if before.engagement != now.engagement => {
+                warn!(engagement = now.engagement,
+                reason = %now.reason, nodes = now.nodes.len(), paths = now.paths, "withdrawal brake engaged again")
+            }
             _ => {}
         }
         if let Some(released) = &self.released {
@@ -124,25 +137,34 @@ struct Planning {
 impl Planning {
     /// Brings the plan up to `cluster`; false if the planner failed (the last plan stays).
     fn follow(&mut self, cluster: &Arc<ClusterState>) -> bool {
-        if self.planned.as_ref().is_some_and(|p| Arc::ptr_eq(p, cluster)) {
+        if self
+            .planned
+            .as_ref()
+            .is_some_and(|p| Arc::ptr_eq(p, cluster))
+        {
             return true;
         }
         let planner = self.planner.take();
         let planned = self.planned.take();
         let config = &self.config;
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || match (planner, planned) {
-            (Some(mut planner), Some(planned)) => {
-                // Diffed against the source's previous state, not the planner's copy of it: the two
-                // states of the source share their structure, so only the change is visited.
-                let changes = planned.changes_to(cluster);
-                if changes.len() > REPLAN_ABOVE.max(cluster.services.len() / 4) {
-                    return IncrementalPlanner::new(ClusterState::clone(cluster), config.clone());
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            match (planner, planned) {
+                (Some(mut planner), Some(planned)) => {
+                    // Diffed against the source's previous state, not the planner's copy of it: the two
+                    // states of the source share their structure, so only the change is visited.
+                    let changes = planned.changes_to(cluster);
+                    if changes.len() > REPLAN_ABOVE.max(cluster.services.len() / 4) {
+                        return IncrementalPlanner::new(
+                            ClusterState::clone(cluster),
+                            config.clone(),
+                        );
+                    }
+                    // One batch: Node changes re-plan everything once at most, not once each.
+                    planner.apply_batch(changes);
+                    planner
                 }
-                // One batch: Node changes re-plan everything once at most, not once each.
-                planner.apply_batch(changes);
-                planner
+                _ => IncrementalPlanner::new(ClusterState::clone(cluster), config.clone()),
             }
-            _ => IncrementalPlanner::new(ClusterState::clone(cluster), config.clone()),
         }));
         match result {
             Ok(planner) => {
@@ -177,7 +199,11 @@ async fn plan_loop(
     });
     let mut releases_open = true;
     let mut release_asked = false;
-    let mut planning = Planning { config: Config::clone(&config), planner: None, planned: None };
+    let mut planning = Planning {
+        config: Config::clone(&config),
+        planner: None,
+        planned: None,
+    };
     let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
         let (cluster, version) = {
@@ -190,14 +216,17 @@ async fn plan_loop(
                 error!("the planner failed; keeping the last plan");
             }
         }
-        if std::mem::take(&mut release_asked)
-            && !guard.release_brake("an operator") {
-                info!("withdrawal brake release asked for, but the brake holds nothing");
-            }
+        if std::mem::take(&mut release_asked) && !guard.release_brake("an operator") {
+            info!("withdrawal brake release asked for, but the brake holds nothing");
+        }
         if let Some(raw) = planning.plan() {
             let guarded = guard.apply(raw, std::time::Instant::now());
             wake_at = guarded.wake_at.map(tokio::time::Instant::from_std);
-            let brake = BrakeView { enabled: config.guard.withdrawal_brake.enabled, status: guarded.brake, released: guard.last_brake_release().cloned() };
+            let brake = BrakeView {
+                enabled: config.guard.withdrawal_brake.enabled,
+                status: guarded.brake,
+                released: guard.last_brake_release().cloned(),
+            };
             publish(&plans, guarded.plan, version, started.elapsed(), brake);
         }
         let sleep = async {
@@ -264,7 +293,9 @@ pub async fn run(
             let client = crate::source::kubernetes::client(&kubernetes)
                 .await
                 .map_err(|e| RunError::Source(e.to_string()))?;
-            tokio::spawn(crate::source::kubernetes::KubernetesSource::new(client.clone()).run(source_tx));
+            tokio::spawn(
+                crate::source::kubernetes::KubernetesSource::new(client.clone()).run(source_tx),
+            );
             kube_client = Some(client);
         }
     }
@@ -274,29 +305,51 @@ pub async fn run(
     // Warning Events `IPRefused` on Services whose IPs the plan refuses, from one replica per pool.
     let events = kube_client.map(|client| crate::events::spawn(client, &config, plan_rx.clone()));
 
-    let sink = config.gobgp.clone().map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
+    let sink = config
+        .gobgp
+        .clone()
+        .map(|gobgp| crate::gobgp::spawn(gobgp, plan_rx.clone()));
     let gobgp = match &config.gobgp {
-        Some(g) => Some(Inspector::new(&g.address, Duration::from_secs(5)).map_err(|e| RunError::Gobgp(e.to_string()))?),
+        Some(g) => Some(
+            Inspector::new(&g.address, Duration::from_secs(5))
+                .map_err(|e| RunError::Gobgp(e.to_string()))?,
+        ),
         None => None,
     };
     let mut api_refused = crate::api::limits::RefusedCalls::default();
     if let Some(metrics_config) = &config.metrics {
         let metrics = Metrics::new(sink.is_some());
         api_refused = metrics.api_refused.clone();
-        tokio::spawn(metrics.clone().follow(plan_rx.clone(), source_rx.clone(), sink.clone()));
+        tokio::spawn(
+            metrics
+                .clone()
+                .follow(plan_rx.clone(), source_rx.clone(), sink.clone()),
+        );
         if let Some(inspector) = gobgp.clone() {
-            tokio::spawn(crate::metrics::follow_peers(metrics.clone(), inspector, Duration::from_secs(5)));
+            tokio::spawn(crate::metrics::follow_peers(
+                metrics.clone(),
+                inspector,
+                Duration::from_secs(5),
+            ));
         }
         let listener = tokio::net::TcpListener::bind(metrics_config.listen)
             .await
-            .map_err(|e| RunError::Metrics(format!("cannot listen on {}: {e}", metrics_config.listen)))?;
+            .map_err(|e| {
+                RunError::Metrics(format!("cannot listen on {}: {e}", metrics_config.listen))
+            })?;
         tokio::spawn(async move {
             if let Err(error) = crate::metrics::serve(listener, metrics).await {
                 error!(%error, "metrics server stopped");
             }
         });
     }
-    let state = ApiState { plans: plan_rx, source: source_rx, sink, gobgp, brake_releases: Some(releases) };
+    let state = ApiState {
+        plans: plan_rx,
+        source: source_rx,
+        sink,
+        gobgp,
+        brake_releases: Some(releases),
+    };
     server::serve(&config.api, state, api_refused, shutdown).await?;
     if let Some(events) = events {
         // Handed over at once, rather than when the Lease expires.

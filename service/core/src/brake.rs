@@ -51,7 +51,11 @@ pub struct BrakeConfig {
 
 impl Default for BrakeConfig {
     fn default() -> Self {
-        BrakeConfig { share_percent: 50, window: Duration::from_secs(30), max_hold: Duration::from_secs(15 * 60) }
+        BrakeConfig {
+            share_percent: 50,
+            window: Duration::from_secs(30),
+            max_hold: Duration::from_secs(15 * 60),
+        }
     }
 }
 
@@ -119,7 +123,10 @@ fn above(config: &BrakeConfig, part: usize, whole: usize) -> bool {
 
 impl Brake {
     pub fn new(config: BrakeConfig) -> Self {
-        Brake { config, ..Default::default() }
+        Brake {
+            config,
+            ..Default::default()
+        }
     }
 
     /// The planner's plan with the held paths put back. The flag says whether what is held changed
@@ -128,11 +135,18 @@ impl Brake {
         let mut held_changed = false;
         let mut newly_lost = false;
         if !Arc::ptr_eq(&self.nodes, &raw.nodes) {
-            let eligible: BTreeSet<String> =
-                raw.nodes.iter().filter(|(_, n)| n.ineligible.is_none()).map(|(name, _)| name.clone()).collect();
+            let eligible: BTreeSet<String> = raw
+                .nodes
+                .iter()
+                .filter(|(_, n)| n.ineligible.is_none())
+                .map(|(name, _)| name.clone())
+                .collect();
             for name in self.eligible.difference(&eligible) {
                 // Deleted, or Ready lost: node-level. Out of the pool or excluded: intended.
-                let node_level = raw.nodes.get(name).is_none_or(|n| n.ineligible.as_deref() == Some(NOT_READY));
+                let node_level = raw
+                    .nodes
+                    .get(name)
+                    .is_none_or(|n| n.ineligible.as_deref() == Some(NOT_READY));
                 if node_level {
                     self.lost.insert(name.clone(), now);
                     newly_lost = true;
@@ -143,7 +157,11 @@ impl Brake {
             }
             // Back, or removed on purpose since (excluded, out of the pool): the planner decides for
             // it again.
-            let still_lost = |name: &str| raw.nodes.get(name).is_none_or(|n| n.ineligible.as_deref() == Some(NOT_READY));
+            let still_lost = |name: &str| {
+                raw.nodes
+                    .get(name)
+                    .is_none_or(|n| n.ineligible.as_deref() == Some(NOT_READY))
+            };
             self.lost.retain(|name, _| still_lost(name));
             let paths = self.paths();
             for held in self.held.values_mut() {
@@ -157,18 +175,27 @@ impl Brake {
         let window = self.config.window;
         self.lost.retain(|_, at| now.duration_since(*at) < window);
         let lost = &self.lost;
-        self.before_loss.retain(|at, _| lost.values().any(|l| l == at));
+        self.before_loss
+            .retain(|at, _| lost.values().any(|l| l == at));
 
         // Pool: a wave of lost nodes.
         let lost_count = self.lost.len();
         if newly_lost && above(&self.config, lost_count, self.eligible.len() + lost_count) {
             for (at, plan) in &self.before_loss {
-                let nodes: BTreeSet<&String> = self.lost.iter().filter(|(_, l)| *l == at).map(|(n, _)| n).collect();
+                let nodes: BTreeSet<&String> = self
+                    .lost
+                    .iter()
+                    .filter(|(_, l)| *l == at)
+                    .map(|(n, _)| n)
+                    .collect();
                 for (prefix, route) in plan.routes.iter() {
                     for hop in route.next_hops.iter().filter(|h| nodes.contains(&h.node)) {
                         self.held
                             .entry(*prefix)
-                            .or_insert_with(|| Held { template: route.clone(), hops: BTreeSet::new() })
+                            .or_insert_with(|| Held {
+                                template: route.clone(),
+                                hops: BTreeSet::new(),
+                            })
                             .hops
                             .insert(hop.clone());
                     }
@@ -189,11 +216,17 @@ impl Brake {
                 let vanished: Vec<&NextHop> = before
                     .next_hops
                     .iter()
-                    .filter(|h| self.lost.contains_key(&h.node) && !after.is_some_and(|a| a.next_hops.contains(*h)))
+                    .filter(|h| {
+                        self.lost.contains_key(&h.node)
+                            && !after.is_some_and(|a| a.next_hops.contains(*h))
+                    })
                     .collect();
                 if above(&self.config, vanished.len(), before.next_hops.len()) {
                     let template = self.last_out.routes.get(&prefix).unwrap_or(before).clone();
-                    let held = self.held.entry(prefix).or_insert_with(|| Held { template, hops: BTreeSet::new() });
+                    let held = self.held.entry(prefix).or_insert_with(|| Held {
+                        template,
+                        hops: BTreeSet::new(),
+                    });
                     let count = held.hops.len();
                     held.hops.extend(vanished.into_iter().cloned());
                     if held.hops.len() != count {
@@ -211,11 +244,18 @@ impl Brake {
         // Let go: at maxHold, or once what is held is no longer above the threshold.
         if let Some(engaged_at) = self.engaged.as_ref().map(|e| e.at) {
             if now.duration_since(engaged_at) >= self.config.max_hold {
-                let why = format!("held for maxHold ({:?}): every held path withdrawn", self.config.max_hold);
+                let why = format!(
+                    "held for maxHold ({:?}): every held path withdrawn",
+                    self.config.max_hold
+                );
                 self.release(why);
                 held_changed = true;
             } else if held_changed || !Arc::ptr_eq(&self.last_raw.nodes, &raw.nodes) {
-                let nodes: BTreeSet<&str> = self.held.values().flat_map(|h| h.hops.iter().map(|n| n.node.as_str())).collect();
+                let nodes: BTreeSet<&str> = self
+                    .held
+                    .values()
+                    .flat_map(|h| h.hops.iter().map(|n| n.node.as_str()))
+                    .collect();
                 if !above(&self.config, nodes.len(), self.eligible.len() + nodes.len()) {
                     let config = self.config;
                     let before = self.paths();
@@ -226,7 +266,9 @@ impl Brake {
                     held_changed |= self.paths() != before;
                 }
                 if self.held.is_empty() {
-                    self.release("the cluster recovered: nothing left above the threshold".to_string());
+                    self.release(
+                        "the cluster recovered: nothing left above the threshold".to_string(),
+                    );
                 }
             }
         }
@@ -234,34 +276,41 @@ impl Brake {
         let out = if self.held.is_empty() {
             raw.clone()
         } else {
-            let mut out = if held_changed {
-                let mut out = raw.clone();
-                for (prefix, held) in &self.held {
-                    put(&mut out, *prefix, with_held(raw.routes.get(prefix), held, raw));
-                }
-                out
-            } else {
-                // Only the routes the planner changed: the rest stays shared with the last output.
-                let mut out = self.last_out.clone();
-                for (prefix, _, route) in self.last_raw.route_changes(raw) {
-                    let route = match self.held.get(&prefix) {
-                        Some(held) => with_held(route, held, raw),
-                        None => route.cloned(),
-                    };
-                    put(&mut out, prefix, route);
-                }
-                if !raw.services.ptr_eq(&self.last_raw.services) {
-                    // A Service deleted (or changed) while its host route is only held: see with_held.
-                    for (prefix, held) in self.held.iter().filter(|(p, h)| h.template.kind.is_host() && !raw.routes.contains_key(*p)) {
-                        put(&mut out, *prefix, with_held(None, held, raw));
+            let mut out =
+                if held_changed {
+                    let mut out = raw.clone();
+                    for (prefix, held) in &self.held {
+                        put(
+                            &mut out,
+                            *prefix,
+                            with_held(raw.routes.get(prefix), held, raw),
+                        );
                     }
-                }
-                out.refusals = raw.refusals.clone();
-                out.services = raw.services.clone();
-                out.nodes = raw.nodes.clone();
-                out.notes = raw.notes.clone();
-                out
-            };
+                    out
+                } else {
+                    // Only the routes the planner changed: the rest stays shared with the last output.
+                    let mut out = self.last_out.clone();
+                    for (prefix, _, route) in self.last_raw.route_changes(raw) {
+                        let route = match self.held.get(&prefix) {
+                            Some(held) => with_held(route, held, raw),
+                            None => route.cloned(),
+                        };
+                        put(&mut out, prefix, route);
+                    }
+                    if !raw.services.ptr_eq(&self.last_raw.services) {
+                        // A Service deleted (or changed) while its host route is only held: see with_held.
+                        for (prefix, held) in self.held.iter().filter(|(p, h)| {
+                            h.template.kind.is_host() && !raw.routes.contains_key(*p)
+                        }) {
+                            put(&mut out, *prefix, with_held(None, held, raw));
+                        }
+                    }
+                    out.refusals = raw.refusals.clone();
+                    out.services = raw.services.clone();
+                    out.nodes = raw.nodes.clone();
+                    out.notes = raw.notes.clone();
+                    out
+                };
             if let Some(status) = self.status() {
                 out.notes.push(format!(
                     "withdrawal brake engaged: {}; holding {} path(s) of {} node(s) for {} prefix(es) until they recover, \
@@ -283,13 +332,22 @@ impl Brake {
     fn engage(&mut self, now: Instant, reason: String) {
         if self.engaged.is_none() {
             self.engagements += 1;
-            self.engaged = Some(Engaged { number: self.engagements, at: now, wall: SystemTime::now(), reason });
+            self.engaged = Some(Engaged {
+                number: self.engagements,
+                at: now,
+                wall: SystemTime::now(),
+                reason,
+            });
         }
     }
 
     fn release(&mut self, why: String) {
         if let Some(engaged) = self.engaged.take() {
-            self.last_release = Some(BrakeRelease { engagement: engaged.number, at: SystemTime::now(), why });
+            self.last_release = Some(BrakeRelease {
+                engagement: engaged.number,
+                at: SystemTime::now(),
+                why,
+            });
         }
         self.held.clear();
         // What was lost is accepted: it does not count towards the next wave.
@@ -316,7 +374,9 @@ impl Brake {
 
     /// The held paths, by prefix.
     pub fn held_paths(&self) -> impl Iterator<Item = (IpNet, &NextHop)> {
-        self.held.iter().flat_map(|(prefix, held)| held.hops.iter().map(move |hop| (*prefix, hop)))
+        self.held
+            .iter()
+            .flat_map(|(prefix, held)| held.hops.iter().map(move |hop| (*prefix, hop)))
     }
 
     pub fn status(&self) -> Option<BrakeStatus> {
@@ -325,7 +385,11 @@ impl Brake {
             engaged_at: engaged.wall,
             releases_at: engaged.wall + self.config.max_hold,
             reason: engaged.reason.clone(),
-            nodes: self.held.values().flat_map(|h| h.hops.iter().map(|n| n.node.clone())).collect(),
+            nodes: self
+                .held
+                .values()
+                .flat_map(|h| h.hops.iter().map(|n| n.node.clone()))
+                .collect(),
             paths: self.paths(),
             prefixes: self.held.len(),
         })
@@ -346,14 +410,22 @@ fn with_held(route: Option<&Arc<Route>>, held: &Held, raw: &Plan) -> Option<Arc<
             let mut route = Route::clone(route);
             let planned = route.next_hops.len();
             route.next_hops.extend(held.hops.iter().cloned());
-            route.reason = format!("{}; and {} lost node(s) the withdrawal brake holds", route.reason, route.next_hops.len() - planned);
+            route.reason = format!(
+                "{}; and {} lost node(s) the withdrawal brake holds",
+                route.reason,
+                route.next_hops.len() - planned
+            );
             Some(Arc::new(route))
         }
         None if held.template.kind.is_host() && !still_asked_for(&held.template, raw) => None,
         None => {
             let mut route = Route::clone(&held.template);
             route.next_hops = held.hops.clone();
-            route.reason = format!("held by the withdrawal brake: {} lost node(s) announced it; was: {}", held.hops.len(), route.reason);
+            route.reason = format!(
+                "held by the withdrawal brake: {} lost node(s) announced it; was: {}",
+                held.hops.len(),
+                route.reason
+            );
             Some(Arc::new(route))
         }
     }
@@ -361,11 +433,22 @@ fn with_held(route: Option<&Arc<Route>>, held: &Held, raw: &Plan) -> Option<Arc<
 
 /// Whether a Service of a host route (its sources, `namespace/name`) still has the route's IP.
 fn still_asked_for(route: &Route, raw: &Plan) -> bool {
-    route.sources.iter().filter_map(|source| source.split_once('/')).any(|(namespace, name)| {
-        raw.services
-            .get(&crate::cluster::ObjectKey::new(namespace, name))
-            .is_some_and(|e| e.ips.iter().any(|ip| ip.ip.trim().parse::<std::net::IpAddr>().is_ok_and(|ip| ip == route.prefix.addr())))
-    })
+    route
+        .sources
+        .iter()
+        .filter_map(|source| source.split_once('/'))
+        .any(|(namespace, name)| {
+            raw.services
+                .get(&crate::cluster::ObjectKey::new(namespace, name))
+                .is_some_and(|e| {
+                    e.ips.iter().any(|ip| {
+                        ip.ip
+                            .trim()
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip == route.prefix.addr())
+                    })
+                })
+        })
 }
 
 /// Puts `route` (or its absence) in `out` at `prefix`.

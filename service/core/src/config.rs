@@ -79,7 +79,11 @@ pub struct EventsConfig {
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        EventsConfig { lease_duration: default_lease_duration(), lease_name: None, lease_namespace: None }
+        EventsConfig {
+            lease_duration: default_lease_duration(),
+            lease_name: None,
+            lease_namespace: None,
+        }
     }
 }
 
@@ -102,21 +106,38 @@ fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
 /// A Kubernetes object name (a DNS subdomain): lowercase letters, digits, `-` and `.`, starting
 /// and ending with a letter or digit, at most 253 characters.
 fn object_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    kubernetes_name(d, 253, ".", "a Kubernetes name (lowercase letters, digits, `-` and `.`, e.g. herald-events)")
+    kubernetes_name(
+        d,
+        253,
+        ".",
+        "a Kubernetes name (lowercase letters, digits, `-` and `.`, e.g. herald-events)",
+    )
 }
 
 /// A namespace's name (a DNS label): as an object name, without `.`, at most 63 characters.
 fn namespace_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    kubernetes_name(d, 63, "", "a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)")
+    kubernetes_name(
+        d,
+        63,
+        "",
+        "a Kubernetes namespace name (lowercase letters, digits and `-`, at most 63)",
+    )
 }
 
-fn kubernetes_name<'de, D: Deserializer<'de>>(d: D, max: usize, also: &str, what: &str) -> Result<Option<String>, D::Error> {
+fn kubernetes_name<'de, D: Deserializer<'de>>(
+    d: D,
+    max: usize,
+    also: &str,
+    what: &str,
+) -> Result<Option<String>, D::Error> {
     let name = String::deserialize(d)?;
     let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let valid = name.len() <= max
         && name.starts_with(alphanumeric)
         && name.ends_with(alphanumeric)
-        && name.chars().all(|c| alphanumeric(c) || c == '-' || also.contains(c));
+        && name
+            .chars()
+            .all(|c| alphanumeric(c) || c == '-' || also.contains(c));
     if !valid {
         return Err(serde::de::Error::custom(format!("`{name}` is not {what}")));
     }
@@ -138,13 +159,16 @@ impl FromStr for PoolName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let label = !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-');
         if label {
             Ok(PoolName(s.to_string()))
         } else {
-            Err(format!("`{s}` is not a pool name (a DNS label: lowercase letters, digits and '-', at most 63)"))
+            Err(format!(
+                "`{s}` is not a pool name (a DNS label: lowercase letters, digits and '-', at most 63)"
+            ))
         }
     }
 }
@@ -199,7 +223,10 @@ fn default_longest_v6() -> u8 {
 
 impl Default for LongestPrefix {
     fn default() -> Self {
-        LongestPrefix { ipv4: default_longest_v4(), ipv6: default_longest_v6() }
+        LongestPrefix {
+            ipv4: default_longest_v4(),
+            ipv6: default_longest_v6(),
+        }
     }
 }
 
@@ -233,7 +260,11 @@ pub struct GuardSettings {
 
 impl Default for GuardSettings {
     fn default() -> Self {
-        GuardSettings { hold_down: zero(), max_routes: None, withdrawal_brake: WithdrawalBrakeSettings::default() }
+        GuardSettings {
+            hold_down: zero(),
+            max_routes: None,
+            withdrawal_brake: WithdrawalBrakeSettings::default(),
+        }
     }
 }
 
@@ -391,7 +422,12 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        Self { listen: default_listen(), tls: None, health_listen: None, limits: ApiLimits::default() }
+        Self {
+            listen: default_listen(),
+            tls: None,
+            health_listen: None,
+            limits: ApiLimits::default(),
+        }
     }
 }
 
@@ -501,13 +537,20 @@ pub struct Cidr(pub IpNet);
 impl FromStr for Cidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let net: IpNet = s.parse().map_err(|_| format!("`{s}` is not a CIDR (expected e.g. 198.19.32.0/20)"))?;
+        let net: IpNet = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a CIDR (expected e.g. 198.19.32.0/20)"))?;
         if net.trunc() != net {
-            return Err(format!("`{s}` has host bits set (did you mean {}?)", net.trunc()));
+            return Err(format!(
+                "`{s}` has host bits set (did you mean {}?)",
+                net.trunc()
+            ));
         }
         // ipnet accepts octets with leading zeros in some forms; insist on the canonical spelling.
         if net.to_string() != s && !matches!(net, IpNet::V6(_)) {
-            return Err(format!("`{s}` is not written canonically (did you mean {net}?)"));
+            return Err(format!(
+                "`{s}` is not written canonically (did you mean {net}?)"
+            ));
         }
         Ok(Cidr(net))
     }
@@ -555,7 +598,10 @@ impl FromStr for LargeCommunity {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || format!("`{s}` is not a BGP large community (expected global:local1:local2)");
-        let mut parts = s.trim().split(':').map(|p| p.parse::<u32>().map_err(|_| bad()));
+        let mut parts = s
+            .trim()
+            .split(':')
+            .map(|p| p.parse::<u32>().map_err(|_| bad()));
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(a), Some(b), Some(c), None) => Ok(LargeCommunity(a?, b?, c?)),
             _ => Err(bad()),
@@ -610,7 +656,10 @@ impl FromStr for Seconds {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -619,13 +668,23 @@ impl Config {
     /// The name of the first of all pools (this one and `otherPools`) in name order: the one that
     /// speaks, in Events, for what no pool announces.
     pub fn first_pool(&self) -> &PoolName {
-        self.other_pools.iter().map(|p| &p.name).chain([&self.pool]).min().unwrap_or(&self.pool)
+        self.other_pools
+            .iter()
+            .map(|p| &p.name)
+            .chain([&self.pool])
+            .min()
+            .unwrap_or(&self.pool)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
     }
 
     /// Parses and checks a config; the error says where (line, column) and what is wrong.
@@ -664,10 +723,16 @@ impl Config {
         // The parts must stay shorter than the host routes (/32, /128) they would otherwise clash with.
         let longest = self.ecmp.longest_prefix;
         if !(1..=31).contains(&longest.ipv4) {
-            return Err(format!("ecmp.longestPrefix.ipv4 {} must be between 1 and 31 (host routes are /32)", longest.ipv4));
+            return Err(format!(
+                "ecmp.longestPrefix.ipv4 {} must be between 1 and 31 (host routes are /32)",
+                longest.ipv4
+            ));
         }
         if !(1..=127).contains(&longest.ipv6) {
-            return Err(format!("ecmp.longestPrefix.ipv6 {} must be between 1 and 127 (host routes are /128)", longest.ipv6));
+            return Err(format!(
+                "ecmp.longestPrefix.ipv6 {} must be between 1 and 127 (host routes are /128)",
+                longest.ipv6
+            ));
         }
         let mut names = std::collections::BTreeSet::from([&self.pool]);
         for (i, other) in self.other_pools.iter().enumerate() {
@@ -683,7 +748,10 @@ impl Config {
         }
         let brake = &self.guard.withdrawal_brake;
         if !(1..=99).contains(&brake.share_percent) {
-            return Err(format!("guard.withdrawalBrake.sharePercent {} must be between 1 and 99", brake.share_percent));
+            return Err(format!(
+                "guard.withdrawalBrake.sharePercent {} must be between 1 and 99",
+                brake.share_percent
+            ));
         }
         if brake.window.0.is_zero() || brake.max_hold.0.is_zero() {
             return Err("guard.withdrawalBrake.window and maxHold must be longer than 0 (enabled: false turns the brake off)".to_string());
@@ -695,7 +763,10 @@ impl Config {
             ("maxWatchStreamsPerPeer", limits.max_watch_streams_per_peer),
             ("maxRequestBytes", limits.max_request_bytes),
             ("maxResponseBytes", limits.max_response_bytes),
-            ("maxStreamsPerConnection", limits.max_streams_per_connection as usize),
+            (
+                "maxStreamsPerConnection",
+                limits.max_streams_per_connection as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(format!("api.limits.{name} must be at least 1"));
@@ -703,7 +774,10 @@ impl Config {
         }
         // tokio's semaphores hold at most usize::MAX >> 3 permits.
         if limits.max_concurrent_calls > 1 << 20 || limits.max_watch_streams > 1 << 20 {
-            return Err("api.limits.maxConcurrentCalls and maxWatchStreams must be at most 1048576".to_string());
+            return Err(
+                "api.limits.maxConcurrentCalls and maxWatchStreams must be at most 1048576"
+                    .to_string(),
+            );
         }
         for (name, value) in [
             ("callTimeout", limits.call_timeout),
@@ -715,7 +789,10 @@ impl Config {
             }
         }
         if self.api.health_listen == Some(self.api.listen) {
-            return Err(format!("api.healthListen {} is api.listen too: give the health listener a port of its own", self.api.listen));
+            return Err(format!(
+                "api.healthListen {} is api.listen too: give the health listener a port of its own",
+                self.api.listen
+            ));
         }
         if let Some(gobgp) = &self.gobgp {
             GobgpAddress::parse(&gobgp.address)?;
@@ -756,7 +833,9 @@ impl GobgpAddress {
             }
             return Ok(GobgpAddress::Unix(PathBuf::from(path)));
         }
-        let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        let port_ok = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !port_ok || address.contains("://") {
             return Err(format!(
                 "gobgp.address `{address}` is neither host:port (e.g. 127.0.0.1:50051) nor unix:///path (e.g. unix:///run/gobgp/api.sock)"
@@ -764,5 +843,4 @@ impl GobgpAddress {
         }
         Ok(GobgpAddress::Tcp(address.to_string()))
     }
-
 }

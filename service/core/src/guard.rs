@@ -51,11 +51,17 @@ pub struct Guarded {
 
 impl Guard {
     pub fn new(config: GuardConfig) -> Self {
-        Guard { config, brake: config.brake.map(Brake::new), ..Default::default() }
+        Guard {
+            config,
+            brake: config.brake.map(Brake::new),
+            ..Default::default()
+        }
     }
 
     pub fn is_active(&self) -> bool {
-        !self.config.hold_down.is_zero() || self.config.max_routes.is_some() || self.config.brake.is_some()
+        !self.config.hold_down.is_zero()
+            || self.config.max_routes.is_some()
+            || self.config.brake.is_some()
     }
 
     /// An operator's release of the withdrawal brake (takes effect at the next [`Guard::apply`]):
@@ -98,13 +104,18 @@ impl Guard {
                 }
             }
             let hold = self.config.hold_down;
-            self.withdrawn_at.retain(|_, at| now.duration_since(*at) < hold);
+            self.withdrawn_at
+                .retain(|_, at| now.duration_since(*at) < hold);
             let mut held = 0usize;
             let mut emptied = Vec::new();
             for ((prefix, hop), at) in &self.withdrawn_at {
                 // Only paths the planner wants again are held; `plan` still has every raw path of
                 // `prefix` but those already held (one entry per path), so this looks at raw.
-                if !plan.routes.get(prefix).is_some_and(|r| r.next_hops.contains(hop)) {
+                if !plan
+                    .routes
+                    .get(prefix)
+                    .is_some_and(|r| r.next_hops.contains(hop))
+                {
                     continue;
                 }
                 if let Some(route) = plan.routes.get_mut(prefix) {
@@ -122,16 +133,28 @@ impl Guard {
                 plan.routes.remove(&prefix);
             }
             if held > 0 {
-                plan.notes.push(format!("{held} flapping path(s) held down for up to {hold:?} before re-announcement"));
+                plan.notes.push(format!(
+                    "{held} flapping path(s) held down for up to {hold:?} before re-announcement"
+                ));
             }
         }
         self.last_raw = raw.clone();
         plan.max_routes_refused = 0;
-        if let Some(max) = self.config.max_routes.filter(|max| plan.routes.len() > *max) {
+        if let Some(max) = self
+            .config
+            .max_routes
+            .filter(|max| plan.routes.len() > *max)
+        {
             let total = plan.routes.len();
             // Keep what is announced, then ranges, then the rest in prefix order.
             let mut order: Vec<IpNet> = plan.routes.keys().copied().collect();
-            order.sort_by_key(|p| (!self.announced.contains_key(p), !plan.routes[p].kind.is_range(), *p));
+            order.sort_by_key(|p| {
+                (
+                    !self.announced.contains_key(p),
+                    !plan.routes[p].kind.is_range(),
+                    *p,
+                )
+            });
             let refused: Vec<IpNet> = order.split_off(max);
             for prefix in &refused {
                 plan.routes.remove(prefix);
@@ -143,7 +166,11 @@ impl Guard {
             plan.max_routes_refused = refused.len();
         }
         self.announced = plan.routes.clone();
-        Guarded { plan, wake_at, brake: self.brake.as_ref().and_then(Brake::status) }
+        Guarded {
+            plan,
+            wake_at,
+            brake: self.brake.as_ref().and_then(Brake::status),
+        }
     }
 }
 
@@ -158,40 +185,54 @@ mod tests {
         let mut plan = Plan::default();
         for (prefix, kind, nodes) in routes {
             let prefix: IpNet = prefix.parse().unwrap();
-            plan.insert_route(
-                Route {
-                    prefix,
-                    kind: *kind,
-                    next_hops: nodes
-                        .iter()
-                        .map(|n| NextHop { node: n.to_string(), address: format!("10.0.0.{}", &n[1..]).parse().unwrap() })
-                        .collect(),
-                    sources: BTreeSet::new(),
-                    reason: String::new(),
-                    communities: BTreeSet::new(),
-                    large_communities: BTreeSet::new(),
-                    part_of: None,
-                    left_out: Default::default(),
-                },
-            );
+            plan.insert_route(Route {
+                prefix,
+                kind: *kind,
+                next_hops: nodes
+                    .iter()
+                    .map(|n| NextHop {
+                        node: n.to_string(),
+                        address: format!("10.0.0.{}", &n[1..]).parse().unwrap(),
+                    })
+                    .collect(),
+                sources: BTreeSet::new(),
+                reason: String::new(),
+                communities: BTreeSet::new(),
+                large_communities: BTreeSet::new(),
+                part_of: None,
+                left_out: Default::default(),
+            });
         }
         plan
     }
 
     fn hops(plan: &Plan, prefix: &str) -> Vec<String> {
-        plan.routes.get(&prefix.parse::<IpNet>().unwrap()).map(|r| r.next_hops.iter().map(|h| h.node.clone()).collect()).unwrap_or_default()
+        plan.routes
+            .get(&prefix.parse::<IpNet>().unwrap())
+            .map(|r| r.next_hops.iter().map(|h| h.node.clone()).collect())
+            .unwrap_or_default()
     }
 
     #[test]
     fn flapping_path_is_withdrawn_at_once_and_returns_after_hold_down() {
-        let mut guard = Guard::new(GuardConfig { hold_down: Duration::from_secs(1), max_routes: None, brake: None });
+        let mut guard = Guard::new(GuardConfig {
+            hold_down: Duration::from_secs(1),
+            max_routes: None,
+            brake: None,
+        });
         let t0 = Instant::now();
         let up = plan_of(&[("10.96.0.1/32", RouteKind::ClusterIp, &["n1", "n2"])]);
         let down = plan_of(&[("10.96.0.1/32", RouteKind::ClusterIp, &["n2"])]);
         let ms = |m| t0 + Duration::from_millis(m);
-        assert_eq!(hops(&guard.apply(&up, ms(0)).plan, "10.96.0.1/32"), ["n1", "n2"]);
+        assert_eq!(
+            hops(&guard.apply(&up, ms(0)).plan, "10.96.0.1/32"),
+            ["n1", "n2"]
+        );
         // Down: withdrawn immediately.
-        assert_eq!(hops(&guard.apply(&down, ms(100)).plan, "10.96.0.1/32"), ["n2"]);
+        assert_eq!(
+            hops(&guard.apply(&down, ms(100)).plan, "10.96.0.1/32"),
+            ["n2"]
+        );
         // Up again 100 ms later: held, with a wake-up when it is due.
         let g = guard.apply(&up, ms(200));
         assert_eq!(hops(&g.plan, "10.96.0.1/32"), ["n2"]);
@@ -200,7 +241,10 @@ mod tests {
         // Flaps again: the hold restarts from the last withdrawal.
         guard.apply(&down, ms(300));
         assert_eq!(guard.apply(&up, ms(400)).wake_at, Some(ms(1300)));
-        assert_eq!(hops(&guard.apply(&up, ms(1299)).plan, "10.96.0.1/32"), ["n2"]);
+        assert_eq!(
+            hops(&guard.apply(&up, ms(1299)).plan, "10.96.0.1/32"),
+            ["n2"]
+        );
         // Stable for the hold-down: back.
         let g = guard.apply(&up, ms(1300));
         assert_eq!(hops(&g.plan, "10.96.0.1/32"), ["n1", "n2"]);
@@ -209,17 +253,31 @@ mod tests {
 
     #[test]
     fn a_route_whose_only_path_is_held_is_absent() {
-        let mut guard = Guard::new(GuardConfig { hold_down: Duration::from_secs(1), max_routes: None, brake: None });
+        let mut guard = Guard::new(GuardConfig {
+            hold_down: Duration::from_secs(1),
+            max_routes: None,
+            brake: None,
+        });
         let t0 = Instant::now();
         let up = plan_of(&[("10.96.0.1/32", RouteKind::ClusterIp, &["n1"])]);
         guard.apply(&up, t0);
         guard.apply(&Plan::default(), t0 + Duration::from_millis(10));
-        assert!(guard.apply(&up, t0 + Duration::from_millis(20)).plan.routes.is_empty());
+        assert!(
+            guard
+                .apply(&up, t0 + Duration::from_millis(20))
+                .plan
+                .routes
+                .is_empty()
+        );
     }
 
     #[test]
     fn max_routes_keeps_what_is_announced_and_prefers_ranges() {
-        let mut guard = Guard::new(GuardConfig { hold_down: Duration::ZERO, max_routes: Some(3), brake: None });
+        let mut guard = Guard::new(GuardConfig {
+            hold_down: Duration::ZERO,
+            max_routes: Some(3),
+            brake: None,
+        });
         let t = Instant::now();
         let first = plan_of(&[
             ("10.96.0.0/12", RouteKind::ClusterRange, &["n1"]),
@@ -236,7 +294,14 @@ mod tests {
         let g = guard.apply(&flood, t);
         let kept: Vec<String> = g.plan.routes.keys().map(ToString::to_string).collect();
         assert_eq!(kept, ["10.96.0.0/12", "10.96.0.9/32", "198.51.100.0/24"]);
-        assert!(g.plan.notes.iter().any(|n| n.contains("maxRoutes 3 exceeded")), "{:?}", g.plan.notes);
+        assert!(
+            g.plan
+                .notes
+                .iter()
+                .any(|n| n.contains("maxRoutes 3 exceeded")),
+            "{:?}",
+            g.plan.notes
+        );
         assert_eq!(g.plan.max_routes_refused, 2, "{:?}", g.plan.notes);
         // Back under the limit: no alarm.
         let back = guard.apply(&first, t).plan;

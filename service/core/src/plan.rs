@@ -45,20 +45,34 @@ impl RouteKind {
     }
 
     pub fn is_part(self) -> bool {
-        matches!(self, RouteKind::ClusterRangePart | RouteKind::ExternalRangePart | RouteKind::LoadBalancerRangePart)
+        matches!(
+            self,
+            RouteKind::ClusterRangePart
+                | RouteKind::ExternalRangePart
+                | RouteKind::LoadBalancerRangePart
+        )
     }
 
     /// A host route of a Service IP.
     pub fn is_host(self) -> bool {
-        matches!(self, RouteKind::ClusterIp | RouteKind::ExternalIp | RouteKind::LoadBalancerIp)
+        matches!(
+            self,
+            RouteKind::ClusterIp | RouteKind::ExternalIp | RouteKind::LoadBalancerIp
+        )
     }
 
     /// The list of Service IPs (and of the config's ranges) the route belongs to.
     pub fn role(self) -> IpRole {
         match self {
-            RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => IpRole::Cluster,
-            RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => IpRole::External,
-            RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
+            RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => {
+                IpRole::Cluster
+            }
+            RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => {
+                IpRole::External
+            }
+            RouteKind::LoadBalancerRange
+            | RouteKind::LoadBalancerIp
+            | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
         }
     }
 
@@ -272,7 +286,13 @@ pub struct NodeExplanation {
 impl Plan {
     /// A plan of these routes alone (the last of one prefix wins).
     pub fn from_routes(routes: impl IntoIterator<Item = Route>) -> Plan {
-        Plan { routes: routes.into_iter().map(|r| (r.prefix, Arc::new(r))).collect(), ..Default::default() }
+        Plan {
+            routes: routes
+                .into_iter()
+                .map(|r| (r.prefix, Arc::new(r)))
+                .collect(),
+            ..Default::default()
+        }
     }
 
     /// Adds (or replaces) the route of `route.prefix`.
@@ -294,7 +314,10 @@ impl Plan {
     ) -> impl Iterator<Item = (IpNet, Option<&'a Arc<Route>>, Option<&'b Arc<Route>>)> {
         self.routes.diff(&new.routes).map(|item| match item {
             imbl::ordmap::DiffItem::Add(prefix, route) => (*prefix, None, Some(route)),
-            imbl::ordmap::DiffItem::Update { old: (prefix, old), new: (_, new) } => (*prefix, Some(old), Some(new)),
+            imbl::ordmap::DiffItem::Update {
+                old: (prefix, old),
+                new: (_, new),
+            } => (*prefix, Some(old), Some(new)),
             imbl::ordmap::DiffItem::Remove(prefix, route) => (*prefix, Some(route), None),
         })
     }

@@ -72,25 +72,40 @@ fn split_requirements(s: &str) -> Result<Vec<&str>, String> {
 
 /// A label key: optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
 fn check_key(key: &str) -> Result<String, String> {
-    let name = key.rsplit_once('/').map_or(key, |(prefix, name)| {
-        if prefix.is_empty() { "" } else { name }
-    });
+    let name = key.rsplit_once('/').map_or(
+        key,
+        |(prefix, name)| {
+            if prefix.is_empty() { "" } else { name }
+        },
+    );
     let ok = !name.is_empty()
         && name.len() <= 63
         && key.len() <= 317
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if ok { Ok(key.to_string()) } else { Err(format!("`{key}` is not a valid label key")) }
+    if ok {
+        Ok(key.to_string())
+    } else {
+        Err(format!("`{key}` is not a valid label key"))
+    }
 }
 
 fn check_value(value: &str) -> Result<String, String> {
     let ok = value.is_empty()
         || (value.len() <= 63
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-    if ok { Ok(value.to_string()) } else { Err(format!("`{value}` is not a valid label value")) }
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!("`{value}` is not a valid label value"))
+    }
 }
 
 fn parse_set(rest: &str) -> Result<BTreeSet<String>, String> {
@@ -98,7 +113,12 @@ fn parse_set(rest: &str) -> Result<BTreeSet<String>, String> {
         .trim()
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| format!("expected a parenthesised set of values, found `{}`", rest.trim()))?;
+        .ok_or_else(|| {
+            format!(
+                "expected a parenthesised set of values, found `{}`",
+                rest.trim()
+            )
+        })?;
     inner.split(',').map(|v| check_value(v.trim())).collect()
 }
 
@@ -108,7 +128,10 @@ fn parse_requirement(part: &str) -> Result<Requirement, String> {
         return Ok(Requirement::NotExists(check_key(key.trim())?));
     }
     for (op, make) in [
-        ("!=", Requirement::NotEquals as fn(String, String) -> Requirement),
+        (
+            "!=",
+            Requirement::NotEquals as fn(String, String) -> Requirement,
+        ),
         ("==", Requirement::Equals),
         ("=", Requirement::Equals),
     ] {
@@ -141,7 +164,10 @@ impl FromStr for LabelSelector {
         let requirements = split_requirements(s)
             .and_then(|parts| parts.into_iter().map(parse_requirement).collect())
             .map_err(|e| format!("invalid label selector `{s}`: {e}"))?;
-        Ok(LabelSelector { requirements, text: s.trim().to_string() })
+        Ok(LabelSelector {
+            requirements,
+            text: s.trim().to_string(),
+        })
     }
 }
 
@@ -157,7 +183,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     /// A selector, a node's labels, whether it matches.
@@ -172,8 +201,16 @@ mod tests {
             ("pool==a", &[("pool", "a")], true),
             ("pool!=a", &[], true),
             ("pool!=a", &[("pool", "a")], false),
-            ("pool=a,zone in (z1, z2)", &[("pool", "a"), ("zone", "z2")], true),
-            ("pool=a,zone in (z1,z2)", &[("pool", "a"), ("zone", "z3")], false),
+            (
+                "pool=a,zone in (z1, z2)",
+                &[("pool", "a"), ("zone", "z2")],
+                true,
+            ),
+            (
+                "pool=a,zone in (z1,z2)",
+                &[("pool", "a"), ("zone", "z3")],
+                false,
+            ),
             ("zone notin (z1)", &[], true),
             ("zone notin (z1)", &[("zone", "z1")], false),
             ("bgp", &[("bgp", "")], true),
@@ -182,14 +219,30 @@ mod tests {
         ];
         for (selector, node, expected) in cases {
             let s: LabelSelector = selector.parse().unwrap();
-            assert_eq!(s.matches(&labels(node)), *expected, "{selector} on {node:?}");
+            assert_eq!(
+                s.matches(&labels(node)),
+                *expected,
+                "{selector} on {node:?}"
+            );
         }
     }
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["pool=a,", "zone in z1", "zone in (z1", "pool=a b", "=a", "zone in ((a))", "!", "a)b"] {
-            assert!(bad.parse::<LabelSelector>().is_err(), "{bad} should be rejected");
+        for bad in [
+            "pool=a,",
+            "zone in z1",
+            "zone in (z1",
+            "pool=a b",
+            "=a",
+            "zone in ((a))",
+            "!",
+            "a)b",
+        ] {
+            assert!(
+                bad.parse::<LabelSelector>().is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 }

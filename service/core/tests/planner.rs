@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
+use herald_core::cluster::{
+    AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType,
+    TrafficPolicy,
+};
 use herald_core::config::Config;
 use herald_core::plan::{IpOutcome, Plan, Route, RouteKind};
 use herald_core::planner::*;
@@ -33,7 +36,11 @@ fn svc(name: &str, cluster: &[&str], local: bool) -> Service {
         key: ObjectKey::new("ns", name),
         type_: ServiceType::ClusterIP,
         cluster_ips: cluster.iter().map(|s| s.to_string()).collect(),
-        external_traffic_policy: if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
+        external_traffic_policy: if local {
+            TrafficPolicy::Local
+        } else {
+            TrafficPolicy::Cluster
+        },
         ..Default::default()
     }
 }
@@ -72,7 +79,12 @@ fn v6_slice(service: &str, suffix: &str, endpoints: &[Ep]) -> EndpointSlice {
     typed_slice(AddressType::Ipv6, service, suffix, endpoints)
 }
 
-fn typed_slice(address_type: AddressType, service: &str, suffix: &str, endpoints: &[Ep]) -> EndpointSlice {
+fn typed_slice(
+    address_type: AddressType,
+    service: &str,
+    suffix: &str,
+    endpoints: &[Ep],
+) -> EndpointSlice {
     EndpointSlice {
         key: ObjectKey::new("ns", format!("{service}-{suffix}")),
         service_name: Some(service.to_string()),
@@ -104,19 +116,34 @@ fn config(yaml: &str) -> Config {
 const LAB: &str = "serviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/20}]\nserviceLoadBalancerIPs: [{cidr: 198.19.64.0/24}]\n";
 
 fn lab_nodes() -> Vec<Node> {
-    vec![node("control", &["198.19.0.1"]), node("node1", &["198.19.0.2"]), node("node2", &["198.19.0.3"])]
+    vec![
+        node("control", &["198.19.0.1"]),
+        node("node1", &["198.19.0.2"]),
+        node("node2", &["198.19.0.3"]),
+    ]
 }
 
 /// The plan as `prefix -> sorted "node=address"` lines, the form the tables are written in.
 fn routes(plan: &Plan) -> BTreeMap<String, Vec<String>> {
     plan.routes
         .iter()
-        .map(|(p, r)| (p.to_string(), r.next_hops.iter().map(|h| format!("{}={}", h.node, h.address)).collect()))
+        .map(|(p, r)| {
+            (
+                p.to_string(),
+                r.next_hops
+                    .iter()
+                    .map(|h| format!("{}={}", h.node, h.address))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
 fn expect(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-    pairs.iter().map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect())).collect()
+    pairs
+        .iter()
+        .map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect()))
+        .collect()
 }
 
 const ALL3: &[&str] = &["control=198.19.0.1", "node1=198.19.0.2", "node2=198.19.0.3"];
@@ -134,39 +161,84 @@ fn cases() -> Vec<Case> {
         Case {
             name: "ranges from every node, cluster-policy services ride them",
             config: LAB,
-            state: state(lab_nodes(), vec![with_external(svc("a", &["198.19.38.11"], false), &["198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3)]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(
+                    svc("a", &["198.19.38.11"], false),
+                    &["198.19.48.10"],
+                )],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.48.0/20", ALL3),
+                ("198.19.64.0/24", ALL3),
+            ]),
             refused: &[],
         },
         Case {
             name: "local policy: host routes from endpoint nodes only",
             config: LAB,
-            state: state(lab_nodes(), vec![with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(
+                    svc("a", &["198.19.38.11"], true),
+                    &["198.19.48.10"],
+                )],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
             routes: expect(&[
-                ("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3),
-                ("198.19.38.11/32", &["node1=198.19.0.2"]), ("198.19.48.10/32", &["node1=198.19.0.2"]),
+                ("198.19.32.0/20", ALL3),
+                ("198.19.48.0/20", ALL3),
+                ("198.19.64.0/24", ALL3),
+                ("198.19.38.11/32", &["node1=198.19.0.2"]),
+                ("198.19.48.10/32", &["node1=198.19.0.2"]),
             ]),
             refused: &[],
         },
         Case {
             name: "ready unset counts as ready; not-ready endpoints do not count",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![slice("a", "1", &[UNSET("node2"), NOT_READY("node1")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node2=198.19.0.3"])]),
+            state: state(
+                lab_nodes(),
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![slice("a", "1", &[UNSET("node2"), NOT_READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.38.11/32", &["node2=198.19.0.3"]),
+            ]),
             refused: &[],
         },
         Case {
             name: "no ready endpoint: serving+terminating ones drain",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![slice("a", "1", &[DRAINING("node2"), NOT_READY("node1")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node2=198.19.0.3"])]),
+            state: state(
+                lab_nodes(),
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![slice("a", "1", &[DRAINING("node2"), NOT_READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.38.11/32", &["node2=198.19.0.3"]),
+            ]),
             refused: &[],
         },
         Case {
             name: "ready endpoints win over draining ones",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![slice("a", "1", &[DRAINING("node2")]), slice("a", "2", &[READY("node1")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"])]),
+            state: state(
+                lab_nodes(),
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![
+                    slice("a", "1", &[DRAINING("node2")]),
+                    slice("a", "2", &[READY("node1")]),
+                ],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.38.11/32", &["node1=198.19.0.2"]),
+            ]),
             refused: &[],
         },
         Case {
@@ -180,9 +252,17 @@ fn cases() -> Vec<Case> {
             name: "endpoints on ineligible nodes are no next hops",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
             state: state(
-                vec![node("control", &["198.19.0.1"]), not_ready(node("node1", &["198.19.0.2"])), labelled(node("node2", &["198.19.0.3"]), EXCLUDE_LABEL, "")],
+                vec![
+                    node("control", &["198.19.0.1"]),
+                    not_ready(node("node1", &["198.19.0.2"])),
+                    labelled(node("node2", &["198.19.0.3"]), EXCLUDE_LABEL, ""),
+                ],
                 vec![svc("a", &["198.19.38.11"], true)],
-                vec![slice("a", "1", &[READY("node1"), READY("node2"), READY("ghost")])],
+                vec![slice(
+                    "a",
+                    "1",
+                    &[READY("node1"), READY("node2"), READY("ghost")],
+                )],
             ),
             routes: expect(&[("198.19.32.0/20", &["control=198.19.0.1"])]),
             refused: &[],
@@ -191,11 +271,17 @@ fn cases() -> Vec<Case> {
             name: "nodeSelector picks the pool",
             config: "nodeSelector: pool=a\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]",
             state: state(
-                vec![labelled(node("n1", &["198.19.0.2"]), "pool", "a"), labelled(node("n2", &["198.19.0.3"]), "pool", "b")],
+                vec![
+                    labelled(node("n1", &["198.19.0.2"]), "pool", "a"),
+                    labelled(node("n2", &["198.19.0.3"]), "pool", "b"),
+                ],
                 vec![svc("a", &["198.19.38.11"], true)],
                 vec![slice("a", "1", &[READY("n1"), READY("n2")])],
             ),
-            routes: expect(&[("198.19.32.0/20", &["n1=198.19.0.2"]), ("198.19.38.11/32", &["n1=198.19.0.2"])]),
+            routes: expect(&[
+                ("198.19.32.0/20", &["n1=198.19.0.2"]),
+                ("198.19.38.11/32", &["n1=198.19.0.2"]),
+            ]),
             refused: &[],
         },
         Case {
@@ -210,26 +296,52 @@ fn cases() -> Vec<Case> {
             config: LAB,
             state: state(
                 lab_nodes(),
-                vec![with_lb(with_external(svc("evil", &["198.19.38.12"], true), &["8.8.8.8", "198.19.0.2"]), &["1.1.1.1", "198.19.64.7"])],
+                vec![with_lb(
+                    with_external(
+                        svc("evil", &["198.19.38.12"], true),
+                        &["8.8.8.8", "198.19.0.2"],
+                    ),
+                    &["1.1.1.1", "198.19.64.7"],
+                )],
                 vec![slice("evil", "1", &[READY("node1")])],
             ),
             routes: expect(&[
-                ("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3),
-                ("198.19.38.12/32", &["node1=198.19.0.2"]), ("198.19.64.7/32", &["node1=198.19.0.2"]),
+                ("198.19.32.0/20", ALL3),
+                ("198.19.48.0/20", ALL3),
+                ("198.19.64.0/24", ALL3),
+                ("198.19.38.12/32", &["node1=198.19.0.2"]),
+                ("198.19.64.7/32", &["node1=198.19.0.2"]),
             ]),
             refused: &["8.8.8.8", "198.19.0.2", "1.1.1.1"],
         },
         Case {
             name: "external IPs with no serviceExternalIPs are refused",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"])]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(
+                    svc("a", &["198.19.38.11"], true),
+                    &["198.19.48.10"],
+                )],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.38.11/32", &["node1=198.19.0.2"]),
+            ]),
             refused: &["198.19.48.10"],
         },
         Case {
             name: "a node's own address inside a range is refused as a host route",
             config: "serviceExternalIPs: [{cidr: 198.19.0.0/20}]",
-            state: state(lab_nodes(), vec![with_external(svc("a", &["10.96.0.1"], true), &["198.19.0.3"])], vec![slice("a", "1", &[READY("node1")])]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(
+                    svc("a", &["10.96.0.1"], true),
+                    &["198.19.0.3"],
+                )],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
             routes: expect(&[("198.19.0.0/20", ALL3)]),
             refused: &["198.19.0.3"],
         },
@@ -238,8 +350,17 @@ fn cases() -> Vec<Case> {
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
             state: state(
                 lab_nodes(),
-                vec![svc("headless", &["None"], true), Service { type_: ServiceType::ExternalName, ..svc("ext", &[], true) }],
-                vec![slice("headless", "1", &[READY("node1")]), slice("ext", "1", &[READY("node1")])],
+                vec![
+                    svc("headless", &["None"], true),
+                    Service {
+                        type_: ServiceType::ExternalName,
+                        ..svc("ext", &[], true)
+                    },
+                ],
+                vec![
+                    slice("headless", "1", &[READY("node1")]),
+                    slice("ext", "1", &[READY("node1")]),
+                ],
             ),
             routes: expect(&[("198.19.32.0/20", ALL3)]),
             refused: &[],
@@ -248,9 +369,15 @@ fn cases() -> Vec<Case> {
             name: "dual stack: each family on its own; v4-only nodes are no v6 next hops",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}, {cidr: 'fd00:32::/112'}]",
             state: state(
-                vec![node("node1", &["198.19.0.2", "fd00::2"]), node("node2", &["198.19.0.3"])],
+                vec![
+                    node("node1", &["198.19.0.2", "fd00::2"]),
+                    node("node2", &["198.19.0.3"]),
+                ],
                 vec![svc("a", &["198.19.38.11", "fd00:32::11"], true)],
-                vec![slice("a", "1", &[READY("node1"), READY("node2")]), v6_slice("a", "2", &[READY("node1"), READY("node2")])],
+                vec![
+                    slice("a", "1", &[READY("node1"), READY("node2")]),
+                    v6_slice("a", "2", &[READY("node1"), READY("node2")]),
+                ],
             ),
             routes: expect(&[
                 ("198.19.32.0/20", &["node1=198.19.0.2", "node2=198.19.0.3"]),
@@ -263,17 +390,33 @@ fn cases() -> Vec<Case> {
         Case {
             name: "an endpoint of the other family makes no next hop: single-stack IPv4 with its node1 endpoint in an IPv6 slice",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![svc("a", &["198.19.34.1"], true)], vec![v6_slice("a", "1", &[READY("node1")]), slice("a", "2", &[READY("node2")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.34.1/32", &["node2=198.19.0.3"])]),
+            state: state(
+                lab_nodes(),
+                vec![svc("a", &["198.19.34.1"], true)],
+                vec![
+                    v6_slice("a", "1", &[READY("node1")]),
+                    slice("a", "2", &[READY("node2")]),
+                ],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.34.1/32", &["node2=198.19.0.3"]),
+            ]),
             refused: &[],
         },
         Case {
             name: "dual stack, endpoints split across nodes: IPv4 from the IPv4 endpoints' node, IPv6 from the IPv6 ones'",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}, {cidr: 'fd00:32::/112'}]",
             state: state(
-                vec![node("node1", &["198.19.0.2", "fd00::2"]), node("node2", &["198.19.0.3", "fd00::3"])],
+                vec![
+                    node("node1", &["198.19.0.2", "fd00::2"]),
+                    node("node2", &["198.19.0.3", "fd00::3"]),
+                ],
                 vec![svc("a", &["198.19.34.1", "fd00:32::1"], true)],
-                vec![slice("a", "v4", &[READY("node2")]), v6_slice("a", "v6", &[READY("node1")])],
+                vec![
+                    slice("a", "v4", &[READY("node2")]),
+                    v6_slice("a", "v6", &[READY("node1")]),
+                ],
             ),
             routes: expect(&[
                 ("198.19.32.0/20", &["node1=198.19.0.2", "node2=198.19.0.3"]),
@@ -286,21 +429,41 @@ fn cases() -> Vec<Case> {
         Case {
             name: "FQDN slices are no endpoints: a Local Service with only one gets no host route",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![svc("a", &["198.19.38.11"], true)], vec![typed_slice(AddressType::Fqdn, "a", "1", &[READY("node1")])]),
+            state: state(
+                lab_nodes(),
+                vec![svc("a", &["198.19.38.11"], true)],
+                vec![typed_slice(AddressType::Fqdn, "a", "1", &[READY("node1")])],
+            ),
             routes: expect(&[("198.19.32.0/20", ALL3)]),
             refused: &[],
         },
         Case {
             name: "internalTrafficPolicy: Local with externalTrafficPolicy: Cluster: the cluster IP from its endpoint nodes, the external IP rides the range",
             config: LAB,
-            state: state(lab_nodes(), vec![itp_local(with_external(svc("a", &["198.19.38.11"], false), &["198.19.48.10"]))], vec![slice("a", "1", &[READY("node1")])]),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"])]),
+            state: state(
+                lab_nodes(),
+                vec![itp_local(with_external(
+                    svc("a", &["198.19.38.11"], false),
+                    &["198.19.48.10"],
+                ))],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.48.0/20", ALL3),
+                ("198.19.64.0/24", ALL3),
+                ("198.19.38.11/32", &["node1=198.19.0.2"]),
+            ]),
             refused: &[],
         },
         Case {
             name: "internalTrafficPolicy: Local with no ready endpoint: no host route (the range still covers it)",
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
-            state: state(lab_nodes(), vec![itp_local(svc("a", &["198.19.38.11"], false))], vec![slice("a", "1", &[NOT_READY("node1")])]),
+            state: state(
+                lab_nodes(),
+                vec![itp_local(svc("a", &["198.19.38.11"], false))],
+                vec![slice("a", "1", &[NOT_READY("node1")])],
+            ),
             routes: expect(&[("198.19.32.0/20", ALL3)]),
             refused: &[],
         },
@@ -309,11 +472,16 @@ fn cases() -> Vec<Case> {
             config: LAB,
             state: state(
                 lab_nodes(),
-                vec![itp_local(with_lb(with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"]), &["198.19.64.9"]))],
+                vec![itp_local(with_lb(
+                    with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"]),
+                    &["198.19.64.9"],
+                ))],
                 vec![slice("a", "1", &[READY("node1"), READY("node2")])],
             ),
             routes: expect(&[
-                ("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3), ("198.19.64.0/24", ALL3),
+                ("198.19.32.0/20", ALL3),
+                ("198.19.48.0/20", ALL3),
+                ("198.19.64.0/24", ALL3),
                 ("198.19.38.11/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
                 ("198.19.48.10/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
                 ("198.19.64.9/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
@@ -323,8 +491,18 @@ fn cases() -> Vec<Case> {
         Case {
             name: "another pool's range: not refused, not announced here; an IP of no pool is refused",
             config: "pool: pool-a\nserviceExternalIPs: [{cidr: 198.19.48.0/21}]\notherPools: [{name: pool-b, ranges: [198.19.56.0/21]}]",
-            state: state(lab_nodes(), vec![with_external(svc("a", &[], true), &["198.19.48.10", "198.19.56.10", "8.8.8.8"])], vec![slice("a", "1", &[READY("node1")])]),
-            routes: expect(&[("198.19.48.0/21", ALL3), ("198.19.48.10/32", &["node1=198.19.0.2"])]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(
+                    svc("a", &[], true),
+                    &["198.19.48.10", "198.19.56.10", "8.8.8.8"],
+                )],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
+            routes: expect(&[
+                ("198.19.48.0/21", ALL3),
+                ("198.19.48.10/32", &["node1=198.19.0.2"]),
+            ]),
             refused: &["8.8.8.8"],
         },
         Case {
@@ -332,10 +510,19 @@ fn cases() -> Vec<Case> {
             config: "serviceExternalIPs: [{cidr: 198.19.48.0/20}]",
             state: state(
                 lab_nodes(),
-                vec![with_external(svc("a", &[], true), &["198.19.48.10"]), with_external(svc("b", &[], true), &["198.19.48.10"])],
-                vec![slice("a", "1", &[READY("node1")]), slice("b", "1", &[READY("node2")])],
+                vec![
+                    with_external(svc("a", &[], true), &["198.19.48.10"]),
+                    with_external(svc("b", &[], true), &["198.19.48.10"]),
+                ],
+                vec![
+                    slice("a", "1", &[READY("node1")]),
+                    slice("b", "1", &[READY("node2")]),
+                ],
             ),
-            routes: expect(&[("198.19.48.0/20", ALL3), ("198.19.48.10/32", &["node1=198.19.0.2", "node2=198.19.0.3"])]),
+            routes: expect(&[
+                ("198.19.48.0/20", ALL3),
+                ("198.19.48.10/32", &["node1=198.19.0.2", "node2=198.19.0.3"]),
+            ]),
             refused: &[],
         },
         Case {
@@ -343,23 +530,43 @@ fn cases() -> Vec<Case> {
             config: "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
             state: state(
                 lab_nodes(),
-                vec![svc("bad", &["198.19.38.300"], true), svc("good", &["198.19.38.11"], true)],
-                vec![slice("bad", "1", &[READY("node1")]), slice("good", "1", &[READY("node2")])],
+                vec![
+                    svc("bad", &["198.19.38.300"], true),
+                    svc("good", &["198.19.38.11"], true),
+                ],
+                vec![
+                    slice("bad", "1", &[READY("node1")]),
+                    slice("good", "1", &[READY("node2")]),
+                ],
             ),
-            routes: expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node2=198.19.0.3"])]),
+            routes: expect(&[
+                ("198.19.32.0/20", ALL3),
+                ("198.19.38.11/32", &["node2=198.19.0.3"]),
+            ]),
             refused: &["198.19.38.300"],
         },
         Case {
             name: "deny list: ranges and host routes overlapping it are not announced",
             config: "serviceExternalIPs: [{cidr: 198.19.48.0/20}, {cidr: 10.0.0.0/8}]\ndenyPrefixes: [198.19.48.128/25, 10.0.0.0/8]",
-            state: state(lab_nodes(), vec![with_external(svc("a", &[], true), &["198.19.48.200", "198.19.48.10"])], vec![slice("a", "1", &[READY("node1")])]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(
+                    svc("a", &[], true),
+                    &["198.19.48.200", "198.19.48.10"],
+                )],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
             routes: expect(&[("198.19.48.10/32", &["node1=198.19.0.2"])]),
             refused: &["198.19.48.200"],
         },
         Case {
             name: "a default route is never announced",
             config: "serviceExternalIPs: [{cidr: 0.0.0.0/0}]",
-            state: state(lab_nodes(), vec![with_external(svc("a", &[], true), &["8.8.8.8"])], vec![slice("a", "1", &[READY("node1")])]),
+            state: state(
+                lab_nodes(),
+                vec![with_external(svc("a", &[], true), &["8.8.8.8"])],
+                vec![slice("a", "1", &[READY("node1")])],
+            ),
             routes: expect(&[("8.8.8.8/32", &["node1=198.19.0.2"])]),
             refused: &[],
         },
@@ -370,8 +577,14 @@ fn cases() -> Vec<Case> {
                 lab_nodes(),
                 vec![svc("a", &["198.19.38.11"], true)],
                 vec![
-                    EndpointSlice { key: ObjectKey::new("other", "a-1"), ..slice("a", "x", &[READY("node1")]) },
-                    EndpointSlice { service_name: None, ..slice("a", "y", &[READY("node2")]) },
+                    EndpointSlice {
+                        key: ObjectKey::new("other", "a-1"),
+                        ..slice("a", "x", &[READY("node1")])
+                    },
+                    EndpointSlice {
+                        service_name: None,
+                        ..slice("a", "y", &[READY("node2")])
+                    },
                 ],
             ),
             routes: expect(&[("198.19.32.0/20", ALL3)]),
@@ -390,22 +603,36 @@ fn rules_table() {
         let mut got = refused.clone();
         expected.sort();
         got.sort();
-        assert_eq!(got, expected, "refusals of case: {} ({:?})", case.name, plan.refusals);
+        assert_eq!(
+            got, expected,
+            "refusals of case: {} ({:?})",
+            case.name, plan.refusals
+        );
     }
 }
 
 #[test]
 fn default_route_range_is_refused_with_a_note() {
-    let p = plan(&state(lab_nodes(), vec![], vec![]), &config("serviceExternalIPs: [{cidr: 0.0.0.0/0}]"));
+    let p = plan(
+        &state(lab_nodes(), vec![], vec![]),
+        &config("serviceExternalIPs: [{cidr: 0.0.0.0/0}]"),
+    );
     assert!(p.routes.is_empty());
-    assert!(p.notes.iter().any(|n| n.contains("default route")), "{:?}", p.notes);
+    assert!(
+        p.notes.iter().any(|n| n.contains("default route")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[test]
 fn kinds_sources_and_reasons() {
     let s = state(
         lab_nodes(),
-        vec![with_lb(with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"]), &["198.19.64.9"])],
+        vec![with_lb(
+            with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10"]),
+            &["198.19.64.9"],
+        )],
         vec![slice("a", "1", &[READY("node1")])],
     );
     let p = plan(&s, &config(LAB));
@@ -420,21 +647,47 @@ fn kinds_sources_and_reasons() {
     assert_eq!(host.sources.iter().collect::<Vec<_>>(), ["ns/a"]);
     assert!(host.reason.contains("node1"), "{}", host.reason);
     let range = &p.routes[&"198.19.32.0/20".parse::<IpNet>().unwrap()];
-    assert_eq!(range.sources.iter().collect::<Vec<_>>(), ["config:serviceClusterIPs[0]"]);
+    assert_eq!(
+        range.sources.iter().collect::<Vec<_>>(),
+        ["config:serviceClusterIPs[0]"]
+    );
 }
 
 #[test]
 fn communities_from_ranges_and_allowlisted_annotations() {
     let yaml = "serviceExternalIPs: [{cidr: 198.19.48.0/20, communities: ['65000:1'], largeCommunities: ['65000:1:2']}]\nallowedCommunities: ['65000:100']";
     let mut service = with_external(svc("a", &[], true), &["198.19.48.10"]);
-    service.annotations.insert(COMMUNITIES_ANNOTATION.into(), "65000:100, 65000:666, junk".into());
-    let p = plan(&state(lab_nodes(), vec![service], vec![slice("a", "1", &[READY("node1")])]), &config(yaml));
+    service.annotations.insert(
+        COMMUNITIES_ANNOTATION.into(),
+        "65000:100, 65000:666, junk".into(),
+    );
+    let p = plan(
+        &state(
+            lab_nodes(),
+            vec![service],
+            vec![slice("a", "1", &[READY("node1")])],
+        ),
+        &config(yaml),
+    );
     let host = &p.routes[&"198.19.48.10/32".parse::<IpNet>().unwrap()];
     let communities: Vec<String> = host.communities.iter().map(ToString::to_string).collect();
     assert_eq!(communities, ["65000:1", "65000:100"]);
-    assert_eq!(host.large_communities.iter().map(ToString::to_string).collect::<Vec<_>>(), ["65000:1:2"]);
+    assert_eq!(
+        host.large_communities
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["65000:1:2"]
+    );
     let range = &p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()];
-    assert_eq!(range.communities.iter().map(ToString::to_string).collect::<Vec<_>>(), ["65000:1"]);
+    assert_eq!(
+        range
+            .communities
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["65000:1"]
+    );
     let notes = &p.services.get(&ObjectKey::new("ns", "a")).unwrap().notes;
     assert_eq!(notes.len(), 2, "{notes:?}");
 }
@@ -443,19 +696,44 @@ fn communities_from_ranges_and_allowlisted_annotations() {
 fn explanations_account_for_every_ip() {
     let s = state(
         lab_nodes(),
-        vec![with_external(svc("a", &["198.19.38.11"], true), &["198.19.48.10", "8.8.8.8"]), svc("b", &["198.19.33.1"], false)],
+        vec![
+            with_external(
+                svc("a", &["198.19.38.11"], true),
+                &["198.19.48.10", "8.8.8.8"],
+            ),
+            svc("b", &["198.19.33.1"], false),
+        ],
         vec![slice("a", "1", &[READY("node1"), NOT_READY("node2")])],
     );
     let p = plan(&s, &config(LAB));
     let a = &p.services.get(&ObjectKey::new("ns", "a")).unwrap();
-    let outcomes: Vec<(&str, &IpOutcome)> = a.ips.iter().map(|i| (i.ip.as_str(), &i.outcome)).collect();
-    assert_eq!(outcomes[0], ("198.19.38.11", &IpOutcome::HostRoute("198.19.38.11/32".parse().unwrap())));
-    assert_eq!(outcomes[1], ("198.19.48.10", &IpOutcome::HostRoute("198.19.48.10/32".parse().unwrap())));
-    assert!(matches!(outcomes[2], ("8.8.8.8", IpOutcome::NotAnnounced(_))));
+    let outcomes: Vec<(&str, &IpOutcome)> =
+        a.ips.iter().map(|i| (i.ip.as_str(), &i.outcome)).collect();
+    assert_eq!(
+        outcomes[0],
+        (
+            "198.19.38.11",
+            &IpOutcome::HostRoute("198.19.38.11/32".parse().unwrap())
+        )
+    );
+    assert_eq!(
+        outcomes[1],
+        (
+            "198.19.48.10",
+            &IpOutcome::HostRoute("198.19.48.10/32".parse().unwrap())
+        )
+    );
+    assert!(matches!(
+        outcomes[2],
+        ("8.8.8.8", IpOutcome::NotAnnounced(_))
+    ));
     assert_eq!(a.endpoint_nodes["node1"], "ready endpoint");
     assert_eq!(a.endpoint_nodes["node2"], "endpoint not ready");
     let b = &p.services.get(&ObjectKey::new("ns", "b")).unwrap();
-    assert_eq!(b.ips[0].outcome, IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap()));
+    assert_eq!(
+        b.ips[0].outcome,
+        IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap())
+    );
 }
 
 /// A cluster large enough to be planned in two halves gets the plan Service by Service would give,
@@ -468,15 +746,27 @@ fn a_large_cluster_planned_in_two_halves_equals_one_by_one() {
     let services: Vec<&Service> = state.services.values().map(|s| &**s).collect();
     let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in state.endpoint_slices.values() {
-        slices.entry(slice.service_key().unwrap()).or_default().push(slice);
+        slices
+            .entry(slice.service_key().unwrap())
+            .or_default()
+            .push(slice);
     }
-    let plan_one = |s: &Service| plan_service(&context, s, slices.get(&s.key).map(Vec::as_slice).unwrap_or_default());
+    let plan_one = |s: &Service| {
+        plan_service(
+            &context,
+            s,
+            slices.get(&s.key).map(Vec::as_slice).unwrap_or_default(),
+        )
+    };
     let one_by_one: Vec<ServicePlan> = services.iter().map(|s| plan_one(s)).collect();
     let halves = plan_each(&services, plan_one);
     assert_eq!(halves, one_by_one);
     let full = plan(&state, &config);
     assert!(full.routes.len() > 100, "{} routes", full.routes.len());
-    assert_eq!(herald_core::planner::incremental::IncrementalPlanner::new(state, config).plan(), &full);
+    assert_eq!(
+        herald_core::planner::incremental::IncrementalPlanner::new(state, config).plan(),
+        &full
+    );
 }
 
 mod properties {
@@ -489,7 +779,8 @@ mod properties {
     }
 
     fn arb_state() -> impl Strategy<Value = ClusterState> {
-        let nodes = proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..3, any::<bool>()), 1..6);
+        let nodes =
+            proptest::collection::vec((any::<bool>(), any::<bool>(), 0u8..3, any::<bool>()), 1..6);
         // (externalTrafficPolicy Local, internalTrafficPolicy Local, cluster IP, with an IPv6 cluster
         // IP too, external IPs, endpoints as (node, condition, slice family: IPv4, IPv6, FQDN)).
         let services = proptest::collection::vec(
@@ -515,12 +806,19 @@ mod properties {
                 if *excluded {
                     n.labels.insert(EXCLUDE_LABEL.into(), String::new());
                 }
-                n.labels.insert("pool".into(), ["a", "b", "c"][*pool as usize].into());
+                n.labels
+                    .insert("pool".into(), ["a", "b", "c"][*pool as usize].into());
                 s.insert_node(n);
             }
-            for (j, ((local, internal_local), cluster_low, dual, externals, endpoints)) in services.iter().enumerate() {
+            for (j, ((local, internal_local), cluster_low, dual, externals, endpoints)) in
+                services.iter().enumerate()
+            {
                 let name = format!("s{j}");
-                let mut cluster = vec![format!("198.19.{}.{}", 32 + cluster_low / 8, cluster_low % 250)];
+                let mut cluster = vec![format!(
+                    "198.19.{}.{}",
+                    32 + cluster_low / 8,
+                    cluster_low % 250
+                )];
                 if *dual {
                     cluster.push(format!("fd00:32::{cluster_low:x}"));
                 }
@@ -539,7 +837,11 @@ mod properties {
                     service = itp_local(service);
                 }
                 s.insert_service(service);
-                for (family, address_type) in [AddressType::Ipv4, AddressType::Ipv6, AddressType::Fqdn].into_iter().enumerate() {
+                for (family, address_type) in
+                    [AddressType::Ipv4, AddressType::Ipv6, AddressType::Fqdn]
+                        .into_iter()
+                        .enumerate()
+                {
                     let eps: Vec<Endpoint> = endpoints
                         .iter()
                         .filter(|(_, _, f)| usize::from(*f) == family)
@@ -677,21 +979,55 @@ mod incremental_equals_full {
         let pick = |n: usize| which % n.max(1);
         match what % 6 {
             0 if !state.endpoint_slices.is_empty() => {
-                let mut slice = EndpointSlice::clone(state.endpoint_slices.values().nth(pick(state.endpoint_slices.len())).unwrap());
+                let mut slice = EndpointSlice::clone(
+                    state
+                        .endpoint_slices
+                        .values()
+                        .nth(pick(state.endpoint_slices.len()))
+                        .unwrap(),
+                );
                 match how % 4 {
-                    0 => slice.endpoints.iter_mut().for_each(|e| e.ready = Some(!e.is_ready())),
-                    1 => slice.endpoints.push(Endpoint { node_name: Some(format!("n{}", how % 5)), ..Default::default() }),
-                    2 => slice.address_type = [AddressType::Ipv4, AddressType::Ipv6, AddressType::Fqdn][usize::from(how / 4 % 3)].clone(),
+                    0 => slice
+                        .endpoints
+                        .iter_mut()
+                        .for_each(|e| e.ready = Some(!e.is_ready())),
+                    1 => slice.endpoints.push(Endpoint {
+                        node_name: Some(format!("n{}", how % 5)),
+                        ..Default::default()
+                    }),
+                    2 => {
+                        slice.address_type =
+                            [AddressType::Ipv4, AddressType::Ipv6, AddressType::Fqdn]
+                                [usize::from(how / 4 % 3)]
+                            .clone()
+                    }
                     _ => slice.service_name = Some(format!("s{}", how % 12)),
                 }
                 Change::EndpointSlice(slice.into())
             }
-            1 if !state.endpoint_slices.is_empty() => {
-                Change::EndpointSliceDeleted(state.endpoint_slices.keys().nth(pick(state.endpoint_slices.len())).unwrap().clone())
-            }
+            1 if !state.endpoint_slices.is_empty() => Change::EndpointSliceDeleted(
+                state
+                    .endpoint_slices
+                    .keys()
+                    .nth(pick(state.endpoint_slices.len()))
+                    .unwrap()
+                    .clone(),
+            ),
             2 if !state.services.is_empty() => {
-                let mut service = Service::clone(state.services.values().nth(pick(state.services.len())).unwrap());
-                let flip = |p: TrafficPolicy| if p == TrafficPolicy::Local { TrafficPolicy::Cluster } else { TrafficPolicy::Local };
+                let mut service = Service::clone(
+                    state
+                        .services
+                        .values()
+                        .nth(pick(state.services.len()))
+                        .unwrap(),
+                );
+                let flip = |p: TrafficPolicy| {
+                    if p == TrafficPolicy::Local {
+                        TrafficPolicy::Cluster
+                    } else {
+                        TrafficPolicy::Local
+                    }
+                };
                 match how % 4 {
                     0 => service.external_traffic_policy = flip(service.external_traffic_policy),
                     1 => service.external_ips.push(format!("198.19.48.{}", how)),
@@ -700,19 +1036,34 @@ mod incremental_equals_full {
                 }
                 Change::Service(service.into())
             }
-            3 if !state.services.is_empty() => {
-                Change::ServiceDeleted(state.services.keys().nth(pick(state.services.len())).unwrap().clone())
-            }
+            3 if !state.services.is_empty() => Change::ServiceDeleted(
+                state
+                    .services
+                    .keys()
+                    .nth(pick(state.services.len()))
+                    .unwrap()
+                    .clone(),
+            ),
             4 if !state.nodes.is_empty() => {
-                let mut node = Node::clone(state.nodes.values().nth(pick(state.nodes.len())).unwrap());
+                let mut node =
+                    Node::clone(state.nodes.values().nth(pick(state.nodes.len())).unwrap());
                 node.ready = !node.ready;
                 Change::Node(node.into())
             }
-            5 if !state.nodes.is_empty() => Change::NodeDeleted(state.nodes.keys().nth(pick(state.nodes.len())).unwrap().clone()),
+            5 if !state.nodes.is_empty() => Change::NodeDeleted(
+                state
+                    .nodes
+                    .keys()
+                    .nth(pick(state.nodes.len()))
+                    .unwrap()
+                    .clone(),
+            ),
             _ => {
                 // A new Local Service sharing an IP with others, and its slice.
                 let name = format!("new{which}");
-                Change::Service(with_external(svc(&name, &["198.19.33.1"], true), &["198.19.48.7"]).into())
+                Change::Service(
+                    with_external(svc(&name, &["198.19.33.1"], true), &["198.19.48.7"]).into(),
+                )
             }
         }
     }
@@ -752,8 +1103,8 @@ mod incremental_equals_full {
 mod batches_equal_full {
     use proptest::prelude::*;
 
-    use super::properties::arb_state_for_tests as arb_state;
     use super::properties::CONFIG;
+    use super::properties::arb_state_for_tests as arb_state;
     use super::*;
     use herald_core::planner::incremental::IncrementalPlanner;
 
@@ -770,15 +1121,20 @@ mod batches_equal_full {
             }
             1 if !nodes.is_empty() => {
                 let mut node = Node::clone(&state.nodes[&nodes[which % nodes.len()]]);
-                node.labels.insert("rack-audit".to_string(), which.to_string());
+                node.labels
+                    .insert("rack-audit".to_string(), which.to_string());
                 state.insert_node(node);
             }
             2 if !nodes.is_empty() => {
                 state.nodes.remove(&nodes[which % nodes.len()]);
             }
             _ if !slices.is_empty() => {
-                let mut slice = EndpointSlice::clone(&state.endpoint_slices[&slices[which % slices.len()]]);
-                slice.endpoints.iter_mut().for_each(|e| e.ready = Some(!e.is_ready()));
+                let mut slice =
+                    EndpointSlice::clone(&state.endpoint_slices[&slices[which % slices.len()]]);
+                slice
+                    .endpoints
+                    .iter_mut()
+                    .for_each(|e| e.ready = Some(!e.is_ready()));
                 state.insert_endpoint_slice(slice);
             }
             _ => {}
@@ -829,7 +1185,10 @@ mod batches_equal_full {
         let changes = state.changes_to(&relabelled);
         assert_eq!(changes.len(), 200);
         assert!(planner.apply_batch(changes).is_empty());
-        assert!(std::sync::Arc::ptr_eq(&before.nodes, &planner.plan().nodes), "planned again");
+        assert!(
+            std::sync::Arc::ptr_eq(&before.nodes, &planner.plan().nodes),
+            "planned again"
+        );
         assert_eq!(planner.plan(), &before);
         assert_eq!(planner.state(), &relabelled);
         // The exclusion label on every node does change the plan, in one go.
@@ -859,13 +1218,28 @@ fn a_slice_moving_between_services_that_share_an_ip_lists_the_ip_once() {
         cfg.clone(),
     );
     let shared: IpNet = "198.19.48.10/32".parse().unwrap();
-    assert!(incremental.plan().routes.contains_key(&shared), "{:?}", incremental.plan().routes.keys().collect::<Vec<_>>());
+    assert!(
+        incremental.plan().routes.contains_key(&shared),
+        "{:?}",
+        incremental.plan().routes.keys().collect::<Vec<_>>()
+    );
     let before = incremental.plan().clone();
-    let moved = EndpointSlice { service_name: Some("b".to_string()), ..on_node1 };
-    let delta = incremental.apply(herald_core::planner::incremental::Change::EndpointSlice(moved.into()));
-    let removed_and_upserted: Vec<&IpNet> =
-        delta.removed.iter().filter(|p| delta.upserted.iter().any(|r| r.prefix == **p)).collect();
-    assert!(removed_and_upserted.is_empty(), "both removed and upserted: {removed_and_upserted:?}");
+    let moved = EndpointSlice {
+        service_name: Some("b".to_string()),
+        ..on_node1
+    };
+    let delta = incremental.apply(herald_core::planner::incremental::Change::EndpointSlice(
+        moved.into(),
+    ));
+    let removed_and_upserted: Vec<&IpNet> = delta
+        .removed
+        .iter()
+        .filter(|p| delta.upserted.iter().any(|r| r.prefix == **p))
+        .collect();
+    assert!(
+        removed_and_upserted.is_empty(),
+        "both removed and upserted: {removed_and_upserted:?}"
+    );
     assert!(incremental.plan().routes.contains_key(&shared));
     let mut expected = herald_core::planner::incremental::diff(&before, incremental.plan());
     let mut got = delta;
@@ -880,13 +1254,18 @@ fn a_slice_moving_between_services_that_share_an_ip_lists_the_ip_once() {
 /// the policy behind a host route, another pool's IP.
 #[test]
 fn explanations_name_families_policies_and_pools() {
-    let cfg = config("pool: pool-a\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/21}]\notherPools: [{name: pool-b, ranges: [198.19.56.0/21]}]");
+    let cfg = config(
+        "pool: pool-a\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]\nserviceExternalIPs: [{cidr: 198.19.48.0/21}]\notherPools: [{name: pool-b, ranges: [198.19.56.0/21]}]",
+    );
     let s = state(
         lab_nodes(),
         vec![
             svc("families", &["198.19.34.1"], true),
             svc("fqdn", &["198.19.34.2"], true),
-            itp_local(with_external(svc("itp", &["198.19.34.3"], false), &["198.19.48.3", "198.19.56.3"])),
+            itp_local(with_external(
+                svc("itp", &["198.19.34.3"], false),
+                &["198.19.48.3", "198.19.56.3"],
+            )),
         ],
         vec![
             v6_slice("families", "v6", &[READY("node1")]),
@@ -899,25 +1278,52 @@ fn explanations_name_families_policies_and_pools() {
     let explain = |name: &str| p.services.get(&ObjectKey::new("ns", name)).unwrap();
 
     let families = explain("families");
-    assert_eq!(families.endpoint_nodes["node1"], "IPv4: endpoint not ready; IPv6: ready endpoint");
+    assert_eq!(
+        families.endpoint_nodes["node1"],
+        "IPv4: endpoint not ready; IPv6: ready endpoint"
+    );
     assert_eq!(families.endpoint_nodes["node2"], "IPv4: ready endpoint");
     let host = &p.routes[&"198.19.34.1/32".parse::<IpNet>().unwrap()];
-    assert_eq!(host.reason, "externalTrafficPolicy: Local; IPv4 ready endpoints on node2");
+    assert_eq!(
+        host.reason,
+        "externalTrafficPolicy: Local; IPv4 ready endpoints on node2"
+    );
 
     let fqdn = explain("fqdn");
-    assert_eq!(fqdn.ips[0].outcome, IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap()));
-    assert!(fqdn.notes.iter().any(|n| n.contains("addressType FQDN) ignored")), "{:?}", fqdn.notes);
+    assert_eq!(
+        fqdn.ips[0].outcome,
+        IpOutcome::CoveredByRange("198.19.32.0/20".parse().unwrap())
+    );
+    assert!(
+        fqdn.notes
+            .iter()
+            .any(|n| n.contains("addressType FQDN) ignored")),
+        "{:?}",
+        fqdn.notes
+    );
     assert!(fqdn.endpoint_nodes.is_empty(), "{:?}", fqdn.endpoint_nodes);
 
     let itp = explain("itp");
     assert_eq!(itp.internal_traffic_policy, TrafficPolicy::Local);
-    assert_eq!(itp.ips[0].outcome, IpOutcome::HostRoute("198.19.34.3/32".parse().unwrap()));
-    assert_eq!(p.routes[&"198.19.34.3/32".parse::<IpNet>().unwrap()].reason, "internalTrafficPolicy: Local; IPv4 ready endpoints on node2");
+    assert_eq!(
+        itp.ips[0].outcome,
+        IpOutcome::HostRoute("198.19.34.3/32".parse().unwrap())
+    );
+    assert_eq!(
+        p.routes[&"198.19.34.3/32".parse::<IpNet>().unwrap()].reason,
+        "internalTrafficPolicy: Local; IPv4 ready endpoints on node2"
+    );
     // externalTrafficPolicy: Cluster: the external IP rides its range.
-    assert_eq!(itp.ips[1].outcome, IpOutcome::CoveredByRange("198.19.48.0/21".parse().unwrap()));
+    assert_eq!(
+        itp.ips[1].outcome,
+        IpOutcome::CoveredByRange("198.19.48.0/21".parse().unwrap())
+    );
     assert_eq!(
         itp.ips[2].outcome,
-        IpOutcome::OtherPool { pool: "pool-b".parse().unwrap(), range: "198.19.56.0/21".parse().unwrap() }
+        IpOutcome::OtherPool {
+            pool: "pool-b".parse().unwrap(),
+            range: "198.19.56.0/21".parse().unwrap()
+        }
     );
     assert!(p.refusals.is_empty(), "{:?}", p.refusals);
 }
@@ -926,12 +1332,39 @@ fn explanations_name_families_policies_and_pools() {
 /// the first pool by name.
 #[test]
 fn each_refusal_names_the_pool_that_records_its_event() {
-    let cfg = config("pool: pool-b\nserviceExternalIPs: [{cidr: 198.19.56.0/21}]\ndenyPrefixes: [198.19.57.0/24]\notherPools: [{name: pool-a, ranges: [198.19.48.0/21]}]");
-    let s = state(lab_nodes(), vec![with_external(svc("a", &[], false), &["8.8.8.8", "198.19.57.1", "bad"])], vec![]);
+    let cfg = config(
+        "pool: pool-b\nserviceExternalIPs: [{cidr: 198.19.56.0/21}]\ndenyPrefixes: [198.19.57.0/24]\notherPools: [{name: pool-a, ranges: [198.19.48.0/21]}]",
+    );
+    let s = state(
+        lab_nodes(),
+        vec![with_external(
+            svc("a", &[], false),
+            &["8.8.8.8", "198.19.57.1", "bad"],
+        )],
+        vec![],
+    );
     let p = plan(&s, &cfg);
-    let by_ip: BTreeMap<&str, &str> = p.refusals.iter().map(|r| (r.ip.as_str(), r.event_pool.0.as_str())).collect();
-    assert_eq!(by_ip, BTreeMap::from([("8.8.8.8", "pool-a"), ("198.19.57.1", "pool-b"), ("bad", "pool-a")]));
-    assert!(p.refusals.iter().find(|r| r.ip == "8.8.8.8").unwrap().reason.contains("nor inside a range of the other pools (pool-a)"));
+    let by_ip: BTreeMap<&str, &str> = p
+        .refusals
+        .iter()
+        .map(|r| (r.ip.as_str(), r.event_pool.0.as_str()))
+        .collect();
+    assert_eq!(
+        by_ip,
+        BTreeMap::from([
+            ("8.8.8.8", "pool-a"),
+            ("198.19.57.1", "pool-b"),
+            ("bad", "pool-a")
+        ])
+    );
+    assert!(
+        p.refusals
+            .iter()
+            .find(|r| r.ip == "8.8.8.8")
+            .unwrap()
+            .reason
+            .contains("nor inside a range of the other pools (pool-a)")
+    );
 }
 
 /// `ecmp.maxPaths`: ranges and host routes fitted to the routers' ECMP width.
@@ -944,7 +1377,14 @@ mod ecmp {
 
     /// `n` Ready nodes, `node-0` .. at 198.19.1.1 ...
     fn pool(n: usize) -> Vec<Node> {
-        (0..n).map(|i| node(&format!("node-{i}"), &[&format!("198.19.{}.{}", 1 + i / 250, 1 + i % 250)])).collect()
+        (0..n)
+            .map(|i| {
+                node(
+                    &format!("node-{i}"),
+                    &[&format!("198.19.{}.{}", 1 + i / 250, 1 + i % 250)],
+                )
+            })
+            .collect()
     }
 
     /// The nodes of a route.
@@ -955,7 +1395,11 @@ mod ecmp {
     /// The parts of `range` in a plan, in address order.
     fn parts_of<'a>(plan: &'a Plan, range: &str) -> Vec<&'a Route> {
         let range: IpNet = range.parse().unwrap();
-        plan.routes.values().filter(|r| r.part_of == Some(range)).map(|r| &**r).collect()
+        plan.routes
+            .values()
+            .filter(|r| r.part_of == Some(range))
+            .map(|r| &**r)
+            .collect()
     }
 
     #[test]
@@ -963,19 +1407,42 @@ mod ecmp {
         let cfg = config("ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]");
         let p = plan(&state(pool(40), vec![], vec![]), &cfg);
         let parts = parts_of(&p, "198.19.32.0/20");
-        assert_eq!(parts.iter().map(|r| r.prefix.to_string()).collect::<Vec<_>>(),
-                   ["198.19.32.0/22", "198.19.36.0/22", "198.19.40.0/22", "198.19.44.0/22"]);
-        assert!(parts.iter().all(|r| r.next_hops.len() == 16 && r.kind == RouteKind::ClusterRangePart));
+        assert_eq!(
+            parts
+                .iter()
+                .map(|r| r.prefix.to_string())
+                .collect::<Vec<_>>(),
+            [
+                "198.19.32.0/22",
+                "198.19.36.0/22",
+                "198.19.40.0/22",
+                "198.19.44.0/22"
+            ]
+        );
+        assert!(
+            parts
+                .iter()
+                .all(|r| r.next_hops.len() == 16 && r.kind == RouteKind::ClusterRangePart)
+        );
         let carried: BTreeSet<String> = parts.iter().flat_map(|r| nodes_of(r)).collect();
         assert_eq!(carried.len(), 40, "every node carries a part");
         let aggregate = &p.routes[&"198.19.32.0/20".parse::<IpNet>().unwrap()];
         assert_eq!(aggregate.kind, RouteKind::ClusterRange);
         assert_eq!(aggregate.next_hops.len(), 16);
         assert!(aggregate.left_out.is_empty());
-        assert_eq!(parts[0].reason, "part 1 of 4 of the cluster range 198.19.32.0/20: from 16 of 40 eligible nodes (ecmp.maxPaths 16)");
-        assert_eq!(aggregate.reason, "cluster range, the aggregate of its 4 parts: from 16 of 40 eligible nodes (ecmp.maxPaths 16)");
+        assert_eq!(
+            parts[0].reason,
+            "part 1 of 4 of the cluster range 198.19.32.0/20: from 16 of 40 eligible nodes (ecmp.maxPaths 16)"
+        );
+        assert_eq!(
+            aggregate.reason,
+            "cluster range, the aggregate of its 4 parts: from 16 of 40 eligible nodes (ecmp.maxPaths 16)"
+        );
         // No limit, or a pool no wider than it: as before, one route from every node.
-        for yaml in ["serviceClusterIPs: [{cidr: 198.19.32.0/20}]", "ecmp: {maxPaths: 40}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]"] {
+        for yaml in [
+            "serviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+            "ecmp: {maxPaths: 40}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]",
+        ] {
             let p = plan(&state(pool(40), vec![], vec![]), &config(yaml));
             assert_eq!(p.routes.len(), 1);
             assert_eq!(p.routes.values().next().unwrap().next_hops.len(), 40);
@@ -991,7 +1458,13 @@ mod ecmp {
         assert_eq!(parts.len(), 2);
         let aggregate = &p.routes[&"198.19.48.0/27".parse::<IpNet>().unwrap()];
         assert_eq!(aggregate.left_out.len(), 40 - 4, "{:?}", aggregate.left_out);
-        assert!(p.notes.iter().any(|n| n.contains("36 of 40 eligible nodes carry none of it")), "{:?}", p.notes);
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("36 of 40 eligible nodes carry none of it")),
+            "{:?}",
+            p.notes
+        );
     }
 
     #[test]
@@ -1001,34 +1474,77 @@ mod ecmp {
              serviceExternalIPs: [{cidr: 198.19.48.0/20, maxPaths: 0}, {cidr: 198.19.64.0/24}]\nserviceLoadBalancerIPs: [{cidr: 198.19.64.0/24, maxPaths: 4}]",
         );
         let p = plan(&state(pool(40), vec![], vec![]), &cfg);
-        assert!(parts_of(&p, "198.19.32.0/20").iter().all(|r| r.next_hops.len() == 8));
+        assert!(
+            parts_of(&p, "198.19.32.0/20")
+                .iter()
+                .all(|r| r.next_hops.len() == 8)
+        );
         assert_eq!(parts_of(&p, "198.19.32.0/20").len(), 8);
         // maxPaths 0 on the range: no limit for it.
         assert!(parts_of(&p, "198.19.48.0/20").is_empty());
-        assert_eq!(p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()].next_hops.len(), 40);
+        assert_eq!(
+            p.routes[&"198.19.48.0/20".parse::<IpNet>().unwrap()]
+                .next_hops
+                .len(),
+            40
+        );
         // In two lists with 16 and 4: 4.
-        assert!(parts_of(&p, "198.19.64.0/24").iter().all(|r| r.next_hops.len() == 4));
+        assert!(
+            parts_of(&p, "198.19.64.0/24")
+                .iter()
+                .all(|r| r.next_hops.len() == 4)
+        );
     }
 
     #[test]
     fn host_routes_keep_to_max_paths_and_say_who_is_left_out() {
         let cfg = config("ecmp: {maxPaths: 16}\nserviceClusterIPs: [{cidr: 198.19.32.0/20}]");
         let nodes = pool(40);
-        let endpoints: Vec<Ep> = (0..20).map(|i| READY(Box::leak(format!("node-{i}").into_boxed_str()))).collect();
-        let s = state(nodes, vec![svc("a", &["198.19.38.11"], true), svc("b", &["198.19.38.11"], true)], vec![slice("a", "1", &endpoints[..18]), slice("b", "1", &endpoints[8..])]);
+        let endpoints: Vec<Ep> = (0..20)
+            .map(|i| READY(Box::leak(format!("node-{i}").into_boxed_str())))
+            .collect();
+        let s = state(
+            nodes,
+            vec![
+                svc("a", &["198.19.38.11"], true),
+                svc("b", &["198.19.38.11"], true),
+            ],
+            vec![
+                slice("a", "1", &endpoints[..18]),
+                slice("b", "1", &endpoints[8..]),
+            ],
+        );
         let p = plan(&s, &cfg);
         let host = &p.routes[&"198.19.38.11/32".parse::<IpNet>().unwrap()];
         assert_eq!(host.next_hops.len(), 16);
         assert_eq!(host.left_out.len(), 4);
-        assert!(host.reason.ends_with("(16 of 20 endpoint nodes: ecmp.maxPaths 16)"), "{}", host.reason);
+        assert!(
+            host.reason
+                .ends_with("(16 of 20 endpoint nodes: ecmp.maxPaths 16)"),
+            "{}",
+            host.reason
+        );
         // The same 16 whichever Service's endpoints they are: the best 16 of all 20.
-        let keys: Vec<u64> = (0..20).map(|i| herald_core::planner::spread::node_key(&format!("node-{i}"))).collect();
-        let best: BTreeSet<String> = herald_core::planner::spread::top(&host.prefix, 16, &keys).into_iter().map(|i| format!("node-{i}")).collect();
+        let keys: Vec<u64> = (0..20)
+            .map(|i| herald_core::planner::spread::node_key(&format!("node-{i}")))
+            .collect();
+        let best: BTreeSet<String> = herald_core::planner::spread::top(&host.prefix, 16, &keys)
+            .into_iter()
+            .map(|i| format!("node-{i}"))
+            .collect();
         assert_eq!(nodes_of(host), best);
         let a = &p.services.get(&ObjectKey::new("ns", "a")).unwrap();
-        assert!(a.notes.iter().any(|n| n.starts_with("198.19.38.11: announced from ") && n.contains("(ecmp.maxPaths 16); left out: ")), "{:?}", a.notes);
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n.starts_with("198.19.38.11: announced from ")
+                    && n.contains("(ecmp.maxPaths 16); left out: ")),
+            "{:?}",
+            a.notes
+        );
         // Incrementally, the same.
-        let incremental = herald_core::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
+        let incremental =
+            herald_core::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
         assert_eq!(incremental.plan(), &p);
     }
 
@@ -1037,16 +1553,34 @@ mod ecmp {
         for (yaml, needle) in [
             ("ecmp: {maxPaths: 256}", "ecmp.maxPaths 256"),
             ("ecmp: {maxPaths: -1}", "maxPaths"),
-            ("serviceClusterIPs: [{cidr: 10.0.0.0/8, maxPaths: 1000}]", "serviceClusterIPs[0].maxPaths 1000"),
-            ("ecmp: {longestPrefix: {ipv4: 32}}", "ecmp.longestPrefix.ipv4 32"),
-            ("ecmp: {longestPrefix: {ipv6: 128}}", "ecmp.longestPrefix.ipv6 128"),
-            ("ecmp: {longestPrefix: {ipv4: 0}}", "ecmp.longestPrefix.ipv4 0"),
+            (
+                "serviceClusterIPs: [{cidr: 10.0.0.0/8, maxPaths: 1000}]",
+                "serviceClusterIPs[0].maxPaths 1000",
+            ),
+            (
+                "ecmp: {longestPrefix: {ipv4: 32}}",
+                "ecmp.longestPrefix.ipv4 32",
+            ),
+            (
+                "ecmp: {longestPrefix: {ipv6: 128}}",
+                "ecmp.longestPrefix.ipv6 128",
+            ),
+            (
+                "ecmp: {longestPrefix: {ipv4: 0}}",
+                "ecmp.longestPrefix.ipv4 0",
+            ),
             ("ecmp: {maxPath: 16}", "maxPath"),
         ] {
             let e = Config::parse(yaml).unwrap_err();
             assert!(e.contains(needle), "{yaml}: {e}");
         }
-        assert_eq!(Config::parse("ecmp: {maxPaths: 255}").unwrap().ecmp.max_paths, 255);
+        assert_eq!(
+            Config::parse("ecmp: {maxPaths: 255}")
+                .unwrap()
+                .ecmp
+                .max_paths,
+            255
+        );
     }
 
     /// A pool of `size` nodes, those in `not_ready` not Ready, and one /20 range with maxPaths `k`.
@@ -1064,13 +1598,26 @@ mod ecmp {
 
     /// (prefix, node) of every path of the range and its parts.
     fn range_paths(p: &Plan) -> BTreeSet<(IpNet, String)> {
-        p.routes.values().filter(|r| r.kind.is_range()).flat_map(|r| r.next_hops.iter().map(|h| (r.prefix, h.node.clone()))).collect()
+        p.routes
+            .values()
+            .filter(|r| r.kind.is_range())
+            .flat_map(|r| r.next_hops.iter().map(|h| (r.prefix, h.node.clone())))
+            .collect()
     }
 
     fn arb_pool() -> impl Strategy<Value = (usize, usize, BTreeSet<usize>)> {
         // 1 to 2,000 nodes (mostly fewer, where the corner cases are), K 1 to 256, a few NotReady.
-        (prop_oneof![1usize..64, 1usize..400, 1usize..2001], 1usize..=256)
-            .prop_flat_map(|(n, k)| (Just(n), Just(k), proptest::collection::btree_set(0..n, 0..n.min(8))))
+        (
+            prop_oneof![1usize..64, 1usize..400, 1usize..2001],
+            1usize..=256,
+        )
+            .prop_flat_map(|(n, k)| {
+                (
+                    Just(n),
+                    Just(k),
+                    proptest::collection::btree_set(0..n, 0..n.min(8)),
+                )
+            })
     }
 
     proptest! {
@@ -1149,44 +1696,90 @@ fn explanations_made_when_asked_are_the_planners() {
     let context = PlanContext::new(&state, &config);
     let mut slices: BTreeMap<ObjectKey, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in state.endpoint_slices.values() {
-        slices.entry(slice.service_key().unwrap()).or_default().push(slice);
+        slices
+            .entry(slice.service_key().unwrap())
+            .or_default()
+            .push(slice);
     }
     assert_eq!(full.services.len(), state.services.len());
     assert!(full.services.keys().eq(state.services.keys()));
     let mut explained = 0;
     for (key, explanation) in full.services.iter() {
         let service = &state.services[key];
-        let planned = plan_service(&context, service, slices.get(key).map(Vec::as_slice).unwrap_or_default()).explanation;
+        let planned = plan_service(
+            &context,
+            service,
+            slices.get(key).map(Vec::as_slice).unwrap_or_default(),
+        )
+        .explanation;
         assert_eq!(explanation, planned, "{key}");
         assert_eq!(full.services.get(key), Some(planned), "{key}");
         explained += usize::from(!explanation.endpoint_nodes.is_empty());
     }
-    assert!(explained > 10, "only {explained} Services with endpoint nodes");
-    assert_eq!(full.services.get(&ObjectKey::new("ns-0", "no-such-service")), None);
+    assert!(
+        explained > 10,
+        "only {explained} Services with endpoint nodes"
+    );
+    assert_eq!(
+        full.services
+            .get(&ObjectKey::new("ns-0", "no-such-service")),
+        None
+    );
     assert!(Plan::default().services.is_empty());
 
     let mut planner = incremental::IncrementalPlanner::new(state.clone(), config.clone());
     assert_eq!(planner.plan(), &full);
     let policy = |p: TrafficPolicy| {
-        state.services.values().find(|s| s.external_traffic_policy == p && slices.contains_key(&s.key)).unwrap().key.clone()
+        state
+            .services
+            .values()
+            .find(|s| s.external_traffic_policy == p && slices.contains_key(&s.key))
+            .unwrap()
+            .key
+            .clone()
     };
     // An endpoint more for a Cluster Service, on a node it had none on: no route and no
     // explanation changes (a Cluster Service's IPs are the ranges'), so the plans are equal.
     let (cluster, local) = (policy(TrafficPolicy::Cluster), policy(TrafficPolicy::Local));
     let on_new_node = |key: &ObjectKey| {
         let mut slice = EndpointSlice::clone(slices[key][0]);
-        let used: Vec<String> = slice.endpoints.iter().filter_map(|e| e.node_name.clone()).collect();
-        let node = state.nodes.keys().find(|n| !used.contains(n)).unwrap().clone();
-        slice.endpoints.push(Endpoint { node_name: Some(node), ready: Some(true), serving: Some(true), terminating: Some(false) });
+        let used: Vec<String> = slice
+            .endpoints
+            .iter()
+            .filter_map(|e| e.node_name.clone())
+            .collect();
+        let node = state
+            .nodes
+            .keys()
+            .find(|n| !used.contains(n))
+            .unwrap()
+            .clone();
+        slice.endpoints.push(Endpoint {
+            node_name: Some(node),
+            ready: Some(true),
+            serving: Some(true),
+            terminating: Some(false),
+        });
         slice
     };
-    planner.apply(incremental::Change::EndpointSlice(on_new_node(&cluster).into()));
-    assert_eq!(planner.plan(), &full, "a Cluster Service's new endpoint changes nothing planned");
+    planner.apply(incremental::Change::EndpointSlice(
+        on_new_node(&cluster).into(),
+    ));
+    assert_eq!(
+        planner.plan(),
+        &full,
+        "a Cluster Service's new endpoint changes nothing planned"
+    );
     assert_ne!(planner.plan().services.get(&cluster), None);
     // The same for a Local Service: a new endpoint node, in its explanation (and its host routes).
-    planner.apply(incremental::Change::EndpointSlice(on_new_node(&local).into()));
+    planner.apply(incremental::Change::EndpointSlice(
+        on_new_node(&local).into(),
+    ));
     assert_ne!(planner.plan(), &full);
-    let (before, after) = (full.services.get(&local).unwrap(), planner.plan().services.get(&local).unwrap());
+    let (before, after) = (
+        full.services.get(&local).unwrap(),
+        planner.plan().services.get(&local).unwrap(),
+    );
     assert_eq!(after.endpoint_nodes.len(), before.endpoint_nodes.len() + 1);
     assert_eq!(planner.plan(), &plan(planner.state(), &config));
 }

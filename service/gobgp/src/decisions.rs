@@ -104,7 +104,12 @@ pub enum Probe {
 /// Judges gobgpd's path `counts` (per family, None: gobgpd has no table for it) against herald's
 /// own paths per family (`own`), the counts last seen (`baseline`) and the families herald knows
 /// absent.
-pub fn probe(counts: FamilyCounts, own: [u64; 2], baseline: Option<FamilyCounts>, absent: [bool; 2]) -> Probe {
+pub fn probe(
+    counts: FamilyCounts,
+    own: [u64; 2],
+    baseline: Option<FamilyCounts>,
+    absent: [bool; 2],
+) -> Probe {
     if counts.map(|c| c.is_none()) != absent {
         return Probe::FamiliesChanged;
     }
@@ -112,7 +117,11 @@ pub fn probe(counts: FamilyCounts, own: [u64; 2], baseline: Option<FamilyCounts>
         let now = counts[i].unwrap_or(0);
         now < own[i] || baseline.is_some_and(|b| now < b[i].unwrap_or(0))
     });
-    if dropped { Probe::LostPaths } else { Probe::Steady }
+    if dropped {
+        Probe::LostPaths
+    } else {
+        Probe::Steady
+    }
 }
 
 /// What a failed push leaves herald knowing.
@@ -173,9 +182,15 @@ mod tests {
     fn a_scope_grows_until_its_limit_then_covers_everything() {
         let mut scope = Scope::nothing();
         scope.extend_up_to([net("10.0.0.1/32"), net("10.0.0.2/32")], 2);
-        assert_eq!(scope, Scope::Only([net("10.0.0.1/32"), net("10.0.0.2/32")].into()));
+        assert_eq!(
+            scope,
+            Scope::Only([net("10.0.0.1/32"), net("10.0.0.2/32")].into())
+        );
         scope.extend_up_to([net("10.0.0.2/32")], 2);
-        assert!(matches!(scope, Scope::Only(ref s) if s.len() == 2), "a prefix already in does not count twice");
+        assert!(
+            matches!(scope, Scope::Only(ref s) if s.len() == 2),
+            "a prefix already in does not count twice"
+        );
         scope.extend_up_to([net("10.0.0.3/32")], 2);
         assert_eq!(scope, Scope::All);
         scope.extend([net("10.0.0.4/32")]);
@@ -188,29 +203,68 @@ mod tests {
     fn backoff_doubles_to_its_cap_and_stays_short_while_gobgpd_restarts() {
         let settings = Settings::new(Origin::Igp, None, 10, Duration::from_secs(60));
         let mut backoff = Backoff::new(&settings);
-        let waits: Vec<u64> = (0..7).map(|_| backoff.failed(ErrorKind::Timeout).as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..7)
+            .map(|_| backoff.failed(ErrorKind::Timeout).as_millis() as u64)
+            .collect();
         assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000]);
-        assert_eq!(backoff.failed(ErrorKind::Unreachable), Duration::from_millis(200), "reconnect_max while refused");
+        assert_eq!(
+            backoff.failed(ErrorKind::Unreachable),
+            Duration::from_millis(200),
+            "reconnect_max while refused"
+        );
         backoff.succeeded();
-        assert_eq!(backoff.failed(ErrorKind::Unreachable), Duration::from_millis(100));
-        assert_eq!(backoff.failed(ErrorKind::Rejected), Duration::from_millis(200));
+        assert_eq!(
+            backoff.failed(ErrorKind::Unreachable),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            backoff.failed(ErrorKind::Rejected),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]
     fn probe_tells_lost_paths_from_changed_families() {
         let both = [false, false];
         assert_eq!(probe([Some(5), Some(2)], [5, 2], None, both), Probe::Steady);
-        assert_eq!(probe([Some(9), Some(2)], [5, 2], Some([Some(9), Some(2)]), both), Probe::Steady, "others' paths");
-        assert_eq!(probe([Some(4), Some(2)], [5, 2], None, both), Probe::LostPaths, "fewer than herald's own");
-        assert_eq!(probe([Some(8), Some(2)], [5, 2], Some([Some(9), Some(2)]), both), Probe::LostPaths, "fewer than before");
-        assert_eq!(probe([Some(5), None], [5, 0], None, both), Probe::FamiliesChanged, "IPv6 table gone");
-        assert_eq!(probe([Some(5), None], [5, 0], None, [false, true]), Probe::Steady, "known absent");
-        assert_eq!(probe([Some(5), Some(0)], [5, 0], None, [false, true]), Probe::FamiliesChanged, "IPv6 table back");
+        assert_eq!(
+            probe([Some(9), Some(2)], [5, 2], Some([Some(9), Some(2)]), both),
+            Probe::Steady,
+            "others' paths"
+        );
+        assert_eq!(
+            probe([Some(4), Some(2)], [5, 2], None, both),
+            Probe::LostPaths,
+            "fewer than herald's own"
+        );
+        assert_eq!(
+            probe([Some(8), Some(2)], [5, 2], Some([Some(9), Some(2)]), both),
+            Probe::LostPaths,
+            "fewer than before"
+        );
+        assert_eq!(
+            probe([Some(5), None], [5, 0], None, both),
+            Probe::FamiliesChanged,
+            "IPv6 table gone"
+        );
+        assert_eq!(
+            probe([Some(5), None], [5, 0], None, [false, true]),
+            Probe::Steady,
+            "known absent"
+        );
+        assert_eq!(
+            probe([Some(5), Some(0)], [5, 0], None, [false, true]),
+            Probe::FamiliesChanged,
+            "IPv6 table back"
+        );
     }
 
     #[test]
     fn a_refused_push_keeps_what_was_applied_any_other_failure_reads_back() {
-        assert_eq!(push_failed(ErrorKind::Rejected), PushFailure::AdditionsUnknown);
+        assert_eq!(
+            push_failed(ErrorKind::Rejected),
+            PushFailure::AdditionsUnknown
+        );
         assert_eq!(push_failed(ErrorKind::Timeout), PushFailure::ReadBack);
         assert_eq!(push_failed(ErrorKind::Unreachable), PushFailure::ReadBack);
     }

@@ -25,8 +25,15 @@ impl Connect for GobgpAddress {
             // Never resolved: the connector below ignores it.
             GobgpAddress::Unix(_) => "http://gobgpd.sock".to_string(),
         };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("bad gobgp address {self:?}: {e}"))?;
-        Ok(GobgpEndpoint { endpoint, socket: match self { GobgpAddress::Unix(p) => Some(p.clone()), _ => None } })
+        let endpoint =
+            Endpoint::from_shared(uri).map_err(|e| format!("bad gobgp address {self:?}: {e}"))?;
+        Ok(GobgpEndpoint {
+            endpoint,
+            socket: match self {
+                GobgpAddress::Unix(p) => Some(p.clone()),
+                _ => None,
+            },
+        })
     }
 }
 
@@ -40,7 +47,10 @@ pub struct GobgpEndpoint {
 impl GobgpEndpoint {
     /// Changes the endpoint's settings (timeouts, windows).
     pub fn map(self, f: impl FnOnce(Endpoint) -> Endpoint) -> Self {
-        GobgpEndpoint { endpoint: f(self.endpoint), ..self }
+        GobgpEndpoint {
+            endpoint: f(self.endpoint),
+            ..self
+        }
     }
 
     /// A channel that connects when first used, and again after the connection is lost.
@@ -49,10 +59,15 @@ impl GobgpEndpoint {
             None => self.endpoint.connect_lazy(),
             Some(path) => {
                 let path = path.clone();
-                self.endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
-                }))
+                self.endpoint
+                    .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            tokio::net::UnixStream::connect(path)
+                                .await
+                                .map(TokioIo::new)
+                        }
+                    }))
             }
         }
     }
@@ -64,10 +79,27 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(GobgpAddress::parse("127.0.0.1:50051"), Ok(GobgpAddress::Tcp("127.0.0.1:50051".into())));
-        assert_eq!(GobgpAddress::parse("[::1]:50051"), Ok(GobgpAddress::Tcp("[::1]:50051".into())));
-        assert_eq!(GobgpAddress::parse("unix:///run/gobgp/api.sock"), Ok(GobgpAddress::Unix("/run/gobgp/api.sock".into())));
-        for bad in ["unix://run/gobgp/api.sock", "unix:///", "unix://", "127.0.0.1", ":50051", "http://127.0.0.1:50051", "unix:///run/gobgp/"] {
+        assert_eq!(
+            GobgpAddress::parse("127.0.0.1:50051"),
+            Ok(GobgpAddress::Tcp("127.0.0.1:50051".into()))
+        );
+        assert_eq!(
+            GobgpAddress::parse("[::1]:50051"),
+            Ok(GobgpAddress::Tcp("[::1]:50051".into()))
+        );
+        assert_eq!(
+            GobgpAddress::parse("unix:///run/gobgp/api.sock"),
+            Ok(GobgpAddress::Unix("/run/gobgp/api.sock".into()))
+        );
+        for bad in [
+            "unix://run/gobgp/api.sock",
+            "unix:///",
+            "unix://",
+            "127.0.0.1",
+            ":50051",
+            "http://127.0.0.1:50051",
+            "unix:///run/gobgp/",
+        ] {
             let error = GobgpAddress::parse(bad).unwrap_err();
             assert!(error.contains(bad), "{error}");
         }

@@ -70,14 +70,30 @@ pub struct Inspector {
 }
 
 fn api_family(prefix_v4: bool) -> api::Family {
-    let afi = if prefix_v4 { api::family::Afi::Ip } else { api::family::Afi::Ip6 };
-    api::Family { afi: afi as i32, safi: api::family::Safi::Unicast as i32 }
+    let afi = if prefix_v4 {
+        api::family::Afi::Ip
+    } else {
+        api::family::Afi::Ip6
+    };
+    api::Family {
+        afi: afi as i32,
+        safi: api::family::Safi::Unicast as i32,
+    }
 }
 
 fn next_hop(pattrs: &[Any]) -> Option<IpAddr> {
     pattrs.iter().find_map(|a| match a.type_url.as_str() {
-        NEXT_HOP_URL => api::NextHopAttribute::decode(a.value.clone()).ok()?.next_hop.parse().ok(),
-        MP_REACH_URL => api::MpReachNlriAttribute::decode(a.value.clone()).ok()?.next_hops.first()?.parse().ok(),
+        NEXT_HOP_URL => api::NextHopAttribute::decode(a.value.clone())
+            .ok()?
+            .next_hop
+            .parse()
+            .ok(),
+        MP_REACH_URL => api::MpReachNlriAttribute::decode(a.value.clone())
+            .ok()?
+            .next_hops
+            .first()?
+            .parse()
+            .ok(),
         _ => None,
     })
 }
@@ -95,7 +111,8 @@ fn add_path_send(state: &api::PeerState) -> [bool; 2] {
     let local = modes(&state.local_cap);
     let remote = modes(&state.remote_cap);
     let has = |list: &[(i32, i32)], afi: api::family::Afi, wanted: Mode| {
-        list.iter().any(|(a, m)| *a == afi as i32 && (*m == wanted as i32 || *m == Mode::Both as i32))
+        list.iter()
+            .any(|(a, m)| *a == afi as i32 && (*m == wanted as i32 || *m == Mode::Both as i32))
     };
     [api::family::Afi::Ip, api::family::Afi::Ip6]
         .map(|afi| has(&local, afi, Mode::Send) && has(&remote, afi, Mode::Receive))
@@ -105,10 +122,14 @@ impl Inspector {
     pub fn new(address: &str, timeout: Duration) -> Result<Self, InspectError> {
         let endpoint = GobgpAddress::parse(address)
             .and_then(|a| a.endpoint())
-            .map_err(|message| InspectError { call: "connect", message })?
+            .map_err(|message| InspectError {
+                call: "connect",
+                message,
+            })?
             .map(|e| e.connect_timeout(timeout.min(Duration::from_secs(3))));
         Ok(Inspector {
-            client: GobgpApiClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20),
+            client: GobgpApiClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(256 << 20),
             timeout,
         })
     }
@@ -120,37 +141,67 @@ impl Inspector {
     ) -> Result<T, InspectError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(InspectError { call, message: status.message().to_string() }),
-            Err(_) => Err(InspectError { call, message: format!("no answer in {:?}", self.timeout) }),
+            Ok(Err(status)) => Err(InspectError {
+                call,
+                message: status.message().to_string(),
+            }),
+            Err(_) => Err(InspectError {
+                call,
+                message: format!("no answer in {:?}", self.timeout),
+            }),
         }
     }
 
     /// The next message of a streamed answer, each within the timeout.
-    async fn next<T>(&self, call: &'static str, stream: &mut tonic::Streaming<T>) -> Result<Option<T>, InspectError> {
+    async fn next<T>(
+        &self,
+        call: &'static str,
+        stream: &mut tonic::Streaming<T>,
+    ) -> Result<Option<T>, InspectError> {
         tokio::time::timeout(self.timeout, stream.message())
             .await
-            .map_err(|_| InspectError { call, message: "stream stalled".to_string() })?
-            .map_err(|s| InspectError { call, message: s.message().to_string() })
+            .map_err(|_| InspectError {
+                call,
+                message: "stream stalled".to_string(),
+            })?
+            .map_err(|s| InspectError {
+                call,
+                message: s.message().to_string(),
+            })
     }
 
     pub async fn neighbors(&self) -> Result<Vec<Neighbor>, InspectError> {
         let mut client = self.client.clone();
-        let mut stream = self.within("ListPeer", client.list_peer(api::ListPeerRequest::default())).await?;
+        let mut stream = self
+            .within(
+                "ListPeer",
+                client.list_peer(api::ListPeerRequest::default()),
+            )
+            .await?;
         let mut out = Vec::new();
         loop {
-            let Some(response) = self.next("ListPeer", &mut stream).await? else { break };
+            let Some(response) = self.next("ListPeer", &mut stream).await? else {
+                break;
+            };
             let Some(peer) = response.peer else { continue };
             let state = peer.state.unwrap_or_default();
             let conf = peer.conf.unwrap_or_default();
             let graceful_restart = (
                 peer.graceful_restart.is_some_and(|g| g.enabled),
-                state.remote_cap.iter().any(|c| c.type_url == GRACEFUL_RESTART_URL),
+                state
+                    .remote_cap
+                    .iter()
+                    .any(|c| c.type_url == GRACEFUL_RESTART_URL),
             );
             let session = api::peer_state::SessionState::try_from(state.session_state)
                 .map(|s| s.as_str_name().to_lowercase())
                 .unwrap_or_else(|_| "unknown".to_string());
             out.push(Neighbor {
-                address: if conf.neighbor_address.is_empty() { state.neighbor_address.clone() } else { conf.neighbor_address },
+                address: if conf.neighbor_address.is_empty() {
+                    state.neighbor_address.clone()
+                } else {
+                    conf.neighbor_address
+                },
                 description: conf.description,
                 state: session,
                 add_path_send: add_path_send(&state),
@@ -174,7 +225,12 @@ impl Inspector {
             name: neighbor.to_string(),
             family: Some(api_family(family == Family::Ipv4)),
             prefixes: prefix
-                .map(|p| vec![api::TableLookupPrefix { prefix: p.to_string(), r#type: api::table_lookup_prefix::Type::Exact as i32 }])
+                .map(|p| {
+                    vec![api::TableLookupPrefix {
+                        prefix: p.to_string(),
+                        r#type: api::table_lookup_prefix::Type::Exact as i32,
+                    }]
+                })
                 .unwrap_or_default(),
             ..Default::default()
         };
@@ -182,9 +238,15 @@ impl Inspector {
         let mut stream = self.within("ListPath", client.list_path(request)).await?;
         let mut out = Vec::new();
         loop {
-            let Some(response) = self.next("ListPath", &mut stream).await? else { break };
-            let Some(destination) = response.destination else { continue };
-            let Ok(prefix) = destination.prefix.parse::<IpNet>() else { continue };
+            let Some(response) = self.next("ListPath", &mut stream).await? else {
+                break;
+            };
+            let Some(destination) = response.destination else {
+                continue;
+            };
+            let Ok(prefix) = destination.prefix.parse::<IpNet>() else {
+                continue;
+            };
             for path in &destination.paths {
                 out.push(WirePath {
                     prefix,
@@ -216,7 +278,17 @@ impl Inspector {
     }
 
     /// What gobgpd sent `neighbor` for `prefix` (its adj-RIB-out).
-    pub async fn adj_out(&self, neighbor: &str, prefix: IpNet) -> Result<Vec<WirePath>, InspectError> {
-        self.paths(api::TableType::AdjOut, neighbor, Family::of(&prefix), Some(prefix)).await
+    pub async fn adj_out(
+        &self,
+        neighbor: &str,
+        prefix: IpNet,
+    ) -> Result<Vec<WirePath>, InspectError> {
+        self.paths(
+            api::TableType::AdjOut,
+            neighbor,
+            Family::of(&prefix),
+            Some(prefix),
+        )
+        .await
     }
 }

@@ -78,9 +78,16 @@ pub fn spawn_with<C: reconciler::GobgpClient>(
     settings: reconciler::Settings,
     plans: watch::Receiver<PlanSnapshot>,
 ) -> watch::Receiver<SinkStatus> {
-    let (status_tx, status_rx) = watch::channel(SinkStatus { address: address.to_string(), ..Default::default() });
+    let (status_tx, status_rx) = watch::channel(SinkStatus {
+        address: address.to_string(),
+        ..Default::default()
+    });
     let span = tracing::info_span!("gobgp", address = %address);
-    tokio::spawn(reconciler::Reconciler::new(client, settings, plans, status_tx).run().instrument(span));
+    tokio::spawn(
+        reconciler::Reconciler::new(client, settings, plans, status_tx)
+            .run()
+            .instrument(span),
+    );
     status_rx
 }
 
@@ -93,7 +100,10 @@ fn ops_per_push(batch_size: usize) -> usize {
 }
 
 /// Starts the reconciler; it runs until the plan channel closes.
-pub fn spawn(config: GobgpConfig, plans: watch::Receiver<PlanSnapshot>) -> watch::Receiver<SinkStatus> {
+pub fn spawn(
+    config: GobgpConfig,
+    plans: watch::Receiver<PlanSnapshot>,
+) -> watch::Receiver<SinkStatus> {
     let settings = settings(&config);
     match v3::V3Client::new(&config.address, config.batch_size, CALL_TIMEOUT) {
         Ok(client) => spawn_with(client, &config.address, settings, plans),

@@ -102,7 +102,13 @@ pub struct PathKey {
 
 /// The keys of every path of `prefix`, for a range of a [`PathSet`].
 pub fn prefix_range(prefix: IpNet) -> std::ops::RangeInclusive<PathKey> {
-    PathKey { prefix, identifier: 0 }..=PathKey { prefix, identifier: u32::MAX }
+    PathKey {
+        prefix,
+        identifier: 0,
+    }..=PathKey {
+        prefix,
+        identifier: u32::MAX,
+    }
 }
 
 /// A path's attributes, as herald sets them and as it reads them back.
@@ -178,7 +184,12 @@ struct SharedLists<'a> {
 
 impl<'a> SharedLists<'a> {
     fn new() -> Self {
-        Self { communities: None, large: None, no_communities: Arc::from(Vec::new()), no_large: Arc::from(Vec::new()) }
+        Self {
+            communities: None,
+            large: None,
+            no_communities: Arc::from(Vec::new()),
+            no_large: Arc::from(Vec::new()),
+        }
     }
 
     fn of(&mut self, route: &'a Route) -> (Arc<[u32]>, Arc<[LargeCommunity]>) {
@@ -200,7 +211,8 @@ impl<'a> SharedLists<'a> {
             match &self.large {
                 Some((set, list)) if **set == route.large_communities => list.clone(),
                 _ => {
-                    let list: Arc<[LargeCommunity]> = route.large_communities.iter().copied().collect();
+                    let list: Arc<[LargeCommunity]> =
+                        route.large_communities.iter().copied().collect();
                     self.large = Some((&route.large_communities, list.clone()));
                     list
                 }
@@ -254,7 +266,10 @@ impl Desired {
             let start = paths.len();
             for (name, hop) in hop_names(route) {
                 paths.push((
-                    PathKey { prefix: route.prefix.trunc(), identifier: fast_ids[name.as_ref()] },
+                    PathKey {
+                        prefix: route.prefix.trunc(),
+                        identifier: fast_ids[name.as_ref()],
+                    },
                     self.attrs(hop, &communities, &large),
                 ));
             }
@@ -270,7 +285,12 @@ impl Desired {
         self.canonical = plan.routes.keys().all(|p| p.trunc() == *p);
     }
 
-    fn attrs(&self, hop: &NextHop, communities: &Arc<[u32]>, large: &Arc<[LargeCommunity]>) -> PathAttrs {
+    fn attrs(
+        &self,
+        hop: &NextHop,
+        communities: &Arc<[u32]>,
+        large: &Arc<[LargeCommunity]>,
+    ) -> PathAttrs {
         PathAttrs {
             next_hop: hop.address,
             origin: self.origin,
@@ -289,7 +309,9 @@ impl Desired {
         }
         let changed = changed_routes(old, new, new.routes.len() / 4 + 1);
         let incremental = self.canonical
-            && changed.as_ref().is_some_and(|c| c.iter().all(|(p, _, _)| p.trunc() == *p))
+            && changed
+                .as_ref()
+                .is_some_and(|c| c.iter().all(|(p, _, _)| p.trunc() == *p))
             && changed.as_ref().is_some_and(|c| self.same_names(c));
         let Some(changed) = changed.filter(|_| incremental) else {
             self.rebuild(new);
@@ -305,7 +327,10 @@ impl Desired {
             if let Some(route) = route {
                 let (communities, large) = SharedLists::new().of(route);
                 for (name, hop) in hop_names(route) {
-                    let key = PathKey { prefix, identifier: self.ids[name.as_ref()] };
+                    let key = PathKey {
+                        prefix,
+                        identifier: self.ids[name.as_ref()],
+                    };
                     let attrs = self.attrs(hop, &communities, &large);
                     self.paths.insert(key, attrs);
                 }
@@ -329,7 +354,9 @@ impl Desired {
         }
         let mut counts = Vec::with_capacity(delta.len());
         for (name, d) in &delta {
-            let Some(&count) = self.refs.get(name.as_ref()) else { return false };
+            let Some(&count) = self.refs.get(name.as_ref()) else {
+                return false;
+            };
             let after = i64::from(count) + d;
             if after <= 0 {
                 return false;
@@ -371,7 +398,9 @@ fn changed_routes<'o, 'n>(
 /// Whether two routes of one prefix give the same paths (next hops and communities; the reason,
 /// sources and kind do not reach gobgpd).
 fn route_paths_equal(a: &Route, b: &Route) -> bool {
-    a.next_hops == b.next_hops && a.communities == b.communities && a.large_communities == b.large_communities
+    a.next_hops == b.next_hops
+        && a.communities == b.communities
+        && a.large_communities == b.large_communities
 }
 
 /// One path to add (or replace) or withdraw.
@@ -397,26 +426,46 @@ fn walk<'a>(
         match (d.peek(), a.peek()) {
             (None, None) => break,
             (Some((dk, dv)), None) => {
-                adds.push(Op { key: **dk, attrs: (*dv).clone(), withdraw: false });
+                adds.push(Op {
+                    key: **dk,
+                    attrs: (*dv).clone(),
+                    withdraw: false,
+                });
                 d.next();
             }
             (None, Some((ak, av))) => {
-                withdrawals.push(Op { key: **ak, attrs: (*av).clone(), withdraw: true });
+                withdrawals.push(Op {
+                    key: **ak,
+                    attrs: (*av).clone(),
+                    withdraw: true,
+                });
                 a.next();
             }
             (Some((dk, dv)), Some((ak, av))) => match dk.cmp(ak) {
                 std::cmp::Ordering::Less => {
-                    adds.push(Op { key: **dk, attrs: (*dv).clone(), withdraw: false });
+                    adds.push(Op {
+                        key: **dk,
+                        attrs: (*dv).clone(),
+                        withdraw: false,
+                    });
                     d.next();
                 }
                 std::cmp::Ordering::Greater => {
-                    withdrawals.push(Op { key: **ak, attrs: (*av).clone(), withdraw: true });
+                    withdrawals.push(Op {
+                        key: **ak,
+                        attrs: (*av).clone(),
+                        withdraw: true,
+                    });
                     a.next();
                 }
                 std::cmp::Ordering::Equal => {
                     if dv != av {
                         // Same source and identifier: gobgpd replaces the old path (implicit withdraw).
-                        adds.push(Op { key: **dk, attrs: (*dv).clone(), withdraw: false });
+                        adds.push(Op {
+                            key: **dk,
+                            attrs: (*dv).clone(),
+                            withdraw: false,
+                        });
                     }
                     d.next();
                     a.next();
@@ -439,12 +488,21 @@ pub fn diff(desired: &PathSet, applied: &PathSet) -> Vec<Op> {
 
 /// [`diff`] restricted to the paths of `prefixes`: the same operations, in the same order, when
 /// `desired` and `applied` agree everywhere else.
-pub fn diff_prefixes<'a>(desired: &PathSet, applied: &PathSet, prefixes: impl IntoIterator<Item = &'a IpNet>) -> Vec<Op> {
+pub fn diff_prefixes<'a>(
+    desired: &PathSet,
+    applied: &PathSet,
+    prefixes: impl IntoIterator<Item = &'a IpNet>,
+) -> Vec<Op> {
     let mut adds = Vec::new();
     let mut withdrawals = Vec::new();
     for prefix in prefixes {
         let range = || prefix_range(*prefix);
-        walk(desired.range(range()), applied.range(range()), &mut adds, &mut withdrawals);
+        walk(
+            desired.range(range()),
+            applied.range(range()),
+            &mut adds,
+            &mut withdrawals,
+        );
     }
     adds.append(&mut withdrawals);
     adds
@@ -507,7 +565,10 @@ pub fn prefix_in_rib(desired: &PathSet, applied: &PathSet, prefix: IpNet) -> boo
 /// Paths per family.
 pub fn count_by_family(paths: &PathSet) -> [u64; 2] {
     // BTreeMap orders IpNet V4 before V6: count the V4 run.
-    let v4 = paths.keys().take_while(|k| matches!(k.prefix, IpNet::V4(_))).count() as u64;
+    let v4 = paths
+        .keys()
+        .take_while(|k| matches!(k.prefix, IpNet::V4(_)))
+        .count() as u64;
     [v4, paths.len() as u64 - v4]
 }
 
@@ -521,7 +582,13 @@ mod tests {
         Route {
             prefix: prefix.parse().unwrap(),
             kind: RouteKind::ClusterRange,
-            next_hops: hops.iter().map(|(n, a)| NextHop { node: n.to_string(), address: a.parse().unwrap() }).collect(),
+            next_hops: hops
+                .iter()
+                .map(|(n, a)| NextHop {
+                    node: n.to_string(),
+                    address: a.parse().unwrap(),
+                })
+                .collect(),
             sources: Default::default(),
             reason: String::new(),
             communities: [Community(100 << 16 | 1)].into_iter().collect(),
@@ -545,7 +612,14 @@ mod tests {
     #[test]
     fn identifiers_are_tagged_stable_and_unique() {
         let p = plan(vec![
-            route("198.19.32.0/20", &[("node1", "198.19.0.1"), ("node2", "198.19.0.2"), ("node3", "198.19.0.3")]),
+            route(
+                "198.19.32.0/20",
+                &[
+                    ("node1", "198.19.0.1"),
+                    ("node2", "198.19.0.2"),
+                    ("node3", "198.19.0.3"),
+                ],
+            ),
             route("198.19.38.11/32", &[("node2", "198.19.0.2")]),
         ]);
         let d = desired_paths(&p, Origin::Igp, None);
@@ -554,7 +628,10 @@ mod tests {
         assert_eq!(ids.len(), 3);
         assert!(ids.iter().all(|&id| is_herald_identifier(id)));
         let node2 = IDENTIFIER_TAG | (fnv1a(b"node2") & HASH_MASK);
-        assert!(d.contains_key(&PathKey { prefix: "198.19.38.11/32".parse().unwrap(), identifier: node2 }));
+        assert!(d.contains_key(&PathKey {
+            prefix: "198.19.38.11/32".parse().unwrap(),
+            identifier: node2
+        }));
         // Same plan, same identifiers.
         assert_eq!(desired_paths(&p, Origin::Igp, None), d);
     }
@@ -568,7 +645,11 @@ mod tests {
                 let name = format!("node-{i}");
                 let h = fnv1a(name.as_bytes()) & HASH_MASK;
                 let other = seen.insert(h, name.clone())?;
-                Some(if other < name { (other, name) } else { (name, other) })
+                Some(if other < name {
+                    (other, name)
+                } else {
+                    (name, other)
+                })
             })
             .expect("a collision among a million names");
         let h = fnv1a(first.as_bytes()) & HASH_MASK;
@@ -582,7 +663,10 @@ mod tests {
 
     #[test]
     fn one_node_two_addresses_gets_two_identifiers() {
-        let p = plan(vec![route("2001:db8::/64", &[("n", "2001:db8::1"), ("n", "2001:db8::2")])]);
+        let p = plan(vec![route(
+            "2001:db8::/64",
+            &[("n", "2001:db8::1"), ("n", "2001:db8::2")],
+        )]);
         let d = desired_paths(&p, Origin::Igp, None);
         assert_eq!(d.len(), 2);
     }
@@ -593,7 +677,10 @@ mod tests {
         let hops: Vec<(String, String)> = (0..rng.below(4))
             .map(|_| {
                 let n = rng.below(nodes);
-                (format!("node{n}"), format!("192.0.2.{}", n * 2 + rng.below(2)))
+                (
+                    format!("node{n}"),
+                    format!("192.0.2.{}", n * 2 + rng.below(2)),
+                )
             })
             .collect();
         let hops: Vec<(&str, &str)> = hops.iter().map(|(n, a)| (n.as_str(), a.as_str())).collect();
@@ -607,7 +694,12 @@ mod tests {
     #[test]
     fn desired_kept_up_to_date_equals_desired_derived_again() {
         let mut rng = herald_testkit::scale::Rng::new(42);
-        let mut plan = plan((0..40).map(|i| random_route(&mut rng, i, 8)).filter(|r| !r.next_hops.is_empty()).collect());
+        let mut plan = plan(
+            (0..40)
+                .map(|i| random_route(&mut rng, i, 8))
+                .filter(|r| !r.next_hops.is_empty())
+                .collect(),
+        );
         let mut desired = Desired::new(&plan, Origin::Egp, Some(150));
         let (mut incremental, mut rebuilt) = (0, 0);
         for step in 0..2000 {
@@ -630,19 +722,29 @@ mod tests {
                 Some(prefixes) => {
                     incremental += 1;
                     let before = desired_paths(&old, Origin::Egp, Some(150));
-                    assert_eq!(diff_prefixes(&full, &before, &prefixes), diff(&full, &before), "step {step}");
+                    assert_eq!(
+                        diff_prefixes(&full, &before, &prefixes),
+                        diff(&full, &before),
+                        "step {step}"
+                    );
                 }
                 None => rebuilt += 1,
             }
         }
-        assert!(incremental > 1000 && rebuilt > 10, "incremental {incremental}, rebuilt {rebuilt}");
+        assert!(
+            incremental > 1000 && rebuilt > 10,
+            "incremental {incremental}, rebuilt {rebuilt}"
+        );
     }
 
     #[test]
     fn prefixes_in_rib_walks_both_sets() {
         let desired = desired_paths(
             &plan(vec![
-                route("198.19.32.0/20", &[("node1", "198.19.0.1"), ("node2", "198.19.0.2")]),
+                route(
+                    "198.19.32.0/20",
+                    &[("node1", "198.19.0.1"), ("node2", "198.19.0.2")],
+                ),
                 route("198.19.48.0/20", &[("node1", "198.19.0.1")]),
                 route("198.19.64.0/20", &[("node3", "198.19.0.3")]),
             ]),
@@ -658,9 +760,18 @@ mod tests {
         let in_rib = prefixes_in_rib(&desired, &applied);
         assert_eq!(in_rib, HashSet::from(["198.19.48.0/20".parse().unwrap()]));
         assert_eq!(prefixes_in_rib(&desired, &desired).len(), 3);
-        for prefix in ["198.19.32.0/20", "198.19.48.0/20", "198.19.64.0/20", "198.19.80.0/20"] {
+        for prefix in [
+            "198.19.32.0/20",
+            "198.19.48.0/20",
+            "198.19.64.0/20",
+            "198.19.80.0/20",
+        ] {
             let prefix: IpNet = prefix.parse().unwrap();
-            assert_eq!(prefix_in_rib(&desired, &applied, prefix), in_rib.contains(&prefix), "{prefix}");
+            assert_eq!(
+                prefix_in_rib(&desired, &applied, prefix),
+                in_rib.contains(&prefix),
+                "{prefix}"
+            );
         }
         assert!(prefixes_in_rib(&desired, &PathSet::new()).is_empty());
     }
@@ -669,7 +780,10 @@ mod tests {
     fn diff_adds_replaces_then_withdraws() {
         let before = desired_paths(
             &plan(vec![
-                route("198.19.32.0/20", &[("node1", "198.19.0.1"), ("node2", "198.19.0.2")]),
+                route(
+                    "198.19.32.0/20",
+                    &[("node1", "198.19.0.1"), ("node2", "198.19.0.2")],
+                ),
                 route("198.19.48.0/20", &[("node1", "198.19.0.1")]),
             ]),
             Origin::Igp,
@@ -677,14 +791,20 @@ mod tests {
         );
         let after = desired_paths(
             &plan(vec![
-                route("198.19.32.0/20", &[("node1", "198.19.0.1"), ("node2", "198.19.0.22")]),
+                route(
+                    "198.19.32.0/20",
+                    &[("node1", "198.19.0.1"), ("node2", "198.19.0.22")],
+                ),
                 route("198.19.64.0/20", &[("node3", "198.19.0.3")]),
             ]),
             Origin::Igp,
             None,
         );
         let ops = diff(&after, &before);
-        let summary: Vec<(String, bool)> = ops.iter().map(|o| (o.key.prefix.to_string(), o.withdraw)).collect();
+        let summary: Vec<(String, bool)> = ops
+            .iter()
+            .map(|o| (o.key.prefix.to_string(), o.withdraw))
+            .collect();
         assert_eq!(
             summary,
             vec![

@@ -35,10 +35,10 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{InRib, SinkStatus};
 use super::decisions::{self, Backoff, Probe, PushFailure, ReadBack, Scope};
 use super::paths::{self, Desired, Op, PathAttrs, PathSet};
 use super::restart::{self, PeerRestart, Verdict};
+use super::{InRib, SinkStatus};
 use crate::config::Origin;
 use crate::plan::PlanSnapshot;
 
@@ -112,7 +112,12 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(origin: Origin, local_pref: Option<u32>, ops_per_push: usize, anti_entropy_interval: Duration) -> Self {
+    pub fn new(
+        origin: Origin,
+        local_pref: Option<u32>,
+        ops_per_push: usize,
+        anti_entropy_interval: Duration,
+    ) -> Self {
         Self {
             origin,
             local_pref,
@@ -223,7 +228,8 @@ impl<C: GobgpClient> Reconciler<C> {
     /// Runs until the plan channel closes.
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(&self.settings);
-        let mut next_anti_entropy = tokio::time::Instant::now() + self.settings.anti_entropy_interval;
+        let mut next_anti_entropy =
+            tokio::time::Instant::now() + self.settings.anti_entropy_interval;
         loop {
             match self.reconcile().await {
                 Ok(()) => {
@@ -319,7 +325,8 @@ impl<C: GobgpClient> Reconciler<C> {
         // per plan out of thousands.
         match self.desired.update(&self.plan.plan, &latest.plan) {
             Some(changed) => {
-                self.in_rib_stale.extend_up_to(changed.iter().copied(), STALE_IN_RIB_MAX);
+                self.in_rib_stale
+                    .extend_up_to(changed.iter().copied(), STALE_IN_RIB_MAX);
                 self.dirty.extend(changed);
             }
             None => {
@@ -342,7 +349,9 @@ impl<C: GobgpClient> Reconciler<C> {
     /// The operations that turn what gobgpd holds into the plan, less those of absent families.
     fn diff(&self) -> Vec<Op> {
         let mut ops = match &self.dirty {
-            Scope::Only(prefixes) => paths::diff_prefixes(&self.desired.paths, &self.applied, prefixes),
+            Scope::Only(prefixes) => {
+                paths::diff_prefixes(&self.desired.paths, &self.applied, prefixes)
+            }
             Scope::All => paths::diff(&self.desired.paths, &self.applied),
         };
         if self.absent.iter().any(|&a| a) {
@@ -363,7 +372,10 @@ impl<C: GobgpClient> Reconciler<C> {
             .map(|f| format!("{} ({} paths)", f.as_str(), counts[f as usize]))
             .collect();
         let note = (!missing.is_empty()).then(|| {
-            format!("gobgpd has no RIB for {} (not among its global afi-safis): not announced", missing.join(", "))
+            format!(
+                "gobgpd has no RIB for {} (not among its global afi-safis): not announced",
+                missing.join(", ")
+            )
         });
         if note != self.absent_note {
             if let Some(n) = &note {
@@ -425,7 +437,8 @@ impl<C: GobgpClient> Reconciler<C> {
                         touched.insert(op.key.prefix);
                     }
                     // `in_rib_changed`, spelled out.
-                    self.in_rib_stale.extend_up_to([op.key.prefix], STALE_IN_RIB_MAX);
+                    self.in_rib_stale
+                        .extend_up_to([op.key.prefix], STALE_IN_RIB_MAX);
                     if op.withdraw {
                         withdrawn += 1;
                         self.withdrawn += 1;
@@ -444,7 +457,8 @@ impl<C: GobgpClient> Reconciler<C> {
                 let push = self.client.push(chunk);
                 tokio::pin!(push);
                 // One poll starts the call: its first messages are encoded and on their way.
-                let first_poll = std::future::poll_fn(|cx| std::task::Poll::Ready(push.as_mut().poll(cx))).await;
+                let first_poll =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(push.as_mut().poll(cx))).await;
                 book!(std::mem::replace(&mut unbooked, pos..pos));
                 match first_poll {
                     std::task::Poll::Ready(result) => result,
@@ -455,7 +469,10 @@ impl<C: GobgpClient> Reconciler<C> {
                 match decisions::push_failed(e.kind) {
                     PushFailure::AdditionsUnknown => {
                         for op in chunk.iter().filter(|op| !op.withdraw) {
-                            let unknown = PathAttrs { foreign_attributes: true, ..op.attrs.clone() };
+                            let unknown = PathAttrs {
+                                foreign_attributes: true,
+                                ..op.attrs.clone()
+                            };
                             self.applied.insert(op.key, unknown);
                             self.in_rib_changed(op.key.prefix);
                         }
@@ -466,7 +483,11 @@ impl<C: GobgpClient> Reconciler<C> {
                 self.baseline = None;
                 return Err(e);
             }
-            debug!(paths = chunk.len(), elapsed_ms = batch_started.elapsed().as_millis() as u64, "batch applied");
+            debug!(
+                paths = chunk.len(),
+                elapsed_ms = batch_started.elapsed().as_millis() as u64,
+                "batch applied"
+            );
             unbooked = pos..end;
             pos = end;
             let replan = self.plan_changed() && self.desired_at.elapsed() >= REPLAN_AFTER;
@@ -499,12 +520,24 @@ impl<C: GobgpClient> Reconciler<C> {
         self.dirty = Scope::nothing();
         let elapsed = started.elapsed();
         if added + withdrawn >= 1000 || elapsed >= Duration::from_secs(1) {
-            info!(generation = self.plan.generation, paths = self.applied.len(), added, withdrawn,
-                  elapsed_ms = elapsed.as_millis() as u64, "gobgpd holds the plan");
+            info!(
+                generation = self.plan.generation,
+                paths = self.applied.len(),
+                added,
+                withdrawn,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "gobgpd holds the plan"
+            );
         } else if added + withdrawn > 0 {
             // A churning cluster changes a few paths many times a second: not for the info log.
-            debug!(generation = self.plan.generation, paths = self.applied.len(), added, withdrawn,
-                   elapsed_ms = elapsed.as_millis() as u64, "gobgpd holds the plan");
+            debug!(
+                generation = self.plan.generation,
+                paths = self.applied.len(),
+                added,
+                withdrawn,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "gobgpd holds the plan"
+            );
         }
         self.absent_families_note();
         self.publish(0, true);
@@ -543,7 +576,11 @@ impl<C: GobgpClient> Reconciler<C> {
         self.known = true;
         self.baseline = None;
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        let found = decisions::read_back(!self.adopted_once, previous != self.applied, self.failing.is_some());
+        let found = decisions::read_back(
+            !self.adopted_once,
+            previous != self.applied,
+            self.failing.is_some(),
+        );
         self.adopted_once = true;
         match found {
             ReadBack::Adopted => info!(
@@ -569,11 +606,19 @@ impl<C: GobgpClient> Reconciler<C> {
                 );
             }
             ReadBack::AsExpected => {
-                debug!(paths = self.applied.len(), others = view.others, elapsed_ms, "gobgpd's RIB as expected")
+                debug!(
+                    paths = self.applied.len(),
+                    others = view.others,
+                    elapsed_ms,
+                    "gobgpd's RIB as expected"
+                )
             }
         }
         if view.undecodable > 0 {
-            warn!(paths = view.undecodable, "some of herald's paths in gobgpd could not be read; replacing them");
+            warn!(
+                paths = view.undecodable,
+                "some of herald's paths in gobgpd could not be read; replacing them"
+            );
         }
         Ok(())
     }
@@ -604,14 +649,19 @@ impl<C: GobgpClient> Reconciler<C> {
     /// Before herald pushes `paths` into a restarted gobgpd: reads its neighbors (kept to judge
     /// against afterwards) and says what window graceful restart gives herald.
     async fn restart_window(&mut self, paths: usize) -> Result<(), ClientError> {
-        let Some(episode) = &self.episode else { return Ok(()) };
+        let Some(episode) = &self.episode else {
+            return Ok(());
+        };
         if episode.before.is_some() {
             return Ok(());
         }
         let since = episode.since;
-        let Some(peers) = self.restart_peers().await? else { return Ok(()) };
+        let Some(peers) = self.restart_peers().await? else {
+            return Ok(());
+        };
         let window = restart::window(&peers);
-        self.status.send_modify(|s| s.graceful_restart = Some(window));
+        self.status
+            .send_modify(|s| s.graceful_restart = Some(window));
         if since.is_some() || window.deferring > 0 {
             if window.deferring > 0 {
                 info!(
@@ -647,7 +697,9 @@ impl<C: GobgpClient> Reconciler<C> {
         if self.episode.as_ref().is_none_or(|e| e.before.is_none()) {
             return Ok(());
         }
-        let Some(peers) = self.restart_peers().await? else { return Ok(()) };
+        let Some(peers) = self.restart_peers().await? else {
+            return Ok(());
+        };
         if self.episode.as_ref().is_some_and(|e| !e.judged) {
             self.judge_restart(&peers);
         }
@@ -664,7 +716,9 @@ impl<C: GobgpClient> Reconciler<C> {
     /// Says whether every peer got herald's whole plan before the restarted gobgpd's End-of-RIB;
     /// a peer that did not raises the alarm.
     fn judge_restart(&mut self, peers: &[PeerRestart]) {
-        let Some(episode) = &mut self.episode else { return };
+        let Some(episode) = &mut self.episode else {
+            return;
+        };
         episode.judged = true;
         let (paths, push) = episode.pushed.unwrap_or_default();
         let window = restart::window(peers);
@@ -673,8 +727,12 @@ impl<C: GobgpClient> Reconciler<C> {
         for peer in peers {
             match restart::judge(episode.before(&peer.address), peer, episode.since) {
                 Verdict::Fit => fit.push(peer.address.as_str()),
-                Verdict::Missed(restart::Missed::BeforePush) => missed.push(format!("{} (before herald began)", peer.address)),
-                Verdict::Missed(restart::Missed::DuringPush) => missed.push(format!("{} (during herald's push)", peer.address)),
+                Verdict::Missed(restart::Missed::BeforePush) => {
+                    missed.push(format!("{} (before herald began)", peer.address))
+                }
+                Verdict::Missed(restart::Missed::DuringPush) => {
+                    missed.push(format!("{} (during herald's push)", peer.address))
+                }
                 Verdict::Unjudged => {}
             }
         }
@@ -715,13 +773,20 @@ impl<C: GobgpClient> Reconciler<C> {
 
     /// Has gobgpd send its RIB to the neighbors without graceful restart that it holds back from
     /// (after each push while it does: it holds back herald's changes too).
-    async fn resend_held_back(&mut self, peers: &[PeerRestart], after_push: bool) -> Result<(), ClientError> {
-        let Some(episode) = &self.episode else { return Ok(()) };
+    async fn resend_held_back(
+        &mut self,
+        peers: &[PeerRestart],
+        after_push: bool,
+    ) -> Result<(), ClientError> {
+        let Some(episode) = &self.episode else {
+            return Ok(());
+        };
         let resend: Vec<String> = peers
             .iter()
             .filter(|peer| {
                 let resent = episode.resent.contains(&peer.address);
-                restart::needs_resend(episode.before(&peer.address), peer, episode.since, resent) && (after_push || !resent)
+                restart::needs_resend(episode.before(&peer.address), peer, episode.since, resent)
+                    && (after_push || !resent)
             })
             .map(|peer| peer.address.clone())
             .collect();
@@ -738,7 +803,10 @@ impl<C: GobgpClient> Reconciler<C> {
                 }
                 Err(e) => return Err(e),
             }
-            let first = self.episode.as_mut().is_some_and(|e| e.resent.insert(address.clone()));
+            let first = self
+                .episode
+                .as_mut()
+                .is_some_and(|e| e.resent.insert(address.clone()));
             if first {
                 warn!(
                     peer = %address,
@@ -760,7 +828,10 @@ impl<C: GobgpClient> Reconciler<C> {
         }
         debug!("anti-entropy: reading gobgpd's RIB back");
         let mut reader = self.client.clone();
-        self.reading = Some((tokio::spawn(async move { reader.list().await }), BTreeSet::new()));
+        self.reading = Some((
+            tokio::spawn(async move { reader.list().await }),
+            BTreeSet::new(),
+        ));
     }
 
     /// Takes an anti-entropy read: herald's paths as read, but for the prefixes pushed since the read
@@ -779,16 +850,28 @@ impl<C: GobgpClient> Reconciler<C> {
         let absent_changed = view.absent != self.absent;
         self.absent = view.absent;
         if view.undecodable > 0 {
-            warn!(paths = view.undecodable, "some of herald's paths in gobgpd could not be read; replacing them");
+            warn!(
+                paths = view.undecodable,
+                "some of herald's paths in gobgpd could not be read; replacing them"
+            );
         }
         if read == self.applied && !absent_changed {
-            debug!(paths = read.len(), others = view.others, pushed_meanwhile = touched.len(),
-                   elapsed_ms = started.elapsed().as_millis() as u64, "gobgpd's RIB as expected");
+            debug!(
+                paths = read.len(),
+                others = view.others,
+                pushed_meanwhile = touched.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "gobgpd's RIB as expected"
+            );
             return false;
         }
         self.status.send_modify(|s| s.repairs += 1);
-        warn!(paths = read.len(), expected = self.applied.len(), others = view.others,
-              "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing");
+        warn!(
+            paths = read.len(),
+            expected = self.applied.len(),
+            others = view.others,
+            "gobgpd's RIB differs from what herald applied (gobgpd restarted, or paths changed by hand); repairing"
+        );
         let previous = std::mem::replace(&mut self.applied, read);
         self.follow_if_lost(&previous);
         self.dirty = Scope::All;
@@ -805,7 +888,11 @@ impl<C: GobgpClient> Reconciler<C> {
         self.baseline = Some(counts);
         if verdict == Probe::FamiliesChanged {
             let absent = counts.map(|c| c.is_none());
-            info!(ipv4 = !absent[0], ipv6 = !absent[1], "gobgpd's address families changed; reading its RIB back");
+            info!(
+                ipv4 = !absent[0],
+                ipv6 = !absent[1],
+                "gobgpd's address families changed; reading its RIB back"
+            );
             return Ok(true);
         }
         let dropped = verdict == Probe::LostPaths;
@@ -839,7 +926,11 @@ impl<C: GobgpClient> Reconciler<C> {
         // Pending against the newest plan, even if herald never got to take it.
         self.refresh_plan();
         let message = e.message.clone();
-        let pending = if self.plan.generation == 0 { 0 } else { self.diff().len() as u64 };
+        let pending = if self.plan.generation == 0 {
+            0
+        } else {
+            self.diff().len() as u64
+        };
         self.status.send_modify(|s| {
             s.errors += 1;
             s.reachable = reachable;
@@ -868,7 +959,11 @@ impl<C: GobgpClient> Reconciler<C> {
         } else {
             // Only the prefixes whose paths changed since last time, unless everything may have.
             match self.in_rib_stale.take() {
-                Scope::All => self.in_rib = paths::prefixes_in_rib(&self.desired.paths, &self.applied).into_iter().collect(),
+                Scope::All => {
+                    self.in_rib = paths::prefixes_in_rib(&self.desired.paths, &self.applied)
+                        .into_iter()
+                        .collect()
+                }
                 Scope::Only(stale) => {
                     for prefix in stale {
                         if paths::prefix_in_rib(&self.desired.paths, &self.applied, prefix) {

@@ -49,7 +49,9 @@ impl PeerRestart {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// When a peer got gobgpd's End-of-RIB, relative to herald's push of its plan.
@@ -78,7 +80,11 @@ pub enum Verdict {
 /// Judges one peer after herald's push, from its state `before` the push (if it was listed then)
 /// and `after`. `since`: when herald last saw the previous gobgpd hold its paths (a session that
 /// came up later belongs to the restarted gobgpd); None when herald itself just started.
-pub fn judge(before: Option<&PeerRestart>, after: &PeerRestart, since: Option<SystemTime>) -> Verdict {
+pub fn judge(
+    before: Option<&PeerRestart>,
+    after: &PeerRestart,
+    since: Option<SystemTime>,
+) -> Verdict {
     if !after.enabled {
         return Verdict::Unjudged;
     }
@@ -107,7 +113,12 @@ pub fn judge(before: Option<&PeerRestart>, after: &PeerRestart, since: Option<Sy
 
 /// Whether herald should ask gobgpd to send `peer` its RIB again: a neighbor without graceful
 /// restart from which gobgpd holds back its routes, or may have (osrg/gobgp#2596).
-pub fn needs_resend(before: Option<&PeerRestart>, after: &PeerRestart, since: Option<SystemTime>, resent: bool) -> bool {
+pub fn needs_resend(
+    before: Option<&PeerRestart>,
+    after: &PeerRestart,
+    since: Option<SystemTime>,
+    resent: bool,
+) -> bool {
     if !after.enabled || after.peer_capable || !after.established {
         return false;
     }
@@ -137,7 +148,10 @@ pub struct Episode {
 
 impl Episode {
     pub fn new(since: Option<SystemTime>) -> Self {
-        Self { since, ..Default::default() }
+        Self {
+            since,
+            ..Default::default()
+        }
     }
 
     /// A neighbor as it was when herald began to push.
@@ -164,8 +178,18 @@ pub fn window(peers: &[PeerRestart]) -> Window {
     Window {
         deferring: peers.iter().filter(|p| p.local_restarting).count(),
         established: peers.iter().filter(|p| p.established).count(),
-        deferral: Duration::from_secs(graceful().map(|p| u64::from(p.deferral_time)).max().unwrap_or(0)),
-        restart_time: Duration::from_secs(graceful().map(|p| u64::from(p.restart_time)).max().unwrap_or(0)),
+        deferral: Duration::from_secs(
+            graceful()
+                .map(|p| u64::from(p.deferral_time))
+                .max()
+                .unwrap_or(0),
+        ),
+        restart_time: Duration::from_secs(
+            graceful()
+                .map(|p| u64::from(p.restart_time))
+                .max()
+                .unwrap_or(0),
+        ),
     }
 }
 
@@ -195,10 +219,19 @@ mod tests {
     #[test]
     fn a_peer_still_held_back_or_not_up_yet_gets_the_whole_plan() {
         let before = peer(true, SINCE + 1, true, true);
-        assert_eq!(judge(Some(&before), &peer(true, SINCE + 1, true, true), since()), Verdict::Fit);
-        assert_eq!(judge(None, &peer(false, 0, true, true), since()), Verdict::Fit);
+        assert_eq!(
+            judge(Some(&before), &peer(true, SINCE + 1, true, true), since()),
+            Verdict::Fit
+        );
+        assert_eq!(
+            judge(None, &peer(false, 0, true, true), since()),
+            Verdict::Fit
+        );
         // Not up at all, gobgpd not restarting (no -r): it sends everything once the session is up.
-        assert_eq!(judge(None, &peer(false, 0, true, false), since()), Verdict::Fit);
+        assert_eq!(
+            judge(None, &peer(false, 0, true, false), since()),
+            Verdict::Fit
+        );
     }
 
     #[test]
@@ -206,12 +239,24 @@ mod tests {
         let after = peer(true, SINCE + 2, true, false);
         let held = peer(true, SINCE + 2, true, true);
         let released = peer(true, SINCE + 2, true, false);
-        assert_eq!(judge(Some(&held), &after, since()), Verdict::Missed(Missed::DuringPush));
-        assert_eq!(judge(Some(&released), &after, since()), Verdict::Missed(Missed::BeforePush));
+        assert_eq!(
+            judge(Some(&held), &after, since()),
+            Verdict::Missed(Missed::DuringPush)
+        );
+        assert_eq!(
+            judge(Some(&released), &after, since()),
+            Verdict::Missed(Missed::BeforePush)
+        );
         // Came up during the push, gobgpd not in restarting mode: its End-of-RIB went with part of the plan.
-        assert_eq!(judge(Some(&peer(false, 0, true, false)), &after, since()), Verdict::Missed(Missed::DuringPush));
+        assert_eq!(
+            judge(Some(&peer(false, 0, true, false)), &after, since()),
+            Verdict::Missed(Missed::DuringPush)
+        );
         // In the same second as herald last saw the old gobgpd: still after it.
-        assert_eq!(judge(Some(&released), &peer(true, SINCE, true, false), since()), Verdict::Missed(Missed::BeforePush));
+        assert_eq!(
+            judge(Some(&released), &peer(true, SINCE, true, false), since()),
+            Verdict::Missed(Missed::BeforePush)
+        );
     }
 
     #[test]
@@ -220,28 +265,52 @@ mod tests {
         let old = peer(true, SINCE - 3600, true, false);
         assert_eq!(judge(Some(&old), &old, since()), Verdict::Unjudged);
         // The neighbor does not do graceful restart: it dropped everything with the session anyway.
-        assert_eq!(judge(None, &peer(true, SINCE + 2, false, false), since()), Verdict::Unjudged);
+        assert_eq!(
+            judge(None, &peer(true, SINCE + 2, false, false), since()),
+            Verdict::Unjudged
+        );
         let mut disabled = peer(true, SINCE + 2, true, false);
         disabled.enabled = false;
         assert_eq!(judge(None, &disabled, since()), Verdict::Unjudged);
         // herald started itself: no earlier gobgpd to compare with.
-        assert_eq!(judge(None, &peer(true, SINCE + 2, true, false), None), Verdict::Unjudged);
+        assert_eq!(
+            judge(None, &peer(true, SINCE + 2, true, false), None),
+            Verdict::Unjudged
+        );
     }
 
     #[test]
     fn a_neighbor_without_graceful_restart_is_sent_the_rib_while_gobgpd_holds_it_back() {
         let held = peer(true, SINCE + 2, false, true);
         assert!(needs_resend(Some(&held), &held, since(), false));
-        assert!(needs_resend(Some(&held), &held, since(), true), "every push, while held back");
+        assert!(
+            needs_resend(Some(&held), &held, since(), true),
+            "every push, while held back"
+        );
         // Released on the other peers' End-of-RIB without being sent anything: once.
         let released = peer(true, SINCE + 2, false, false);
         assert!(needs_resend(Some(&held), &released, since(), false));
         assert!(!needs_resend(Some(&held), &released, since(), true));
         // Never held back (gobgpd without -r), an old session, a capable peer, no session: no.
         assert!(!needs_resend(Some(&released), &released, since(), false));
-        assert!(!needs_resend(None, &peer(true, SINCE - 60, false, false), since(), false));
-        assert!(!needs_resend(None, &peer(true, SINCE + 2, true, true), since(), false));
-        assert!(!needs_resend(None, &peer(false, 0, false, true), since(), false));
+        assert!(!needs_resend(
+            None,
+            &peer(true, SINCE - 60, false, false),
+            since(),
+            false
+        ));
+        assert!(!needs_resend(
+            None,
+            &peer(true, SINCE + 2, true, true),
+            since(),
+            false
+        ));
+        assert!(!needs_resend(
+            None,
+            &peer(false, 0, false, true),
+            since(),
+            false
+        ));
     }
 
     #[test]
@@ -252,6 +321,14 @@ mod tests {
         b.deferral_time = 30;
         b.restart_time = 120;
         let w = window(&[a, b]);
-        assert_eq!(w, Window { deferring: 1, established: 1, deferral: Duration::from_secs(30), restart_time: Duration::from_secs(120) });
+        assert_eq!(
+            w,
+            Window {
+                deferring: 1,
+                established: 1,
+                deferral: Duration::from_secs(30),
+                restart_time: Duration::from_secs(120)
+            }
+        );
     }
 }

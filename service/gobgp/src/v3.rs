@@ -51,11 +51,17 @@ fn family(f: Family) -> api::Family {
         Family::Ipv4 => api::family::Afi::Ip,
         Family::Ipv6 => api::family::Afi::Ip6,
     };
-    api::Family { afi: afi as i32, safi: api::family::Safi::Unicast as i32 }
+    api::Family {
+        afi: afi as i32,
+        safi: api::family::Safi::Unicast as i32,
+    }
 }
 
 fn any(url: &'static str, value: impl Message) -> Any {
-    Any { type_url: url.to_string(), value: Bytes::from(value.encode_to_vec()) }
+    Any {
+        type_url: url.to_string(),
+        value: Bytes::from(value.encode_to_vec()),
+    }
 }
 
 /// The client of one gobgpd, over one HTTP/2 connection that tonic re-establishes as needed.
@@ -88,7 +94,13 @@ impl EncodeCache {
     fn origin(&mut self, origin: u8) -> Bytes {
         self.origin
             .entry(origin)
-            .or_insert_with(|| api::OriginAttribute { origin: origin.into() }.encode_to_vec().into())
+            .or_insert_with(|| {
+                api::OriginAttribute {
+                    origin: origin.into(),
+                }
+                .encode_to_vec()
+                .into()
+            })
             .clone()
     }
 
@@ -111,14 +123,24 @@ impl EncodeCache {
     fn next_hop(&mut self, hop: IpAddr) -> Bytes {
         self.next_hops
             .entry(hop)
-            .or_insert_with(|| api::NextHopAttribute { next_hop: hop.to_string() }.encode_to_vec().into())
+            .or_insert_with(|| {
+                api::NextHopAttribute {
+                    next_hop: hop.to_string(),
+                }
+                .encode_to_vec()
+                .into()
+            })
             .clone()
     }
 
     fn local_pref(&mut self, value: u32) -> Bytes {
         self.local_pref
             .entry(value)
-            .or_insert_with(|| api::LocalPrefAttribute { local_pref: value }.encode_to_vec().into())
+            .or_insert_with(|| {
+                api::LocalPrefAttribute { local_pref: value }
+                    .encode_to_vec()
+                    .into()
+            })
             .clone()
     }
 
@@ -127,7 +149,11 @@ impl EncodeCache {
         match self.communities.get(&key) {
             Some((kept, bytes)) if Arc::ptr_eq(kept, list) => bytes.clone(),
             _ => {
-                let bytes: Bytes = api::CommunitiesAttribute { communities: list.to_vec() }.encode_to_vec().into();
+                let bytes: Bytes = api::CommunitiesAttribute {
+                    communities: list.to_vec(),
+                }
+                .encode_to_vec()
+                .into();
                 self.communities.insert(key, (list.clone(), bytes.clone()));
                 bytes
             }
@@ -142,7 +168,11 @@ impl EncodeCache {
                 let message = api::LargeCommunitiesAttribute {
                     communities: list
                         .iter()
-                        .map(|c| api::LargeCommunity { global_admin: c.0, local_data1: c.1, local_data2: c.2 })
+                        .map(|c| api::LargeCommunity {
+                            global_admin: c.0,
+                            local_data1: c.1,
+                            local_data2: c.2,
+                        })
                         .collect(),
                 };
                 let bytes: Bytes = message.encode_to_vec().into();
@@ -174,12 +204,21 @@ fn encode_path(op: &Op, cache: &mut EncodeCache) -> api::Path {
     let PathKey { prefix, identifier } = op.key;
     let attrs = &op.attrs;
     let fam = Family::of(&prefix);
-    let nlri = Any { type_url: PREFIX_URL.to_string(), value: cache.nlri(prefix) };
+    let nlri = Any {
+        type_url: PREFIX_URL.to_string(),
+        value: cache.nlri(prefix),
+    };
     let mut pattrs = Vec::with_capacity(5);
-    pattrs.push(Any { type_url: ORIGIN_URL.to_string(), value: cache.origin(attrs.origin) });
+    pattrs.push(Any {
+        type_url: ORIGIN_URL.to_string(),
+        value: cache.origin(attrs.origin),
+    });
     match (prefix, attrs.next_hop) {
         (IpNet::V4(_), hop @ IpAddr::V4(_)) => {
-            pattrs.push(Any { type_url: NEXT_HOP_URL.to_string(), value: cache.next_hop(hop) });
+            pattrs.push(Any {
+                type_url: NEXT_HOP_URL.to_string(),
+                value: cache.next_hop(hop),
+            });
         }
         // IPv6, or an IPv4 prefix with an IPv6 next hop: the next hop goes with the NLRI.
         (_, hop) => pattrs.push(any(
@@ -192,13 +231,22 @@ fn encode_path(op: &Op, cache: &mut EncodeCache) -> api::Path {
         )),
     }
     if !attrs.communities.is_empty() {
-        pattrs.push(Any { type_url: COMMUNITIES_URL.to_string(), value: cache.communities(&attrs.communities) });
+        pattrs.push(Any {
+            type_url: COMMUNITIES_URL.to_string(),
+            value: cache.communities(&attrs.communities),
+        });
     }
     if !attrs.large_communities.is_empty() {
-        pattrs.push(Any { type_url: LARGE_COMMUNITIES_URL.to_string(), value: cache.large(&attrs.large_communities) });
+        pattrs.push(Any {
+            type_url: LARGE_COMMUNITIES_URL.to_string(),
+            value: cache.large(&attrs.large_communities),
+        });
     }
     if let Some(value) = attrs.local_pref {
-        pattrs.push(Any { type_url: LOCAL_PREF_URL.to_string(), value: cache.local_pref(value) });
+        pattrs.push(Any {
+            type_url: LOCAL_PREF_URL.to_string(),
+            value: cache.local_pref(value),
+        });
     }
     api::Path {
         nlri: Some(nlri),
@@ -217,7 +265,11 @@ pub fn encode_batches(ops: &[Op], batch_size: usize) -> Vec<api::AddPathStreamRe
     encode_with(ops, batch_size, &mut cache)
 }
 
-fn encode_with(ops: &[Op], batch_size: usize, cache: &mut EncodeCache) -> Vec<api::AddPathStreamRequest> {
+fn encode_with(
+    ops: &[Op],
+    batch_size: usize,
+    cache: &mut EncodeCache,
+) -> Vec<api::AddPathStreamRequest> {
     let batch_size = batch_size.max(1);
     let mut messages = Vec::with_capacity(ops.len().div_ceil(batch_size));
     let mut paths = Vec::with_capacity(batch_size.min(ops.len()));
@@ -268,9 +320,14 @@ fn decode_prefix(nlri: &Any) -> Result<IpNet, String> {
     if nlri.type_url != PREFIX_URL {
         return Err(format!("unexpected NLRI type {}", nlri.type_url));
     }
-    let p = api::IpAddressPrefix::decode(nlri.value.clone()).map_err(|e| format!("bad NLRI: {e}"))?;
-    let address: IpAddr = p.prefix.parse().map_err(|_| format!("bad NLRI address {:?}", p.prefix))?;
-    let len = u8::try_from(p.prefix_len).map_err(|_| format!("bad prefix length {}", p.prefix_len))?;
+    let p =
+        api::IpAddressPrefix::decode(nlri.value.clone()).map_err(|e| format!("bad NLRI: {e}"))?;
+    let address: IpAddr = p
+        .prefix
+        .parse()
+        .map_err(|_| format!("bad NLRI address {:?}", p.prefix))?;
+    let len =
+        u8::try_from(p.prefix_len).map_err(|_| format!("bad prefix length {}", p.prefix_len))?;
     IpNet::new(address, len).map_err(|_| format!("bad prefix {}/{}", p.prefix, p.prefix_len))
 }
 
@@ -304,7 +361,10 @@ pub fn decode_path(path: &api::Path, interner: &mut Interner) -> Result<Decoded,
             }
             MP_REACH_URL => {
                 let mp = api::MpReachNlriAttribute::decode(value).map_err(bad)?;
-                let hop = mp.next_hops.first().ok_or("MP_REACH_NLRI without next hop")?;
+                let hop = mp
+                    .next_hops
+                    .first()
+                    .ok_or("MP_REACH_NLRI without next hop")?;
                 next_hop = Some(hop.parse().map_err(|_| format!("bad next hop {hop:?}"))?);
                 if mp.next_hops.len() > 1 {
                     // A link-local second next hop: herald never sets one.
@@ -312,7 +372,9 @@ pub fn decode_path(path: &api::Path, interner: &mut Interner) -> Result<Decoded,
                 }
             }
             COMMUNITIES_URL => {
-                let mut list = api::CommunitiesAttribute::decode(value).map_err(bad)?.communities;
+                let mut list = api::CommunitiesAttribute::decode(value)
+                    .map_err(bad)?
+                    .communities;
                 list.sort_unstable();
                 list.dedup();
                 communities = interner.communities(list);
@@ -328,13 +390,22 @@ pub fn decode_path(path: &api::Path, interner: &mut Interner) -> Result<Decoded,
                 list.dedup();
                 large = interner.large(list);
             }
-            LOCAL_PREF_URL => local_pref = Some(api::LocalPrefAttribute::decode(value).map_err(bad)?.local_pref),
+            LOCAL_PREF_URL => {
+                local_pref = Some(
+                    api::LocalPrefAttribute::decode(value)
+                        .map_err(bad)?
+                        .local_pref,
+                )
+            }
             _ => foreign_attributes = true,
         }
     }
     let next_hop = next_hop.ok_or_else(|| format!("{prefix}: path without next hop"))?;
     Ok(Decoded::Own(
-        PathKey { prefix, identifier: path.identifier },
+        PathKey {
+            prefix,
+            identifier: path.identifier,
+        },
         PathAttrs {
             next_hop,
             origin: origin.unwrap_or_else(|| {
@@ -414,23 +485,42 @@ fn status_error(call: &str, status: tonic::Status) -> ClientError {
 
 /// gobgpd's answer for a family that is not among its global afi-safis.
 fn is_absent_family(e: &ClientError) -> bool {
-    e.kind == ErrorKind::Rejected && e.message.contains("address family") && e.message.contains("not supported")
+    e.kind == ErrorKind::Rejected
+        && e.message.contains("address family")
+        && e.message.contains("not supported")
 }
 
 fn timeout_error(call: &str, after: Duration) -> ClientError {
-    ClientError { kind: ErrorKind::Timeout, message: format!("{call}: no answer from gobgpd in {after:?}") }
+    ClientError {
+        kind: ErrorKind::Timeout,
+        message: format!("{call}: no answer from gobgpd in {after:?}"),
+    }
 }
 
 impl V3Client {
     /// A client of gobgpd's API at `address` (`host:port` or `unix:///path`). Connects lazily:
     /// gobgpd need not be up yet.
     pub fn new(address: &str, batch_size: usize, timeout: Duration) -> Result<Self, ClientError> {
-        let rejected = |message: String| ClientError { kind: ErrorKind::Rejected, message };
-        let endpoint = GobgpAddress::parse(address).and_then(|a| a.endpoint()).map_err(rejected)?.map(|e| {
-            e.connect_timeout(timeout.min(Duration::from_secs(3))).tcp_nodelay(true).http2_adaptive_window(true)
-        });
+        let rejected = |message: String| ClientError {
+            kind: ErrorKind::Rejected,
+            message,
+        };
+        let endpoint = GobgpAddress::parse(address)
+            .and_then(|a| a.endpoint())
+            .map_err(rejected)?
+            .map(|e| {
+                e.connect_timeout(timeout.min(Duration::from_secs(3)))
+                    .tcp_nodelay(true)
+                    .http2_adaptive_window(true)
+            });
         let client = Self::connect(&endpoint);
-        Ok(Self { endpoint, client, timeout, list_timeout: timeout.max(LIST_TIMEOUT), batch_size: batch_size.max(1) })
+        Ok(Self {
+            endpoint,
+            client,
+            timeout,
+            list_timeout: timeout.max(LIST_TIMEOUT),
+            batch_size: batch_size.max(1),
+        })
     }
 
     fn connect(endpoint: &GobgpEndpoint) -> GobgpApiClient<Channel> {
@@ -481,7 +571,8 @@ impl V3Client {
             ..Default::default()
         };
         let mut client = self.client.clone();
-        let mut stream = Self::call_within(self.list_timeout, "ListPath", client.list_path(request)).await?;
+        let mut stream =
+            Self::call_within(self.list_timeout, "ListPath", client.list_path(request)).await?;
         loop {
             let message = match tokio::time::timeout(self.timeout, stream.message()).await {
                 Ok(Ok(Some(m))) => m,
@@ -489,7 +580,9 @@ impl V3Client {
                 Ok(Err(status)) => return Err(status_error("ListPath", status)),
                 Err(_) => return Err(timeout_error("ListPath", self.timeout)),
             };
-            let Some(destination) = message.destination else { continue };
+            let Some(destination) = message.destination else {
+                continue;
+            };
             for path in &destination.paths {
                 match decode_path(path, interner) {
                     Ok(Decoded::Own(key, attrs)) => {
@@ -539,7 +632,10 @@ impl GobgpClient for V3Client {
             direction: api::reset_peer_request::SoftResetDirection::Out as i32,
         };
         let mut client = self.client.clone();
-        let result = self.call("ResetPeer", client.reset_peer(request)).await.map(drop);
+        let result = self
+            .call("ResetPeer", client.reset_peer(request))
+            .await
+            .map(drop);
         self.after(result)
     }
 }
@@ -556,11 +652,18 @@ fn peer_restart(peer: api::Peer) -> PeerRestart {
         .map(|t| u64::try_from(t.seconds).unwrap_or(0))
         .unwrap_or(0);
     PeerRestart {
-        address: if conf.neighbor_address.is_empty() { state.neighbor_address.clone() } else { conf.neighbor_address },
+        address: if conf.neighbor_address.is_empty() {
+            state.neighbor_address.clone()
+        } else {
+            conf.neighbor_address
+        },
         established: state.session_state == api::peer_state::SessionState::Established as i32,
         up_since_secs,
         enabled: gr.enabled,
-        peer_capable: state.remote_cap.iter().any(|c| c.type_url == GRACEFUL_RESTART_CAP_URL),
+        peer_capable: state
+            .remote_cap
+            .iter()
+            .any(|c| c.type_url == GRACEFUL_RESTART_CAP_URL),
         local_restarting: gr.local_restarting,
         restart_time: gr.restart_time,
         deferral_time: gr.deferral_time,
@@ -570,7 +673,12 @@ fn peer_restart(peer: api::Peer) -> PeerRestart {
 impl V3Client {
     async fn list_peers(&mut self) -> Result<Vec<PeerRestart>, ClientError> {
         let mut client = self.client.clone();
-        let mut stream = self.call("ListPeer", client.list_peer(api::ListPeerRequest::default())).await?;
+        let mut stream = self
+            .call(
+                "ListPeer",
+                client.list_peer(api::ListPeerRequest::default()),
+            )
+            .await?;
         let mut peers = Vec::new();
         loop {
             match tokio::time::timeout(self.timeout, stream.message()).await {
@@ -621,7 +729,11 @@ impl V3Client {
         let batch_size = self.batch_size;
         if ops.len() <= batch_size {
             let messages = encode_batches(ops, batch_size);
-            self.call("AddPathStream", client.add_path_stream(tokio_stream::iter(messages))).await?;
+            self.call(
+                "AddPathStream",
+                client.add_path_stream(tokio_stream::iter(messages)),
+            )
+            .await?;
             return Ok(());
         }
         // Several messages in one call, each encoded here (from the caller's operations, nothing
@@ -632,7 +744,8 @@ impl V3Client {
         // thousand next hops at a few hundred a second, so a call of 8,000 of them outlasts any
         // fixed deadline worth having. What times out is a call that stops moving.
         let progress = std::sync::Mutex::new(tokio::time::Instant::now());
-        let moved = || *progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        let moved =
+            || *progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
         let feed = async {
             let mut cache = EncodeCache::default();
             // A short first message: gobgpd, idle since the previous call, starts on it sooner.
@@ -681,7 +794,10 @@ mod tests {
 
     fn op(prefix: &str, hop: &str, withdraw: bool) -> Op {
         Op {
-            key: PathKey { prefix: prefix.parse().unwrap(), identifier: 0xA000_0042 },
+            key: PathKey {
+                prefix: prefix.parse().unwrap(),
+                identifier: 0xA000_0042,
+            },
             attrs: PathAttrs {
                 next_hop: hop.parse().unwrap(),
                 origin: super::super::paths::origin_code(Origin::Incomplete),
@@ -703,9 +819,11 @@ mod tests {
 
     #[test]
     fn round_trips_ipv4_and_ipv6() {
-        for (prefix, hop) in
-            [("198.19.32.0/20", "198.19.0.1"), ("2001:db8:1::/64", "2001:db8::1"), ("198.19.33.0/24", "2001:db8::2")]
-        {
+        for (prefix, hop) in [
+            ("198.19.32.0/20", "198.19.0.1"),
+            ("2001:db8:1::/64", "2001:db8::1"),
+            ("198.19.33.0/24", "2001:db8::2"),
+        ] {
             let op = op(prefix, hop, false);
             let path = encode_path(&op, &mut EncodeCache::default());
             let urls: Vec<&str> = path.pattrs.iter().map(|a| a.type_url.as_str()).collect();
@@ -721,23 +839,49 @@ mod tests {
 
     #[test]
     fn other_paths_are_not_herald_s() {
-        let mut path = as_listed(encode_path(&op("198.19.32.0/20", "198.19.0.1", false), &mut EncodeCache::default()));
+        let mut path = as_listed(encode_path(
+            &op("198.19.32.0/20", "198.19.0.1", false),
+            &mut EncodeCache::default(),
+        ));
         path.source_asn = 0;
-        assert_eq!(decode_path(&path, &mut Interner::default()).unwrap(), Decoded::Other);
+        assert_eq!(
+            decode_path(&path, &mut Interner::default()).unwrap(),
+            Decoded::Other
+        );
         path.source_asn = HERALD_SOURCE_ASN;
         path.identifier = 7;
-        assert_eq!(decode_path(&path, &mut Interner::default()).unwrap(), Decoded::Other);
+        assert_eq!(
+            decode_path(&path, &mut Interner::default()).unwrap(),
+            Decoded::Other
+        );
         path.identifier = 0xA000_0042;
         path.neighbor_ip = "192.0.2.9".into();
-        assert_eq!(decode_path(&path, &mut Interner::default()).unwrap(), Decoded::Other);
+        assert_eq!(
+            decode_path(&path, &mut Interner::default()).unwrap(),
+            Decoded::Other
+        );
     }
 
     #[test]
     fn batches_respect_size() {
-        let ops: Vec<Op> =
-            (0..2500).map(|i| op(&format!("10.{}.{}.0/24", i / 256, i % 256), "198.19.0.1", false)).collect();
+        let ops: Vec<Op> = (0..2500)
+            .map(|i| {
+                op(
+                    &format!("10.{}.{}.0/24", i / 256, i % 256),
+                    "198.19.0.1",
+                    false,
+                )
+            })
+            .collect();
         let messages = encode_batches(&ops, 1000);
-        assert_eq!(messages.iter().map(|m| m.paths.len()).collect::<Vec<_>>(), vec![1000, 1000, 500]);
-        assert!(messages.iter().all(|m| m.encoded_len() < MAX_MESSAGE_BYTES + 4096));
+        assert_eq!(
+            messages.iter().map(|m| m.paths.len()).collect::<Vec<_>>(),
+            vec![1000, 1000, 500]
+        );
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.encoded_len() < MAX_MESSAGE_BYTES + 4096)
+        );
     }
 }

@@ -41,7 +41,13 @@ fn route(prefix: &str, hops: &[(&str, &str)], communities: &[u32]) -> Route {
     Route {
         prefix: prefix.parse().unwrap(),
         kind: RouteKind::ClusterRange,
-        next_hops: hops.iter().map(|(n, a)| NextHop { node: n.to_string(), address: a.parse().unwrap() }).collect(),
+        next_hops: hops
+            .iter()
+            .map(|(n, a)| NextHop {
+                node: n.to_string(),
+                address: a.parse().unwrap(),
+            })
+            .collect(),
         sources: BTreeSet::new(),
         reason: String::new(),
         communities: communities.iter().map(|&c| Community(c)).collect(),
@@ -56,11 +62,27 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
     let (bgp_a, bgp_b) = (free_port(), free_port());
     let mut pool = Gobgpd::with_config(
         free_port(),
-        &speaker_config(64512, "127.0.0.1", bgp_a, 64513, "127.0.0.2", bgp_b, "send-max = 8"),
+        &speaker_config(
+            64512,
+            "127.0.0.1",
+            bgp_a,
+            64513,
+            "127.0.0.2",
+            bgp_b,
+            "send-max = 8",
+        ),
     );
     let mut router = Gobgpd::with_config(
         free_port(),
-        &speaker_config(64513, "127.0.0.2", bgp_b, 64512, "127.0.0.1", bgp_a, "receive = true"),
+        &speaker_config(
+            64513,
+            "127.0.0.2",
+            bgp_b,
+            64512,
+            "127.0.0.1",
+            bgp_a,
+            "receive = true",
+        ),
     );
     pool.spawn_and_wait().await.unwrap();
     router.spawn_and_wait().await.unwrap();
@@ -68,14 +90,29 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
     let routes = vec![
         route(
             "198.19.32.0/20",
-            &[("node1", "198.19.0.1"), ("node2", "198.19.0.2"), ("node3", "198.19.0.3")],
+            &[
+                ("node1", "198.19.0.1"),
+                ("node2", "198.19.0.2"),
+                ("node3", "198.19.0.3"),
+            ],
             &[64512 << 16 | 100],
         ),
         route("198.19.38.11/32", &[("node2", "198.19.0.2")], &[]),
-        route("fd00:198:19:20::/64", &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")], &[]),
+        route(
+            "fd00:198:19:20::/64",
+            &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")],
+            &[],
+        ),
     ];
-    let plan = Plan { routes: routes.into_iter().map(|r| (r.prefix, r)).collect(), ..Default::default() };
-    let (plans, plans_rx) = watch::channel(PlanSnapshot { generation: 1, plan: plan.clone().into(), ..Default::default() });
+    let plan = Plan {
+        routes: routes.into_iter().map(|r| (r.prefix, r)).collect(),
+        ..Default::default()
+    };
+    let (plans, plans_rx) = watch::channel(PlanSnapshot {
+        generation: 1,
+        plan: plan.clone().into(),
+        ..Default::default()
+    });
     let config = GobgpConfig {
         address: pool.address(),
         origin: Origin::Igp,
@@ -84,12 +121,24 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
         batch_size: 1000,
     };
     let mut status = herald_gobgp::spawn(config, plans_rx);
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.applied_generation == 1))
-        .await
-        .expect("converges")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.applied_generation == 1),
+    )
+    .await
+    .expect("converges")
+    .unwrap();
     // An operator path for comparison.
-    pool.cli(&["global", "rib", "add", "198.19.48.0/20", "nexthop", "198.19.0.1", "-a", "ipv4"]);
+    pool.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.48.0/20",
+        "nexthop",
+        "198.19.0.1",
+        "-a",
+        "ipv4",
+    ]);
 
     // What the router should learn: (prefix, next hop, communities), herald's and the operator's.
     let mut want: BTreeSet<(String, String, Vec<u32>)> = plan
@@ -97,7 +146,11 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
         .values()
         .flat_map(|r| {
             r.next_hops.iter().map(move |h| {
-                (r.prefix.to_string(), h.address.to_string(), r.communities.iter().map(|c| c.0).collect())
+                (
+                    r.prefix.to_string(),
+                    h.address.to_string(),
+                    r.communities.iter().map(|c| c.0).collect(),
+                )
             })
         })
         .collect();
@@ -124,9 +177,20 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
 
     // A withdrawal reaches the router too: one next hop of the range goes.
     let mut less = plan.clone();
-    less.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().next_hops.retain(|h| h.node != "node3");
-    plans.send_replace(PlanSnapshot { generation: 2, plan: less.into(), ..Default::default() });
-    want.remove(&("198.19.32.0/20".into(), "198.19.0.3".into(), vec![64512 << 16 | 100]));
+    less.route_mut(&"198.19.32.0/20".parse().unwrap())
+        .unwrap()
+        .next_hops
+        .retain(|h| h.node != "node3");
+    plans.send_replace(PlanSnapshot {
+        generation: 2,
+        plan: less.into(),
+        ..Default::default()
+    });
+    want.remove(&(
+        "198.19.32.0/20".into(),
+        "198.19.0.3".into(),
+        vec![64512 << 16 | 100],
+    ));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let got: BTreeSet<(String, String, Vec<u32>)> = router
@@ -138,7 +202,10 @@ async fn a_bgp_peer_gets_herald_s_paths_like_any_other() {
         if got == want {
             break;
         }
-        assert!(Instant::now() < deadline, "the withdrawal did not reach the router: {got:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the withdrawal did not reach the router: {got:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use gobgpd::{Gobgpd, Listed};
 use herald_core::config::{Community, GobgpConfig, LargeCommunity, Origin, Seconds};
-use herald_gobgp::SinkStatus;
 use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
+use herald_gobgp::SinkStatus;
 use ipnet::IpNet;
 use tokio::sync::watch;
 
@@ -20,7 +20,9 @@ const HERALD_SOURCE_ASN: u32 = 4_200_437_253;
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The identifier herald gives a node's paths (no collisions among the names used here).
@@ -32,18 +34,33 @@ fn route(prefix: &str, hops: &[(&str, &str)], communities: &[&str], large: &[&st
     Route {
         prefix: prefix.parse().unwrap(),
         kind: RouteKind::ClusterRange,
-        next_hops: hops.iter().map(|(n, a)| NextHop { node: n.to_string(), address: a.parse().unwrap() }).collect(),
+        next_hops: hops
+            .iter()
+            .map(|(n, a)| NextHop {
+                node: n.to_string(),
+                address: a.parse().unwrap(),
+            })
+            .collect(),
         sources: BTreeSet::from(["test".to_string()]),
         reason: "test".to_string(),
-        communities: communities.iter().map(|c| c.parse::<Community>().unwrap()).collect(),
-        large_communities: large.iter().map(|c| c.parse::<LargeCommunity>().unwrap()).collect(),
+        communities: communities
+            .iter()
+            .map(|c| c.parse::<Community>().unwrap())
+            .collect(),
+        large_communities: large
+            .iter()
+            .map(|c| c.parse::<LargeCommunity>().unwrap())
+            .collect(),
         part_of: None,
         left_out: Default::default(),
     }
 }
 
 fn plan(routes: Vec<Route>) -> Plan {
-    Plan { routes: routes.into_iter().map(|r| (r.prefix, r)).collect(), ..Default::default() }
+    Plan {
+        routes: routes.into_iter().map(|r| (r.prefix, r)).collect(),
+        ..Default::default()
+    }
 }
 
 /// The lab's plan: the cluster range over three nodes, a host route on node2, an IPv6 range.
@@ -51,12 +68,26 @@ fn lab_plan() -> Plan {
     plan(vec![
         route(
             "198.19.32.0/20",
-            &[("node1", "198.19.0.1"), ("node2", "198.19.0.2"), ("node3", "198.19.0.3")],
+            &[
+                ("node1", "198.19.0.1"),
+                ("node2", "198.19.0.2"),
+                ("node3", "198.19.0.3"),
+            ],
             &["64512:100"],
             &["64512:1:2"],
         ),
-        route("198.19.38.11/32", &[("node2", "198.19.0.2")], &["64512:100", "64512:200"], &[]),
-        route("fd00:198:19:20::/64", &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")], &[], &[]),
+        route(
+            "198.19.38.11/32",
+            &[("node2", "198.19.0.2")],
+            &["64512:100", "64512:200"],
+            &[],
+        ),
+        route(
+            "fd00:198:19:20::/64",
+            &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")],
+            &[],
+            &[],
+        ),
     ])
 }
 
@@ -71,7 +102,15 @@ fn config(address: String, anti_entropy: Duration) -> GobgpConfig {
 }
 
 /// What gobgpd should hold for herald, in [`Listed`]'s terms (less age and attribute order).
-type Expected = (IpNet, IpAddr, u32, u32, Vec<u32>, Vec<(u32, u32, u32)>, Option<u32>);
+type Expected = (
+    IpNet,
+    IpAddr,
+    u32,
+    u32,
+    Vec<u32>,
+    Vec<(u32, u32, u32)>,
+    Option<u32>,
+);
 
 fn expected(plan: &Plan, origin: u32, local_pref: Option<u32>) -> Vec<Expected> {
     let mut out: Vec<Expected> = plan
@@ -85,7 +124,10 @@ fn expected(plan: &Plan, origin: u32, local_pref: Option<u32>) -> Vec<Expected> 
                     node_id(&h.node),
                     origin,
                     r.communities.iter().map(|c| c.0).collect(),
-                    r.large_communities.iter().map(|c| (c.0, c.1, c.2)).collect(),
+                    r.large_communities
+                        .iter()
+                        .map(|c| (c.0, c.1, c.2))
+                        .collect(),
                     local_pref,
                 )
             })
@@ -96,7 +138,11 @@ fn expected(plan: &Plan, origin: u32, local_pref: Option<u32>) -> Vec<Expected> 
 }
 
 fn herald_paths(listed: &[Listed]) -> Vec<Listed> {
-    listed.iter().filter(|p| p.source_asn == HERALD_SOURCE_ASN).cloned().collect()
+    listed
+        .iter()
+        .filter(|p| p.source_asn == HERALD_SOURCE_ASN)
+        .cloned()
+        .collect()
 }
 
 fn as_expected(listed: &[Listed]) -> Vec<Expected> {
@@ -107,7 +153,15 @@ fn as_expected(listed: &[Listed]) -> Vec<Expected> {
             communities.sort();
             let mut large = p.large_communities.clone();
             large.sort();
-            (p.prefix, p.next_hop, p.identifier, p.origin, communities, large, p.local_pref)
+            (
+                p.prefix,
+                p.next_hop,
+                p.identifier,
+                p.origin,
+                communities,
+                large,
+                p.local_pref,
+            )
         })
         .collect();
     out.sort();
@@ -124,7 +178,11 @@ impl Herald {
     /// Starts the reconciler; with `first`, the plan is there before it starts (as in `herald run`,
     /// whose planner publishes first), so that what it reports about it does not race its start.
     fn start(config: GobgpConfig, first: Option<Plan>) -> Herald {
-        let first = first.map(|p| PlanSnapshot { generation: 1, plan: std::sync::Arc::new(p), ..Default::default() });
+        let first = first.map(|p| PlanSnapshot {
+            generation: 1,
+            plan: std::sync::Arc::new(p),
+            ..Default::default()
+        });
         let (plans, plans_rx) = watch::channel(first.unwrap_or_default());
         let status = herald_gobgp::spawn(config, plans_rx);
         Herald { plans, status }
@@ -153,7 +211,12 @@ impl Herald {
         .await
     }
 
-    async fn wait(&mut self, within: Duration, what: &str, f: impl FnMut(&SinkStatus) -> bool) -> SinkStatus {
+    async fn wait(
+        &mut self,
+        within: Duration,
+        what: &str,
+        f: impl FnMut(&SinkStatus) -> bool,
+    ) -> SinkStatus {
         let result = match tokio::time::timeout(within, self.status.wait_for(f)).await {
             Ok(Ok(s)) => Some(s.clone()),
             Ok(Err(_)) => panic!("the sink stopped while waiting for {what}"),
@@ -166,9 +229,11 @@ impl Herald {
     async fn stop(self) -> SinkStatus {
         let Herald { plans, mut status } = self;
         drop(plans);
-        tokio::time::timeout(Duration::from_secs(15), async { while status.changed().await.is_ok() {} })
-            .await
-            .expect("the reconciler stops once the plan channel closes");
+        tokio::time::timeout(Duration::from_secs(15), async {
+            while status.changed().await.is_ok() {}
+        })
+        .await
+        .expect("the reconciler stops once the plan channel closes");
         status.borrow().clone()
     }
 }
@@ -191,7 +256,10 @@ where
 
 async fn wait_for_plan_in_gobgpd(g: &Gobgpd, plan: &Plan, within: Duration) {
     let want = expected(plan, 0, None);
-    eventually(within, "plan in gobgpd", || async { as_expected(&g.paths().await) == want }).await;
+    eventually(within, "plan in gobgpd", || async {
+        as_expected(&g.paths().await) == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,19 +281,29 @@ async fn plan_is_pushed_as_one_path_per_prefix_and_next_hop() {
     let in_rib: BTreeSet<String> = status.in_rib.iter().map(|p| p.to_string()).collect();
     assert_eq!(
         in_rib,
-        BTreeSet::from(["198.19.32.0/20".into(), "198.19.38.11/32".into(), "fd00:198:19:20::/64".into()])
+        BTreeSet::from([
+            "198.19.32.0/20".into(),
+            "198.19.38.11/32".into(),
+            "fd00:198:19:20::/64".into()
+        ])
     );
     // IPv4 paths carry a NEXT_HOP attribute, IPv6 paths MP_REACH_NLRI.
     for path in &listed {
         let has = |t: &str| path.attribute_types.iter().any(|a| a == t);
         match path.prefix {
-            IpNet::V4(_) => assert!(has("NextHopAttribute") && !has("MpReachNLRIAttribute"), "{path:?}"),
+            IpNet::V4(_) => assert!(
+                has("NextHopAttribute") && !has("MpReachNLRIAttribute"),
+                "{path:?}"
+            ),
             IpNet::V6(_) => assert!(has("MpReachNLRIAttribute"), "{path:?}"),
         }
     }
     // Three next hops of the range, three distinct identifiers (ECMP through ADD-PATH).
-    let ids: BTreeSet<u32> =
-        listed.iter().filter(|p| p.prefix.to_string() == "198.19.32.0/20").map(|p| p.identifier).collect();
+    let ids: BTreeSet<u32> = listed
+        .iter()
+        .filter(|p| p.prefix.to_string() == "198.19.32.0/20")
+        .map(|p| p.identifier)
+        .collect();
     assert_eq!(ids.len(), 3);
 }
 
@@ -233,7 +311,10 @@ async fn plan_is_pushed_as_one_path_per_prefix_and_next_hop() {
 async fn plan_change_applies_exactly_the_diff() {
     let g = Gobgpd::start().await;
     let before = lab_plan();
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(before.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(30)),
+        Some(before.clone()),
+    );
     h.converged(CONVERGE).await;
     let first = herald_paths(&g.paths().await);
     // Ages have a resolution of a second: make a re-added path show.
@@ -242,10 +323,34 @@ async fn plan_change_applies_exactly_the_diff() {
     // node3 leaves the range, node2's host route moves to node1, the IPv6 range changes communities,
     // a new external range appears.
     let after = plan(vec![
-        route("198.19.32.0/20", &[("node1", "198.19.0.1"), ("node2", "198.19.0.2")], &["64512:100"], &["64512:1:2"]),
-        route("198.19.38.11/32", &[("node1", "198.19.0.1")], &["64512:100", "64512:200"], &[]),
-        route("fd00:198:19:20::/64", &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")], &["64512:300"], &[]),
-        route("198.19.48.0/20", &[("node1", "198.19.0.1"), ("node2", "198.19.0.2"), ("node3", "198.19.0.3")], &[], &[]),
+        route(
+            "198.19.32.0/20",
+            &[("node1", "198.19.0.1"), ("node2", "198.19.0.2")],
+            &["64512:100"],
+            &["64512:1:2"],
+        ),
+        route(
+            "198.19.38.11/32",
+            &[("node1", "198.19.0.1")],
+            &["64512:100", "64512:200"],
+            &[],
+        ),
+        route(
+            "fd00:198:19:20::/64",
+            &[("node1", "fd00:198:19::1"), ("node2", "fd00:198:19::2")],
+            &["64512:300"],
+            &[],
+        ),
+        route(
+            "198.19.48.0/20",
+            &[
+                ("node1", "198.19.0.1"),
+                ("node2", "198.19.0.2"),
+                ("node3", "198.19.0.3"),
+            ],
+            &[],
+            &[],
+        ),
     ]);
     h.publish(after.clone());
     let status = h.converged(CONVERGE).await;
@@ -256,7 +361,9 @@ async fn plan_change_applies_exactly_the_diff() {
     assert_eq!(status.paths_added, 6 + 1 + 2 + 3);
     assert_eq!(status.paths_withdrawn, 2);
     // Untouched paths were not re-added.
-    let unchanged = |p: &&Listed| p.prefix.to_string() == "198.19.32.0/20" && p.next_hop.to_string() != "198.19.0.3";
+    let unchanged = |p: &&Listed| {
+        p.prefix.to_string() == "198.19.32.0/20" && p.next_hop.to_string() != "198.19.0.3"
+    };
     let old: Vec<_> = first.iter().filter(unchanged).collect();
     let new_paths = herald_paths(&listed);
     let new: Vec<_> = new_paths.iter().filter(unchanged).collect();
@@ -283,10 +390,34 @@ async fn operator_paths_are_never_touched() {
         "-a",
         "ipv4",
     ]);
-    g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "identifier", &id1, "-a", "ipv4"]);
-    g.cli(&["global", "rib", "add", "2001:db8:99::/64", "nexthop", "2001:db8::9", "-a", "ipv6"]);
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.99.0/24",
+        "nexthop",
+        "198.19.0.9",
+        "identifier",
+        &id1,
+        "-a",
+        "ipv4",
+    ]);
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "2001:db8:99::/64",
+        "nexthop",
+        "2001:db8::9",
+        "-a",
+        "ipv6",
+    ]);
     let operator = |listed: &[Listed]| -> Vec<Listed> {
-        let mut v: Vec<Listed> = listed.iter().filter(|p| p.source_asn != HERALD_SOURCE_ASN).cloned().collect();
+        let mut v: Vec<Listed> = listed
+            .iter()
+            .filter(|p| p.source_asn != HERALD_SOURCE_ASN)
+            .cloned()
+            .collect();
         v.sort();
         v
     };
@@ -294,7 +425,10 @@ async fn operator_paths_are_never_touched() {
     assert_eq!(theirs.len(), 3);
     assert!(theirs.iter().all(|p| p.source_asn == 0), "{theirs:?}");
 
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(1)), Some(lab_plan()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(1)),
+        Some(lab_plan()),
+    );
     h.converged(CONVERGE).await;
     let listed = g.paths().await;
     assert_eq!(operator(&listed), theirs);
@@ -302,7 +436,9 @@ async fn operator_paths_are_never_touched() {
     // Both paths with the same prefix, next hop and identifier are there.
     let same: Vec<_> = listed
         .iter()
-        .filter(|p| p.prefix.to_string() == "198.19.32.0/20" && p.next_hop.to_string() == "198.19.0.1")
+        .filter(|p| {
+            p.prefix.to_string() == "198.19.32.0/20" && p.next_hop.to_string() == "198.19.0.1"
+        })
         .collect();
     assert_eq!(same.len(), 2, "{same:?}");
     assert!(same.iter().all(|p| p.identifier == node_id("node1")));
@@ -324,13 +460,18 @@ async fn operator_paths_are_never_touched() {
     let theirs = operator(&g.paths().await);
     assert_eq!(theirs.len(), 4);
     let mut changed = lab_plan();
-    changed.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities = BTreeSet::from([Community(7)]);
+    changed
+        .route_mut(&"198.19.32.0/20".parse().unwrap())
+        .unwrap()
+        .communities = BTreeSet::from([Community(7)]);
     h.publish(changed.clone());
     h.converged(CONVERGE).await;
     assert_eq!(as_expected(&g.paths().await), expected(&changed, 0, None));
     let mut gone = changed.clone();
-    gone.routes.remove(&"198.19.32.0/20".parse::<ipnet::IpNet>().unwrap());
-    gone.routes.remove(&"198.19.38.11/32".parse::<ipnet::IpNet>().unwrap());
+    gone.routes
+        .remove(&"198.19.32.0/20".parse::<ipnet::IpNet>().unwrap());
+    gone.routes
+        .remove(&"198.19.38.11/32".parse::<ipnet::IpNet>().unwrap());
     h.publish(gone.clone());
     h.converged(CONVERGE).await;
     let listed = g.paths().await;
@@ -347,17 +488,36 @@ async fn operator_paths_are_never_touched() {
 async fn restarted_herald_adopts_its_paths_without_withdrawing() {
     let g = Gobgpd::start().await;
     let p = lab_plan();
-    g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "-a", "ipv4"]);
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(p.clone()));
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.99.0/24",
+        "nexthop",
+        "198.19.0.9",
+        "-a",
+        "ipv4",
+    ]);
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(30)),
+        Some(p.clone()),
+    );
     h.converged(CONVERGE).await;
     h.stop().await;
     let before = g.paths().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
 
     // Same plan: nothing to do, nothing re-added (same ages), nothing withdrawn.
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(p.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(30)),
+        Some(p.clone()),
+    );
     let status = h.converged(CONVERGE).await;
-    assert_eq!((status.paths_added, status.paths_withdrawn), (0, 0), "{status:?}");
+    assert_eq!(
+        (status.paths_added, status.paths_withdrawn),
+        (0, 0),
+        "{status:?}"
+    );
     assert_eq!(status.paths_applied, 6);
     assert_eq!(status.in_rib.len(), 3);
     assert_eq!(g.paths().await, before);
@@ -365,16 +525,28 @@ async fn restarted_herald_adopts_its_paths_without_withdrawing() {
 
     // A restart that comes with a changed plan: only the difference is applied.
     let mut changed = p.clone();
-    let range = changed.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap();
+    let range = changed
+        .route_mut(&"198.19.32.0/20".parse().unwrap())
+        .unwrap();
     range.next_hops.retain(|h| h.node != "node3");
     range.communities.insert(Community(9));
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(changed.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(30)),
+        Some(changed.clone()),
+    );
     let status = h.converged(CONVERGE).await;
-    assert_eq!((status.paths_added, status.paths_withdrawn), (2, 1), "{status:?}");
+    assert_eq!(
+        (status.paths_added, status.paths_withdrawn),
+        (2, 1),
+        "{status:?}"
+    );
     let after = g.paths().await;
     assert_eq!(as_expected(&after), expected(&changed, 0, None));
     let untouched = |l: &[Listed]| -> Vec<Listed> {
-        l.iter().filter(|p| p.prefix.to_string() != "198.19.32.0/20").cloned().collect()
+        l.iter()
+            .filter(|p| p.prefix.to_string() != "198.19.32.0/20")
+            .cloned()
+            .collect()
     };
     assert_eq!(untouched(&after), untouched(&before));
 
@@ -391,7 +563,10 @@ async fn restarted_herald_adopts_its_paths_without_withdrawing() {
 async fn restarted_gobgpd_gets_everything_back() {
     let mut g = Gobgpd::start().await;
     let p = lab_plan();
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(60)), Some(p.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(60)),
+        Some(p.clone()),
+    );
     h.converged(CONVERGE).await;
 
     // A quick restart: gobgpd comes back empty before herald's next probe.
@@ -399,15 +574,25 @@ async fn restarted_gobgpd_gets_everything_back() {
     g.spawn_and_wait().await.unwrap();
     let started = Instant::now();
     wait_for_plan_in_gobgpd(&g, &p, Duration::from_secs(10)).await;
-    eprintln!("plan back in gobgpd {:?} after its restart", started.elapsed());
+    eprintln!(
+        "plan back in gobgpd {:?} after its restart",
+        started.elapsed()
+    );
 
     // A longer outage: herald notices, says so, and pushes everything once gobgpd is back.
     g.kill();
-    h.wait(Duration::from_secs(10), "gobgpd unreachable", |s| !s.reachable && s.last_error.is_some()).await;
+    h.wait(Duration::from_secs(10), "gobgpd unreachable", |s| {
+        !s.reachable && s.last_error.is_some()
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     g.spawn_and_wait().await.unwrap();
     wait_for_plan_in_gobgpd(&g, &p, Duration::from_secs(10)).await;
-    let status = h.wait(Duration::from_secs(10), "recovery", |s| s.reachable && s.last_error.is_none()).await;
+    let status = h
+        .wait(Duration::from_secs(10), "recovery", |s| {
+            s.reachable && s.last_error.is_none()
+        })
+        .await;
     assert_eq!(status.paths_applied, 6);
 }
 
@@ -421,7 +606,11 @@ async fn paths_deleted_by_hand_come_back() {
 
     // The CLI cannot name herald's paths (their source differs), but it can delete every path.
     g.cli(&["global", "rib", "-a", "ipv4", "del", "all"]);
-    assert!(as_expected(&g.paths().await).iter().all(|e| e.0.addr().is_ipv6()));
+    assert!(
+        as_expected(&g.paths().await)
+            .iter()
+            .all(|e| e.0.addr().is_ipv6())
+    );
     let started = Instant::now();
     wait_for_plan_in_gobgpd(&g, &p, anti_entropy + Duration::from_secs(2)).await;
     eprintln!("deleted IPv4 paths back after {:?}", started.elapsed());
@@ -429,11 +618,26 @@ async fn paths_deleted_by_hand_come_back() {
     // A deletion that leaves gobgpd's path count unchanged (one of herald's paths deleted through
     // the API, an operator path added): only anti-entropy notices.
     let mut client = g.client().await;
-    let target =
-        herald_paths(&g.paths().await).into_iter().find(|l| l.prefix.to_string() == "198.19.38.11/32").unwrap();
+    let target = herald_paths(&g.paths().await)
+        .into_iter()
+        .find(|l| l.prefix.to_string() == "198.19.38.11/32")
+        .unwrap();
     delete_herald_path(&mut client, &target).await;
-    g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "-a", "ipv4"]);
-    assert!(!herald_paths(&g.paths().await).iter().any(|l| l.prefix == target.prefix));
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.99.0/24",
+        "nexthop",
+        "198.19.0.9",
+        "-a",
+        "ipv4",
+    ]);
+    assert!(
+        !herald_paths(&g.paths().await)
+            .iter()
+            .any(|l| l.prefix == target.prefix)
+    );
     let started = Instant::now();
     wait_for_plan_in_gobgpd(&g, &p, anti_entropy + Duration::from_secs(2)).await;
     eprintln!("deleted path back after {:?}", started.elapsed());
@@ -452,7 +656,10 @@ async fn delete_herald_path(
         type_url: format!("type.googleapis.com/apipb.{url}"),
         value: bytes.into(),
     };
-    let family = api::Family { afi: api::family::Afi::Ip as i32, safi: api::family::Safi::Unicast as i32 };
+    let family = api::Family {
+        afi: api::family::Afi::Ip as i32,
+        safi: api::family::Safi::Unicast as i32,
+    };
     let path = api::Path {
         nlri: Some(any(
             "IPAddressPrefix",
@@ -463,8 +670,17 @@ async fn delete_herald_path(
             .encode_to_vec(),
         )),
         pattrs: vec![
-            any("OriginAttribute", api::OriginAttribute { origin: 0 }.encode_to_vec()),
-            any("NextHopAttribute", api::NextHopAttribute { next_hop: listed.next_hop.to_string() }.encode_to_vec()),
+            any(
+                "OriginAttribute",
+                api::OriginAttribute { origin: 0 }.encode_to_vec(),
+            ),
+            any(
+                "NextHopAttribute",
+                api::NextHopAttribute {
+                    next_hop: listed.next_hop.to_string(),
+                }
+                .encode_to_vec(),
+            ),
         ],
         family: Some(family),
         source_asn: HERALD_SOURCE_ASN,
@@ -484,9 +700,11 @@ async fn delete_herald_path(
 
 /// Log lines of every test in this binary (tests tell theirs apart by gobgpd's address).
 fn logs() -> &'static std::sync::Mutex<Vec<u8>> {
-    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    static LOGS: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
-        let buffer: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        let buffer: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
         struct Writer(&'static std::sync::Mutex<Vec<u8>>);
         impl std::io::Write for Writer {
             fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -531,7 +749,12 @@ async fn expect_log_lines(address: &str, text: &str, count: usize) {
     while log_lines(address, text) < count && started.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(log_lines(address, text), count, "{text:?} in\n{}", log_text(address));
+    assert_eq!(
+        log_lines(address, text),
+        count,
+        "{text:?} in\n{}",
+        log_text(address)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,8 +762,15 @@ async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
     logs();
     let mut g = Gobgpd::new(gobgpd::free_port());
     let p = lab_plan();
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(p.clone()));
-    let status = h.wait(Duration::from_secs(10), "an error", |s| s.last_error.is_some()).await;
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(30)),
+        Some(p.clone()),
+    );
+    let status = h
+        .wait(Duration::from_secs(10), "an error", |s| {
+            s.last_error.is_some()
+        })
+        .await;
     assert!(!status.reachable, "{status:?}");
     assert_eq!(status.pending_operations, 6, "{status:?}");
     assert_eq!(status.applied_generation, 0);
@@ -559,11 +789,17 @@ async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
 
     // Gone again for a while: one more warning, then one more recovery.
     g.kill();
-    h.wait(Duration::from_secs(10), "gobgpd unreachable", |s| !s.reachable).await;
+    h.wait(Duration::from_secs(10), "gobgpd unreachable", |s| {
+        !s.reachable
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     g.spawn_and_wait().await.unwrap();
     wait_for_plan_in_gobgpd(&g, &p, Duration::from_secs(10)).await;
-    h.wait(Duration::from_secs(10), "recovery", |s| s.reachable && s.last_error.is_none()).await;
+    h.wait(Duration::from_secs(10), "recovery", |s| {
+        s.reachable && s.last_error.is_none()
+    })
+    .await;
     expect_log_lines(&g.address(), "gobgpd unreachable", 2).await;
     expect_log_lines(&g.address(), "read gobgpd's RIB back after an error", 1).await;
     expect_log_lines(&g.address(), "reachable and up to date again", 2).await;
@@ -572,9 +808,10 @@ async fn unreachable_gobgpd_at_start_is_reported_then_caught_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn family_gobgpd_lacks_is_reported_not_retried() {
     // gobgpd with an IPv4 RIB only: it accepts IPv6 paths and drops them.
-    let g =
-        Gobgpd::start_with("[[global.afi-safis]]\n  [global.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n")
-            .await;
+    let g = Gobgpd::start_with(
+        "[[global.afi-safis]]\n  [global.afi-safis.config]\n    afi-safi-name = \"ipv4-unicast\"\n",
+    )
+    .await;
     let p = lab_plan();
     let mut h = Herald::start(config(g.address(), Duration::from_secs(1)), Some(p.clone()));
     let status = h.converged(CONVERGE).await;
@@ -582,11 +819,18 @@ async fn family_gobgpd_lacks_is_reported_not_retried() {
     let error = status.last_error.unwrap_or_default();
     assert!(error.contains("ipv6-unicast (2 paths)"), "{error}");
     let in_rib: BTreeSet<String> = status.in_rib.iter().map(|p| p.to_string()).collect();
-    assert_eq!(in_rib, BTreeSet::from(["198.19.32.0/20".into(), "198.19.38.11/32".into()]));
+    assert_eq!(
+        in_rib,
+        BTreeSet::from(["198.19.32.0/20".into(), "198.19.38.11/32".into()])
+    );
     // No busy loop: nothing more pushed through probes and anti-entropy passes.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let status = h.status.borrow().clone();
-    assert_eq!((status.paths_added, status.paths_withdrawn), (4, 0), "{status:?}");
+    assert_eq!(
+        (status.paths_added, status.paths_withdrawn),
+        (4, 0),
+        "{status:?}"
+    );
     assert!(status.reachable);
 }
 
@@ -602,18 +846,35 @@ async fn ipv6_routes_carry_mp_reach_nlri() {
         ),
         route("2001:db8:41::7/128", &[("node-b", "2001:db8::b")], &[], &[]),
     ]);
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(30)), Some(p.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(30)),
+        Some(p.clone()),
+    );
     h.converged(CONVERGE).await;
     let listed = g.paths().await;
     assert_eq!(as_expected(&listed), expected(&p, 0, None));
-    assert!(listed.iter().all(|l| l.attribute_types.iter().any(|t| t == "MpReachNLRIAttribute")));
-    assert!(listed.iter().all(|l| !l.attribute_types.iter().any(|t| t == "NextHopAttribute")));
+    assert!(listed.iter().all(|l| {
+        l.attribute_types
+            .iter()
+            .any(|t| t == "MpReachNLRIAttribute")
+    }));
+    assert!(
+        listed
+            .iter()
+            .all(|l| !l.attribute_types.iter().any(|t| t == "NextHopAttribute"))
+    );
     let cli = g.cli(&["global", "rib", "-a", "ipv6"]);
-    assert!(cli.contains("2001:db8:40::/64") && cli.contains("2001:db8::a") && cli.contains("2001:db8::b"), "{cli}");
+    assert!(
+        cli.contains("2001:db8:40::/64")
+            && cli.contains("2001:db8::a")
+            && cli.contains("2001:db8::b"),
+        "{cli}"
+    );
 
     // Withdrawal of an IPv6 path.
     let mut less = p.clone();
-    less.routes.remove(&"2001:db8:41::7/128".parse::<ipnet::IpNet>().unwrap());
+    less.routes
+        .remove(&"2001:db8:41::7/128".parse::<ipnet::IpNet>().unwrap());
     h.publish(less.clone());
     h.converged(CONVERGE).await;
     assert_eq!(as_expected(&g.paths().await), expected(&less, 0, None));
@@ -630,7 +891,10 @@ fn big_plan(count: usize, nodes: usize, salt: u32) -> Plan {
                 let c = format!("64512:{}", salt);
                 route(
                     &format!("{ip}/32"),
-                    &[(&a, &format!("198.19.0.{}", 1 + i % nodes)), (&b, &format!("198.19.0.{}", 1 + (i + 1) % nodes))],
+                    &[
+                        (&a, &format!("198.19.0.{}", 1 + i % nodes)),
+                        (&b, &format!("198.19.0.{}", 1 + (i + 1) % nodes)),
+                    ],
                     &[c.as_str()],
                     &[],
                 )
@@ -645,7 +909,10 @@ async fn ten_thousand_paths() {
     let p = big_plan(5000, 50, 1);
     assert_eq!(p.path_count(), 10_000);
     let started = Instant::now();
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(60)), Some(p.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(60)),
+        Some(p.clone()),
+    );
     let status = h.converged(Duration::from_secs(60)).await;
     eprintln!("10,000 paths pushed in {:?}", started.elapsed());
     assert_eq!(status.paths_applied, 10_000);
@@ -670,7 +937,10 @@ async fn ten_thousand_paths() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plans_coalesce_while_gobgpd_hangs() {
     let g = Gobgpd::start().await;
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(60)), Some(lab_plan()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(60)),
+        Some(lab_plan()),
+    );
     h.converged(CONVERGE).await;
     let added = h.status.borrow().paths_added;
 
@@ -701,24 +971,40 @@ async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
     let g = Gobgpd::start().await;
     let cfg = config(g.address(), Duration::from_secs(60));
     // A short call timeout, so that the test need not wait the default 10 s.
-    let client = herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1)).unwrap();
+    let client =
+        herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1))
+            .unwrap();
     let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
-    let status = herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
+    let status =
+        herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
     let mut h = Herald { plans, status };
     h.publish(lab_plan());
     h.converged(CONVERGE).await;
 
     g.signal("STOP");
     let mut last = lab_plan();
-    last.routes.remove(&"198.19.38.11/32".parse::<ipnet::IpNet>().unwrap());
+    last.routes
+        .remove(&"198.19.38.11/32".parse::<ipnet::IpNet>().unwrap());
     h.publish(last.clone());
-    let status = h.wait(Duration::from_secs(10), "a timeout", |s| !s.reachable && s.last_error.is_some()).await;
-    assert!(status.last_error.as_deref().unwrap_or_default().contains("no answer"), "{status:?}");
+    let status = h
+        .wait(Duration::from_secs(10), "a timeout", |s| {
+            !s.reachable && s.last_error.is_some()
+        })
+        .await;
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no answer"),
+        "{status:?}"
+    );
     assert_eq!(status.pending_operations, 1, "{status:?}");
     // Retrying with backoff meanwhile; more plans come and go.
     for i in 0..20u8 {
-        last.route_mut(&"198.19.32.0/20".parse().unwrap()).unwrap().communities =
-            BTreeSet::from([Community(u32::from(i))]);
+        last.route_mut(&"198.19.32.0/20".parse().unwrap())
+            .unwrap()
+            .communities = BTreeSet::from([Community(u32::from(i))]);
         h.publish(last.clone());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -733,7 +1019,10 @@ async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
 async fn pushes_during_an_anti_entropy_read_are_kept() {
     let g = Gobgpd::start().await;
     let mut current = big_plan(5000, 50, 1);
-    let mut h = Herald::start(config(g.address(), Duration::from_secs(1)), Some(current.clone()));
+    let mut h = Herald::start(
+        config(g.address(), Duration::from_secs(1)),
+        Some(current.clone()),
+    );
     h.converged(Duration::from_secs(60)).await;
 
     // A route's communities change every 10 ms for 3.5 s: three or four reads of 10,000 paths, each
@@ -744,20 +1033,37 @@ async fn pushes_during_an_anti_entropy_read_are_kept() {
     while started.elapsed() < Duration::from_millis(3500) {
         step += 1;
         let prefix = prefixes[(step as usize * 37) % prefixes.len()];
-        current.route_mut(&prefix).unwrap().communities = BTreeSet::from([Community(64512 << 16 | step)]);
+        current.route_mut(&prefix).unwrap().communities =
+            BTreeSet::from([Community(64512 << 16 | step)]);
         h.publish(current.clone());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let status = h.converged(Duration::from_secs(30)).await;
     assert!(step > 100, "only {step} plans");
-    assert_eq!(status.repairs, 0, "herald's own pushes were taken for drift");
+    assert_eq!(
+        status.repairs, 0,
+        "herald's own pushes were taken for drift"
+    );
     assert_eq!(as_expected(&g.paths().await), expected(&current, 0, None));
     // And drift is still found: one of herald's paths deleted by hand, an operator path added.
     let mut client = g.client().await;
     let target = herald_paths(&g.paths().await).into_iter().next().unwrap();
     delete_herald_path(&mut client, &target).await;
-    g.cli(&["global", "rib", "add", "198.19.99.0/24", "nexthop", "198.19.0.9", "-a", "ipv4"]);
+    g.cli(&[
+        "global",
+        "rib",
+        "add",
+        "198.19.99.0/24",
+        "nexthop",
+        "198.19.0.9",
+        "-a",
+        "ipv4",
+    ]);
     wait_for_plan_in_gobgpd(&g, &current, Duration::from_secs(5)).await;
-    let status = h.wait(Duration::from_secs(5), "the repair counted", |s| s.repairs == 1).await;
+    let status = h
+        .wait(Duration::from_secs(5), "the repair counted", |s| {
+            s.repairs == 1
+        })
+        .await;
     assert_eq!(status.paths_applied, 10_000);
 }

@@ -31,13 +31,21 @@ impl ControlApi {
 }
 
 fn timestamp(time: std::time::SystemTime) -> herald_api::pbjson_types::Timestamp {
-    let since = time.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap_or_default();
-    herald_api::pbjson_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
+    let since = time
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    herald_api::pbjson_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
 }
 
 /// The brake as a plan snapshot shows it.
 pub fn brake(snapshot: &PlanSnapshot) -> pb::WithdrawalBrake {
-    let mut out = pb::WithdrawalBrake { enabled: snapshot.brake_enabled, ..Default::default() };
+    let mut out = pb::WithdrawalBrake {
+        enabled: snapshot.brake_enabled,
+        ..Default::default()
+    };
     if let Some(status) = &snapshot.brake {
         out.engaged = true;
         out.reason = status.reason.clone();
@@ -65,11 +73,20 @@ impl ControlService for ControlApi {
         _request: Request<pb::ReleaseBrakeRequest>,
     ) -> Result<Response<pb::ReleaseBrakeResponse>, Status> {
         let mut plans = self.plans.clone();
-        let engaged = plans.borrow_and_update().brake.as_ref().map(|b| b.engagement);
+        let engaged = plans
+            .borrow_and_update()
+            .brake
+            .as_ref()
+            .map(|b| b.engagement);
         if !plans.borrow().brake_enabled {
-            return Err(Status::failed_precondition("the withdrawal brake is off (guard.withdrawalBrake.enabled: false)"));
+            return Err(Status::failed_precondition(
+                "the withdrawal brake is off (guard.withdrawalBrake.enabled: false)",
+            ));
         }
-        info!(engaged = engaged.is_some(), "withdrawal brake release asked for over the API");
+        info!(
+            engaged = engaged.is_some(),
+            "withdrawal brake release asked for over the API"
+        );
         self.releases.send_modify(|n| *n += 1);
         if let Some(engagement) = engaged {
             let released = tokio::time::timeout(
@@ -80,7 +97,11 @@ impl ControlService for ControlApi {
             match released {
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(Status::unavailable("the planner has stopped")),
-                Err(_) => return Err(Status::deadline_exceeded("the planner did not publish the released plan in time")),
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "the planner did not publish the released plan in time",
+                    ));
+                }
             }
         }
         let snapshot = plans.borrow().clone();

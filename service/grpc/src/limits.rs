@@ -5,8 +5,8 @@
 //! by limit).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::future::Future as _;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -73,7 +73,11 @@ impl Limits {
 
     /// Counts a refusal under `limit` and makes its status.
     pub fn refuse(&self, limit: &str, reason: String) -> Status {
-        self.refused.get_or_create(&RefusedLabels { limit: limit.to_string() }).inc();
+        self.refused
+            .get_or_create(&RefusedLabels {
+                limit: limit.to_string(),
+            })
+            .inc();
         debug!(limit, %reason, "API call refused");
         Status::resource_exhausted(reason)
     }
@@ -103,7 +107,10 @@ impl Limits {
             )
         })?;
         let Some(ip) = peer else {
-            return Ok(WatchPermit { _total: total, peer: None });
+            return Ok(WatchPermit {
+                _total: total,
+                peer: None,
+            });
         };
         let mut map = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
         let count = map.entry(ip).or_default();
@@ -116,7 +123,10 @@ impl Limits {
             ));
         }
         *count += 1;
-        Ok(WatchPermit { _total: total, peer: Some((ip, self.per_peer.clone())) })
+        Ok(WatchPermit {
+            _total: total,
+            peer: Some((ip, self.per_peer.clone())),
+        })
     }
 
     /// Refuses an answer of `bytes` above `maxResponseBytes`.
@@ -152,7 +162,10 @@ pub struct CallLimitLayer {
 impl<S> tower::Layer<S> for CallLimitLayer {
     type Service = CallLimit<S>;
     fn layer(&self, inner: S) -> CallLimit<S> {
-        CallLimit { inner, limits: self.limits.clone() }
+        CallLimit {
+            inner,
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -172,7 +185,9 @@ type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send
 
 impl<S, B> tower::Service<http::Request<B>> for CallLimit<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -180,7 +195,10 @@ where
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -266,12 +284,22 @@ mod tests {
     use super::*;
 
     fn limits(calls: usize, watches: usize, per_peer: usize) -> Arc<Limits> {
-        let config = ApiLimits { max_concurrent_calls: calls, max_watch_streams: watches, max_watch_streams_per_peer: per_peer, ..ApiLimits::default() };
+        let config = ApiLimits {
+            max_concurrent_calls: calls,
+            max_watch_streams: watches,
+            max_watch_streams_per_peer: per_peer,
+            ..ApiLimits::default()
+        };
         Limits::new(config, RefusedCalls::default())
     }
 
     fn refused(limits: &Limits, limit: &str) -> u64 {
-        limits.refused.get_or_create(&RefusedLabels { limit: limit.to_string() }).get()
+        limits
+            .refused
+            .get_or_create(&RefusedLabels {
+                limit: limit.to_string(),
+            })
+            .get()
     }
 
     #[test]
@@ -281,7 +309,11 @@ mod tests {
         let _b = limits.call("ListRoutes").unwrap();
         let status = limits.call("ListRoutes").unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("maxConcurrentCalls"), "{}", status.message());
+        assert!(
+            status.message().contains("maxConcurrentCalls"),
+            "{}",
+            status.message()
+        );
         assert_eq!(refused(&limits, "concurrent_calls"), 1);
         drop(a);
         assert!(limits.call("ListRoutes").is_ok());
@@ -295,16 +327,34 @@ mod tests {
         let a = limits.watch(Some(one)).unwrap();
         let _b = limits.watch(Some(one)).unwrap();
         let status = limits.watch(Some(one)).err().unwrap();
-        assert!(status.message().contains("maxWatchStreamsPerPeer"), "{}", status.message());
+        assert!(
+            status.message().contains("maxWatchStreamsPerPeer"),
+            "{}",
+            status.message()
+        );
         let _c = limits.watch(Some(two)).unwrap();
         let status = limits.watch(Some(two)).err().unwrap();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        assert!(status.message().contains("maxWatchStreams)"), "{}", status.message());
-        assert_eq!((refused(&limits, "watch_streams_per_peer"), refused(&limits, "watch_streams")), (1, 1));
+        assert!(
+            status.message().contains("maxWatchStreams)"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(
+            (
+                refused(&limits, "watch_streams_per_peer"),
+                refused(&limits, "watch_streams")
+            ),
+            (1, 1)
+        );
         assert_eq!(limits.open_watches(), 3);
         // A closed stream frees its place in all and its peer's.
         drop(a);
         assert!(limits.watch(Some(one)).is_ok());
-        assert_eq!(limits.per_peer.lock().unwrap().get(&one), Some(&1), "the permit above was dropped again");
+        assert_eq!(
+            limits.per_peer.lock().unwrap().get(&one),
+            Some(&1),
+            "the permit above was dropped again"
+        );
     }
 }

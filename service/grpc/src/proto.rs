@@ -26,13 +26,20 @@ pub fn route(route: &Route, in_rib: bool) -> pb::Route {
         next_hops: route
             .next_hops
             .iter()
-            .map(|n| pb::NextHop { address: n.address.to_string(), node: n.node.clone() })
+            .map(|n| pb::NextHop {
+                address: n.address.to_string(),
+                node: n.node.clone(),
+            })
             .collect(),
         kind: route_kind(route.kind) as i32,
         sources: route.sources.iter().cloned().collect(),
         reason: route.reason.clone(),
         communities: route.communities.iter().map(ToString::to_string).collect(),
-        large_communities: route.large_communities.iter().map(ToString::to_string).collect(),
+        large_communities: route
+            .large_communities
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
         in_rib,
         part_of: route.part_of.map(|r| r.to_string()).unwrap_or_default(),
         left_out: route.left_out.iter().cloned().collect(),
@@ -40,7 +47,11 @@ pub fn route(route: &Route, in_rib: bool) -> pb::Route {
 }
 
 pub fn refusal(refusal: &Refusal) -> pb::Refusal {
-    pb::Refusal { service: refusal.service.to_string(), ip: refusal.ip.clone(), reason: refusal.reason.clone() }
+    pb::Refusal {
+        service: refusal.service.to_string(),
+        ip: refusal.ip.clone(),
+        reason: refusal.reason.clone(),
+    }
 }
 
 /// The whole plan as a ListRoutes answer (no filter, nothing known of gobgpd).

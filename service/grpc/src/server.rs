@@ -21,9 +21,9 @@ use super::limits::{Limits, RefusedCalls};
 use super::proto;
 use crate::cluster::ObjectKey;
 use crate::config::{ApiConfig, ApiLimits, TlsConfig};
-use crate::gobgp::inspect::{Inspector, Neighbor, WirePath};
-use crate::gobgp::paths::{desired_paths, Family};
 use crate::gobgp::SinkStatus;
+use crate::gobgp::inspect::{Inspector, Neighbor, WirePath};
+use crate::gobgp::paths::{Family, desired_paths};
 use crate::plan::{IpOutcome, Plan, PlanSnapshot, Route};
 use crate::source::SourceSnapshot;
 
@@ -71,9 +71,13 @@ impl DeltaCache {
         to: u64,
         compute: impl FnOnce() -> pb::WatchPlanResponse,
     ) -> Arc<pb::WatchPlanResponse> {
-        let lookup = |entries: &std::collections::VecDeque<(u64, u64, Arc<pb::WatchPlanResponse>)>| {
-            entries.iter().find(|(f, t, _)| *f == from && *t == to).map(|(_, _, m)| m.clone())
-        };
+        let lookup =
+            |entries: &std::collections::VecDeque<(u64, u64, Arc<pb::WatchPlanResponse>)>| {
+                entries
+                    .iter()
+                    .find(|(f, t, _)| *f == from && *t == to)
+                    .map(|(_, _, m)| m.clone())
+            };
         if let Some(found) = lookup(&self.entries.lock().unwrap_or_else(|e| e.into_inner())) {
             return found;
         }
@@ -94,23 +98,40 @@ impl DeltaCache {
 impl PlanApi {
     /// The API with the default limits.
     pub fn new(state: ApiState) -> Self {
-        Self::with_limits(state, Limits::new(ApiLimits::default(), RefusedCalls::default()))
+        Self::with_limits(
+            state,
+            Limits::new(ApiLimits::default(), RefusedCalls::default()),
+        )
     }
 
     pub fn with_limits(state: ApiState, limits: Arc<Limits>) -> Self {
-        Self { state, deltas: Arc::default(), limits }
+        Self {
+            state,
+            deltas: Arc::default(),
+            limits,
+        }
     }
 
     /// The service, with the limits' message sizes.
     pub fn into_service(self) -> PlanServiceServer<Self> {
-        let (request, response) = (self.limits.config.max_request_bytes, self.limits.config.max_response_bytes);
-        PlanServiceServer::new(self).max_decoding_message_size(request).max_encoding_message_size(response)
+        let (request, response) = (
+            self.limits.config.max_request_bytes,
+            self.limits.config.max_response_bytes,
+        );
+        PlanServiceServer::new(self)
+            .max_decoding_message_size(request)
+            .max_encoding_message_size(response)
     }
 }
 
 fn timestamp(time: SystemTime) -> herald_api::pbjson_types::Timestamp {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    herald_api::pbjson_types::Timestamp { seconds: since.as_secs() as i64, nanos: since.subsec_nanos() as i32 }
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    herald_api::pbjson_types::Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+    }
 }
 
 /// A ListRoutes filter, parsed once.
@@ -126,30 +147,53 @@ impl Filter {
         let kind = match pb::RouteKind::try_from(request.kind) {
             Ok(pb::RouteKind::Unspecified) => None,
             Ok(kind) => Some(kind),
-            Err(_) => return Err(Status::invalid_argument(format!("unknown route kind {}", request.kind))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown route kind {}",
+                    request.kind
+                )));
+            }
         };
         let prefix = match request.prefix.trim() {
             "" => None,
             text => Some(
                 text.parse::<IpNet>()
                     .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| Status::invalid_argument(format!("`{text}` is neither an IP nor a prefix")))?,
+                    .map_err(|_| {
+                        Status::invalid_argument(format!("`{text}` is neither an IP nor a prefix"))
+                    })?,
             ),
         };
-        Ok(Filter { kind, node: request.node.clone(), service: request.service.clone(), prefix })
+        Ok(Filter {
+            kind,
+            node: request.node.clone(),
+            service: request.service.clone(),
+            prefix,
+        })
     }
 
     fn matches(&self, route: &Route) -> bool {
         self.kind.is_none_or(|k| proto::route_kind(route.kind) == k)
             && (self.node.is_empty() || route.next_hops.iter().any(|n| n.node == self.node))
             && (self.service.is_empty() || route.sources.contains(&self.service))
-            && self.prefix.is_none_or(|p| route.prefix == p || (p.prefix_len() == p.max_prefix_len() && route.prefix.contains(&p.addr())))
+            && self.prefix.is_none_or(|p| {
+                route.prefix == p
+                    || (p.prefix_len() == p.max_prefix_len() && route.prefix.contains(&p.addr()))
+            })
     }
 }
 
 /// The routes that differ between two plans, as a WatchPlan message.
-fn delta(old: &Plan, new: &Plan, generation: u64, in_rib: &dyn Fn(&IpNet) -> bool) -> pb::WatchPlanResponse {
-    let mut message = pb::WatchPlanResponse { generation, ..Default::default() };
+fn delta(
+    old: &Plan,
+    new: &Plan,
+    generation: u64,
+    in_rib: &dyn Fn(&IpNet) -> bool,
+) -> pb::WatchPlanResponse {
+    let mut message = pb::WatchPlanResponse {
+        generation,
+        ..Default::default()
+    };
     for (prefix, before, after) in old.route_changes(new) {
         match (before, after) {
             (None, Some(route)) => message.added.push(proto::route(route, in_rib(&prefix))),
@@ -185,8 +229,16 @@ impl PlanService for PlanApi {
             .filter(|r| filter.service.is_empty() || r.service.to_string() == filter.service)
             .map(proto::refusal)
             .collect();
-        let response = pb::ListRoutesResponse { routes, generation: snapshot.generation, refusals };
-        self.limits.check_response("ListRoutes", prost::Message::encoded_len(&response), "; ask for part of it (--node, --service, --prefix, --kind)")?;
+        let response = pb::ListRoutesResponse {
+            routes,
+            generation: snapshot.generation,
+            refusals,
+        };
+        self.limits.check_response(
+            "ListRoutes",
+            prost::Message::encoded_len(&response),
+            "; ask for part of it (--node, --service, --prefix, --kind)",
+        )?;
         Ok(Response::new(response))
     }
 
@@ -198,7 +250,11 @@ impl PlanService for PlanApi {
         if request.name.is_empty() {
             return Err(Status::invalid_argument("name is required"));
         }
-        let namespace = if request.namespace.is_empty() { "default".to_string() } else { request.namespace };
+        let namespace = if request.namespace.is_empty() {
+            "default".to_string()
+        } else {
+            request.namespace
+        };
         let key = ObjectKey::new(namespace, request.name);
         let snapshot = self.state.plans.borrow().clone();
         let Some(explanation) = snapshot.plan.services.get(&key) else {
@@ -218,20 +274,30 @@ impl PlanService for PlanApi {
                     IpOutcome::HostRoute(p) => {
                         // The route's own reason: the policy, and which nodes for what endpoints.
                         let route = route_of(p);
-                        let mut reason = route.map_or_else(|| "host route of its own".to_string(), |r| format!("host route: {}", r.reason));
+                        let mut reason = route.map_or_else(
+                            || "host route of its own".to_string(),
+                            |r| format!("host route: {}", r.reason),
+                        );
                         if let Some(route) = route.filter(|r| !r.left_out.is_empty()) {
-                            let left_out: Vec<&str> = route.left_out.iter().map(String::as_str).collect();
+                            let left_out: Vec<&str> =
+                                route.left_out.iter().map(String::as_str).collect();
                             reason.push_str(&format!("; left out: {}", left_out.join(", ")));
                         }
                         (true, Some(*p), reason)
                     }
                     IpOutcome::CoveredByRange(p) => match route_of(p).and_then(|r| r.part_of) {
-                        Some(range) => (true, Some(*p), format!("reachable through {p}, a part of the range {range}")),
+                        Some(range) => (
+                            true,
+                            Some(*p),
+                            format!("reachable through {p}, a part of the range {range}"),
+                        ),
                         None => (true, Some(*p), format!("reachable through the range {p}")),
                     },
-                    IpOutcome::OtherPool { pool, range } => {
-                        (false, None, format!("announced by pool {pool}: inside its range {range}"))
-                    }
+                    IpOutcome::OtherPool { pool, range } => (
+                        false,
+                        None,
+                        format!("announced by pool {pool}: inside its range {range}"),
+                    ),
                     IpOutcome::NotAnnounced(reason) => (false, None, reason.clone()),
                 };
                 let pool = match &ip.outcome {
@@ -244,7 +310,9 @@ impl PlanService for PlanApi {
                     role: ip.role.as_str().to_string(),
                     announced,
                     prefix: prefix.map(|p| p.to_string()).unwrap_or_default(),
-                    next_hops: route.map(|r| proto::route(r, false).next_hops).unwrap_or_default(),
+                    next_hops: route
+                        .map(|r| proto::route(r, false).next_hops)
+                        .unwrap_or_default(),
                     reason,
                     pool,
                 }
@@ -270,7 +338,11 @@ impl PlanService for PlanApi {
             internal_traffic_policy: explanation.internal_traffic_policy.as_str().to_string(),
             r#type: explanation.type_.clone(),
             ips,
-            endpoint_nodes: explanation.endpoint_nodes.iter().map(|(n, s)| format!("{n}: {s}")).collect(),
+            endpoint_nodes: explanation
+                .endpoint_nodes
+                .iter()
+                .map(|(n, s)| format!("{n}: {s}"))
+                .collect(),
             notes: explanation.notes.clone(),
             generation: snapshot.generation,
         }))
@@ -307,11 +379,12 @@ impl PlanService for PlanApi {
                     () = tx.closed() => return,
                 }
                 let current = plans.borrow_and_update().clone();
-                let message = deltas.get_or_compute(previous.generation, current.generation, || {
-                    let in_rib = state.in_rib();
-                    let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
-                    delta(&previous.plan, &current.plan, current.generation, &has)
-                });
+                let message =
+                    deltas.get_or_compute(previous.generation, current.generation, || {
+                        let in_rib = state.in_rib();
+                        let has = |p: &IpNet| in_rib.as_ref().is_some_and(|s| s.contains(p));
+                        delta(&previous.plan, &current.plan, current.generation, &has)
+                    });
                 previous = current;
                 if tx.send(Ok((*message).clone())).await.is_err() {
                     return;
@@ -328,10 +401,15 @@ impl PlanService for PlanApi {
         let wanted = request.into_inner().node;
         let snapshot = self.state.plans.borrow().clone();
         if !wanted.is_empty() && !snapshot.plan.nodes.contains_key(&wanted) {
-            return Err(Status::not_found(format!("no node {wanted} in the cluster state")));
+            return Err(Status::not_found(format!(
+                "no node {wanted} in the cluster state"
+            )));
         }
         Ok(Response::new(pb::ListNodesResponse {
-            nodes: proto::nodes(&snapshot.plan, (!wanted.is_empty()).then_some(wanted.as_str())),
+            nodes: proto::nodes(
+                &snapshot.plan,
+                (!wanted.is_empty()).then_some(wanted.as_str()),
+            ),
             generation: snapshot.generation,
         }))
     }
@@ -341,7 +419,9 @@ impl PlanService for PlanApi {
         _request: Request<pb::DiffRibRequest>,
     ) -> Result<Response<pb::DiffRibResponse>, Status> {
         let Some(inspector) = &self.state.gobgp else {
-            return Err(Status::failed_precondition("herald runs without gobgpd (no `gobgp` in its config)"));
+            return Err(Status::failed_precondition(
+                "herald runs without gobgpd (no `gobgp` in its config)",
+            ));
         };
         let snapshot = self.state.plans.borrow().clone();
         Ok(Response::new(diff_rib(inspector, &snapshot).await?))
@@ -355,17 +435,27 @@ impl PlanService for PlanApi {
         let source = self.state.source.borrow().status.clone();
         let mut alarms = Vec::new();
         if let Some(error) = &source.last_error {
-            alarms.push(format!("source {}: {error} (keeping the last plan)", source.name));
+            alarms.push(format!(
+                "source {}: {error} (keeping the last plan)",
+                source.name
+            ));
         }
         if !source.synced {
-            alarms.push(format!("source {} has not delivered a complete cluster state yet", source.name));
+            alarms.push(format!(
+                "source {} has not delivered a complete cluster state yet",
+                source.name
+            ));
         }
         // The brake's own note is among the plan's notes: one alarm, with what it holds.
         alarms.extend(snapshot.plan.notes.iter().cloned());
         let gobgp = self.state.sink.as_ref().map(|sink| {
             let s = sink.borrow().clone();
             if !s.reachable {
-                alarms.push(format!("gobgpd at {} is unreachable: {}", s.address, s.last_error.clone().unwrap_or_default()));
+                alarms.push(format!(
+                    "gobgpd at {} is unreachable: {}",
+                    s.address,
+                    s.last_error.clone().unwrap_or_default()
+                ));
             }
             if let Some((at, what)) = &s.restart_miss {
                 // A past event: shown for a while, counted for good in the metrics.
@@ -439,7 +529,10 @@ fn wire_path(p: &WirePath) -> pb::WirePath {
 /// What is wrong with a neighbor, for a prefix of `family` (or any family herald uses).
 fn neighbor_note(n: &Neighbor, family: Option<Family>) -> Option<String> {
     if !n.is_established() {
-        return Some(format!("session not established ({}): it learns nothing from herald", n.state));
+        return Some(format!(
+            "session not established ({}): it learns nothing from herald",
+            n.state
+        ));
     }
     let missing: Vec<&str> = [(Family::Ipv4, "IPv4"), (Family::Ipv6, "IPv6")]
         .into_iter()
@@ -448,7 +541,11 @@ fn neighbor_note(n: &Neighbor, family: Option<Family>) -> Option<String> {
         .map(|(_, (_, name))| name)
         .collect();
     // Without a family given (status), only IPv4 is worth an alarm: many fabrics are IPv4 only.
-    let missing: Vec<&str> = if family.is_none() { missing.into_iter().filter(|m| *m == "IPv4").collect() } else { missing };
+    let missing: Vec<&str> = if family.is_none() {
+        missing.into_iter().filter(|m| *m == "IPv4").collect()
+    } else {
+        missing
+    };
     let add_path = (!missing.is_empty()).then(|| {
         format!(
             "ADD-PATH send not negotiated for {}: the neighbor learns one next hop per prefix, not one per node (no ECMP)",
@@ -470,12 +567,24 @@ fn neighbor_note(n: &Neighbor, family: Option<Family>) -> Option<String> {
 }
 
 /// gobgpd's RIB and adj-RIB-outs for `prefixes`.
-async fn wire_view(inspector: &Inspector, plan: &Plan, prefixes: &[IpNet]) -> Vec<pb::PrefixOnWire> {
+async fn wire_view(
+    inspector: &Inspector,
+    plan: &Plan,
+    prefixes: &[IpNet],
+) -> Vec<pb::PrefixOnWire> {
     let neighbors = inspector.neighbors().await;
     let mut out = Vec::new();
     for prefix in prefixes {
-        let planned = plan.routes.get(prefix).map(|r| proto::route(r, false).next_hops).unwrap_or_default();
-        let mut view = pb::PrefixOnWire { prefix: prefix.to_string(), planned, ..Default::default() };
+        let planned = plan
+            .routes
+            .get(prefix)
+            .map(|r| proto::route(r, false).next_hops)
+            .unwrap_or_default();
+        let mut view = pb::PrefixOnWire {
+            prefix: prefix.to_string(),
+            planned,
+            ..Default::default()
+        };
         match inspector.rib(Some(*prefix)).await {
             Ok(rib) => view.rib = rib.iter().map(wire_path).collect(),
             Err(e) => view.error = e.to_string(),
@@ -484,7 +593,10 @@ async fn wire_view(inspector: &Inspector, plan: &Plan, prefixes: &[IpNet]) -> Ve
             Ok(neighbors) => {
                 for n in neighbors {
                     let sent = if n.is_established() {
-                        inspector.adj_out(&n.address, *prefix).await.unwrap_or_default()
+                        inspector
+                            .adj_out(&n.address, *prefix)
+                            .await
+                            .unwrap_or_default()
                     } else {
                         Vec::new()
                     };
@@ -493,7 +605,11 @@ async fn wire_view(inspector: &Inspector, plan: &Plan, prefixes: &[IpNet]) -> Ve
                     if note.is_empty() && sent.len() < planned {
                         note = format!("sent {} of the {planned} planned paths", sent.len());
                     }
-                    view.neighbors.push(pb::NeighborView { neighbor: Some(neighbor(n)), sent: sent.iter().map(wire_path).collect(), note });
+                    view.neighbors.push(pb::NeighborView {
+                        neighbor: Some(neighbor(n)),
+                        sent: sent.iter().map(wire_path).collect(),
+                        note,
+                    });
                 }
             }
             Err(e) => view.error = e.to_string(),
@@ -504,21 +620,42 @@ async fn wire_view(inspector: &Inspector, plan: &Plan, prefixes: &[IpNet]) -> Ve
 }
 
 /// The plan against gobgpd's RIB, path by path.
-pub async fn diff_rib(inspector: &Inspector, snapshot: &PlanSnapshot) -> Result<pb::DiffRibResponse, Status> {
+pub async fn diff_rib(
+    inspector: &Inspector,
+    snapshot: &PlanSnapshot,
+) -> Result<pb::DiffRibResponse, Status> {
     use pb::PathState;
-    let rib = inspector.rib(None).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let rib = inspector
+        .rib(None)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
     // Identifiers as the sink gives them; attributes do not matter here.
     let desired = desired_paths(&snapshot.plan, crate::config::Origin::Igp, None);
     let node_of = |prefix: &IpNet, hop: &IpAddr| -> String {
-        snapshot.plan.routes.get(prefix).and_then(|r| r.next_hops.iter().find(|h| h.address == *hop)).map(|h| h.node.clone()).unwrap_or_default()
+        snapshot
+            .plan
+            .routes
+            .get(prefix)
+            .and_then(|r| r.next_hops.iter().find(|h| h.address == *hop))
+            .map(|h| h.node.clone())
+            .unwrap_or_default()
     };
-    let mut response = pb::DiffRibResponse { generation: snapshot.generation, ..Default::default() };
+    let mut response = pb::DiffRibResponse {
+        generation: snapshot.generation,
+        ..Default::default()
+    };
     let mut matched = std::collections::HashSet::new();
     for path in &rib {
-        let key = crate::gobgp::paths::PathKey { prefix: path.prefix, identifier: path.identifier };
+        let key = crate::gobgp::paths::PathKey {
+            prefix: path.prefix,
+            identifier: path.identifier,
+        };
         let state = if !path.herald {
             PathState::Foreign
-        } else if desired.get(&key).is_some_and(|a| Some(a.next_hop) == path.next_hop) {
+        } else if desired
+            .get(&key)
+            .is_some_and(|a| Some(a.next_hop) == path.next_hop)
+        {
             matched.insert(key);
             PathState::InSync
         } else {
@@ -529,7 +666,13 @@ pub async fn diff_rib(inspector: &Inspector, snapshot: &PlanSnapshot) -> Result<
             (PathState::InSync, Some(hop)) => node_of(&path.prefix, &hop),
             _ => String::new(),
         };
-        response.entries.push(pb::RibEntry { prefix: path.prefix.to_string(), next_hop, node, identifier: path.identifier, state: state as i32 });
+        response.entries.push(pb::RibEntry {
+            prefix: path.prefix.to_string(),
+            next_hop,
+            node,
+            identifier: path.identifier,
+            state: state as i32,
+        });
     }
     for (key, attrs) in desired.iter().filter(|(k, _)| !matched.contains(*k)) {
         response.entries.push(pb::RibEntry {
@@ -540,7 +683,9 @@ pub async fn diff_rib(inspector: &Inspector, snapshot: &PlanSnapshot) -> Result<
             state: PathState::Missing as i32,
         });
     }
-    response.entries.sort_by(|a, b| (&a.prefix, &a.next_hop, a.identifier).cmp(&(&b.prefix, &b.next_hop, b.identifier)));
+    response.entries.sort_by(|a, b| {
+        (&a.prefix, &a.next_hop, a.identifier).cmp(&(&b.prefix, &b.next_hop, b.identifier))
+    });
     for e in &response.entries {
         match PathState::try_from(e.state) {
             Ok(PathState::InSync) => response.in_sync += 1,
@@ -586,7 +731,8 @@ pub async fn serve(
     let listener = bind(api.listen)?;
     let health = health_service(state.plans.clone()).await;
     if let Some(listen) = api.health_listen {
-        let listener = tokio::net::TcpListener::from_std(bind(listen)?).map_err(|source| ServeError::Bind { listen, source })?;
+        let listener = tokio::net::TcpListener::from_std(bind(listen)?)
+            .map_err(|source| ServeError::Bind { listen, source })?;
         let health = health.clone();
         tokio::spawn(async move {
             if let Err(error) = serve_health(listener, health).await {
@@ -608,7 +754,8 @@ pub async fn serve(
                 .build();
             let result = match runtime {
                 Ok(runtime) => runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| ServeError::Bind { listen, source })?;
+                    let listener = tokio::net::TcpListener::from_std(listener)
+                        .map_err(|source| ServeError::Bind { listen, source })?;
                     serve_limited(listener, tls, state, limits, health, shutdown).await
                 }),
                 Err(source) => Err(ServeError::Runtime(source)),
@@ -616,7 +763,11 @@ pub async fn serve(
             let _ = done_tx.send(result);
         })
         .map_err(ServeError::Runtime)?;
-    done_rx.await.unwrap_or_else(|_| Err(ServeError::Runtime(std::io::Error::other("the API's thread ended without a result (a panic)"))))
+    done_rx.await.unwrap_or_else(|_| {
+        Err(ServeError::Runtime(std::io::Error::other(
+            "the API's thread ended without a result (a panic)",
+        )))
+    })
 }
 
 /// How much lower the plan API's threads run than the rest of herald (nice, Linux's per-thread
@@ -625,7 +776,8 @@ const API_NICE: libc::c_int = 10;
 
 fn lower_priority() {
     // SAFETY: gettid and setpriority take no pointers; they change this thread's priority only.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, API_NICE) };
+    let result =
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, API_NICE) };
     if result != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the API thread's priority");
     }
@@ -633,9 +785,13 @@ fn lower_priority() {
 
 /// grpc.health.v1: liveness ("") serving from the start, readiness (herald.v1.PlanService) once a
 /// plan exists.
-pub async fn health_service(mut plans: watch::Receiver<PlanSnapshot>) -> HealthServer<HealthService> {
+pub async fn health_service(
+    mut plans: watch::Receiver<PlanSnapshot>,
+) -> HealthServer<HealthService> {
     let (health, _) = tonic_health::server::health_reporter();
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
     health.set_not_serving::<PlanServiceServer<PlanApi>>().await;
     let service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
     tokio::spawn(async move {
@@ -654,7 +810,10 @@ pub async fn health_service(mut plans: watch::Receiver<PlanSnapshot>) -> HealthS
 }
 
 /// The health listener: grpc.health.v1 and nothing else, plaintext, small messages.
-pub async fn serve_health(listener: tokio::net::TcpListener, health: HealthServer<HealthService>) -> Result<(), ServeError> {
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    health: HealthServer<HealthService>,
+) -> Result<(), ServeError> {
     info!(listen = ?listener.local_addr().ok(), "health listener serving grpc.health.v1");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -671,9 +830,15 @@ pub async fn serve_health(listener: tokio::net::TcpListener, health: HealthServe
 /// Reads the server's certificate and key, and the client CA that turns on client authentication.
 fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| ServeError::Tls { path: path.to_path_buf(), source })
+        std::fs::read(path).map_err(|source| ServeError::Tls {
+            path: path.to_path_buf(),
+            source,
+        })
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?));
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read(&tls.cert_file)?,
+        read(&tls.key_file)?,
+    ));
     if let Some(ca) = &tls.client_ca_file {
         config = config.client_ca_root(Certificate::from_pem(read(ca)?));
     }
@@ -683,9 +848,15 @@ fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, ServeError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {listen}: {source}")]
-    Bind { listen: SocketAddr, source: std::io::Error },
+    Bind {
+        listen: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read TLS file {path}: {source}")]
-    Tls { path: std::path::PathBuf, source: std::io::Error },
+    Tls {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
@@ -731,7 +902,9 @@ pub async fn serve_limited(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let control = state.brake_releases.clone().map(|releases| super::control::ControlApi::new(state.plans.clone(), releases).into_service());
+    let control = state.brake_releases.clone().map(|releases| {
+        super::control::ControlApi::new(state.plans.clone(), releases).into_service()
+    });
     builder
         .tcp_nodelay(true)
         .timeout(config.call_timeout.0)
@@ -739,7 +912,9 @@ pub async fn serve_limited(
         .http2_keepalive_interval(Some(config.keepalive_interval.0))
         .http2_keepalive_timeout(Some(config.keepalive_timeout.0))
         .tcp_keepalive(Some(config.keepalive_interval.0))
-        .layer(super::limits::CallLimitLayer { limits: limits.clone() })
+        .layer(super::limits::CallLimitLayer {
+            limits: limits.clone(),
+        })
         .add_optional_service(control)
         .add_service(PlanApi::with_limits(state, limits).into_service())
         .add_service(reflection_v1)
@@ -749,4 +924,3 @@ pub async fn serve_limited(
         .await?;
     Ok(())
 }
-

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::events::{Reporting, CONTROLLER};
+use crate::events::{CONTROLLER, Reporting};
 use crate::plan::PlanSnapshot;
 
 pub const ENGAGED: &str = "WithdrawalBrakeEngaged";
@@ -47,8 +47,13 @@ pub fn spawn_brake_recorder(
                     // A release from before this replica led is old news; an engagement under way is not.
                     released_told = snapshot.brake_released.as_ref().map(|r| r.engagement);
                 }
-                if let Some(brake) = snapshot.brake.as_deref().filter(|b| engaged_told != Some(b.engagement)) {
-                    let mut nodes: Vec<&str> = brake.nodes.iter().map(String::as_str).take(10).collect();
+                if let Some(brake) = snapshot
+                    .brake
+                    .as_deref()
+                    .filter(|b| engaged_told != Some(b.engagement))
+                {
+                    let mut nodes: Vec<&str> =
+                        brake.nodes.iter().map(String::as_str).take(10).collect();
                     if brake.nodes.len() > nodes.len() {
                         nodes.push("...");
                     }
@@ -61,7 +66,17 @@ pub fn spawn_brake_recorder(
                         nodes.join(", "),
                         brake.prefixes
                     );
-                    match publish(&client, &reporting, &lease, ENGAGED, "Warning", brake.engagement, note).await {
+                    match publish(
+                        &client,
+                        &reporting,
+                        &lease,
+                        ENGAGED,
+                        "Warning",
+                        brake.engagement,
+                        note,
+                    )
+                    .await
+                    {
                         Ok(()) => engaged_told = Some(brake.engagement),
                         Err(error) => {
                             warn!(%error, "cannot record the WithdrawalBrakeEngaged Event; will retry");
@@ -69,9 +84,23 @@ pub fn spawn_brake_recorder(
                         }
                     }
                 }
-                if let Some(released) = snapshot.brake_released.as_deref().filter(|r| released_told != Some(r.engagement)) {
+                if let Some(released) = snapshot
+                    .brake_released
+                    .as_deref()
+                    .filter(|r| released_told != Some(r.engagement))
+                {
                     let note = format!("withdrawal brake released: {}", released.why);
-                    match publish(&client, &reporting, &lease, RELEASED, "Normal", released.engagement, note).await {
+                    match publish(
+                        &client,
+                        &reporting,
+                        &lease,
+                        RELEASED,
+                        "Normal",
+                        released.engagement,
+                        note,
+                    )
+                    .await
+                    {
                         Ok(()) => released_told = Some(released.engagement),
                         Err(error) => {
                             warn!(%error, "cannot record the WithdrawalBrakeReleased Event; will retry");
@@ -115,7 +144,12 @@ async fn publish(
             // "already exists", two engagements make two Events.
             name: Some(format!(
                 "{name}.{:016x}",
-                crate::events::fnv1a64(&[&reporting.instance, reason, &engagement.to_string(), &std::process::id().to_string()])
+                crate::events::fnv1a64(&[
+                    &reporting.instance,
+                    reason,
+                    &engagement.to_string(),
+                    &std::process::id().to_string()
+                ])
             )),
             namespace: Some(namespace.clone()),
             ..Default::default()

@@ -4,14 +4,18 @@
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 
-use crate::cluster::{AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
+use crate::cluster::{
+    AddressType, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy,
+};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectKey {
     ObjectKey::new(
-        meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
         meta.name.clone().unwrap_or_default(),
     )
 }
@@ -56,7 +60,11 @@ pub fn from_service(service: &core::Service) -> Service {
         .collect();
     Service {
         key: key(&service.metadata),
-        type_: spec.type_.as_deref().map(ServiceType::from).unwrap_or_default(),
+        type_: spec
+            .type_
+            .as_deref()
+            .map(ServiceType::from)
+            .unwrap_or_default(),
         cluster_ips,
         external_ips: spec.external_ips.unwrap_or_default(),
         load_balancer_ips,
@@ -77,7 +85,12 @@ fn traffic_policy(value: Option<&str>) -> TrafficPolicy {
 pub fn from_endpoint_slice(slice: &discovery::EndpointSlice) -> EndpointSlice {
     EndpointSlice {
         key: key(&slice.metadata),
-        service_name: slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).cloned(),
+        service_name: slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+            .cloned(),
         address_type: AddressType::parse(&slice.address_type),
         endpoints: slice
             .endpoints

@@ -56,7 +56,11 @@ struct Cause {
 
 impl Cause {
     fn of(refusal: &Refusal) -> Self {
-        Self { service: refusal.service.clone(), ip: refusal.ip.clone(), reason: refusal.reason.clone() }
+        Self {
+            service: refusal.service.clone(),
+            ip: refusal.ip.clone(),
+            reason: refusal.reason.clone(),
+        }
     }
 }
 
@@ -81,19 +85,33 @@ pub struct Reporting {
 /// record while holding it. Release the candidate on shutdown: another replica then takes over at
 /// once.
 pub fn spawn(client: Client, config: &Config, plans: watch::Receiver<PlanSnapshot>) -> Candidate {
-    let settings = LeaseSettings::from_config(&config.events, &config.pool, client.default_namespace());
+    let settings =
+        LeaseSettings::from_config(&config.events, &config.pool, client.default_namespace());
     let instance = settings.identity.clone();
     let lease = (settings.namespace.clone(), settings.name.clone());
     let candidate = lease::spawn_candidate(client.clone(), settings);
-    let reporting = Reporting { pool: config.pool.clone(), instance, leading: candidate.leading() };
-    crate::brake_events::spawn_brake_recorder(client.clone(), plans.clone(), reporting.clone(), lease);
+    let reporting = Reporting {
+        pool: config.pool.clone(),
+        instance,
+        leading: candidate.leading(),
+    };
+    crate::brake_events::spawn_brake_recorder(
+        client.clone(),
+        plans.clone(),
+        reporting.clone(),
+        lease,
+    );
     spawn_event_recorder(client, plans, reporting);
     candidate
 }
 
 /// Records Events for the refusals of each plan published on `plans` while `reporting.leading`,
 /// until the plan sender is gone.
-pub fn spawn_event_recorder(client: Client, plans: watch::Receiver<PlanSnapshot>, reporting: Reporting) -> JoinHandle<()> {
+pub fn spawn_event_recorder(
+    client: Client,
+    plans: watch::Receiver<PlanSnapshot>,
+    reporting: Reporting,
+) -> JoinHandle<()> {
     tokio::spawn(EventRecorder::new(client, reporting).run(plans))
 }
 
@@ -161,8 +179,10 @@ impl EventRecorder {
                 recorded.absent_since = Some(now);
             }
         }
-        self.recorded
-            .retain(|_, r| r.absent_since.is_none_or(|since| now.duration_since(since) < FORGET_AFTER));
+        self.recorded.retain(|_, r| {
+            r.absent_since
+                .is_none_or(|since| now.duration_since(since) < FORGET_AFTER)
+        });
 
         let mut complete = true;
         let mut uids: BTreeMap<ObjectKey, Option<core::Service>> = BTreeMap::new();
@@ -180,7 +200,8 @@ impl EventRecorder {
             let service = match uids.get(&cause.service) {
                 Some(service) => service.clone(),
                 None => {
-                    let api: Api<core::Service> = Api::namespaced(self.client.clone(), &cause.service.namespace);
+                    let api: Api<core::Service> =
+                        Api::namespaced(self.client.clone(), &cause.service.namespace);
                     match api.get_opt(&cause.service.name).await {
                         Ok(service) => {
                             uids.insert(cause.service.clone(), service.clone());
@@ -217,7 +238,13 @@ impl EventRecorder {
                             debug!(service = %cause.service, ip = %cause.ip, "IPRefused Event already recorded")
                         }
                     }
-                    self.recorded.insert(cause, Recorded { uid, absent_since: None });
+                    self.recorded.insert(
+                        cause,
+                        Recorded {
+                            uid,
+                            absent_since: None,
+                        },
+                    );
                 }
                 Err(error) => {
                     warn!(service = %cause.service, ip = %cause.ip, %error, "cannot record IPRefused Event; will retry");
@@ -228,7 +255,11 @@ impl EventRecorder {
         complete
     }
 
-    async fn publish(&self, service: &core::Service, refusal: &Refusal) -> Result<Published, kube::Error> {
+    async fn publish(
+        &self,
+        service: &core::Service,
+        refusal: &Refusal,
+    ) -> Result<Published, kube::Error> {
         let mut note = format!(
             "{} IP {} is not announced over BGP: {}",
             refusal.role.as_str(),
@@ -237,7 +268,10 @@ impl EventRecorder {
         );
         truncate(&mut note, 1024);
         let regarding = service.object_ref(&());
-        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_string());
+        let namespace = regarding
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
         let event = events::Event {
             metadata: ObjectMeta {
                 name: Some(event_name(service, refusal)),
@@ -268,7 +302,10 @@ impl EventRecorder {
 fn event_name(service: &core::Service, refusal: &Refusal) -> String {
     let uid = service.metadata.uid.as_deref().unwrap_or_default();
     let name = service.metadata.name.as_deref().unwrap_or(CONTROLLER);
-    format!("{name}.{:016x}", fnv1a64(&[uid, &refusal.ip, &refusal.reason]))
+    format!(
+        "{name}.{:016x}",
+        fnv1a64(&[uid, &refusal.ip, &refusal.reason])
+    )
 }
 
 /// FNV-1a (64 bits) of the parts, each ended by a NUL: stable, unlike std's hashers.
@@ -295,7 +332,11 @@ fn truncate(text: &mut String, max: usize) {
 }
 
 /// The causes of a set of refusals, for tests: what one Event each is expected for.
-pub fn causes<'a>(refusals: impl IntoIterator<Item = &'a Refusal>) -> BTreeSet<(ObjectKey, String, String)> {
-    refusals.into_iter().map(|r| (r.service.clone(), r.ip.clone(), r.reason.clone())).collect()
+pub fn causes<'a>(
+    refusals: impl IntoIterator<Item = &'a Refusal>,
+) -> BTreeSet<(ObjectKey, String, String)> {
+    refusals
+        .into_iter()
+        .map(|r| (r.service.clone(), r.ip.clone(), r.reason.clone()))
+        .collect()
 }
-

@@ -51,11 +51,18 @@ impl LeaseSettings {
         let namespace = config
             .lease_namespace
             .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|ns| !ns.is_empty()))
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|ns| !ns.is_empty())
+            })
             .unwrap_or_else(|| default_namespace.to_string());
         LeaseSettings {
             namespace,
-            name: config.lease_name.clone().unwrap_or_else(|| default_name(pool)),
+            name: config
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| default_name(pool)),
             identity: identity(),
             duration: config.lease_duration.0,
         }
@@ -82,7 +89,11 @@ impl LeaseSettings {
 pub fn identity() -> String {
     match std::env::var("POD_NAME") {
         Ok(name) if !name.is_empty() => name,
-        _ => format!("{}_{}", hostname().unwrap_or_else(|| "herald".to_string()), std::process::id()),
+        _ => format!(
+            "{}_{}",
+            hostname().unwrap_or_else(|| "herald".to_string()),
+            std::process::id()
+        ),
     }
 }
 
@@ -129,9 +140,17 @@ impl Drop for Candidate {
 pub fn spawn_candidate(client: Client, settings: LeaseSettings) -> Candidate {
     let (leading_tx, leading) = watch::channel(false);
     let (release, released) = tokio::sync::oneshot::channel();
-    let elector = Elector { api: Api::namespaced(client, &settings.namespace), settings, observed: None };
+    let elector = Elector {
+        api: Api::namespaced(client, &settings.namespace),
+        settings,
+        observed: None,
+    };
     let task = tokio::spawn(elector.run(leading_tx, released));
-    Candidate { leading, release: Some(release), task }
+    Candidate {
+        leading,
+        release: Some(release),
+        task,
+    }
 }
 
 /// The outcome of one look at the Lease.
@@ -151,7 +170,11 @@ struct Elector {
 }
 
 impl Elector {
-    async fn run(mut self, leading: watch::Sender<bool>, mut released: tokio::sync::oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        leading: watch::Sender<bool>,
+        mut released: tokio::sync::oneshot::Receiver<()>,
+    ) {
         let lease = format!("{}/{}", self.settings.namespace, self.settings.name);
         let identity = self.settings.identity.clone();
         let retry = self.settings.retry_period();
@@ -192,8 +215,12 @@ impl Elector {
                         holder = other;
                     }
                 }
-                Ok(Err(error)) => warn!(%lease, %identity, %error, "cannot read or write the Events Lease"),
-                Err(_) => warn!(%lease, %identity, "the API server did not answer about the Events Lease in time"),
+                Ok(Err(error)) => {
+                    warn!(%lease, %identity, %error, "cannot read or write the Events Lease")
+                }
+                Err(_) => {
+                    warn!(%lease, %identity, "the API server did not answer about the Events Lease in time")
+                }
             }
             if let Some(at) = renewed
                 && at.elapsed() >= deadline
@@ -213,9 +240,15 @@ impl Elector {
             leading.send_replace(false);
             match tokio::time::timeout(deadline, self.release()).await {
                 Ok(Ok(true)) => info!(%lease, %identity, "released the Events Lease"),
-                Ok(Ok(false)) => debug!(%lease, %identity, "the Events Lease was no longer ours to release"),
-                Ok(Err(error)) => warn!(%lease, %identity, %error, "cannot release the Events Lease; it expires by itself"),
-                Err(_) => warn!(%lease, %identity, "releasing the Events Lease timed out; it expires by itself"),
+                Ok(Ok(false)) => {
+                    debug!(%lease, %identity, "the Events Lease was no longer ours to release")
+                }
+                Ok(Err(error)) => {
+                    warn!(%lease, %identity, %error, "cannot release the Events Lease; it expires by itself")
+                }
+                Err(_) => {
+                    warn!(%lease, %identity, "releasing the Events Lease timed out; it expires by itself")
+                }
             }
         }
     }
@@ -224,7 +257,10 @@ impl Elector {
     async fn attempt(&mut self) -> Result<Attempt, kube::Error> {
         let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.settings.name.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.settings.name.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.record(None)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -232,7 +268,9 @@ impl Elector {
                     self.observe(&created);
                     Ok(Attempt::Holding)
                 }
-                Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Attempt::Standby(None)),
+                Err(kube::Error::Api(status)) if status.is_already_exists() => {
+                    Ok(Attempt::Standby(None))
+                }
                 Err(error) => Err(error),
             };
         };
@@ -258,7 +296,11 @@ impl Elector {
         lease.spec = Some(self.record(Some(spec)));
         // `replace` sends the resourceVersion read above: if anyone wrote since, the API server
         // answers 409 and the other writer has won.
-        match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(replaced) => {
                 self.observe(&replaced);
                 Ok(Attempt::Holding)
@@ -281,10 +323,18 @@ impl Elector {
         LeaseSpec {
             holder_identity: Some(self.settings.identity.clone()),
             lease_duration_seconds: Some(self.settings.duration_seconds()),
-            acquire_time: if ours { current.acquire_time.or_else(|| Some(now.clone())) } else { Some(now.clone()) },
+            acquire_time: if ours {
+                current.acquire_time.or_else(|| Some(now.clone()))
+            } else {
+                Some(now.clone())
+            },
             renew_time: Some(now),
             // Counts the changes of holder, as client-go does: 0 for the first.
-            lease_transitions: Some(if ours || new { transitions } else { transitions.saturating_add(1) }),
+            lease_transitions: Some(if ours || new {
+                transitions
+            } else {
+                transitions.saturating_add(1)
+            }),
             ..current
         }
     }
@@ -293,7 +343,11 @@ impl Elector {
     fn observe(&mut self, lease: &Lease) -> Instant {
         let now = Instant::now();
         let version = lease.metadata.resource_version.clone().unwrap_or_default();
-        if self.observed.as_ref().is_none_or(|(seen, _)| *seen != version) {
+        if self
+            .observed
+            .as_ref()
+            .is_none_or(|(seen, _)| *seen != version)
+        {
             self.observed = Some((version, now));
         }
         now
@@ -301,15 +355,23 @@ impl Elector {
 
     /// Gives the Lease up if it is still ours: an empty holder, which any candidate may take.
     async fn release(&mut self) -> Result<bool, kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else { return Ok(false) };
-        let Some(spec) = lease.spec.as_mut() else { return Ok(false) };
+        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+            return Ok(false);
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(false);
+        };
         if spec.holder_identity.as_deref() != Some(self.settings.identity.as_str()) {
             return Ok(false);
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
-        match self.api.replace(&self.settings.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.settings.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(status)) if status.is_conflict() => Ok(false),
             Err(error) => Err(error),
@@ -337,17 +399,26 @@ mod tests {
 
     #[test]
     fn settings_from_the_config_and_their_defaults() {
-        let config = Config::parse("pool: pool-a\nevents: {leaseNamespace: herald-pool-a}\n").unwrap();
+        let config =
+            Config::parse("pool: pool-a\nevents: {leaseNamespace: herald-pool-a}\n").unwrap();
         let settings = LeaseSettings::from_config(&config.events, &config.pool, "default");
         assert_eq!(settings.name, "herald-events-pool-a");
         assert_eq!(settings.namespace, "herald-pool-a");
         assert_eq!(settings.duration, Duration::from_secs(15));
-        assert_eq!((settings.retry_period(), settings.renew_deadline()), (Duration::from_secs(3), Duration::from_secs(10)));
+        assert_eq!(
+            (settings.retry_period(), settings.renew_deadline()),
+            (Duration::from_secs(3), Duration::from_secs(10))
+        );
         assert_eq!(settings.duration_seconds(), 15);
 
-        let config = Config::parse("events: {leaseDuration: 4s, leaseName: voice, leaseNamespace: ns}\n").unwrap();
+        let config =
+            Config::parse("events: {leaseDuration: 4s, leaseName: voice, leaseNamespace: ns}\n")
+                .unwrap();
         let settings = LeaseSettings::from_config(&config.events, &config.pool, "default");
-        assert_eq!((settings.name.as_str(), settings.namespace.as_str()), ("voice", "ns"));
+        assert_eq!(
+            (settings.name.as_str(), settings.namespace.as_str()),
+            ("voice", "ns")
+        );
         assert_eq!(settings.duration, Duration::from_secs(4));
         assert_eq!(default_name(&config.pool), "herald-events-default");
     }
@@ -358,7 +429,10 @@ mod tests {
         assert_eq!(jittered(period, false), period);
         for _ in 0..100 {
             let d = jittered(period, true);
-            assert!(d >= Duration::from_millis(2700) && d <= Duration::from_millis(3300), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(2700) && d <= Duration::from_millis(3300),
+                "{d:?}"
+            );
         }
     }
 }

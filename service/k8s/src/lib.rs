@@ -14,8 +14,8 @@ pub mod lease;
 mod manifest;
 pub mod source;
 
-pub use convert::{from_endpoint_slice, from_node, from_service, SERVICE_NAME_LABEL};
-pub use manifest::{parse_manifest, ManifestError};
+pub use convert::{SERVICE_NAME_LABEL, from_endpoint_slice, from_node, from_service};
+pub use manifest::{ManifestError, parse_manifest};
 
 // herald-core's modules, under the paths the modules here name them by (`crate::config::...`).
 use herald_core::{cluster, config, plan};

@@ -14,12 +14,20 @@ use crate::convert::{from_endpoint_slice, from_node, from_service};
 pub enum ManifestError {
     #[error("malformed YAML: {0}")]
     Yaml(String),
-    #[error("no objects: the file holds no YAML document (an empty cluster is written `kind: List` with `items: []`)")]
+    #[error(
+        "no objects: the file holds no YAML document (an empty cluster is written `kind: List` with `items: []`)"
+    )]
     Empty,
     #[error("document {document}: {reason}")]
     Document { document: usize, reason: String },
     #[error("document {document}, item {item} ({kind} {name}): {reason}")]
-    Object { document: usize, item: String, kind: String, name: String, reason: String },
+    Object {
+        document: usize,
+        item: String,
+        kind: String,
+        name: String,
+        reason: String,
+    },
 }
 
 /// Parses every Service, EndpointSlice and Node in `text`. Other kinds (Pods, Endpoints, ...) are
@@ -31,8 +39,9 @@ pub enum ManifestError {
 /// time, not the tree of the whole file (a `List` of a large cluster is one document, and as one
 /// tree takes many times its size in memory: BENCHMARKS.md, figures behind choices).
 pub fn parse_manifest(text: &str) -> Result<ClusterState, ManifestError> {
-    let documents: Vec<Document> = serde_saphyr::from_multiple_with_options(text, options(text.len()))
-        .map_err(|e| ManifestError::Yaml(e.to_string()))?;
+    let documents: Vec<Document> =
+        serde_saphyr::from_multiple_with_options(text, options(text.len()))
+            .map_err(|e| ManifestError::Yaml(e.to_string()))?;
     let mut state = ClusterState::default();
     let mut saw_document = false;
     for (index, document) in documents.into_iter().enumerate() {
@@ -48,7 +57,11 @@ pub fn parse_manifest(text: &str) -> Result<ClusterState, ManifestError> {
             Document::Object { fields, items } => (fields, items),
         };
         saw_document = true;
-        let kind = fields.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+        let kind = fields
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if kind == "List" || (kind.ends_with("List") && items.is_some()) {
             let items = match items {
                 Some(Items::Read(items)) => items,
@@ -71,7 +84,11 @@ pub fn parse_manifest(text: &str) -> Result<ClusterState, ManifestError> {
         } else {
             // Not a List: the document is the object (no kind herald reads has `items`, and the
             // object readers skip fields they do not know).
-            add(&mut state, number, read_object("-", &Value::Object(fields), None))?;
+            add(
+                &mut state,
+                number,
+                read_object("-", &Value::Object(fields), None),
+            )?;
         }
     }
     if !saw_document {
@@ -111,14 +128,29 @@ struct ObjectError {
     reason: String,
 }
 
-fn add(state: &mut ClusterState, document: usize, read: Result<Option<Object>, ObjectError>) -> Result<(), ManifestError> {
+fn add(
+    state: &mut ClusterState,
+    document: usize,
+    read: Result<Option<Object>, ObjectError>,
+) -> Result<(), ManifestError> {
     match read {
         Ok(Some(Object::Service(service))) => state.insert_service(service),
         Ok(Some(Object::EndpointSlice(slice))) => state.insert_endpoint_slice(slice),
         Ok(Some(Object::Node(node))) => state.insert_node(node),
         Ok(None) => {}
-        Err(ObjectError { item, kind, name, reason }) => {
-            return Err(ManifestError::Object { document, item, kind, name, reason });
+        Err(ObjectError {
+            item,
+            kind,
+            name,
+            reason,
+        }) => {
+            return Err(ManifestError::Object {
+                document,
+                item,
+                kind,
+                name,
+                reason,
+            });
         }
     }
     Ok(())
@@ -130,7 +162,10 @@ enum Document {
     /// Not a mapping: what it is instead.
     Other(&'static str),
     /// A mapping: its fields but `items`, and `items` as read.
-    Object { fields: serde_json::Map<String, Value>, items: Option<Items> },
+    Object {
+        fields: serde_json::Map<String, Value>,
+        items: Option<Items>,
+    },
 }
 
 /// A document's `items`.
@@ -224,7 +259,9 @@ impl<'de> Deserialize<'de> for Items {
                         }
                         continue;
                     }
-                    let Some(object) = seq.next_element::<Value>()? else { break };
+                    let Some(object) = seq.next_element::<Value>()? else {
+                        break;
+                    };
                     let item = if object.get("kind").is_some_and(Value::is_string) {
                         let read = read_object(&items.len().to_string(), &object, None);
                         failed = read.is_err();
@@ -270,7 +307,11 @@ impl<'de> Deserialize<'de> for Items {
 }
 
 /// Reads one object (`item`: its place in its List, or "-"); None for kinds herald does not read.
-fn read_object(item: &str, object: &Value, implied_kind: Option<&str>) -> Result<Option<Object>, ObjectError> {
+fn read_object(
+    item: &str,
+    object: &Value,
+    implied_kind: Option<&str>,
+) -> Result<Option<Object>, ObjectError> {
     let name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -287,26 +328,51 @@ fn read_object(item: &str, object: &Value, implied_kind: Option<&str>) -> Result
             });
         }
     };
-    let error = |reason: String| ObjectError { item: item.to_string(), kind: kind.clone(), name: name.clone(), reason };
+    let error = |reason: String| ObjectError {
+        item: item.to_string(),
+        kind: kind.clone(),
+        name: name.clone(),
+        reason,
+    };
     if !object.is_object() {
-        return Err(error(format!("expected an object, found {}", json_type(object))));
+        return Err(error(format!(
+            "expected an object, found {}",
+            json_type(object)
+        )));
     }
-    if object.pointer("/metadata/name").and_then(Value::as_str).is_none()
+    if object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_none()
         && matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node")
     {
         // `name: no` is YAML 1.1's `false`: say so rather than "missing".
         let found = object.pointer("/metadata/name").filter(|v| !v.is_null());
-        return Err(error(found.map_or("`metadata.name` is missing".to_string(), |v| {
-            format!("`metadata.name` must be a string, found {} (quote it)", json_type(v))
-        })));
+        return Err(error(found.map_or(
+            "`metadata.name` is missing".to_string(),
+            |v| {
+                format!(
+                    "`metadata.name` must be a string, found {} (quote it)",
+                    json_type(v)
+                )
+            },
+        )));
     }
     Ok(match kind.as_str() {
-        "Service" => Some(Object::Service(from_service(&typed::<core::Service>(object).map_err(error)?))),
-        "EndpointSlice" => {
-            Some(Object::EndpointSlice(from_endpoint_slice(&typed::<discovery::EndpointSlice>(object).map_err(error)?)))
+        "Service" => Some(Object::Service(from_service(
+            &typed::<core::Service>(object).map_err(error)?,
+        ))),
+        "EndpointSlice" => Some(Object::EndpointSlice(from_endpoint_slice(
+            &typed::<discovery::EndpointSlice>(object).map_err(error)?,
+        ))),
+        "Node" => Some(Object::Node(from_node(
+            &typed::<core::Node>(object).map_err(error)?,
+        ))),
+        "List" => {
+            return Err(error(
+                "a List inside a List is not something kubectl prints".to_string(),
+            ));
         }
-        "Node" => Some(Object::Node(from_node(&typed::<core::Node>(object).map_err(error)?))),
-        "List" => return Err(error("a List inside a List is not something kubectl prints".to_string())),
         _ => None,
     })
 }
@@ -315,7 +381,15 @@ fn typed<T: DeserializeOwned>(object: &Value) -> Result<T, String> {
     // serde quotes a value of the wrong type whole: keep the message about a huge one short.
     T::deserialize(object).map_err(|e| {
         let (e, n) = (e.to_string(), e.to_string().chars().count());
-        if n <= 400 { e } else { format!("{}…{}", e.chars().take(200).collect::<String>(), e.chars().skip(n - 100).collect::<String>()) }
+        if n <= 400 {
+            e
+        } else {
+            format!(
+                "{}…{}",
+                e.chars().take(200).collect::<String>(),
+                e.chars().skip(n - 100).collect::<String>()
+            )
+        }
     })
 }
 
@@ -336,26 +410,55 @@ mod tests {
 
     fn service(name: &str, kind: bool) -> String {
         let kind = if kind { "  kind: Service\n" } else { "" };
-        format!("- apiVersion: v1\n{kind}  metadata:\n    name: {name}\n    namespace: ns\n  spec:\n    clusterIP: 10.96.0.1\n")
+        format!(
+            "- apiVersion: v1\n{kind}  metadata:\n    name: {name}\n    namespace: ns\n  spec:\n    clusterIP: 10.96.0.1\n"
+        )
     }
 
     #[test]
     fn items_before_kind_as_kubectl_prints_them() {
         // kubectl sorts keys: `items` comes before `kind`, so an item without a kind of its own
         // waits for the List's.
-        let yaml = format!("apiVersion: v1\nitems:\n{}{}kind: ServiceList\nmetadata: {{}}\n", service("a", true), service("b", false));
+        let yaml = format!(
+            "apiVersion: v1\nitems:\n{}{}kind: ServiceList\nmetadata: {{}}\n",
+            service("a", true),
+            service("b", false)
+        );
         let state = parse_manifest(&yaml).unwrap();
-        assert_eq!(state.services.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            state
+                .services
+                .keys()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
         // A plain List gives no kind to an item without one.
-        let yaml = format!("items:\n{}{}kind: List\n", service("a", true), service("b", false));
+        let yaml = format!(
+            "items:\n{}{}kind: List\n",
+            service("a", true),
+            service("b", false)
+        );
         let e = parse_manifest(&yaml).unwrap_err().to_string();
-        assert!(e.contains("document 1, item 1") && e.contains("needs `kind`"), "{e}");
+        assert!(
+            e.contains("document 1, item 1") && e.contains("needs `kind`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn the_first_broken_object_is_reported() {
-        let broken = |name: &str| format!("- kind: Service\n  metadata: {{name: {name}}}\n  spec: {{ports: [{{port: x}}]}}\n");
-        let yaml = format!("kind: List\nitems:\n{}{}{}", service("a", true), broken("b"), broken("c"));
+        let broken = |name: &str| {
+            format!(
+                "- kind: Service\n  metadata: {{name: {name}}}\n  spec: {{ports: [{{port: x}}]}}\n"
+            )
+        };
+        let yaml = format!(
+            "kind: List\nitems:\n{}{}{}",
+            service("a", true),
+            broken("b"),
+            broken("c")
+        );
         let e = parse_manifest(&yaml).unwrap_err().to_string();
         assert!(e.contains("item 1 (Service b)"), "{e}");
         // An item without a kind, earlier, comes first even though it is read last.
@@ -369,11 +472,31 @@ mod tests {
 
     #[test]
     fn items_of_an_object_that_is_no_list_are_not_objects() {
-        let yaml = format!("kind: Service\nmetadata: {{name: web, namespace: ns}}\nitems:\n{}", service("a", true));
+        let yaml = format!(
+            "kind: Service\nmetadata: {{name: web, namespace: ns}}\nitems:\n{}",
+            service("a", true)
+        );
         let state = parse_manifest(&yaml).unwrap();
-        assert_eq!(state.services.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["web"]);
+        assert_eq!(
+            state
+                .services
+                .keys()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
         // A kind ending in List without items is an object of another kind: skipped.
-        assert!(parse_manifest("kind: PodList\nmetadata: {name: x}\n").unwrap().services.is_empty());
-        assert!(parse_manifest("kind: List\nitems: ~\n").unwrap().services.is_empty());
+        assert!(
+            parse_manifest("kind: PodList\nmetadata: {name: x}\n")
+                .unwrap()
+                .services
+                .is_empty()
+        );
+        assert!(
+            parse_manifest("kind: List\nitems: ~\n")
+                .unwrap()
+                .services
+                .is_empty()
+        );
     }
 }

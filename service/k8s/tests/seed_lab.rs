@@ -14,12 +14,23 @@ const ALL3: &[&str] = &["control=198.19.0.1", "node1=198.19.0.2", "node2=198.19.
 fn routes(plan: &Plan) -> BTreeMap<String, Vec<String>> {
     plan.routes
         .iter()
-        .map(|(p, r)| (p.to_string(), r.next_hops.iter().map(|h| format!("{}={}", h.node, h.address)).collect()))
+        .map(|(p, r)| {
+            (
+                p.to_string(),
+                r.next_hops
+                    .iter()
+                    .map(|h| format!("{}={}", h.node, h.address))
+                    .collect(),
+            )
+        })
         .collect()
 }
 
 fn expect(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-    pairs.iter().map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect())).collect()
+    pairs
+        .iter()
+        .map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect()))
+        .collect()
 }
 
 /// The seed lab, stage by stage, from the example files a user runs `herald plan` on.
@@ -27,14 +38,34 @@ fn expect(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
 fn seed_lab_stages() {
     let lab = Config::parse(include_str!("../../../examples/yaobank/herald.yaml")).unwrap();
     let read = |text: &str| parse_manifest(text).unwrap();
-    let stage1 = plan(&read(include_str!("../../../examples/yaobank/stage1-cluster-range.yaml")), &lab);
-    assert_eq!(routes(&stage1), expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3)]));
-    let stage2 = plan(&read(include_str!("../../../examples/yaobank/stage2-local-policy.yaml")), &lab);
+    let stage1 = plan(
+        &read(include_str!(
+            "../../../examples/yaobank/stage1-cluster-range.yaml"
+        )),
+        &lab,
+    );
+    assert_eq!(
+        routes(&stage1),
+        expect(&[("198.19.32.0/20", ALL3), ("198.19.48.0/20", ALL3)])
+    );
+    let stage2 = plan(
+        &read(include_str!(
+            "../../../examples/yaobank/stage2-local-policy.yaml"
+        )),
+        &lab,
+    );
     assert_eq!(
         routes(&stage2),
-        expect(&[("198.19.32.0/20", ALL3), ("198.19.38.11/32", &["node1=198.19.0.2"]), ("198.19.48.0/20", ALL3)])
+        expect(&[
+            ("198.19.32.0/20", ALL3),
+            ("198.19.38.11/32", &["node1=198.19.0.2"]),
+            ("198.19.48.0/20", ALL3)
+        ])
     );
-    let stage3 = plan(&read(include_str!("../../../examples/yaobank/cluster-state.yaml")), &lab);
+    let stage3 = plan(
+        &read(include_str!("../../../examples/yaobank/cluster-state.yaml")),
+        &lab,
+    );
     assert_eq!(
         routes(&stage3),
         expect(&[

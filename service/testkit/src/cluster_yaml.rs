@@ -7,7 +7,13 @@ use std::fmt::Write as _;
 use herald_core::cluster::{AddressType, ClusterState, TrafficPolicy};
 
 fn uid(kind: u32, i: u32) -> String {
-    format!("{kind:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", i >> 16, i & 0xfff, (i >> 12) & 0xfff, u64::from(i) * 2654435761)
+    format!(
+        "{kind:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        i >> 16,
+        i & 0xfff,
+        (i >> 12) & 0xfff,
+        u64::from(i) * 2654435761
+    )
 }
 
 const CREATED: &str = "\"2025-03-14T09:26:53Z\"";
@@ -24,7 +30,10 @@ fn node_yaml(out: &mut String, i: u32, node: &herald_core::cluster::Node) {
         ("beta.kubernetes.io/os", "linux"),
         ("kubernetes.io/arch", "amd64"),
         ("kubernetes.io/os", "linux"),
-        ("topology.kubernetes.io/zone", ["zone-0", "zone-1", "zone-2"][i as usize % 3]),
+        (
+            "topology.kubernetes.io/zone",
+            ["zone-0", "zone-1", "zone-2"][i as usize % 3],
+        ),
     ] {
         labels.entry(k.to_string()).or_insert_with(|| v.to_string());
     }
@@ -49,17 +58,44 @@ fn node_yaml(out: &mut String, i: u32, node: &herald_core::cluster::Node) {
         "    allocatable:\n      cpu: 31800m\n      ephemeral-storage: \"452107140114\"\n      hugepages-1Gi: \"0\"\n      hugepages-2Mi: \"0\"\n      memory: 129653368Ki\n      pods: \"110\"\n    capacity:\n      cpu: \"32\"\n      ephemeral-storage: 490563520Ki\n      hugepages-1Gi: \"0\"\n      hugepages-2Mi: \"0\"\n      memory: 131853432Ki\n      pods: \"110\"\n    conditions:\n",
     );
     for (type_, status, reason, message) in [
-        ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        (
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        (
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        (
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
         (
             "Ready",
             if node.ready { "\"True\"" } else { "\"False\"" },
-            if node.ready { "KubeletReady" } else { "KubeletNotReady" },
-            if node.ready { "kubelet is posting ready status" } else { "container runtime network not ready" },
+            if node.ready {
+                "KubeletReady"
+            } else {
+                "KubeletNotReady"
+            },
+            if node.ready {
+                "kubelet is posting ready status"
+            } else {
+                "container runtime network not ready"
+            },
         ),
     ] {
-        let status = if status.starts_with('"') { status.to_string() } else { format!("\"{status}\"") };
+        let status = if status.starts_with('"') {
+            status.to_string()
+        } else {
+            format!("\"{status}\"")
+        };
         let _ = write!(
             out,
             "    - lastHeartbeatTime: \"2025-03-20T11:02:17Z\"\n      lastTransitionTime: {CREATED}\n      message: {message}\n      reason: {reason}\n      status: {status}\n      type: {type_}\n"
@@ -94,17 +130,31 @@ fn service_yaml(out: &mut String, i: u32, s: &herald_core::cluster::Service) {
     }
     match (s.external_traffic_policy, s.type_.as_str()) {
         (TrafficPolicy::Local, _) => out.push_str("    externalTrafficPolicy: Local\n"),
-        (TrafficPolicy::Cluster, "LoadBalancer") => out.push_str("    externalTrafficPolicy: Cluster\n"),
+        (TrafficPolicy::Cluster, "LoadBalancer") => {
+            out.push_str("    externalTrafficPolicy: Cluster\n")
+        }
         _ => {}
     }
-    let _ = write!(out, "    internalTrafficPolicy: {}\n    ipFamilies:\n", s.internal_traffic_policy.as_str());
+    let _ = write!(
+        out,
+        "    internalTrafficPolicy: {}\n    ipFamilies:\n",
+        s.internal_traffic_policy.as_str()
+    );
     for ip in &s.cluster_ips {
-        out.push_str(if ip.contains(':') { "    - IPv6\n" } else { "    - IPv4\n" });
+        out.push_str(if ip.contains(':') {
+            "    - IPv6\n"
+        } else {
+            "    - IPv4\n"
+        });
     }
     let _ = write!(
         out,
         "    ipFamilyPolicy: {}\n    ports:\n    - name: http\n      port: 80\n      protocol: TCP\n      targetPort: 8080\n    selector:\n      app: {name}\n    sessionAffinity: None\n    type: {}\n  status:\n",
-        if s.cluster_ips.len() > 1 { "PreferDualStack" } else { "SingleStack" },
+        if s.cluster_ips.len() > 1 {
+            "PreferDualStack"
+        } else {
+            "SingleStack"
+        },
         s.type_
     );
     if s.load_balancer_ips.is_empty() {
@@ -121,13 +171,22 @@ fn slice_yaml(out: &mut String, i: u32, slice: &herald_core::cluster::EndpointSl
     let (ns, name) = (&slice.key.namespace, &slice.key.name);
     let service = slice.service_name.as_deref().unwrap_or_default();
     let v6 = slice.address_type == AddressType::Ipv6;
-    let _ = write!(out, "- addressType: {}\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n", slice.address_type.as_str());
+    let _ = write!(
+        out,
+        "- addressType: {}\n  apiVersion: discovery.k8s.io/v1\n  endpoints:\n",
+        slice.address_type.as_str()
+    );
     for (e, endpoint) in slice.endpoints.iter().enumerate() {
         let pod = (i * 16 + e as u32) as u64;
         let address = if v6 {
             format!("fd00:10:{:x}::{:x}", 64 + (pod >> 16) % 64, pod & 0xffff)
         } else {
-            format!("10.{}.{}.{}", 64 + (pod >> 16) % 64, (pod >> 8) & 255, pod & 255)
+            format!(
+                "10.{}.{}.{}",
+                64 + (pod >> 16) % 64,
+                (pod >> 8) & 255,
+                pod & 255
+            )
         };
         let _ = write!(
             out,

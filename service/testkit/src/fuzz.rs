@@ -23,14 +23,21 @@ use std::net::IpAddr;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use arbitrary::{Arbitrary, Unstructured};
-use herald_k8s::parse_manifest;
-use herald_core::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
-use herald_core::config::{Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName, RangeConfig};
-use herald_core::guard::{Guard, GuardConfig};
 use crate::invariants::{check_guarded, check_plan_invariants};
-use herald_core::planner::{plan, COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION};
+use arbitrary::{Arbitrary, Unstructured};
+use herald_core::cluster::{
+    AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy,
+};
+use herald_core::config::{
+    Cidr, Community, Config, EcmpConfig, LargeCommunity, LongestPrefix, OtherPool, PoolName,
+    RangeConfig,
+};
+use herald_core::guard::{Guard, GuardConfig};
+use herald_core::planner::{
+    COMMUNITIES_ANNOTATION, EXCLUDE_LABEL, LARGE_COMMUNITIES_ANNOTATION, plan,
+};
 use herald_core::selector::LabelSelector;
+use herald_k8s::parse_manifest;
 use ipnet::IpNet;
 
 /// The yaobank lab's config and cluster, the realistic pair.
@@ -73,7 +80,9 @@ fn wide_config() -> &'static Config {
 
 fn yaobank_state() -> &'static ClusterState {
     static S: OnceLock<ClusterState> = OnceLock::new();
-    S.get_or_init(|| parse_manifest(YAOBANK_STATE).expect("examples/yaobank/cluster-state.yaml parses"))
+    S.get_or_init(|| {
+        parse_manifest(YAOBANK_STATE).expect("examples/yaobank/cluster-state.yaml parses")
+    })
 }
 
 /// Bytes as text, the way herald's callers read files: they reject invalid UTF-8 before parsing
@@ -91,18 +100,27 @@ pub fn check_error_message(what: &str, message: &str) -> Result<(), String> {
 }
 
 /// Plans `state` under `config` and checks the invariants, naming the config on failure.
-pub fn check_planned(state: &ClusterState, config: &Config, config_name: &str) -> Result<(), String> {
+pub fn check_planned(
+    state: &ClusterState,
+    config: &Config,
+    config_name: &str,
+) -> Result<(), String> {
     let planned = plan(state, config);
-    check_plan_invariants(state, config, &planned).map_err(|e| format!("under {config_name}: {e}"))?;
+    check_plan_invariants(state, config, &planned)
+        .map_err(|e| format!("under {config_name}: {e}"))?;
     if plan(state, config) != planned {
-        return Err(format!("under {config_name}: planning the same input twice gave two plans"));
+        return Err(format!(
+            "under {config_name}: planning the same input twice gave two plans"
+        ));
     }
     Ok(())
 }
 
 /// Target `cluster_state`: the cluster-state YAML parser, then the planner on what it read.
 pub fn cluster_state(data: &[u8]) -> Result<(), String> {
-    let Some(text) = text(data) else { return Ok(()) };
+    let Some(text) = text(data) else {
+        return Ok(());
+    };
     match parse_manifest(text) {
         Err(e) => check_error_message("parse_manifest", &e.to_string()),
         Ok(state) => {
@@ -124,7 +142,9 @@ pub fn cluster_state(data: &[u8]) -> Result<(), String> {
 
 /// Target `config`: the config parser, then the planner with the config it read.
 pub fn config(data: &[u8]) -> Result<(), String> {
-    let Some(text) = text(data) else { return Ok(()) };
+    let Some(text) = text(data) else {
+        return Ok(());
+    };
     match Config::parse(text) {
         Err(e) => check_error_message("Config::parse", &e),
         Ok(config) => {
@@ -137,16 +157,27 @@ pub fn config(data: &[u8]) -> Result<(), String> {
                 .chain(&config.deny_prefixes);
             for cidr in ranges {
                 if cidr.0.trunc() != cidr.0 {
-                    return Err(format!("Config::parse accepted {cidr}, which has host bits set"));
+                    return Err(format!(
+                        "Config::parse accepted {cidr}, which has host bits set"
+                    ));
                 }
             }
-            if config.gobgp.as_ref().is_some_and(|g| g.batch_size == 0 || g.anti_entropy_interval.0.is_zero()) {
-                return Err("Config::parse accepted a zero gobgp.batchSize or antiEntropyInterval".to_string());
+            if config
+                .gobgp
+                .as_ref()
+                .is_some_and(|g| g.batch_size == 0 || g.anti_entropy_interval.0.is_zero())
+            {
+                return Err(
+                    "Config::parse accepted a zero gobgp.batchSize or antiEntropyInterval"
+                        .to_string(),
+                );
             }
             // The reconciler schedules `now + antiEntropyInterval`; Instant + Duration panics on overflow.
             let interval = config.gobgp.as_ref().map(|g| g.anti_entropy_interval.0);
             if let Some(interval) = interval.filter(|i| Instant::now().checked_add(*i).is_none()) {
-                return Err(format!("Config::parse accepted gobgp.antiEntropyInterval {interval:?}, which overflows the clock"));
+                return Err(format!(
+                    "Config::parse accepted gobgp.antiEntropyInterval {interval:?}, which overflows the clock"
+                ));
             }
             check_planned(yaobank_state(), &config, "the fuzzed config")?;
             // The guard as `run` sets it up from the config, on a flapping node, with the plans of this
@@ -177,20 +208,27 @@ pub fn config(data: &[u8]) -> Result<(), String> {
 
 /// Target `selector`: the label-selector parser, Display round trip and matching.
 pub fn selector(data: &[u8]) -> Result<(), String> {
-    let Some(text) = text(data) else { return Ok(()) };
+    let Some(text) = text(data) else {
+        return Ok(());
+    };
     let selector = match text.parse::<LabelSelector>() {
         Err(e) => return check_error_message("LabelSelector::from_str", &e),
         Ok(selector) => selector,
     };
     let printed = selector.to_string();
-    let reparsed = printed
-        .parse::<LabelSelector>()
-        .map_err(|e| format!("selector {text:?} printed as {printed:?}, which does not parse: {e}"))?;
+    let reparsed = printed.parse::<LabelSelector>().map_err(|e| {
+        format!("selector {text:?} printed as {printed:?}, which does not parse: {e}")
+    })?;
     if reparsed != selector {
-        return Err(format!("selector {text:?} printed as {printed:?}, which parses to another selector"));
+        return Err(format!(
+            "selector {text:?} printed as {printed:?}, which parses to another selector"
+        ));
     }
     if selector.is_empty() != text.trim().is_empty() {
-        return Err(format!("selector {text:?}: is_empty() is {}", selector.is_empty()));
+        return Err(format!(
+            "selector {text:?}: is_empty() is {}",
+            selector.is_empty()
+        ));
     }
     // Label sets made of the selector's own words, so that keys and values actually meet.
     let words: Vec<&str> = text
@@ -199,13 +237,33 @@ pub fn selector(data: &[u8]) -> Result<(), String> {
         .take(16)
         .collect();
     let mut label_sets: Vec<BTreeMap<String, String>> = vec![BTreeMap::new()];
-    label_sets.push(words.iter().map(|w| (w.to_string(), String::new())).collect());
-    label_sets.push(words.windows(2).map(|w| (w[0].to_string(), w[1].to_string())).collect());
-    label_sets.push(words.iter().skip(1).step_by(2).zip(words.iter().skip(2).step_by(2)).map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    label_sets.push(
+        words
+            .iter()
+            .map(|w| (w.to_string(), String::new()))
+            .collect(),
+    );
+    label_sets.push(
+        words
+            .windows(2)
+            .map(|w| (w[0].to_string(), w[1].to_string()))
+            .collect(),
+    );
+    label_sets.push(
+        words
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .zip(words.iter().skip(2).step_by(2))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     for labels in &label_sets {
         let matched = selector.matches(labels);
         if matched != reparsed.matches(labels) {
-            return Err(format!("selector {text:?} and its reprint {printed:?} disagree on {labels:?}"));
+            return Err(format!(
+                "selector {text:?} and its reprint {printed:?} disagree on {labels:?}"
+            ));
         }
         if selector.is_empty() && !matched {
             return Err(format!("empty selector {text:?} does not match {labels:?}"));
@@ -216,9 +274,12 @@ pub fn selector(data: &[u8]) -> Result<(), String> {
 
 /// Target `planner`: a cluster and config made from the bytes, planned and guarded.
 pub fn planner(data: &[u8]) -> Result<(), String> {
-    let Ok(input) = PlannerInput::arbitrary_take_rest(Unstructured::new(data)) else { return Ok(()) };
+    let Ok(input) = PlannerInput::arbitrary_take_rest(Unstructured::new(data)) else {
+        return Ok(());
+    };
     let (state, config) = input.build();
-    check_planned(&state, &config, "the fuzzed config").map_err(|e| format!("{e}\n{}", describe(&state, &config)))?;
+    check_planned(&state, &config, "the fuzzed config")
+        .map_err(|e| format!("{e}\n{}", describe(&state, &config)))?;
 
     // The guard on a sequence of plans: the full one, one without the first node, the full one again.
     let guard_config = GuardConfig {
@@ -236,13 +297,24 @@ pub fn planner(data: &[u8]) -> Result<(), String> {
     let mut guard = Guard::new(guard_config);
     let t0 = Instant::now();
     let mut at = t0;
-    for (step, raw) in [&full_plan, &fewer_plan, &full_plan, &full_plan].into_iter().enumerate() {
-        at += Duration::from_millis(u64::from(input.guard.steps_ms[step % input.guard.steps_ms.len()]) * 5);
+    for (step, raw) in [&full_plan, &fewer_plan, &full_plan, &full_plan]
+        .into_iter()
+        .enumerate()
+    {
+        at += Duration::from_millis(
+            u64::from(input.guard.steps_ms[step % input.guard.steps_ms.len()]) * 5,
+        );
         let guarded = guard.apply(raw, at);
-        check_guarded(raw, &guarded.plan, guard_config.max_routes)
-            .map_err(|e| format!("guard step {step} ({guard_config:?}): {e}\n{}", describe(&state, &config)))?;
+        check_guarded(raw, &guarded.plan, guard_config.max_routes).map_err(|e| {
+            format!(
+                "guard step {step} ({guard_config:?}): {e}\n{}",
+                describe(&state, &config)
+            )
+        })?;
         if let Some(wake) = guarded.wake_at.filter(|wake| *wake <= at) {
-            return Err(format!("guard step {step}: asks to wake at {wake:?}, not after now {at:?}"));
+            return Err(format!(
+                "guard step {step}: asks to wake at {wake:?}, not after now {at:?}"
+            ));
         }
     }
     Ok(())
@@ -250,48 +322,139 @@ pub fn planner(data: &[u8]) -> Result<(), String> {
 
 /// A short account of a fuzzed input, for the crash report.
 pub fn describe(state: &ClusterState, config: &Config) -> String {
-    let ranges = |list: &[RangeConfig]| list.iter().map(|r| r.cidr.to_string()).collect::<Vec<_>>().join(", ");
+    let ranges = |list: &[RangeConfig]| {
+        list.iter()
+            .map(|r| r.cidr.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let mut out = format!(
         "config: nodeSelector {:?}; cluster [{}]; external [{}]; load balancer [{}]; deny [{}]\n",
         config.node_selector.to_string(),
         ranges(&config.service_cluster_ips),
         ranges(&config.service_external_ips),
         ranges(&config.service_load_balancer_ips),
-        config.deny_prefixes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        config
+            .deny_prefixes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     for node in state.nodes.values() {
-        out.push_str(&format!("node {} ready={} labels={:?} ips={:?}\n", node.name, node.ready, node.labels, node.internal_ips));
+        out.push_str(&format!(
+            "node {} ready={} labels={:?} ips={:?}\n",
+            node.name, node.ready, node.labels, node.internal_ips
+        ));
     }
     for s in state.services.values() {
         out.push_str(&format!(
             "service {} type={:?} {:?} cluster={:?} external={:?} lb={:?} annotations={:?}\n",
-            s.key, s.type_, s.external_traffic_policy, s.cluster_ips, s.external_ips, s.load_balancer_ips, s.annotations
+            s.key,
+            s.type_,
+            s.external_traffic_policy,
+            s.cluster_ips,
+            s.external_ips,
+            s.load_balancer_ips,
+            s.annotations
         ));
     }
     for slice in state.endpoint_slices.values() {
-        out.push_str(&format!("slice {} service={:?} endpoints={:?}\n", slice.key, slice.service_name, slice.endpoints));
+        out.push_str(&format!(
+            "slice {} service={:?} endpoints={:?}\n",
+            slice.key, slice.service_name, slice.endpoints
+        ));
     }
     out
 }
 
 // ---- the planner's structured input ----
 
-const V4_NETS: &[&str] = &["10.0.0.", "10.96.0.", "198.19.48.", "198.19.0.", "192.168.1.", "8.0.0.", "0.0.0.", "255.255.255."];
-const V6_NETS: &[&str] = &["fd00::", "fd00:ff::", "2001:db8::", "fe80::", "::ffff:a00:", "::"];
+const V4_NETS: &[&str] = &[
+    "10.0.0.",
+    "10.96.0.",
+    "198.19.48.",
+    "198.19.0.",
+    "192.168.1.",
+    "8.0.0.",
+    "0.0.0.",
+    "255.255.255.",
+];
+const V6_NETS: &[&str] = &[
+    "fd00::",
+    "fd00:ff::",
+    "2001:db8::",
+    "fe80::",
+    "::ffff:a00:",
+    "::",
+];
 const SPECIAL_IPS: &[&str] = &[
-    "None", "", " ", "0.0.0.0", "::", "255.255.255.255", "1.2.3", "1.2.3.4.5", "0x0a.0.0.1", "10.0.0.256", "10.0.0.-1",
-    "010.0.0.1", "8.0.0.1", "10.0.0.1", "10.0.0.01", "0177.0.0.1", "10.1", "167772161", "::ffff:10.0.0.1",
-    "fe80::1%eth0", "fd00::1%0", "[fd00::1]", "10.0.0.1:80", "10.0.0.1/32", "FD00::1", "fd00:0:0:0:0:0:0:1", "١٠.0.0.1",
-    "10.0.0.1\0", "10.0.0.1\n", "\u{feff}10.0.0.1", "none", "None ",
+    "None",
+    "",
+    " ",
+    "0.0.0.0",
+    "::",
+    "255.255.255.255",
+    "1.2.3",
+    "1.2.3.4.5",
+    "0x0a.0.0.1",
+    "10.0.0.256",
+    "10.0.0.-1",
+    "010.0.0.1",
+    "8.0.0.1",
+    "10.0.0.1",
+    "10.0.0.01",
+    "0177.0.0.1",
+    "10.1",
+    "167772161",
+    "::ffff:10.0.0.1",
+    "fe80::1%eth0",
+    "fd00::1%0",
+    "[fd00::1]",
+    "10.0.0.1:80",
+    "10.0.0.1/32",
+    "FD00::1",
+    "fd00:0:0:0:0:0:0:1",
+    "١٠.0.0.1",
+    "10.0.0.1\0",
+    "10.0.0.1\n",
+    "\u{feff}10.0.0.1",
+    "none",
+    "None ",
 ];
 const NODE_NAMES: &[&str] = &["n0", "n1", "n2", "n3", "ghost"];
 const NAMESPACES: &[&str] = &["default", "ns", ""];
 const SERVICE_NAMES: &[&str] = &["a", "b", "c", ""];
-const SERVICE_TYPES: &[&str] = &["LoadBalancer", "ClusterIP", "NodePort", "ExternalName", "", "clusterip"];
+const SERVICE_TYPES: &[&str] = &[
+    "LoadBalancer",
+    "ClusterIP",
+    "NodePort",
+    "ExternalName",
+    "",
+    "clusterip",
+];
 const LABEL_KEYS: &[&str] = &["pool", "zone", "bgp", "no-bgp", EXCLUDE_LABEL];
 const LABEL_VALUES: &[&str] = &["a", "b", "z1", ""];
-const SELECTORS: &[&str] = &["", "pool=a", "pool!=a", "zone in (z1,b)", "zone notin (z1)", "bgp", "!no-bgp", "pool=a,!bgp"];
-const COMMUNITY_TEXTS: &[&str] = &["65000:1", "65000:1, 65000:2", "65000:1,,", "70000:1", "1:2:3", "-1:2", " : ", "65000:1:1"];
+const SELECTORS: &[&str] = &[
+    "",
+    "pool=a",
+    "pool!=a",
+    "zone in (z1,b)",
+    "zone notin (z1)",
+    "bgp",
+    "!no-bgp",
+    "pool=a,!bgp",
+];
+const COMMUNITY_TEXTS: &[&str] = &[
+    "65000:1",
+    "65000:1, 65000:2",
+    "65000:1,,",
+    "70000:1",
+    "1:2:3",
+    "-1:2",
+    " : ",
+    "65000:1:1",
+];
 
 fn pick<'a>(pool: &[&'a str], i: u8) -> &'a str {
     pool[usize::from(i) % pool.len()]
@@ -314,7 +477,11 @@ impl IpText {
         match form % 32 {
             0..=15 => v4(),
             16..=21 => v6(),
-            22 => v4().split('.').map(|o| format!("{o:0>3}")).collect::<Vec<_>>().join("."),
+            22 => v4()
+                .split('.')
+                .map(|o| format!("{o:0>3}"))
+                .collect::<Vec<_>>()
+                .join("."),
             23 => format!("{}%{}", v6(), pick(&["eth0", "0", "", "lo%1"], host)),
             24 => {
                 let p = pick(&[" ", "\t", "\n", "\r\n", "\u{a0}", "\0"], host / 16);
@@ -486,8 +653,16 @@ impl PlannerInput {
                 .filter_map(|r| {
                     Some(RangeConfig {
                         cidr: r.cidr.build()?,
-                        communities: r.communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
-                        large_communities: r.large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
+                        communities: r
+                            .communities
+                            .iter()
+                            .map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b)))
+                            .collect(),
+                        large_communities: r
+                            .large_communities
+                            .iter()
+                            .map(|(a, b, c)| LargeCommunity(*a, *b, *c))
+                            .collect(),
                         max_paths: r.max_paths.map(|k| u32::from(k % 8)),
                     })
                 })
@@ -503,17 +678,35 @@ impl PlannerInput {
             service_external_ips: ranges(&c.external),
             service_load_balancer_ips: ranges(&c.load_balancer),
             deny_prefixes: c.deny.iter().filter_map(CidrInput::build).collect(),
-            allowed_communities: c.allowed_communities.iter().map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b))).collect(),
-            allowed_large_communities: c.allowed_large_communities.iter().map(|(a, b, c)| LargeCommunity(*a, *b, *c)).collect(),
+            allowed_communities: c
+                .allowed_communities
+                .iter()
+                .map(|(a, b)| Community(u32::from(*a) << 16 | u32::from(*b)))
+                .collect(),
+            allowed_large_communities: c
+                .allowed_large_communities
+                .iter()
+                .map(|(a, b, c)| LargeCommunity(*a, *b, *c))
+                .collect(),
             pool: PoolName(pick(&["pool-a", "pool-z"], c.pool).to_string()),
             ecmp: EcmpConfig {
                 max_paths: u32::from(c.max_paths % 6),
                 // As the config check allows: 1..=31 and 1..=127.
-                longest_prefix: LongestPrefix { ipv4: 1 + c.longest_prefix.0 % 31, ipv6: 1 + c.longest_prefix.1 % 127 },
+                longest_prefix: LongestPrefix {
+                    ipv4: 1 + c.longest_prefix.0 % 31,
+                    ipv6: 1 + c.longest_prefix.1 % 127,
+                },
             },
             other_pools: {
                 let ranges: Vec<Cidr> = c.other_pool.iter().filter_map(CidrInput::build).collect();
-                if ranges.is_empty() { Vec::new() } else { vec![OtherPool { name: PoolName("pool-m".to_string()), ranges }] }
+                if ranges.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![OtherPool {
+                        name: PoolName("pool-m".to_string()),
+                        ranges,
+                    }]
+                }
             },
             ..Config::default()
         };
@@ -522,10 +715,23 @@ impl PlannerInput {
         for n in &self.nodes {
             state.insert_node(Node {
                 name: pick(NODE_NAMES, n.name).to_string(),
-                labels: n.labels.iter().map(|(k, v)| (pick(LABEL_KEYS, *k).to_string(), pick(LABEL_VALUES, *v).to_string())).collect(),
+                labels: n
+                    .labels
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            pick(LABEL_KEYS, *k).to_string(),
+                            pick(LABEL_VALUES, *v).to_string(),
+                        )
+                    })
+                    .collect(),
                 ready: n.ready % 4 != 0,
                 // As `from_node` reads them: what does not parse is dropped.
-                internal_ips: n.ips.iter().filter_map(|ip| ip.render().parse().ok()).collect(),
+                internal_ips: n
+                    .ips
+                    .iter()
+                    .filter_map(|ip| ip.render().parse().ok())
+                    .collect(),
             });
         }
         for s in &self.services {
@@ -549,9 +755,22 @@ impl PlannerInput {
                     service_name: Some(key.name.clone()),
                     // Mostly the family of the Service's first IP, as the EndpointSlice controller
                     // makes them; sometimes anything.
-                    address_type: match cluster_ips.iter().chain(&external_ips).chain(&load_balancer_ips).next() {
+                    address_type: match cluster_ips
+                        .iter()
+                        .chain(&external_ips)
+                        .chain(&load_balancer_ips)
+                        .next()
+                    {
                         Some(ip) if s.family % 4 != 0 => {
-                            if ip.trim().parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_ipv6()) { AddressType::Ipv6 } else { AddressType::Ipv4 }
+                            if ip
+                                .trim()
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_ipv6())
+                            {
+                                AddressType::Ipv6
+                            } else {
+                                AddressType::Ipv4
+                            }
                         }
                         _ => address_type(s.family),
                     },
@@ -564,14 +783,25 @@ impl PlannerInput {
                 cluster_ips,
                 external_ips,
                 load_balancer_ips,
-                external_traffic_policy: if s.policy % 4 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
-                internal_traffic_policy: if s.internal_policy % 2 == 0 { TrafficPolicy::Cluster } else { TrafficPolicy::Local },
+                external_traffic_policy: if s.policy % 4 == 0 {
+                    TrafficPolicy::Cluster
+                } else {
+                    TrafficPolicy::Local
+                },
+                internal_traffic_policy: if s.internal_policy % 2 == 0 {
+                    TrafficPolicy::Cluster
+                } else {
+                    TrafficPolicy::Local
+                },
                 annotations,
             });
         }
         for (i, sl) in self.slices.iter().enumerate() {
             state.insert_endpoint_slice(EndpointSlice {
-                key: ObjectKey::new(pick(NAMESPACES, sl.namespace), format!("{}-{i}", pick(SERVICE_NAMES, sl.name))),
+                key: ObjectKey::new(
+                    pick(NAMESPACES, sl.namespace),
+                    format!("{}-{i}", pick(SERVICE_NAMES, sl.name)),
+                ),
                 service_name: sl.service.map(|s| pick(SERVICE_NAMES, s).to_string()),
                 address_type: address_type(sl.family),
                 endpoints: sl.endpoints.iter().map(EndpointInput::build).collect(),

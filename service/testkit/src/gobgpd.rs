@@ -29,7 +29,11 @@ pub struct Gobgpd {
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Gobgpd {
@@ -59,15 +63,24 @@ impl Gobgpd {
     pub fn new_with(port: u16, extra_config: &str) -> Gobgpd {
         Gobgpd::with_config(
             port,
-            &format!("[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n{extra_config}"),
+            &format!(
+                "[global.config]\n  as = 64512\n  router-id = \"192.0.2.1\"\n  port = -1\n{extra_config}"
+            ),
         )
     }
 
     /// A gobgpd with API port `port` and a config of one's own (TOML), not started yet.
     pub fn with_config(port: u16, config: &str) -> Gobgpd {
-        let dir = tempfile::Builder::new().prefix("herald-gobgpd-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("herald-gobgpd-")
+            .tempdir()
+            .unwrap();
         std::fs::write(dir.path().join("gobgpd.toml"), config).unwrap();
-        Gobgpd { dir, port, child: None }
+        Gobgpd {
+            dir,
+            port,
+            child: None,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -90,7 +103,11 @@ impl Gobgpd {
     /// Starts (or restarts) gobgpd on its port and waits until its API answers.
     pub async fn spawn_and_wait(&mut self) -> Result<(), String> {
         self.kill();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let child = Command::new(GOBGPD)
             .arg("-f")
             .arg(self.dir.path().join("gobgpd.toml"))
@@ -115,7 +132,11 @@ impl Gobgpd {
                 }
             }
             if Instant::now() > deadline {
-                return Err(format!("gobgpd's API on port {} did not answer: {}", self.port, self.log()));
+                return Err(format!(
+                    "gobgpd's API on port {} did not answer: {}",
+                    self.port,
+                    self.log()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -132,14 +153,23 @@ impl Gobgpd {
     /// Sends a signal (e.g. "STOP", "CONT") to gobgpd.
     pub fn signal(&self, signal: &str) {
         let pid = self.pid().expect("gobgpd runs");
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
         assert!(status.success(), "kill -{signal} {pid} failed");
     }
 
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let start = text.len().saturating_sub(4000);
-        text[text.char_indices().map(|(i, _)| i).find(|&i| i >= start).unwrap_or(0)..].to_string()
+        text[text
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| i >= start)
+            .unwrap_or(0)..]
+            .to_string()
     }
 
     async fn try_client(&self) -> Result<GobgpApiClient<Channel>, tonic::transport::Error> {
@@ -182,7 +212,10 @@ impl Gobgpd {
         for afi in [api::family::Afi::Ip, api::family::Afi::Ip6] {
             let request = api::ListPathRequest {
                 table_type: api::TableType::Global as i32,
-                family: Some(api::Family { afi: afi as i32, safi: api::family::Safi::Unicast as i32 }),
+                family: Some(api::Family {
+                    afi: afi as i32,
+                    safi: api::family::Safi::Unicast as i32,
+                }),
                 ..Default::default()
             };
             let mut stream = client.list_path(request).await.unwrap().into_inner();
@@ -203,10 +236,18 @@ impl Gobgpd {
         for afi in [api::family::Afi::Ip, api::family::Afi::Ip6] {
             let request = api::GetTableRequest {
                 table_type: api::TableType::Global as i32,
-                family: Some(api::Family { afi: afi as i32, safi: api::family::Safi::Unicast as i32 }),
+                family: Some(api::Family {
+                    afi: afi as i32,
+                    safi: api::family::Safi::Unicast as i32,
+                }),
                 name: String::new(),
             };
-            total += client.get_table(request).await.unwrap().into_inner().num_path;
+            total += client
+                .get_table(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .num_path;
         }
         total
     }
@@ -254,19 +295,30 @@ impl Listed {
             age: path.age.as_ref().map(|t| t.seconds).unwrap_or_default(),
         };
         for attr in &path.pattrs {
-            let name = attr.type_url.trim_start_matches("type.googleapis.com/apipb.").to_string();
+            let name = attr
+                .type_url
+                .trim_start_matches("type.googleapis.com/apipb.")
+                .to_string();
             let value = attr.value.clone();
             match name.as_str() {
-                "OriginAttribute" => listed.origin = api::OriginAttribute::decode(value).unwrap().origin,
+                "OriginAttribute" => {
+                    listed.origin = api::OriginAttribute::decode(value).unwrap().origin
+                }
                 "NextHopAttribute" => {
-                    listed.next_hop = api::NextHopAttribute::decode(value).unwrap().next_hop.parse().unwrap()
+                    listed.next_hop = api::NextHopAttribute::decode(value)
+                        .unwrap()
+                        .next_hop
+                        .parse()
+                        .unwrap()
                 }
                 "MpReachNLRIAttribute" => {
                     let mp = api::MpReachNlriAttribute::decode(value).unwrap();
                     listed.next_hop = mp.next_hops[0].parse().unwrap();
                 }
                 "CommunitiesAttribute" => {
-                    listed.communities = api::CommunitiesAttribute::decode(value).unwrap().communities
+                    listed.communities = api::CommunitiesAttribute::decode(value)
+                        .unwrap()
+                        .communities
                 }
                 "LargeCommunitiesAttribute" => {
                     listed.large_communities = api::LargeCommunitiesAttribute::decode(value)
@@ -277,7 +329,8 @@ impl Listed {
                         .collect()
                 }
                 "LocalPrefAttribute" => {
-                    listed.local_pref = Some(api::LocalPrefAttribute::decode(value).unwrap().local_pref)
+                    listed.local_pref =
+                        Some(api::LocalPrefAttribute::decode(value).unwrap().local_pref)
                 }
                 _ => {}
             }

@@ -18,8 +18,17 @@ impl HeraldRun {
     /// Starts `herald run` (the binary `herald`, a bench's `env!("CARGO_BIN_EXE_herald")`) with the
     /// scale config plus `extra` (YAML), reading `cluster`, pushing into the gobgpd at
     /// `gobgp_address`; its config and log go to `dir`.
-    pub fn start(herald: &Path, dir: &Path, cluster: &Path, extra: &str, gobgp_address: &str) -> HeraldRun {
-        let api_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    pub fn start(
+        herald: &Path,
+        dir: &Path,
+        cluster: &Path,
+        extra: &str,
+        gobgp_address: &str,
+    ) -> HeraldRun {
+        let api_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         let config = dir.join("herald.yaml");
         std::fs::write(
             &config,
@@ -41,7 +50,11 @@ impl HeraldRun {
             .stderr(file)
             .spawn()
             .expect("herald runs");
-        HeraldRun { child, log, api_port }
+        HeraldRun {
+            child,
+            log,
+            api_port,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -64,7 +77,10 @@ impl Drop for HeraldRun {
         if self.exited().is_some() {
             return;
         }
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.exited().is_none() {
             if Instant::now() > deadline {

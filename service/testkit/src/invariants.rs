@@ -11,10 +11,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use herald_core::planner::EXCLUDE_LABEL;
 use crate::cluster::{ClusterState, Node, ObjectKey, Service, TrafficPolicy};
 use crate::config::{Config, RangeConfig};
 use crate::plan::{IpOutcome, IpRole, Plan, RefusalCause, RouteKind};
+use herald_core::planner::EXCLUDE_LABEL;
 
 /// At most this many violations are listed in the error; the count is always given.
 const MAX_LISTED: usize = 20;
@@ -51,9 +51,15 @@ fn role_ranges(config: &Config, role: IpRole) -> &[RangeConfig] {
 
 fn role_of_kind(kind: RouteKind) -> IpRole {
     match kind {
-        RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => IpRole::Cluster,
-        RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => IpRole::External,
-        RouteKind::LoadBalancerRange | RouteKind::LoadBalancerIp | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
+        RouteKind::ClusterRange | RouteKind::ClusterIp | RouteKind::ClusterRangePart => {
+            IpRole::Cluster
+        }
+        RouteKind::ExternalRange | RouteKind::ExternalIp | RouteKind::ExternalRangePart => {
+            IpRole::External
+        }
+        RouteKind::LoadBalancerRange
+        | RouteKind::LoadBalancerIp
+        | RouteKind::LoadBalancerRangePart => IpRole::LoadBalancer,
     }
 }
 
@@ -69,12 +75,18 @@ const ROLES: [IpRole; 3] = [IpRole::Cluster, IpRole::External, IpRole::LoadBalan
 
 /// Eligibility restated from the planner's rules: in the pool, Ready, not excluded.
 fn eligible(node: &Node, config: &Config) -> bool {
-    config.node_selector.matches(&node.labels) && node.ready && !node.labels.contains_key(EXCLUDE_LABEL)
+    config.node_selector.matches(&node.labels)
+        && node.ready
+        && !node.labels.contains_key(EXCLUDE_LABEL)
 }
 
 /// A default route, or overlapping a deny prefix.
 fn denied(net: &IpNet, config: &Config) -> bool {
-    net.prefix_len() == 0 || config.deny_prefixes.iter().any(|d| d.0.contains(net) || net.contains(&d.0))
+    net.prefix_len() == 0
+        || config
+            .deny_prefixes
+            .iter()
+            .any(|d| d.0.contains(net) || net.contains(&d.0))
 }
 
 /// The most next hops `route` may have, if limited: for a range (or a part of one), the smallest
@@ -84,7 +96,13 @@ fn max_paths(config: &Config, route: &crate::plan::Route) -> Option<usize> {
     let of = |r: &RangeConfig| r.max_paths.unwrap_or(config.ecmp.max_paths) as usize;
     let k = if route.kind.is_range() {
         let whole = route.part_of.unwrap_or(route.prefix);
-        ROLES.iter().flat_map(|role| role_ranges(config, *role)).filter(|r| r.cidr.0 == whole).map(of).filter(|k| *k > 0).min()?
+        ROLES
+            .iter()
+            .flat_map(|role| role_ranges(config, *role))
+            .filter(|r| r.cidr.0 == whole)
+            .map(of)
+            .filter(|k| *k > 0)
+            .min()?
     } else {
         role_ranges(config, role_of_kind(route.kind))
             .iter()
@@ -97,7 +115,11 @@ fn max_paths(config: &Config, route: &crate::plan::Route) -> Option<usize> {
 
 /// Inside a range of one of the other pools.
 fn in_other_pool(config: &Config, ip: &IpAddr) -> bool {
-    config.other_pools.iter().flat_map(|p| &p.ranges).any(|r| r.0.contains(ip))
+    config
+        .other_pools
+        .iter()
+        .flat_map(|p| &p.ranges)
+        .any(|r| r.0.contains(ip))
 }
 
 fn host_net(ip: IpAddr) -> IpNet {
@@ -128,10 +150,17 @@ fn strict_ip(raw: &str) -> Option<IpAddr> {
 ///   pools' ranges, ...), and one pool records its Event;
 /// - every Service has an explanation listing each of its IPs once, and what an explanation says is
 ///   announced is in the plan.
-pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan) -> Result<(), String> {
+pub fn check_plan_invariants(
+    state: &ClusterState,
+    config: &Config,
+    plan: &Plan,
+) -> Result<(), String> {
     let mut v = Violations(Vec::new());
-    let node_addresses: BTreeSet<IpAddr> =
-        state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect();
+    let node_addresses: BTreeSet<IpAddr> = state
+        .nodes
+        .values()
+        .flat_map(|n| n.internal_ips.iter().copied())
+        .collect();
 
     for (key, route) in &plan.routes {
         let prefix = route.prefix;
@@ -145,14 +174,22 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             v.push(format!("route {prefix} has host bits set"));
         }
         if denied(&prefix, config) {
-            v.push(format!("route {prefix} is a default route or overlaps a denyPrefixes entry"));
+            v.push(format!(
+                "route {prefix} is a default route or overlaps a denyPrefixes entry"
+            ));
         }
         let role = role_of_kind(route.kind);
         let ranges = role_ranges(config, role);
         if route.kind.is_part() {
-            let whole = route.part_of.filter(|whole| ranges.iter().any(|r| r.cidr.0 == *whole));
+            let whole = route
+                .part_of
+                .filter(|whole| ranges.iter().any(|r| r.cidr.0 == *whole));
             match whole {
-                None => v.push(format!("part {prefix} ({}) is a part of no CIDR of {}", route.kind, role.config_list())),
+                None => v.push(format!(
+                    "part {prefix} ({}) is a part of no CIDR of {}",
+                    route.kind,
+                    role.config_list()
+                )),
                 Some(whole) => {
                     if !whole.contains(&prefix) || whole.prefix_len() >= prefix.prefix_len() {
                         v.push(format!("part {prefix} is no smaller part of {whole}"));
@@ -164,28 +201,48 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             }
         } else if route.kind.is_range() {
             if !ranges.iter().any(|r| r.cidr.0 == prefix) {
-                v.push(format!("range route {prefix} ({}) is no CIDR of {}", route.kind, role.config_list()));
+                v.push(format!(
+                    "range route {prefix} ({}) is no CIDR of {}",
+                    route.kind,
+                    role.config_list()
+                ));
             }
         } else {
             if prefix.prefix_len() != prefix.max_prefix_len() {
-                v.push(format!("host route {prefix} ({}) is not a host prefix", route.kind));
+                v.push(format!(
+                    "host route {prefix} ({}) is not a host prefix",
+                    route.kind
+                ));
             }
             if !ranges.iter().any(|r| r.cidr.0.contains(&prefix)) {
-                v.push(format!("host route {prefix} ({}) lies outside every range of {}", route.kind, role.config_list()));
+                v.push(format!(
+                    "host route {prefix} ({}) lies outside every range of {}",
+                    route.kind,
+                    role.config_list()
+                ));
             }
             if node_addresses.contains(&prefix.addr()) {
                 v.push(format!("host route {prefix} is a node's own address"));
             }
         }
         if let Some(k) = max_paths(config, route).filter(|k| route.next_hops.len() > *k) {
-            v.push(format!("route {prefix} has {} next hops, above ecmp.maxPaths {k}", route.next_hops.len()));
+            v.push(format!(
+                "route {prefix} has {} next hops, above ecmp.maxPaths {k}",
+                route.next_hops.len()
+            ));
         }
         for hop in &route.next_hops {
             match state.nodes.get(&hop.node) {
-                None => v.push(format!("route {prefix}: next hop node {} does not exist", hop.node)),
+                None => v.push(format!(
+                    "route {prefix}: next hop node {} does not exist",
+                    hop.node
+                )),
                 Some(node) => {
                     if !eligible(node, config) {
-                        v.push(format!("route {prefix}: next hop node {} is not eligible", hop.node));
+                        v.push(format!(
+                            "route {prefix}: next hop node {} is not eligible",
+                            hop.node
+                        ));
                     }
                     if !node.internal_ips.contains(&hop.address) {
                         v.push(format!(
@@ -196,7 +253,10 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
                 }
             }
             if hop.address.is_ipv4() != prefix.addr().is_ipv4() {
-                v.push(format!("route {prefix}: next hop {} is of the other family", hop.address));
+                v.push(format!(
+                    "route {prefix}: next hop {} is of the other family",
+                    hop.address
+                ));
             }
         }
         if !route.kind.is_range() {
@@ -215,36 +275,61 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
     }
 
     for (key, explanation) in plan.services.iter() {
-        let Some(service) = state.services.get(key) else { continue };
-        let listed: usize = if service.has_no_ips() { 0 } else { ROLES.iter().map(|r| service_ips(service, *r).len()).sum() };
+        let Some(service) = state.services.get(key) else {
+            continue;
+        };
+        let listed: usize = if service.has_no_ips() {
+            0
+        } else {
+            ROLES.iter().map(|r| service_ips(service, *r).len()).sum()
+        };
         if explanation.ips.len() != listed {
-            v.push(format!("{key}: {} IP(s) explained, {listed} listed", explanation.ips.len()));
+            v.push(format!(
+                "{key}: {} IP(s) explained, {listed} listed",
+                explanation.ips.len()
+            ));
         }
         for ip in &explanation.ips {
             let parsed = strict_ip(&ip.ip);
             match &ip.outcome {
                 IpOutcome::HostRoute(net) => {
                     if parsed.map(host_net) != Some(*net) {
-                        v.push(format!("{key}: `{}` explained as host route {net}, which is not its IP", ip.ip));
+                        v.push(format!(
+                            "{key}: `{}` explained as host route {net}, which is not its IP",
+                            ip.ip
+                        ));
                     }
                     match plan.routes.get(net) {
                         Some(route) if route.sources.contains(&key.to_string()) => {}
-                        _ => v.push(format!("{key}: `{}` explained as host route {net}, which the plan lacks", ip.ip)),
+                        _ => v.push(format!(
+                            "{key}: `{}` explained as host route {net}, which the plan lacks",
+                            ip.ip
+                        )),
                     }
                 }
                 IpOutcome::CoveredByRange(net) => {
                     match parsed {
                         Some(addr) if net.contains(&addr) => {}
-                        _ => v.push(format!("{key}: `{}` explained as covered by {net}, which does not hold it", ip.ip)),
+                        _ => v.push(format!(
+                            "{key}: `{}` explained as covered by {net}, which does not hold it",
+                            ip.ip
+                        )),
                     }
                     if !plan.routes.get(net).is_some_and(|r| r.kind.is_range()) {
                         v.push(format!("{key}: `{}` explained as covered by {net}, which is no announced range", ip.ip));
                     }
                 }
                 IpOutcome::OtherPool { pool, range } => {
-                    let theirs = config.other_pools.iter().any(|p| p.name == *pool && p.ranges.iter().any(|r| r.0 == *range));
+                    let theirs = config
+                        .other_pools
+                        .iter()
+                        .any(|p| p.name == *pool && p.ranges.iter().any(|r| r.0 == *range));
                     let inside = parsed.is_some_and(|addr| range.contains(&addr));
-                    let ours = parsed.is_some_and(|addr| role_ranges(config, ip.role).iter().any(|r| r.cidr.0.contains(&addr)));
+                    let ours = parsed.is_some_and(|addr| {
+                        role_ranges(config, ip.role)
+                            .iter()
+                            .any(|r| r.cidr.0.contains(&addr))
+                    });
                     if !theirs || !inside || ours {
                         v.push(format!("{key}: `{}` explained as pool {pool}'s (range {range}), which it is not", ip.ip));
                     }
@@ -257,17 +342,33 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
     for refusal in &plan.refusals {
         let key = &refusal.service;
         let Some(service) = state.services.get(key) else {
-            v.push(format!("refusal of `{}` names Service {key}, which does not exist", refusal.ip));
+            v.push(format!(
+                "refusal of `{}` names Service {key}, which does not exist",
+                refusal.ip
+            ));
             continue;
         };
         if !service_ips(service, refusal.role).contains(&refusal.ip) {
-            v.push(format!("refusal of `{}` ({}): {key} has no such {} IP", refusal.ip, refusal.cause.as_str(), refusal.role.as_str()));
+            v.push(format!(
+                "refusal of `{}` ({}): {key} has no such {} IP",
+                refusal.ip,
+                refusal.cause.as_str(),
+                refusal.role.as_str()
+            ));
         }
         let announced = plan.services.get(key).is_some_and(|e| {
-            e.ips.iter().any(|i| i.ip == refusal.ip && i.role == refusal.role && !matches!(i.outcome, IpOutcome::NotAnnounced(_)))
+            e.ips.iter().any(|i| {
+                i.ip == refusal.ip
+                    && i.role == refusal.role
+                    && !matches!(i.outcome, IpOutcome::NotAnnounced(_))
+            })
         });
         if announced {
-            v.push(format!("refused `{}` ({}) of {key} is announced", refusal.ip, refusal.cause.as_str()));
+            v.push(format!(
+                "refused `{}` ({}) of {key} is announced",
+                refusal.ip,
+                refusal.cause.as_str()
+            ));
         }
         let parsed = strict_ip(&refusal.ip);
         let cause_holds = match (refusal.cause, parsed) {
@@ -275,7 +376,9 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             (_, None) => false,
             (RefusalCause::OutsideRanges, Some(ip)) => {
                 let ranges = role_ranges(config, refusal.role);
-                !ranges.is_empty() && !ranges.iter().any(|r| r.cidr.0.contains(&ip)) && !in_other_pool(config, &ip)
+                !ranges.is_empty()
+                    && !ranges.iter().any(|r| r.cidr.0.contains(&ip))
+                    && !in_other_pool(config, &ip)
             }
             (RefusalCause::NotConfigured, Some(ip)) => {
                 role_ranges(config, refusal.role).is_empty() && !in_other_pool(config, &ip)
@@ -284,16 +387,27 @@ pub fn check_plan_invariants(state: &ClusterState, config: &Config, plan: &Plan)
             (RefusalCause::NodeAddress, Some(ip)) => node_addresses.contains(&ip),
         };
         if !cause_holds {
-            v.push(format!("refusal of `{}` of {key} as {} does not hold", refusal.ip, refusal.cause.as_str()));
+            v.push(format!(
+                "refusal of `{}` of {key} as {} does not hold",
+                refusal.ip,
+                refusal.cause.as_str()
+            ));
         }
         // One pool speaks for each refusal: this one inside its own ranges, else the first by name.
-        let all_pools = config.other_pools.iter().map(|p| &p.name).chain([&config.pool]);
+        let all_pools = config
+            .other_pools
+            .iter()
+            .map(|p| &p.name)
+            .chain([&config.pool]);
         let speaker = match refusal.cause {
             RefusalCause::Denied | RefusalCause::NodeAddress => Some(&config.pool),
             _ => all_pools.min(),
         };
         if speaker != Some(&refusal.event_pool) {
-            v.push(format!("refusal of `{}` of {key}: its Event is pool {}'s to record, not {speaker:?}'s", refusal.ip, refusal.event_pool));
+            v.push(format!(
+                "refusal of `{}` of {key}: its Event is pool {}'s to record, not {speaker:?}'s",
+                refusal.ip, refusal.event_pool
+            ));
         }
     }
 
@@ -316,41 +430,62 @@ fn check_host_route_sources(
     let mut endpoint_nodes: BTreeSet<&str> = BTreeSet::new();
     for source in &route.sources {
         let Some((namespace, name)) = source.split_once('/') else {
-            v.push(format!("host route {prefix}: source `{source}` is not namespace/name"));
+            v.push(format!(
+                "host route {prefix}: source `{source}` is not namespace/name"
+            ));
             continue;
         };
         let key = ObjectKey::new(namespace, name);
         let Some(service) = state.services.get(&key) else {
-            v.push(format!("host route {prefix}: source Service {source} does not exist"));
+            v.push(format!(
+                "host route {prefix}: source Service {source} does not exist"
+            ));
             continue;
         };
         let internal_only = service.external_traffic_policy != TrafficPolicy::Local;
         if internal_only && service.internal_traffic_policy != TrafficPolicy::Local {
-            v.push(format!("host route {prefix}: source Service {source} has no traffic policy Local"));
+            v.push(format!(
+                "host route {prefix}: source Service {source} has no traffic policy Local"
+            ));
         }
         // internalTrafficPolicy: Local alone gives host routes to cluster IPs only.
-        let roles: &[IpRole] = if internal_only { &[IpRole::Cluster] } else { &ROLES };
+        let roles: &[IpRole] = if internal_only {
+            &[IpRole::Cluster]
+        } else {
+            &ROLES
+        };
         if service.has_no_ips() {
-            v.push(format!("host route {prefix}: source Service {source} is headless or ExternalName"));
+            v.push(format!(
+                "host route {prefix}: source Service {source} is headless or ExternalName"
+            ));
         }
         let justified = roles.iter().any(|role| {
-            service_ips(service, *role).iter().any(|raw| strict_ip(raw).map(host_net) == Some(prefix))
-                && role_ranges(config, *role).iter().any(|r| r.cidr.0.contains(&prefix))
+            service_ips(service, *role)
+                .iter()
+                .any(|raw| strict_ip(raw).map(host_net) == Some(prefix))
+                && role_ranges(config, *role)
+                    .iter()
+                    .any(|r| r.cidr.0.contains(&prefix))
         });
         if !justified {
             v.push(format!(
                 "host route {prefix}: source Service {source} lists no such IP inside a range of its list"
             ));
         }
-        let explained = plan
-            .services
-            .get(&key)
-            .is_some_and(|e| e.ips.iter().any(|i| i.outcome == IpOutcome::HostRoute(prefix)));
+        let explained = plan.services.get(&key).is_some_and(|e| {
+            e.ips
+                .iter()
+                .any(|i| i.outcome == IpOutcome::HostRoute(prefix))
+        });
         if !explained {
-            v.push(format!("host route {prefix}: Service {source}'s explanation does not say so"));
+            v.push(format!(
+                "host route {prefix}: Service {source}'s explanation does not say so"
+            ));
         }
         for slice in state.endpoint_slices.values() {
-            if slice.key.namespace != key.namespace || slice.service_name.as_deref() != Some(key.name.as_str()) {
+            if slice.key.namespace != key.namespace
+                || slice.service_name.as_deref() != Some(key.name.as_str())
+            {
                 continue;
             }
             // Endpoints of the prefix's own family only (no FQDN ones).
@@ -385,21 +520,30 @@ pub fn check_guarded(raw: &Plan, guarded: &Plan, max_routes: Option<usize>) -> R
     let mut v = Violations(Vec::new());
     for (prefix, route) in &guarded.routes {
         let Some(raw_route) = raw.routes.get(prefix) else {
-            v.push(format!("guarded plan announces {prefix}, which the raw plan does not"));
+            v.push(format!(
+                "guarded plan announces {prefix}, which the raw plan does not"
+            ));
             continue;
         };
         if route.next_hops.is_empty() {
             v.push(format!("guarded route {prefix} has no next hop"));
         }
         if !route.next_hops.is_subset(&raw_route.next_hops) {
-            v.push(format!("guarded route {prefix} has next hops the raw plan does not"));
+            v.push(format!(
+                "guarded route {prefix} has next hops the raw plan does not"
+            ));
         }
         if route.kind != raw_route.kind || route.prefix != raw_route.prefix {
-            v.push(format!("guarded route {prefix} differs from the raw one in kind or prefix"));
+            v.push(format!(
+                "guarded route {prefix} differs from the raw one in kind or prefix"
+            ));
         }
     }
     if let Some(max) = max_routes.filter(|max| guarded.routes.len() > *max) {
-        v.push(format!("guarded plan has {} routes, above maxRoutes {max}", guarded.routes.len()));
+        v.push(format!(
+            "guarded plan has {} routes, above maxRoutes {max}",
+            guarded.routes.len()
+        ));
     }
     if guarded.refusals != raw.refusals || guarded.services != raw.services {
         v.push("the guard changed the plan's refusals or explanations".to_string());

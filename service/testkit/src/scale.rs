@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::cluster::{AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType, TrafficPolicy};
+use crate::cluster::{
+    AddressType, ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, ServiceType,
+    TrafficPolicy,
+};
 use crate::config::Config;
 
 #[derive(Debug, Clone, Copy)]
@@ -34,7 +37,11 @@ impl Scale {
 
     /// The largest cluster Kubernetes supports (5,000 nodes), in the same mix: 50,000 Services,
     /// 500,000 endpoints. The benchmarks' `--scale large` (or `HERALD_SCALE=large`).
-    pub const KUBERNETES_LIMIT: Scale = Scale { nodes: 5000, services: 50_000, ..Scale::LARGE };
+    pub const KUBERNETES_LIMIT: Scale = Scale {
+        nodes: 5000,
+        services: 50_000,
+        ..Scale::LARGE
+    };
 
     /// The scenario a benchmark was asked for: `--scale large` (or `--scale=large`) among its
     /// arguments, else the environment's `HERALD_SCALE`; `large` is [`Scale::KUBERNETES_LIMIT`],
@@ -47,14 +54,22 @@ impl Scale {
             if let Some(value) = arg.strip_prefix("--scale=") {
                 asked = Some(value.to_string());
             } else if arg == "--scale" {
-                asked = Some(args.get(i + 1).cloned().ok_or("--scale needs a value: default or large")?);
+                asked = Some(
+                    args.get(i + 1)
+                        .cloned()
+                        .ok_or("--scale needs a value: default or large")?,
+                );
             }
         }
-        let asked = asked.or_else(|| std::env::var("HERALD_SCALE").ok()).unwrap_or_default();
+        let asked = asked
+            .or_else(|| std::env::var("HERALD_SCALE").ok())
+            .unwrap_or_default();
         match asked.as_str() {
             "" | "default" => Ok(Scale::LARGE),
             "large" => Ok(Scale::KUBERNETES_LIMIT),
-            other => Err(format!("unknown scale `{other}`: default (1,000 nodes) or large (5,000 nodes)")),
+            other => Err(format!(
+                "unknown scale `{other}`: default (1,000 nodes) or large (5,000 nodes)"
+            )),
         }
     }
 
@@ -88,7 +103,12 @@ impl Scale {
     }
 
     pub const fn small(nodes: u32, services: u32) -> Scale {
-        Scale { nodes, services, endpoints_per_service: 3, ..Scale::LARGE }
+        Scale {
+            nodes,
+            services,
+            endpoints_per_service: 3,
+            ..Scale::LARGE
+        }
     }
 }
 
@@ -167,14 +187,26 @@ pub fn cluster(scale: Scale) -> ClusterState {
                 external_ips.push(v6(0xfd00_0064_0000_0000_0000_0000_0000_0000, s + 1).to_string());
             }
         }
-        let load_balancer_ips = if lb { vec![v4(0x6441_0000, s + 1).to_string()] } else { Vec::new() };
+        let load_balancer_ips = if lb {
+            vec![v4(0x6441_0000, s + 1).to_string()]
+        } else {
+            Vec::new()
+        };
         state.insert_service(Service {
             key: ObjectKey::new(namespace.clone(), name.clone()),
-            type_: if lb { ServiceType::LoadBalancer } else { ServiceType::ClusterIP },
+            type_: if lb {
+                ServiceType::LoadBalancer
+            } else {
+                ServiceType::ClusterIP
+            },
             cluster_ips,
             external_ips,
             load_balancer_ips,
-            external_traffic_policy: if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster },
+            external_traffic_policy: if local {
+                TrafficPolicy::Local
+            } else {
+                TrafficPolicy::Cluster
+            },
             internal_traffic_policy: TrafficPolicy::Cluster,
             annotations: BTreeMap::new(),
         });

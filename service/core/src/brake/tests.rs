@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::brake::BrakeConfig;
-use crate::cluster::{ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy};
+use crate::cluster::{
+    ClusterState, Endpoint, EndpointSlice, Node, ObjectKey, Service, TrafficPolicy,
+};
 use crate::config::Config;
 use crate::guard::{Guard, GuardConfig, Guarded};
 use crate::plan::Plan;
-use crate::planner::incremental::IncrementalPlanner;
 use crate::planner::EXCLUDE_LABEL;
+use crate::planner::incremental::IncrementalPlanner;
 
 const RANGE: &str = "198.19.32.0/20";
 /// The Local Service's cluster IP: a host route from the nodes with its endpoints.
@@ -48,7 +50,11 @@ fn slice(endpoint_nodes: &[usize]) -> EndpointSlice {
         service_name: Some("web".to_string()),
         endpoints: endpoint_nodes
             .iter()
-            .map(|i| Endpoint { node_name: Some(format!("n{i:02}")), ready: Some(true), ..Default::default() })
+            .map(|i| Endpoint {
+                node_name: Some(format!("n{i:02}")),
+                ready: Some(true),
+                ..Default::default()
+            })
             .collect(),
         ..Default::default()
     }
@@ -70,7 +76,11 @@ impl Herald {
         let mut herald = Herald {
             state,
             planner,
-            guard: Guard::new(GuardConfig { hold_down, max_routes: None, brake }),
+            guard: Guard::new(GuardConfig {
+                hold_down,
+                max_routes: None,
+                brake,
+            }),
             t0: Instant::now(),
             last: None,
         };
@@ -83,7 +93,9 @@ impl Herald {
         let before = self.state.clone();
         change(&mut self.state);
         self.planner.apply_batch(before.changes_to(&self.state));
-        let guarded = self.guard.apply(self.planner.plan(), self.t0 + Duration::from_millis(ms));
+        let guarded = self
+            .guard
+            .apply(self.planner.plan(), self.t0 + Duration::from_millis(ms));
         self.last = Some(guarded);
         self.last.as_ref().unwrap()
     }
@@ -94,7 +106,11 @@ impl Herald {
 
     fn hops(&self, prefix: &str) -> Vec<String> {
         let prefix: ipnet::IpNet = prefix.parse().unwrap();
-        self.plan().routes.get(&prefix).map(|r| r.next_hops.iter().map(|h| h.node.clone()).collect()).unwrap_or_default()
+        self.plan()
+            .routes
+            .get(&prefix)
+            .map(|r| r.next_hops.iter().map(|h| h.node.clone()).collect())
+            .unwrap_or_default()
     }
 
     fn engaged(&self) -> bool {
@@ -104,7 +120,15 @@ impl Herald {
 
 /// Every path of a plan: prefix -> next hops' nodes.
 fn paths(plan: &Plan) -> BTreeMap<String, Vec<String>> {
-    plan.routes.iter().map(|(p, r)| (p.to_string(), r.next_hops.iter().map(|h| h.node.clone()).collect())).collect()
+    plan.routes
+        .iter()
+        .map(|(p, r)| {
+            (
+                p.to_string(),
+                r.next_hops.iter().map(|h| h.node.clone()).collect(),
+            )
+        })
+        .collect()
 }
 
 fn set_ready(state: &mut ClusterState, nodes: impl IntoIterator<Item = usize>, ready: bool) {
@@ -125,7 +149,8 @@ fn brake() -> Option<BrakeConfig> {
 }
 
 #[test]
-fn sixty_percent_not_ready_at_once_keeps_the_plan_and_raises_the_alarm_and_their_return_clears_it_without_a_flap() {
+fn sixty_percent_not_ready_at_once_keeps_the_plan_and_raises_the_alarm_and_their_return_clears_it_without_a_flap()
+ {
     // Hold-down on: a path the brake kept must not be taken for a flapping one when it comes back.
     let mut herald = Herald::new(cluster(10, &[0, 1, 7]), brake(), Duration::from_secs(60));
     let good = herald.plan().clone();
@@ -136,20 +161,41 @@ fn sixty_percent_not_ready_at_once_keeps_the_plan_and_raises_the_alarm_and_their
     let guarded = herald.step(1_000, |s| set_ready(s, 0..6, false));
     let status = guarded.brake.clone().expect("the brake engages");
     assert_eq!(status.nodes, names(0..6).into_iter().collect());
-    assert!(status.reason.contains("6 of the pool's 10 eligible nodes"), "{}", status.reason);
+    assert!(
+        status.reason.contains("6 of the pool's 10 eligible nodes"),
+        "{}",
+        status.reason
+    );
     assert_eq!(paths(herald.plan()), paths(&good), "every route as it was");
-    assert!(herald.plan().notes.iter().any(|n| n.starts_with("withdrawal brake engaged")), "{:?}", herald.plan().notes);
+    assert!(
+        herald
+            .plan()
+            .notes
+            .iter()
+            .any(|n| n.starts_with("withdrawal brake engaged")),
+        "{:?}",
+        herald.plan().notes
+    );
     // The nodes' table says the truth: the planner sees them not Ready.
-    assert_eq!(herald.plan().nodes["n00"].ineligible.as_deref(), Some(crate::planner::NOT_READY));
+    assert_eq!(
+        herald.plan().nodes["n00"].ineligible.as_deref(),
+        Some(crate::planner::NOT_READY)
+    );
 
     // Kubernetes then marks their pods' endpoints not ready: still held.
-    herald.step(2_000, |s| s.insert_endpoint_slice(EndpointSlice {
-        endpoints: slice(&[0, 1, 7]).endpoints.into_iter().map(|mut e| {
-            e.ready = Some(e.node_name.as_deref() == Some("n07"));
-            e
-        }).collect(),
-        ..slice(&[])
-    }));
+    herald.step(2_000, |s| {
+        s.insert_endpoint_slice(EndpointSlice {
+            endpoints: slice(&[0, 1, 7])
+                .endpoints
+                .into_iter()
+                .map(|mut e| {
+                    e.ready = Some(e.node_name.as_deref() == Some("n07"));
+                    e
+                })
+                .collect(),
+            ..slice(&[])
+        })
+    });
     assert_eq!(paths(herald.plan()), paths(&good));
 
     // Back: the alarm clears, and nothing was withdrawn at any step (no flap, no hold-down).
@@ -158,9 +204,16 @@ fn sixty_percent_not_ready_at_once_keeps_the_plan_and_raises_the_alarm_and_their
         s.insert_endpoint_slice(slice(&[0, 1, 7]));
     });
     assert!(!herald.engaged(), "released once they are back");
-    assert_eq!(herald.plan().routes, good.routes, "the plan before, reasons and all");
+    assert_eq!(
+        herald.plan().routes,
+        good.routes,
+        "the plan before, reasons and all"
+    );
     assert!(herald.plan().notes.is_empty(), "{:?}", herald.plan().notes);
-    let release = herald.guard.last_brake_release().expect("a release is recorded");
+    let release = herald
+        .guard
+        .last_brake_release()
+        .expect("a release is recorded");
     assert!(release.why.contains("recovered"), "{}", release.why);
 }
 
@@ -182,7 +235,8 @@ fn the_exclusion_label_on_half_the_pool_and_more_is_withdrawn() {
     herald.step(1_000, |s| {
         for i in 0..6 {
             let mut node = node(i);
-            node.labels.insert(EXCLUDE_LABEL.to_string(), "true".to_string());
+            node.labels
+                .insert(EXCLUDE_LABEL.to_string(), "true".to_string());
             s.insert_node(node);
         }
     });
@@ -194,7 +248,10 @@ fn the_exclusion_label_on_half_the_pool_and_more_is_withdrawn() {
 #[test]
 fn a_node_selector_change_is_not_held() {
     // The pool's nodeSelector no longer picks most nodes (they were relabelled away).
-    let config = Config::parse(&format!("nodeSelector: pool=a\nserviceClusterIPs: [{{cidr: {RANGE}}}]\n")).unwrap();
+    let config = Config::parse(&format!(
+        "nodeSelector: pool=a\nserviceClusterIPs: [{{cidr: {RANGE}}}]\n"
+    ))
+    .unwrap();
     let mut state = cluster(10, &[0, 1, 7]);
     for i in 0..10 {
         let mut n = node(i);
@@ -202,7 +259,10 @@ fn a_node_selector_change_is_not_held() {
         state.insert_node(n);
     }
     let mut planner = IncrementalPlanner::new(state.clone(), config);
-    let mut guard = Guard::new(GuardConfig { brake: brake(), ..Default::default() });
+    let mut guard = Guard::new(GuardConfig {
+        brake: brake(),
+        ..Default::default()
+    });
     let t0 = Instant::now();
     guard.apply(planner.plan(), t0);
     let before = state.clone();
@@ -212,8 +272,19 @@ fn a_node_selector_change_is_not_held() {
     planner.apply_batch(before.changes_to(&state));
     let guarded = guard.apply(planner.plan(), t0 + Duration::from_secs(1));
     assert!(guarded.brake.is_none());
-    let range = guarded.plan.routes.get(&RANGE.parse::<ipnet::IpNet>().unwrap()).unwrap();
-    assert_eq!(range.next_hops.iter().map(|h| h.node.clone()).collect::<Vec<_>>(), names([8, 9]));
+    let range = guarded
+        .plan
+        .routes
+        .get(&RANGE.parse::<ipnet::IpNet>().unwrap())
+        .unwrap();
+    assert_eq!(
+        range
+            .next_hops
+            .iter()
+            .map(|h| h.node.clone())
+            .collect::<Vec<_>>(),
+        names([8, 9])
+    );
 }
 
 #[test]
@@ -242,7 +313,18 @@ fn a_wave_in_several_batches_puts_back_the_first_ones_too() {
     herald.step(4_000, |s| set_ready(s, 3..7, false));
     assert!(herald.engaged());
     assert_eq!(paths(herald.plan()), paths(&good));
-    assert_eq!(herald.last.as_ref().unwrap().brake.as_ref().unwrap().nodes.len(), 7);
+    assert_eq!(
+        herald
+            .last
+            .as_ref()
+            .unwrap()
+            .brake
+            .as_ref()
+            .unwrap()
+            .nodes
+            .len(),
+        7
+    );
 }
 
 #[test]
@@ -260,7 +342,11 @@ fn while_held_the_rest_of_the_plan_follows_the_cluster() {
     herald.step(4_000, |s| {
         s.services.remove(&ObjectKey::new("ns", "web"));
     });
-    assert!(herald.hops(LOCAL_IP).is_empty(), "{:?}", herald.hops(LOCAL_IP));
+    assert!(
+        herald.hops(LOCAL_IP).is_empty(),
+        "{:?}",
+        herald.hops(LOCAL_IP)
+    );
 }
 
 #[test]
@@ -269,8 +355,16 @@ fn most_of_a_prefixs_next_hops_lost_at_once_are_held_even_in_a_small_wave() {
     let mut herald = Herald::new(cluster(20, &[0, 1, 7]), brake(), Duration::ZERO);
     herald.step(1_000, |s| set_ready(s, [0, 1], false));
     assert!(herald.engaged());
-    assert_eq!(herald.hops(LOCAL_IP), names([0, 1, 7]), "the prefix keeps its next hops");
-    assert_eq!(herald.hops(RANGE), names(2..20), "the range, which lost 10%, is withdrawn from them");
+    assert_eq!(
+        herald.hops(LOCAL_IP),
+        names([0, 1, 7]),
+        "the prefix keeps its next hops"
+    );
+    assert_eq!(
+        herald.hops(RANGE),
+        names(2..20),
+        "the range, which lost 10%, is withdrawn from them"
+    );
 }
 
 #[test]
@@ -283,7 +377,14 @@ fn an_operator_release_withdraws_what_is_held_and_the_same_wave_does_not_engage_
     assert!(!herald.engaged());
     assert_eq!(herald.hops(RANGE), names(6..10));
     assert_eq!(herald.hops(LOCAL_IP), names([7]));
-    assert!(herald.guard.last_brake_release().unwrap().why.contains("operator"));
+    assert!(
+        herald
+            .guard
+            .last_brake_release()
+            .unwrap()
+            .why
+            .contains("operator")
+    );
     // Later changes do not bring the released wave back.
     herald.step(3_000, |s| s.insert_endpoint_slice(slice(&[0, 1, 7, 8])));
     assert!(!herald.engaged());
@@ -294,7 +395,10 @@ fn an_operator_release_withdraws_what_is_held_and_the_same_wave_does_not_engage_
 
 #[test]
 fn the_brake_lets_go_after_max_hold_and_wakes_the_caller_for_it() {
-    let config = BrakeConfig { max_hold: Duration::from_secs(600), ..BrakeConfig::default() };
+    let config = BrakeConfig {
+        max_hold: Duration::from_secs(600),
+        ..BrakeConfig::default()
+    };
     let mut herald = Herald::new(cluster(10, &[0, 1, 7]), Some(config), Duration::ZERO);
     let t0 = herald.t0;
     let guarded = herald.step(1_000, |s| set_ready(s, 0..6, false));
@@ -305,7 +409,14 @@ fn the_brake_lets_go_after_max_hold_and_wakes_the_caller_for_it() {
     herald.step(601_000, |_| {});
     assert!(!herald.engaged());
     assert_eq!(herald.hops(RANGE), names(6..10));
-    assert!(herald.guard.last_brake_release().unwrap().why.contains("maxHold"));
+    assert!(
+        herald
+            .guard
+            .last_brake_release()
+            .unwrap()
+            .why
+            .contains("maxHold")
+    );
 }
 
 #[test]
@@ -342,12 +453,23 @@ fn a_held_node_excluded_meanwhile_is_let_go() {
     herald.step(2_000, |s| {
         for i in 0..1 {
             let mut node = Node::clone(&s.nodes[&format!("n{i:02}")]);
-            node.labels.insert(EXCLUDE_LABEL.to_string(), "true".to_string());
+            node.labels
+                .insert(EXCLUDE_LABEL.to_string(), "true".to_string());
             s.insert_node(node);
         }
     });
     assert!(herald.engaged());
-    let held: Vec<String> = herald.last.as_ref().unwrap().brake.as_ref().unwrap().nodes.iter().cloned().collect();
+    let held: Vec<String> = herald
+        .last
+        .as_ref()
+        .unwrap()
+        .brake
+        .as_ref()
+        .unwrap()
+        .nodes
+        .iter()
+        .cloned()
+        .collect();
     assert_eq!(held, names(1..6));
     assert_eq!(herald.hops(RANGE), names(1..10));
 }

@@ -17,7 +17,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 }
 
@@ -198,7 +201,9 @@ pub struct EndpointSlice {
 
 impl EndpointSlice {
     pub fn service_key(&self) -> Option<ObjectKey> {
-        self.service_name.as_ref().map(|name| ObjectKey::new(self.key.namespace.clone(), name.clone()))
+        self.service_name
+            .as_ref()
+            .map(|name| ObjectKey::new(self.key.namespace.clone(), name.clone()))
     }
 }
 
@@ -236,7 +241,8 @@ impl ClusterState {
         self.services.insert(service.key.clone(), Arc::new(service));
     }
     pub fn insert_endpoint_slice(&mut self, slice: EndpointSlice) {
-        self.endpoint_slices.insert(slice.key.clone(), Arc::new(slice));
+        self.endpoint_slices
+            .insert(slice.key.clone(), Arc::new(slice));
     }
 
     /// The object changes that turn `self` into `new`: Nodes first, then Services, then
@@ -246,19 +252,27 @@ impl ClusterState {
         let mut changes = Vec::new();
         for item in self.nodes.diff(&new.nodes) {
             changes.push(match item {
-                DiffItem::Add(_, node) | DiffItem::Update { new: (_, node), .. } => Change::Node(node.clone()),
+                DiffItem::Add(_, node) | DiffItem::Update { new: (_, node), .. } => {
+                    Change::Node(node.clone())
+                }
                 DiffItem::Remove(name, _) => Change::NodeDeleted(name.clone()),
             });
         }
         for item in self.services.diff(&new.services) {
             changes.push(match item {
-                DiffItem::Add(_, service) | DiffItem::Update { new: (_, service), .. } => Change::Service(service.clone()),
+                DiffItem::Add(_, service)
+                | DiffItem::Update {
+                    new: (_, service), ..
+                } => Change::Service(service.clone()),
                 DiffItem::Remove(key, _) => Change::ServiceDeleted(key.clone()),
             });
         }
         for item in self.endpoint_slices.diff(&new.endpoint_slices) {
             changes.push(match item {
-                DiffItem::Add(_, slice) | DiffItem::Update { new: (_, slice), .. } => Change::EndpointSlice(slice.clone()),
+                DiffItem::Add(_, slice)
+                | DiffItem::Update {
+                    new: (_, slice), ..
+                } => Change::EndpointSlice(slice.clone()),
                 DiffItem::Remove(key, _) => Change::EndpointSliceDeleted(key.clone()),
             });
         }
@@ -275,7 +289,8 @@ impl ClusterState {
                 self.services.remove(key);
             }
             Change::EndpointSlice(slice) => {
-                self.endpoint_slices.insert(slice.key.clone(), slice.clone());
+                self.endpoint_slices
+                    .insert(slice.key.clone(), slice.clone());
             }
             Change::EndpointSliceDeleted(key) => {
                 self.endpoint_slices.remove(key);

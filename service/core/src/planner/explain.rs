@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{plan_service, PlanContext};
+use super::{PlanContext, plan_service};
 use crate::cluster::{ClusterState, EndpointSlice, ObjectKey, Objects, Service};
 use crate::plan::ServiceExplanation;
 
@@ -82,7 +82,9 @@ impl Explanations {
     }
 
     pub fn contains_key(&self, key: &ObjectKey) -> bool {
-        self.inputs.as_ref().is_some_and(|i| i.services.contains_key(key))
+        self.inputs
+            .as_ref()
+            .is_some_and(|i| i.services.contains_key(key))
     }
 
     /// The Services explained, in key order.
@@ -150,8 +152,12 @@ impl PartialEq for Explanations {
         }
         for item in a.endpoint_slices.diff(&b.endpoint_slices) {
             let slices: [Option<&Arc<EndpointSlice>>; 2] = match item {
-                imbl::ordmap::DiffItem::Add(_, slice) | imbl::ordmap::DiffItem::Remove(_, slice) => [Some(slice), None],
-                imbl::ordmap::DiffItem::Update { old: (_, old), new: (_, new) } => [Some(old), Some(new)],
+                imbl::ordmap::DiffItem::Add(_, slice)
+                | imbl::ordmap::DiffItem::Remove(_, slice) => [Some(slice), None],
+                imbl::ordmap::DiffItem::Update {
+                    old: (_, old),
+                    new: (_, new),
+                } => [Some(old), Some(new)],
             };
             changed.extend(slices.into_iter().flatten().filter_map(|s| s.service_key()));
         }
@@ -163,6 +169,8 @@ impl Eq for Explanations {}
 
 impl fmt::Debug for Explanations {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Explanations").field("services", &self.len()).finish_non_exhaustive()
+        f.debug_struct("Explanations")
+            .field("services", &self.len())
+            .finish_non_exhaustive()
     }
 }

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use ipnet::IpNet;
 
-use super::{merge_host_route, plan_service_routes, Explanations, PlanContext, ServicePlan};
+use super::{Explanations, PlanContext, ServicePlan, merge_host_route, plan_service_routes};
 use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Service};
 use crate::config::Config;
 use crate::plan::{Plan, Route};
@@ -70,7 +70,11 @@ impl IncrementalPlanner {
         };
         for slice in planner.state.endpoint_slices.values() {
             if let Some(service) = slice.service_key() {
-                planner.slices_by_service.entry(service).or_default().insert(slice.key.clone());
+                planner
+                    .slices_by_service
+                    .entry(service)
+                    .or_default()
+                    .insert(slice.key.clone());
             }
         }
         planner.replan_all();
@@ -86,7 +90,10 @@ impl IncrementalPlanner {
     }
 
     fn plan_part(&self, key: &ObjectKey) -> Option<ServicePlan> {
-        self.state.services.get(key).map(|service| self.plan_one(service))
+        self.state
+            .services
+            .get(key)
+            .map(|service| self.plan_one(service))
     }
 
     fn plan_one(&self, service: &Service) -> ServicePlan {
@@ -109,7 +116,10 @@ impl IncrementalPlanner {
         let keys: Vec<ObjectKey> = services.iter().map(|s| s.key.clone()).collect();
         for (key, part) in keys.into_iter().zip(parts) {
             for route in &part.host_routes {
-                self.contributors.entry(route.prefix).or_default().insert(key.clone());
+                self.contributors
+                    .entry(route.prefix)
+                    .or_default()
+                    .insert(key.clone());
             }
             self.parts.insert(key, part);
         }
@@ -134,7 +144,11 @@ impl IncrementalPlanner {
         for key in self.contributors.get(prefix).into_iter().flatten() {
             if let Some(part) = self.parts.get(key) {
                 for route in part.host_routes.iter().filter(|r| r.prefix == *prefix) {
-                    merge_host_route(&mut routes, route, self.context.host_max_paths(prefix, route.kind));
+                    merge_host_route(
+                        &mut routes,
+                        route,
+                        self.context.host_max_paths(prefix, route.kind),
+                    );
                 }
             }
         }
@@ -165,7 +179,10 @@ impl IncrementalPlanner {
             Some(new) => {
                 for route in &new.host_routes {
                     touched.insert(route.prefix);
-                    self.contributors.entry(route.prefix).or_default().insert(key.clone());
+                    self.contributors
+                        .entry(route.prefix)
+                        .or_default()
+                        .insert(key.clone());
                 }
                 self.plan.refusals.extend(new.refusals.iter().cloned());
                 self.parts.insert(key.clone(), new);
@@ -225,7 +242,11 @@ impl IncrementalPlanner {
                 self.replan_service(key, &mut before);
             }
             Change::EndpointSlice(slice) => {
-                let previous = self.state.endpoint_slices.get(&slice.key).and_then(|s| s.service_key());
+                let previous = self
+                    .state
+                    .endpoint_slices
+                    .get(&slice.key)
+                    .and_then(|s| s.service_key());
                 let current = slice.service_key();
                 if let Some(previous) = &previous {
                     if let Some(set) = self.slices_by_service.get_mut(previous) {
@@ -233,7 +254,10 @@ impl IncrementalPlanner {
                     }
                 }
                 if let Some(current) = &current {
-                    self.slices_by_service.entry(current.clone()).or_default().insert(slice.key.clone());
+                    self.slices_by_service
+                        .entry(current.clone())
+                        .or_default()
+                        .insert(slice.key.clone());
                 }
                 self.state.apply(&change);
                 for service in previous.into_iter().chain(current).collect::<BTreeSet<_>>() {
@@ -241,7 +265,12 @@ impl IncrementalPlanner {
                 }
             }
             Change::EndpointSliceDeleted(key) => {
-                if let Some(service) = self.state.endpoint_slices.remove(key).and_then(|slice| slice.service_key()) {
+                if let Some(service) = self
+                    .state
+                    .endpoint_slices
+                    .remove(key)
+                    .and_then(|slice| slice.service_key())
+                {
                     if let Some(set) = self.slices_by_service.get_mut(&service) {
                         set.remove(key);
                     }
@@ -267,7 +296,8 @@ impl IncrementalPlanner {
             match &change {
                 Change::Node(node) => {
                     let old = self.state.nodes.get(&node.name).cloned();
-                    nodes_changed |= node_view(old.as_deref(), &self.config) != node_view(Some(node), &self.config);
+                    nodes_changed |= node_view(old.as_deref(), &self.config)
+                        != node_view(Some(node), &self.config);
                     self.state.apply(&change);
                 }
                 Change::NodeDeleted(name) => {
@@ -296,23 +326,39 @@ impl IncrementalPlanner {
     fn record(&mut self, change: &Change) {
         match change {
             Change::EndpointSlice(slice) => {
-                if let Some(previous) = self.state.endpoint_slices.get(&slice.key).and_then(|s| s.service_key()) {
+                if let Some(previous) = self
+                    .state
+                    .endpoint_slices
+                    .get(&slice.key)
+                    .and_then(|s| s.service_key())
+                {
                     if let Some(set) = self.slices_by_service.get_mut(&previous) {
                         set.remove(&slice.key);
                     }
                 }
                 if let Some(current) = slice.service_key() {
-                    self.slices_by_service.entry(current).or_default().insert(slice.key.clone());
+                    self.slices_by_service
+                        .entry(current)
+                        .or_default()
+                        .insert(slice.key.clone());
                 }
             }
             Change::EndpointSliceDeleted(key) => {
-                if let Some(service) = self.state.endpoint_slices.get(key).and_then(|s| s.service_key()) {
+                if let Some(service) = self
+                    .state
+                    .endpoint_slices
+                    .get(key)
+                    .and_then(|s| s.service_key())
+                {
                     if let Some(set) = self.slices_by_service.get_mut(&service) {
                         set.remove(key);
                     }
                 }
             }
-            Change::Service(_) | Change::ServiceDeleted(_) | Change::Node(_) | Change::NodeDeleted(_) => {}
+            Change::Service(_)
+            | Change::ServiceDeleted(_)
+            | Change::Node(_)
+            | Change::NodeDeleted(_) => {}
         }
         self.state.apply(change);
     }
@@ -327,8 +373,17 @@ impl IncrementalPlanner {
 /// What the plan reads of a node (absent: `None`): whether the pool's nodeSelector picks it, why it
 /// is not eligible, and its InternalIPs. Two versions of a node that agree on this give the same
 /// plan: the rest of its labels, and whatever else of a Node changes, do not matter.
-fn node_view<'a>(node: Option<&'a Node>, config: &Config) -> Option<(bool, Option<&'static str>, &'a [std::net::IpAddr])> {
-    node.map(|node| (config.node_selector.matches(&node.labels), super::ineligibility(node, config), node.internal_ips.as_slice()))
+fn node_view<'a>(
+    node: Option<&'a Node>,
+    config: &Config,
+) -> Option<(bool, Option<&'static str>, &'a [std::net::IpAddr])> {
+    node.map(|node| {
+        (
+            config.node_selector.matches(&node.labels),
+            super::ineligibility(node, config),
+            node.internal_ips.as_slice(),
+        )
+    })
 }
 
 /// The delta between two plans.

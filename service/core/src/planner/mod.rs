@@ -23,11 +23,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::cluster::{AddressType, ClusterState, EndpointSlice, Node, Service, ServiceType, TrafficPolicy};
+use crate::cluster::{
+    AddressType, ClusterState, EndpointSlice, Node, Service, ServiceType, TrafficPolicy,
+};
 use crate::config::{Community, Config, LargeCommunity, PoolName, RangeConfig};
 use crate::plan::{
-    IpExplanation, IpOutcome, IpRole, NextHop, NodeExplanation, Plan, Refusal, RefusalCause, Route, RouteKind,
-    ServiceExplanation,
+    IpExplanation, IpOutcome, IpRole, NextHop, NodeExplanation, Plan, Refusal, RefusalCause, Route,
+    RouteKind, ServiceExplanation,
 };
 
 /// Nodes carrying this label are never next hops (the upstream Kubernetes convention).
@@ -52,7 +54,10 @@ impl Announcer {
     }
 
     fn next_hop_for(&self, ip: &IpAddr) -> Option<NextHop> {
-        self.address_for(ip).map(|address| NextHop { node: self.name.clone(), address })
+        self.address_for(ip).map(|address| NextHop {
+            node: self.name.clone(),
+            address,
+        })
     }
 }
 
@@ -159,7 +164,15 @@ impl PlanContext {
             match why {
                 None => {
                     let name = node.name.clone();
-                    announcers.insert(name.clone(), Announcer { key: spread::node_key(&name), name, v4, v6 });
+                    announcers.insert(
+                        name.clone(),
+                        Announcer {
+                            key: spread::node_key(&name),
+                            name,
+                            v4,
+                            v6,
+                        },
+                    );
                 }
                 Some(why) => {
                     ineligible.insert(node.name.clone(), why);
@@ -167,7 +180,10 @@ impl PlanContext {
             }
             nodes.insert(
                 node.name.clone(),
-                NodeExplanation { addresses: node.internal_ips.clone(), ineligible: why.map(str::to_string) },
+                NodeExplanation {
+                    addresses: node.internal_ips.clone(),
+                    ineligible: why.map(str::to_string),
+                },
             );
         }
         let role_ranges = [
@@ -178,13 +194,21 @@ impl PlanContext {
         .map(|(role, list)| {
             list.iter()
                 .enumerate()
-                .map(|(i, c)| Range { config: c.clone(), role, source: format!("config:{}[{i}]", role.config_list()) })
+                .map(|(i, c)| Range {
+                    config: c.clone(),
+                    role,
+                    source: format!("config:{}[{i}]", role.config_list()),
+                })
                 .collect::<Vec<_>>()
         });
         let mut context = PlanContext {
             announcers,
             ineligible,
-            node_addresses: state.nodes.values().flat_map(|n| n.internal_ips.iter().copied()).collect(),
+            node_addresses: state
+                .nodes
+                .values()
+                .flat_map(|n| n.internal_ips.iter().copied())
+                .collect(),
             pool_sizes,
             role_ranges,
             config: config.clone(),
@@ -194,7 +218,8 @@ impl PlanContext {
                     .iter()
                     .flat_map(|pool| pool.ranges.iter().map(|r| (pool.name.clone(), r.0)))
                     .collect();
-                ranges.sort_by_key(|(name, net)| (std::cmp::Reverse(net.prefix_len()), name.clone()));
+                ranges
+                    .sort_by_key(|(name, net)| (std::cmp::Reverse(net.prefix_len()), name.clone()));
                 ranges
             },
             part_counts: HashMap::default(),
@@ -217,7 +242,9 @@ impl PlanContext {
             .iter()
             .filter(|r| r.net().contains(prefix))
             .max_by_key(|r| r.net().prefix_len())
-            .map_or(self.config.ecmp.max_paths as usize, |r| self.max_paths(&r.config))
+            .map_or(self.config.ecmp.max_paths as usize, |r| {
+                self.max_paths(&r.config)
+            })
     }
 
     /// Rule 1: every range from every eligible node with an address of its family; with more such
@@ -228,7 +255,10 @@ impl PlanContext {
         for range in self.role_ranges.iter().flatten() {
             let net = range.net();
             if let Some(reason) = denied(&self.config, &net) {
-                plan.notes.push(format!("{} ({net}) is not announced: {reason}", range.source));
+                plan.notes.push(format!(
+                    "{} ({net}) is not announced: {reason}",
+                    range.source
+                ));
                 continue;
             }
             let max_paths = self.max_paths(&range.config);
@@ -240,8 +270,12 @@ impl PlanContext {
                 max_paths,
             });
             group.sources.insert(range.source.clone());
-            group.communities.extend(range.config.communities.iter().copied());
-            group.large_communities.extend(range.config.large_communities.iter().copied());
+            group
+                .communities
+                .extend(range.config.communities.iter().copied());
+            group
+                .large_communities
+                .extend(range.config.large_communities.iter().copied());
             // One CIDR in two lists with two widths: the narrower router decides.
             if max_paths > 0 && (group.max_paths == 0 || max_paths < group.max_paths) {
                 group.max_paths = max_paths;
@@ -251,7 +285,11 @@ impl PlanContext {
         let mut parts: Vec<Route> = Vec::new();
         for (net, group) in groups {
             let family = if net.addr().is_ipv4() { "IPv4" } else { "IPv6" };
-            let hops: Vec<NextHop> = self.announcers.values().filter_map(|a| a.next_hop_for(&net.addr())).collect();
+            let hops: Vec<NextHop> = self
+                .announcers
+                .values()
+                .filter_map(|a| a.next_hop_for(&net.addr()))
+                .collect();
             if hops.is_empty() {
                 plan.notes.push(format!(
                     "{} ({net}) is not announced: no eligible node has an {family} InternalIP",
@@ -259,7 +297,10 @@ impl PlanContext {
                 ));
                 continue;
             }
-            let route = |prefix: IpNet, kind: RouteKind, next_hops: BTreeSet<NextHop>, reason: String| Route {
+            let route = |prefix: IpNet,
+                         kind: RouteKind,
+                         next_hops: BTreeSet<NextHop>,
+                         reason: String| Route {
                 prefix,
                 kind,
                 next_hops,
@@ -276,12 +317,22 @@ impl PlanContext {
             let pool = self.pool_sizes[usize::from(net.addr().is_ipv6())];
             if k == 0 || pool <= k {
                 let reason = format!("{list} range, announced from every eligible node ({n})");
-                routes.insert(net, route(net, group.kind, hops.into_iter().collect(), reason));
+                routes.insert(
+                    net,
+                    route(net, group.kind, hops.into_iter().collect(), reason),
+                );
                 continue;
             }
             let keys: Vec<u64> = hops.iter().map(|h| self.announcers[&h.node].key).collect();
-            let pick = |indices: Vec<usize>| -> BTreeSet<NextHop> { indices.into_iter().map(|i| hops[i].clone()).collect() };
-            let count = spread::part_count(net.prefix_len(), self.config.ecmp.longest_prefix.of(&net), pool, k);
+            let pick = |indices: Vec<usize>| -> BTreeSet<NextHop> {
+                indices.into_iter().map(|i| hops[i].clone()).collect()
+            };
+            let count = spread::part_count(
+                net.prefix_len(),
+                self.config.ecmp.longest_prefix.of(&net),
+                pool,
+                k,
+            );
             let width = k.min(n);
             let chosen = spread::top(&net, k, &keys);
             // Indices (into hops) of the nodes that carry some of the range.
@@ -291,22 +342,41 @@ impl PlanContext {
                 group.kind,
                 pick(chosen),
                 if count > 1 {
-                    format!("{list} range, the aggregate of its {count} parts: from {width} of {n} eligible nodes (ecmp.maxPaths {k})")
+                    format!(
+                        "{list} range, the aggregate of its {count} parts: from {width} of {n} eligible nodes (ecmp.maxPaths {k})"
+                    )
                 } else {
-                    format!("{list} range, from {width} of {n} eligible nodes (ecmp.maxPaths {k}; it cannot be cut longer than /{})", net.prefix_len())
+                    format!(
+                        "{list} range, from {width} of {n} eligible nodes (ecmp.maxPaths {k}; it cannot be cut longer than /{})",
+                        net.prefix_len()
+                    )
                 },
             );
             if count > 1 {
                 self.part_counts.insert(net, count);
                 carried.clear();
-                for (i, (prefix, members)) in spread::parts(&net, count).into_iter().zip(spread::assign(&net, count, k, &keys)).enumerate() {
+                for (i, (prefix, members)) in spread::parts(&net, count)
+                    .into_iter()
+                    .zip(spread::assign(&net, count, k, &keys))
+                    .enumerate()
+                {
                     carried.extend(members.iter().copied());
-                    let reason = format!("part {} of {count} of the {list} range {net}: from {width} of {n} eligible nodes (ecmp.maxPaths {k})", i + 1);
-                    parts.push(Route { part_of: Some(net), ..route(prefix, group.kind.part(), pick(members), reason) });
+                    let reason = format!(
+                        "part {} of {count} of the {list} range {net}: from {width} of {n} eligible nodes (ecmp.maxPaths {k})",
+                        i + 1
+                    );
+                    parts.push(Route {
+                        part_of: Some(net),
+                        ..route(prefix, group.kind.part(), pick(members), reason)
+                    });
                 }
             }
-            aggregate.left_out =
-                hops.iter().enumerate().filter(|(i, _)| !carried.contains(i)).map(|(_, h)| h.node.clone()).collect();
+            aggregate.left_out = hops
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !carried.contains(i))
+                .map(|(_, h)| h.node.clone())
+                .collect();
             if !aggregate.left_out.is_empty() {
                 plan.notes.push(format!(
                     "{net}: {} of {n} eligible nodes carry none of it: {count} part(s) of {width} nodes (ecmp.maxPaths {k}) are all a /{} allows (ecmp.longestPrefix)",
@@ -323,14 +393,22 @@ impl PlanContext {
                     "{} is both a part of {} and the range of {}: announced as the latter",
                     part.prefix,
                     part.part_of.map(|r| r.to_string()).unwrap_or_default(),
-                    existing.sources.iter().cloned().collect::<Vec<_>>().join(", ")
+                    existing
+                        .sources
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )),
                 None => {
                     routes.insert(part.prefix, part);
                 }
             }
         }
-        plan.routes = routes.into_values().map(|r| (r.prefix, Arc::new(r))).collect();
+        plan.routes = routes
+            .into_values()
+            .map(|r| (r.prefix, Arc::new(r)))
+            .collect();
         plan
     }
 
@@ -339,7 +417,12 @@ impl PlanContext {
         self.part_counts
             .get(range)
             .and_then(|count| spread::part_holding(range, *count, ip))
-            .filter(|part| self.ranges_plan.routes.get(part).is_some_and(|r| r.part_of == Some(*range)))
+            .filter(|part| {
+                self.ranges_plan
+                    .routes
+                    .get(part)
+                    .is_some_and(|r| r.part_of == Some(*range))
+            })
             .unwrap_or(*range)
     }
 
@@ -380,8 +463,16 @@ impl PlanContext {
         if self.config.other_pools.is_empty() {
             return String::new();
         }
-        let names: Vec<&str> = self.config.other_pools.iter().map(|p| p.name.0.as_str()).collect();
-        format!(", nor inside a range of the other pools ({})", names.join(", "))
+        let names: Vec<&str> = self
+            .config
+            .other_pools
+            .iter()
+            .map(|p| p.name.0.as_str())
+            .collect();
+        format!(
+            ", nor inside a range of the other pools ({})",
+            names.join(", ")
+        )
     }
 }
 
@@ -413,9 +504,16 @@ fn merge_into(route: &mut Route, part: &Route, k: usize) {
     route.left_out.extend(part.left_out.iter().cloned());
     route.sources.extend(part.sources.iter().cloned());
     route.communities.extend(part.communities.iter().copied());
-    route.large_communities.extend(part.large_communities.iter().copied());
+    route
+        .large_communities
+        .extend(part.large_communities.iter().copied());
     keep_to_max_paths(route, k);
-    let why = part.reason.split(" on ").next().unwrap_or_default().to_string();
+    let why = part
+        .reason
+        .split(" on ")
+        .next()
+        .unwrap_or_default()
+        .to_string();
     route.reason = host_reason(&why, route, k);
 }
 
@@ -437,7 +535,9 @@ fn keep_to_max_paths(route: &mut Route, k: usize) {
         }
     }
     let announcing: BTreeSet<&str> = route.next_hops.iter().map(|h| h.node.as_str()).collect();
-    route.left_out.retain(|node| !announcing.contains(node.as_str()));
+    route
+        .left_out
+        .retain(|node| !announcing.contains(node.as_str()));
 }
 
 /// "{why} on node1, node2", and how many endpoint nodes `ecmp.maxPaths` left out.
@@ -446,7 +546,10 @@ fn host_reason(why: &str, route: &Route, k: usize) -> String {
     let mut reason = format!("{why} on {}", nodes.join(", "));
     if !route.left_out.is_empty() {
         let all = route.next_hops.len() + route.left_out.len();
-        reason.push_str(&format!(" ({} of {all} endpoint nodes: ecmp.maxPaths {k})", nodes.len()));
+        reason.push_str(&format!(
+            " ({} of {all} endpoint nodes: ecmp.maxPaths {k})",
+            nodes.len()
+        ));
     }
     reason
 }
@@ -456,13 +559,19 @@ pub const PLAN_IN_TWO_ABOVE: usize = 2_000;
 
 /// `plan_one` of each Service, in order. Services are planned independently of each other: a large
 /// cluster's are planned in two halves at once (two cores nearly halve a full plan of 20,000).
-pub fn plan_each<'a>(services: &[&'a Service], plan_one: impl Fn(&'a Service) -> ServicePlan + Sync) -> Vec<ServicePlan> {
+pub fn plan_each<'a>(
+    services: &[&'a Service],
+    plan_one: impl Fn(&'a Service) -> ServicePlan + Sync,
+) -> Vec<ServicePlan> {
     plan_items(services, |s| plan_one(s))
 }
 
 /// `plan_one` of each item (a Service and what it needs), in order; in two halves at once from
 /// [`PLAN_IN_TWO_ABOVE`] on.
-fn plan_items<T: Sync>(services: &[T], plan_one: impl Fn(&T) -> ServicePlan + Sync) -> Vec<ServicePlan> {
+fn plan_items<T: Sync>(
+    services: &[T],
+    plan_one: impl Fn(&T) -> ServicePlan + Sync,
+) -> Vec<ServicePlan> {
     if services.len() < PLAN_IN_TWO_ABOVE {
         return services.iter().map(&plan_one).collect();
     }
@@ -493,7 +602,12 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let mut named: Vec<((&str, &str), &EndpointSlice)> = state
         .endpoint_slices
         .values()
-        .filter_map(|slice| slice.service_name.as_deref().map(|service| ((slice.key.namespace.as_str(), service), &**slice)))
+        .filter_map(|slice| {
+            slice
+                .service_name
+                .as_deref()
+                .map(|service| ((slice.key.namespace.as_str(), service), &**slice))
+        })
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let slices: Vec<&EndpointSlice> = named.iter().map(|(_, slice)| *slice).collect();
@@ -513,7 +627,9 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
             (&**service, &slices[start..next])
         })
         .collect();
-    let parts = plan_items(&services, |(service, slices)| plan_service_routes(&context, service, slices));
+    let parts = plan_items(&services, |(service, slices)| {
+        plan_service_routes(&context, service, slices)
+    });
     for part in parts {
         for route in part.host_routes {
             let k = context.host_max_paths(&route.prefix, route.kind);
@@ -597,7 +713,9 @@ fn local_nodes<'a>(
             }
         };
         for endpoint in &slice.endpoints {
-            let Some(node) = endpoint.node_name.as_deref() else { continue };
+            let Some(node) = endpoint.node_name.as_deref() else {
+                continue;
+            };
             families_seen[family] = true;
             let state = EndpointState::of(endpoint);
             let best = &mut states.entry(node).or_default()[family];
@@ -609,15 +727,23 @@ fn local_nodes<'a>(
         let eligible = |state: EndpointState| {
             states
                 .iter()
-                .filter(|(node, s)| s[family] == Some(state) && context.announcers.contains_key(**node))
+                .filter(|(node, s)| {
+                    s[family] == Some(state) && context.announcers.contains_key(**node)
+                })
                 .map(|(node, _)| *node)
                 .collect::<BTreeSet<&str>>()
         };
         let ready = eligible(EndpointState::Ready);
         *result = if ready.is_empty() {
-            FamilyNodes { nodes: eligible(EndpointState::Draining), reason: "serving, terminating endpoints" }
+            FamilyNodes {
+                nodes: eligible(EndpointState::Draining),
+                reason: "serving, terminating endpoints",
+            }
         } else {
-            FamilyNodes { nodes: ready, reason: "ready endpoints" }
+            FamilyNodes {
+                nodes: ready,
+                reason: "ready endpoints",
+            }
         };
     }
     if !explain {
@@ -629,12 +755,22 @@ fn local_nodes<'a>(
             .iter()
             .zip(["IPv4", "IPv6"])
             .filter_map(|(state, family)| {
-                state.map(|s| if both { format!("{family}: {}", s.as_str()) } else { s.as_str().to_string() })
+                state.map(|s| {
+                    if both {
+                        format!("{family}: {}", s.as_str())
+                    } else {
+                        s.as_str().to_string()
+                    }
+                })
             })
             .collect();
         let mut text = described.join("; ");
         if !context.announcers.contains_key(node) {
-            let why = context.ineligible.get(node).copied().unwrap_or("unknown node");
+            let why = context
+                .ineligible
+                .get(node)
+                .copied()
+                .unwrap_or("unknown node");
             text = format!("{text}; not a next hop: {why}");
         }
         explanation.endpoint_nodes.insert(node.to_string(), text);
@@ -654,22 +790,36 @@ fn annotation_communities(
         allow: &[T],
         notes: &mut Vec<String>,
     ) -> BTreeSet<T> {
-        let Some(value) = service.annotations.get(annotation) else { return BTreeSet::new() };
+        let Some(value) = service.annotations.get(annotation) else {
+            return BTreeSet::new();
+        };
         let mut out = BTreeSet::new();
         for word in value.split(',').map(str::trim).filter(|w| !w.is_empty()) {
             match word.parse::<T>() {
                 Ok(c) if allow.contains(&c) => {
                     out.insert(c);
                 }
-                Ok(c) => notes.push(format!("{annotation}: {c} is not in the config's allowlist; ignored")),
+                Ok(c) => notes.push(format!(
+                    "{annotation}: {c} is not in the config's allowlist; ignored"
+                )),
                 Err(e) => notes.push(format!("{annotation}: {e}; ignored")),
             }
         }
         out
     }
     (
-        allowed(service, COMMUNITIES_ANNOTATION, &config.allowed_communities, notes),
-        allowed(service, LARGE_COMMUNITIES_ANNOTATION, &config.allowed_large_communities, notes),
+        allowed(
+            service,
+            COMMUNITIES_ANNOTATION,
+            &config.allowed_communities,
+            notes,
+        ),
+        allowed(
+            service,
+            LARGE_COMMUNITIES_ANNOTATION,
+            &config.allowed_large_communities,
+            notes,
+        ),
     )
 }
 
@@ -717,18 +867,31 @@ impl LocalAnnouncement<'_> {
 }
 
 /// Plans one Service: rules 3 to 7; with its explanation.
-pub fn plan_service(context: &PlanContext, service: &Service, slices: &[&EndpointSlice]) -> ServicePlan {
+pub fn plan_service(
+    context: &PlanContext,
+    service: &Service,
+    slices: &[&EndpointSlice],
+) -> ServicePlan {
     plan_service_as(context, service, slices, true)
 }
 
 /// Plans one Service's routes and refusals only: what a plan is made of. Its explanation, which
 /// [`plan_service`] gives, is made when asked ([`Explanations`]): making all of them cost a full
 /// plan a quarter of its time.
-pub fn plan_service_routes(context: &PlanContext, service: &Service, slices: &[&EndpointSlice]) -> ServicePlan {
+pub fn plan_service_routes(
+    context: &PlanContext,
+    service: &Service,
+    slices: &[&EndpointSlice],
+) -> ServicePlan {
     plan_service_as(context, service, slices, false)
 }
 
-fn plan_service_as(context: &PlanContext, service: &Service, slices: &[&EndpointSlice], explain: bool) -> ServicePlan {
+fn plan_service_as(
+    context: &PlanContext,
+    service: &Service,
+    slices: &[&EndpointSlice],
+    explain: bool,
+) -> ServicePlan {
     let external = service.external_traffic_policy == TrafficPolicy::Local;
     let internal = service.internal_traffic_policy == TrafficPolicy::Local;
     let mut part = ServicePlan::default();
@@ -744,18 +907,26 @@ fn plan_service_as(context: &PlanContext, service: &Service, slices: &[&Endpoint
         if !explain {
             return part;
         }
-        part.explanation.notes.push(if service.type_ == ServiceType::ExternalName {
-            "ExternalName Service: no IP of its own, nothing to announce".to_string()
-        } else {
-            "headless Service (clusterIP: None): nothing to announce".to_string()
-        });
+        part.explanation
+            .notes
+            .push(if service.type_ == ServiceType::ExternalName {
+                "ExternalName Service: no IP of its own, nothing to announce".to_string()
+            } else {
+                "headless Service (clusterIP: None): nothing to announce".to_string()
+            });
         return part;
     }
     let announcement = (external || internal).then(|| {
         let nodes = local_nodes(context, slices, &mut part.explanation, explain);
         let (communities, large_communities) =
             annotation_communities(service, &context.config, &mut part.explanation.notes);
-        LocalAnnouncement { nodes, communities, large_communities, external, internal }
+        LocalAnnouncement {
+            nodes,
+            communities,
+            large_communities,
+            external,
+            internal,
+        }
     });
     let lists = [
         (IpRole::Cluster, &service.cluster_ips),
@@ -764,9 +935,22 @@ fn plan_service_as(context: &PlanContext, service: &Service, slices: &[&Endpoint
     ];
     for ((role, ips), role_ranges) in lists.into_iter().zip(&context.role_ranges) {
         for raw in ips {
-            let outcome = ip_outcome(context, &mut part, service, raw, role, role_ranges, announcement.as_ref(), explain);
+            let outcome = ip_outcome(
+                context,
+                &mut part,
+                service,
+                raw,
+                role,
+                role_ranges,
+                announcement.as_ref(),
+                explain,
+            );
             if explain {
-                part.explanation.ips.push(IpExplanation { ip: raw.clone(), role, outcome });
+                part.explanation.ips.push(IpExplanation {
+                    ip: raw.clone(),
+                    role,
+                    outcome,
+                });
             }
         }
     }
@@ -808,17 +992,32 @@ fn ip_outcome(
     };
     let ip: IpAddr = match raw.trim().parse() {
         Ok(ip) => ip,
-        Err(_) => return refuse(RefusalCause::Malformed, format!("`{raw}` is not an IP address")),
+        Err(_) => {
+            return refuse(
+                RefusalCause::Malformed,
+                format!("`{raw}` is not an IP address"),
+            );
+        }
     };
     // The narrowest allowed range holding the IP decides its communities.
-    let Some(range) = role_ranges.iter().filter(|r| r.net().contains(&ip)).max_by_key(|r| r.net().prefix_len())
+    let Some(range) = role_ranges
+        .iter()
+        .filter(|r| r.net().contains(&ip))
+        .max_by_key(|r| r.net().prefix_len())
     else {
         if let Some((pool, range)) = context.other_pool_of(&ip) {
-            return IpOutcome::OtherPool { pool: pool.clone(), range: *range };
+            return IpOutcome::OtherPool {
+                pool: pool.clone(),
+                range: *range,
+            };
         }
         let others = context.other_pools_named();
         if role_ranges.is_empty() {
-            let reason = format!("{} is empty: {} IPs are not announced{others}", role.config_list(), role.as_str());
+            let reason = format!(
+                "{} is empty: {} IPs are not announced{others}",
+                role.config_list(),
+                role.as_str()
+            );
             // An unannounced cluster IP with no cluster ranges configured is the normal case, not news.
             return if role == IpRole::Cluster {
                 IpOutcome::NotAnnounced(reason)
@@ -826,7 +1025,10 @@ fn ip_outcome(
                 refuse(RefusalCause::NotConfigured, reason)
             };
         }
-        return refuse(RefusalCause::OutsideRanges, format!("outside every range of {}{others}", role.config_list()));
+        return refuse(
+            RefusalCause::OutsideRanges,
+            format!("outside every range of {}{others}", role.config_list()),
+        );
     };
     let host = IpNet::from(ip);
     if let Some(reason) = denied(&context.config, &host) {
@@ -839,10 +1041,15 @@ fn ip_outcome(
         if context.ranges_plan.routes.contains_key(&range.net()) {
             IpOutcome::CoveredByRange(context.covering(&range.net(), &ip))
         } else {
-            IpOutcome::NotAnnounced(format!("its range {} is not announced (see the plan's notes)", range.net()))
+            IpOutcome::NotAnnounced(format!(
+                "its range {} is not announced (see the plan's notes)",
+                range.net()
+            ))
         }
     };
-    let Some((local, policy)) = local.and_then(|l| l.policy_for(role).map(|p| (l, p))) else { return covered() };
+    let Some((local, policy)) = local.and_then(|l| l.policy_for(role).map(|p| (l, p))) else {
+        return covered();
+    };
     let family_nodes = local.family(&ip);
     let next_hops: BTreeSet<NextHop> = family_nodes
         .nodes
@@ -870,7 +1077,8 @@ fn ip_outcome(
     }
     let mut communities: BTreeSet<Community> = range.config.communities.iter().copied().collect();
     communities.extend(local.communities.iter().copied());
-    let mut large_communities: BTreeSet<LargeCommunity> = range.config.large_communities.iter().copied().collect();
+    let mut large_communities: BTreeSet<LargeCommunity> =
+        range.config.large_communities.iter().copied().collect();
     large_communities.extend(local.large_communities.iter().copied());
     let k = context.max_paths(&range.config);
     let mut route = Route {
@@ -885,13 +1093,22 @@ fn ip_outcome(
         left_out: BTreeSet::new(),
     };
     keep_to_max_paths(&mut route, k);
-    route.reason = host_reason(&format!("{}; {family} {}", policy.as_str(), family_nodes.reason), &route, k);
+    route.reason = host_reason(
+        &format!("{}; {family} {}", policy.as_str(), family_nodes.reason),
+        &route,
+        k,
+    );
     if explain && !route.left_out.is_empty() {
         part.explanation.notes.push(format!(
             "{ip}: announced from {} of its {} endpoint nodes (ecmp.maxPaths {k}); left out: {}",
             route.next_hops.len(),
             route.next_hops.len() + route.left_out.len(),
-            route.left_out.iter().cloned().collect::<Vec<_>>().join(", ")
+            route
+                .left_out
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     // The same IP twice in one Service (cluster and external lists): one route.
@@ -901,7 +1118,6 @@ fn ip_outcome(
     }
     IpOutcome::HostRoute(host)
 }
-
 
 pub mod explain;
 pub mod incremental;

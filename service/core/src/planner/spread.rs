@@ -109,7 +109,10 @@ pub fn parts(range: &IpNet, count: usize) -> Vec<IpNet> {
 /// The part of `range` (split in `count`) that holds `ip`.
 pub fn part_holding(range: &IpNet, count: usize, ip: &IpAddr) -> Option<IpNet> {
     let len = range.prefix_len() + count.trailing_zeros() as u8;
-    range.contains(ip).then(|| IpNet::new(*ip, len).ok().map(|n| n.trunc())).flatten()
+    range
+        .contains(ip)
+        .then(|| IpNet::new(*ip, len).ok().map(|n| n.trunc()))
+        .flatten()
 }
 
 /// Which nodes carry each part: for each of `count` parts of `range`, the indices (into `nodes`,
@@ -129,7 +132,11 @@ pub fn assign(range: &IpNet, count: usize, k: usize, nodes: &[u64]) -> Vec<Vec<u
         }
     }
     // Descending score; ties (rare: 64-bit scores) by part, then by node key, never by input order.
-    pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(nodes[a.2 as usize].cmp(&nodes[b.2 as usize])));
+    pairs.sort_unstable_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(nodes[a.2 as usize].cmp(&nodes[b.2 as usize]))
+    });
     let mut load = vec![0usize; n];
     let mut missing = count * k;
     let cap = (count * k).div_ceil(n) + 1;
@@ -161,16 +168,35 @@ pub fn assign(range: &IpNet, count: usize, k: usize, nodes: &[u64]) -> Vec<Vec<u
 /// u of p is not full, or all N nodes would be full and hold N·cap > P·k parts. A full node m
 /// outside p is in `cap` parts and u in fewer, so one part q of m's lacks u. m joins p, u takes m's
 /// place in q: m's count is unchanged, u's grows by one and stays within `cap`.
-fn repair(members: &mut [Vec<usize>], load: &mut [usize], k: usize, cap: usize, pairs: &[(u64, u32, u32)]) {
+fn repair(
+    members: &mut [Vec<usize>],
+    load: &mut [usize],
+    k: usize,
+    cap: usize,
+    pairs: &[(u64, u32, u32)],
+) {
     for p in 0..members.len() {
         while members[p].len() < k {
             // The first pairs in score order, as everywhere else.
-            let Some(m) = pairs.iter().filter(|(_, part, _)| *part as usize == p).map(|(_, _, n)| *n as usize).find(|n| !members[p].contains(n))
+            let Some(m) = pairs
+                .iter()
+                .filter(|(_, part, _)| *part as usize == p)
+                .map(|(_, _, n)| *n as usize)
+                .find(|n| !members[p].contains(n))
             else {
                 return;
             };
-            let Some(u) = members[p].iter().copied().filter(|u| load[*u] < cap).min_by_key(|u| load[*u]) else { return };
-            let Some(q) = (0..members.len()).find(|q| *q != p && members[*q].contains(&m) && !members[*q].contains(&u)) else {
+            let Some(u) = members[p]
+                .iter()
+                .copied()
+                .filter(|u| load[*u] < cap)
+                .min_by_key(|u| load[*u])
+            else {
+                return;
+            };
+            let Some(q) = (0..members.len())
+                .find(|q| *q != p && members[*q].contains(&m) && !members[*q].contains(&u))
+            else {
                 return;
             };
             members[q].retain(|x| *x != m);
@@ -186,7 +212,11 @@ fn repair(members: &mut [Vec<usize>], load: &mut [usize], k: usize, cap: usize, 
 /// nodes. A node leaving or joining changes at most one member.
 pub fn top(key: &IpNet, k: usize, nodes: &[u64]) -> Vec<usize> {
     let side = hash_bytes(format!("{key}#top").as_bytes());
-    let mut ranked: Vec<(u64, u64, usize)> = nodes.iter().enumerate().map(|(i, n)| (score(side, *n), *n, i)).collect();
+    let mut ranked: Vec<(u64, u64, usize)> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (score(side, *n), *n, i))
+        .collect();
     ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut chosen: Vec<usize> = ranked.into_iter().take(k).map(|(_, _, i)| i).collect();
     chosen.sort_unstable();
@@ -215,7 +245,8 @@ mod tests {
 
     /// node name -> the parts it carries.
     fn by_node(names: &[String], members: &[Vec<usize>]) -> BTreeMap<String, BTreeSet<usize>> {
-        let mut out: BTreeMap<String, BTreeSet<usize>> = names.iter().map(|n| (n.clone(), BTreeSet::new())).collect();
+        let mut out: BTreeMap<String, BTreeSet<usize>> =
+            names.iter().map(|n| (n.clone(), BTreeSet::new())).collect();
         for (part, m) in members.iter().enumerate() {
             for &i in m {
                 out.get_mut(&names[i]).unwrap().insert(part);
@@ -226,7 +257,11 @@ mod tests {
 
     /// The (part, node) paths of an assignment.
     fn paths(names: &[String], members: &[Vec<usize>]) -> BTreeSet<(usize, String)> {
-        members.iter().enumerate().flat_map(|(p, m)| m.iter().map(move |&i| (p, names[i].clone()))).collect()
+        members
+            .iter()
+            .enumerate()
+            .flat_map(|(p, m)| m.iter().map(move |&i| (p, names[i].clone())))
+            .collect()
     }
 
     fn spread(names: &[String], count: usize, k: usize) -> Vec<Vec<usize>> {
@@ -244,10 +279,26 @@ mod tests {
         assert_eq!(part_count(20, 28, 2000, 1), 256);
         assert_eq!(part_count(28, 28, 2000, 1), 1);
         assert_eq!(part_count(20, 28, 40, 0), 1);
-        assert_eq!(parts(&range(), 4).iter().map(ToString::to_string).collect::<Vec<_>>(),
-                   ["198.19.32.0/22", "198.19.36.0/22", "198.19.40.0/22", "198.19.44.0/22"]);
-        assert_eq!(part_holding(&range(), 4, &"198.19.41.7".parse().unwrap()), Some("198.19.40.0/22".parse().unwrap()));
-        assert_eq!(part_holding(&range(), 4, &"198.19.48.1".parse().unwrap()), None);
+        assert_eq!(
+            parts(&range(), 4)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            [
+                "198.19.32.0/22",
+                "198.19.36.0/22",
+                "198.19.40.0/22",
+                "198.19.44.0/22"
+            ]
+        );
+        assert_eq!(
+            part_holding(&range(), 4, &"198.19.41.7".parse().unwrap()),
+            Some("198.19.40.0/22".parse().unwrap())
+        );
+        assert_eq!(
+            part_holding(&range(), 4, &"198.19.48.1".parse().unwrap()),
+            None
+        );
     }
 
     /// A small pool where pass 2 leaves parts short: the repair fills them within the bounds.
@@ -259,10 +310,19 @@ mod tests {
                 let count = part_count(20, 28, n, k);
                 let members = spread(&names, count, k);
                 let loads = by_node(&names, &members);
-                assert!(members.iter().all(|m| m.len() == k), "n {n} k {k}: {members:?}");
-                assert!(loads.values().all(|p| !p.is_empty()), "n {n} k {k}: a node without a part");
+                assert!(
+                    members.iter().all(|m| m.len() == k),
+                    "n {n} k {k}: {members:?}"
+                );
+                assert!(
+                    loads.values().all(|p| !p.is_empty()),
+                    "n {n} k {k}: a node without a part"
+                );
                 let bound = (count * k).div_ceil(n) + 1;
-                assert!(loads.values().all(|p| p.len() <= bound), "n {n} k {k}: a node above {bound}");
+                assert!(
+                    loads.values().all(|p| p.len() <= bound),
+                    "n {n} k {k}: a node above {bound}"
+                );
             }
         }
     }
@@ -271,10 +331,16 @@ mod tests {
         // Pools of 1 to 2,000 nodes (mostly small ones, where the corner cases are), K 1 to 256,
         // and the longest prefix the parts may have.
         let size = prop_oneof![1usize..64, 1usize..400, 1usize..2001];
-        (size, 1usize..=256, prop_oneof![Just(28u8), 21u8..=31], any::<u16>()).prop_map(|(n, k, longest, salt)| {
-            let names = (0..n).map(|i| format!("node-{salt}-{i}")).collect();
-            (names, k, part_count(20, longest, n, k))
-        })
+        (
+            size,
+            1usize..=256,
+            prop_oneof![Just(28u8), 21u8..=31],
+            any::<u16>(),
+        )
+            .prop_map(|(n, k, longest, salt)| {
+                let names = (0..n).map(|i| format!("node-{salt}-{i}")).collect();
+                (names, k, part_count(20, longest, n, k))
+            })
     }
 
     proptest! {
@@ -337,7 +403,6 @@ mod tests {
             prop_assert!(chosen.difference(&after).count() <= 1);
         }
     }
-
 }
 
 #[cfg(test)]
@@ -359,15 +424,27 @@ mod stress {
         };
         let mut worst = (0usize, 0usize, 0usize, 0usize);
         let mut histogram = [0usize; 32];
-        let trials: usize = std::env::var("TRIALS").ok().and_then(|t| t.parse().ok()).unwrap_or(2000);
+        let trials: usize = std::env::var("TRIALS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(2000);
         for trial in 0..trials {
-            let n = match next() % 3 { 0 => 2 + next() as usize % 62, 1 => 2 + next() as usize % 398, _ => 2 + next() as usize % 1999 };
-            let k = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1 + next() as usize % 256][next() as usize % 10];
+            let n = match next() % 3 {
+                0 => 2 + next() as usize % 62,
+                1 => 2 + next() as usize % 398,
+                _ => 2 + next() as usize % 1999,
+            };
+            let k =
+                [1, 2, 4, 8, 16, 32, 64, 128, 256, 1 + next() as usize % 256][next() as usize % 10];
             let longest = [28u8, 24, 31][next() as usize % 3];
             let count = part_count(20, longest, n, k);
             let keys: Vec<u64> = (0..n).map(|i| node_key(&format!("t{trial}-{i}"))).collect();
             let paths = |keys: &[u64]| -> BTreeSet<(usize, u64)> {
-                assign(&range, count, k, keys).into_iter().enumerate().flat_map(|(p, m)| m.into_iter().map(move |i| (p, keys[i]))).collect::<BTreeSet<_>>()
+                assign(&range, count, k, keys)
+                    .into_iter()
+                    .enumerate()
+                    .flat_map(|(p, m)| m.into_iter().map(move |i| (p, keys[i])))
+                    .collect::<BTreeSet<_>>()
             };
             let before = paths(&keys);
             let (after, node) = if next() % 2 == 0 {
@@ -380,13 +457,23 @@ mod stress {
                 let gone = fewer.remove(next() as usize % n);
                 (paths(&fewer), gone)
             };
-            let own = before.iter().chain(&after).filter(|(_, x)| *x == node).count();
-            let extra = before.symmetric_difference(&after).count().saturating_sub(2 * own);
+            let own = before
+                .iter()
+                .chain(&after)
+                .filter(|(_, x)| *x == node)
+                .count();
+            let extra = before
+                .symmetric_difference(&after)
+                .count()
+                .saturating_sub(2 * own);
             histogram[extra.min(31)] += 1;
             if extra > worst.0 {
                 worst = (extra, n, k, count);
             }
         }
-        println!("trials {trials}: worst extra {} (n {}, k {}, parts {}); histogram {:?}", worst.0, worst.1, worst.2, worst.3, histogram);
+        println!(
+            "trials {trials}: worst extra {} (n {}, k {}, parts {}); histogram {:?}",
+            worst.0, worst.1, worst.2, worst.3, histogram
+        );
     }
 }

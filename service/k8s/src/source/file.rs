@@ -20,7 +20,10 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(path: PathBuf) -> Self {
-        Self { path, poll_interval: Duration::from_millis(50) }
+        Self {
+            path,
+            poll_interval: Duration::from_millis(50),
+        }
     }
 
     pub fn with_poll_interval(mut self, interval: Duration) -> Self {
@@ -40,7 +43,11 @@ struct Stamp {
 fn stamp(path: &std::path::Path) -> std::io::Result<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
-    Ok(Stamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
+    Ok(Stamp {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+        inode: meta.ino(),
+    })
 }
 
 impl ClusterSource for FileSource {
@@ -61,7 +68,8 @@ impl ClusterSource for FileSource {
                     last = Some(current);
                     let path = self.path.clone();
                     tokio::task::spawn_blocking(move || {
-                        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read: {e}"))?;
+                        let text = std::fs::read_to_string(&path)
+                            .map_err(|e| format!("cannot read: {e}"))?;
                         parse_manifest(&text).map_err(|e| e.to_string())
                     })
                     .await
@@ -90,7 +98,8 @@ impl ClusterSource for FileSource {
                     });
                 }
                 Err(error) => {
-                    let changed = updates.borrow().status.last_error.as_deref() != Some(error.as_str());
+                    let changed =
+                        updates.borrow().status.last_error.as_deref() != Some(error.as_str());
                     if changed {
                         warn!(source = %name, %error, "cluster state not usable; keeping the last plan");
                         updates.send_modify(|s| s.status.last_error = Some(error));

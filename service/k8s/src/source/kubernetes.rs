@@ -40,8 +40,8 @@ use tracing::{debug, info, warn};
 
 use super::{ClusterSource, SourceSnapshot};
 use crate::cluster::{ClusterState, EndpointSlice, Node, ObjectKey, Objects, Service};
-use crate::convert::{from_endpoint_slice, from_node, from_service};
 use crate::config::KubernetesSourceConfig;
+use crate::convert::{from_endpoint_slice, from_node, from_service};
 
 /// The least time between two publications of the cluster state, unless configured otherwise.
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_millis(5);
@@ -55,12 +55,18 @@ pub const SOURCE_NAME: &str = "kubernetes";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot read kubeconfig {path}: {source}")]
-    Kubeconfig { path: String, source: kube::config::KubeconfigError },
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
     #[error(
         "no Kubernetes API configuration: not in a cluster ({in_cluster}), and no usable kubeconfig \
          ($KUBECONFIG or ~/.kube/config: {kubeconfig})"
     )]
-    NotFound { in_cluster: String, kubeconfig: String },
+    NotFound {
+        in_cluster: String,
+        kubeconfig: String,
+    },
     #[error("cannot make a Kubernetes client: {0}")]
     Client(#[from] kube::Error),
 }
@@ -76,7 +82,10 @@ pub enum ClientError {
 pub async fn client(config: &KubernetesSourceConfig) -> Result<Client, ClientError> {
     let mut kube_config = match &config.kubeconfig {
         Some(path) => {
-            let error = |source| ClientError::Kubeconfig { path: path.display().to_string(), source };
+            let error = |source| ClientError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
             let kubeconfig = Kubeconfig::read_from(path).map_err(error)?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
@@ -266,7 +275,8 @@ where
         Err(watcher::Error::WatchError(status)) if status.code == 410 => Ok(Step::Expired),
         Err(error) => Err(describe(&error)),
     });
-    StreamBackoff::new(steps, DefaultBackoff::default()).map(move |step| wrap(step.unwrap_or_else(Step::Error)))
+    StreamBackoff::new(steps, DefaultBackoff::default())
+        .map(move |step| wrap(step.unwrap_or_else(Step::Error)))
 }
 
 /// A watcher error in one line: what failed, then the API's Status or the transport's error chain.
@@ -277,12 +287,17 @@ fn describe(error: &watcher::Error) -> String {
         E::WatchStartFailed(e) => ("watch failed to start", e),
         E::WatchFailed(e) => ("watch failed", e),
         E::WatchError(status) => {
-            return format!("watch error: HTTP {} {}: {}", status.code, status.reason, status.message);
+            return format!(
+                "watch error: HTTP {} {}: {}",
+                status.code, status.reason, status.message
+            );
         }
         E::NoResourceVersion => return error.to_string(),
     };
     let detail = match inner {
-        kube::Error::Api(status) => format!("HTTP {} {}: {}", status.code, status.reason, status.message),
+        kube::Error::Api(status) => {
+            format!("HTTP {} {}: {}", status.code, status.reason, status.message)
+        }
         other => error_chain(other),
     };
     format!("{what}: {detail}")
@@ -331,7 +346,12 @@ impl Tracker {
     fn last_error(&self) -> Option<String> {
         let errors: Vec<String> = KINDS
             .iter()
-            .filter_map(|&kind| self.kinds[kind as usize].error.as_ref().map(|e| format!("{}: {e}", kind.as_str())))
+            .filter_map(|&kind| {
+                self.kinds[kind as usize]
+                    .error
+                    .as_ref()
+                    .map(|e| format!("{}: {e}", kind.as_str()))
+            })
             .collect();
         (!errors.is_empty()).then(|| errors.join("; "))
     }
@@ -339,7 +359,11 @@ impl Tracker {
     fn clear_error(&mut self, kind: Kind) {
         let status = &mut self.kinds[kind as usize];
         if status.error.take().is_some() {
-            info!(source = SOURCE_NAME, kind = kind.as_str(), "watch is working again");
+            info!(
+                source = SOURCE_NAME,
+                kind = kind.as_str(),
+                "watch is working again"
+            );
         }
     }
 
@@ -355,14 +379,24 @@ impl Tracker {
                 buffer.insert(object.key(), Arc::new(object));
                 // A large cluster's first list takes a while: say how far it is.
                 if buffer.len() % 10_000 == 0 {
-                    info!(source = SOURCE_NAME, kind = kind.as_str(), objects = buffer.len(), "listing");
+                    info!(
+                        source = SOURCE_NAME,
+                        kind = kind.as_str(),
+                        objects = buffer.len(),
+                        "listing"
+                    );
                 }
             }
             Step::InitDone => {
                 let listed = M::buffer(&mut self.buffers).take().unwrap_or_default();
                 let first = !self.kinds[kind as usize].synced;
-                info!(source = SOURCE_NAME, kind = kind.as_str(), objects = listed.len(),
-                      relist = !first, "list complete");
+                info!(
+                    source = SOURCE_NAME,
+                    kind = kind.as_str(),
+                    objects = listed.len(),
+                    relist = !first,
+                    "list complete"
+                );
                 if M::map(&self.state) != &listed {
                     *M::map_mut(&mut self.state) = listed;
                     self.dirty = true;
@@ -387,7 +421,11 @@ impl Tracker {
                 self.clear_error(kind);
             }
             Step::Expired => {
-                info!(source = SOURCE_NAME, kind = kind.as_str(), "resourceVersion expired (410 Gone); re-listing");
+                info!(
+                    source = SOURCE_NAME,
+                    kind = kind.as_str(),
+                    "resourceVersion expired (410 Gone); re-listing"
+                );
             }
             Step::Error(error) => {
                 let status = &mut self.kinds[kind as usize];
@@ -418,12 +456,18 @@ fn probe(client: Client, kinds: Vec<(Kind, u64)>) -> ProbeFuture {
         for (kind, seq) in kinds {
             let list = async {
                 match kind {
-                    Kind::Services => Api::<core::Service>::all(client.clone()).list_metadata(&params).await.map(drop),
+                    Kind::Services => Api::<core::Service>::all(client.clone())
+                        .list_metadata(&params)
+                        .await
+                        .map(drop),
                     Kind::EndpointSlices => Api::<discovery::EndpointSlice>::all(client.clone())
                         .list_metadata(&params)
                         .await
                         .map(drop),
-                    Kind::Nodes => Api::<core::Node>::all(client.clone()).list_metadata(&params).await.map(drop),
+                    Kind::Nodes => Api::<core::Node>::all(client.clone())
+                        .list_metadata(&params)
+                        .await
+                        .map(drop),
                 }
             };
             let result = match tokio::time::timeout(Duration::from_secs(10), list).await {
@@ -442,8 +486,13 @@ impl ClusterSource for KubernetesSource {
         updates.send_modify(|s| s.status.name = SOURCE_NAME.to_string());
         let config = self.watcher_config.clone();
         let mut changes = futures::stream::select_all([
-            watch_kind(Api::<core::Service>::all(self.client.clone()), config.clone(), from_service, WatchEvent::Service)
-                .boxed(),
+            watch_kind(
+                Api::<core::Service>::all(self.client.clone()),
+                config.clone(),
+                from_service,
+                WatchEvent::Service,
+            )
+            .boxed(),
             watch_kind(
                 Api::<discovery::EndpointSlice>::all(self.client.clone()),
                 config.clone(),
@@ -451,7 +500,13 @@ impl ClusterSource for KubernetesSource {
                 WatchEvent::EndpointSlice,
             )
             .boxed(),
-            watch_kind(Api::<core::Node>::all(self.client.clone()), config, from_node, WatchEvent::Node).boxed(),
+            watch_kind(
+                Api::<core::Node>::all(self.client.clone()),
+                config,
+                from_node,
+                WatchEvent::Node,
+            )
+            .boxed(),
         ]);
 
         let mut tracker = Tracker {
@@ -527,9 +582,11 @@ impl ClusterSource for KubernetesSource {
             }
 
             // The first complete state is published even when it is empty.
-            if (tracker.dirty || !tracker.published) && tracker.all_synced() && publish_at.is_none() {
+            if (tracker.dirty || !tracker.published) && tracker.all_synced() && publish_at.is_none()
+            {
                 let now = Instant::now();
-                publish_at = Some(last_published.map_or(now, |at| (at + self.min_interval).max(now)));
+                publish_at =
+                    Some(last_published.map_or(now, |at| (at + self.min_interval).max(now)));
             }
             let error = tracker.last_error();
             if error != reported_error {
@@ -560,11 +617,20 @@ mod tests {
     }
 
     fn node(name: &str, ready: bool) -> Node {
-        Node { name: name.to_string(), labels: BTreeMap::new(), ready, internal_ips: vec!["10.0.0.1".parse().unwrap()] }
+        Node {
+            name: name.to_string(),
+            labels: BTreeMap::new(),
+            ready,
+            internal_ips: vec!["10.0.0.1".parse().unwrap()],
+        }
     }
 
     fn service(name: &str) -> Service {
-        Service { key: ObjectKey::new("ns", name), type_: crate::cluster::ServiceType::ClusterIP, ..Default::default() }
+        Service {
+            key: ObjectKey::new("ns", name),
+            type_: crate::cluster::ServiceType::ClusterIP,
+            ..Default::default()
+        }
     }
 
     fn list<M: Model>(t: &mut Tracker, objects: Vec<M>) {
@@ -617,7 +683,11 @@ mod tests {
         list(&mut t, vec![service("a")]);
         let published = t.state.clone();
         t.apply(Step::Apply(service("b")));
-        assert_eq!(published.services.len(), 1, "the published state must not change");
+        assert_eq!(
+            published.services.len(),
+            1,
+            "the published state must not change"
+        );
         assert_eq!(t.state.services.len(), 2);
         assert_eq!(published.changes_to(&t.state).len(), 1);
     }
@@ -627,7 +697,10 @@ mod tests {
         let mut t = tracker();
         t.apply::<Service>(Step::Error("list failed: HTTP 503".to_string()));
         t.apply::<Node>(Step::Error("watch failed: refused".to_string()));
-        assert_eq!(t.last_error().unwrap(), "services: list failed: HTTP 503; nodes: watch failed: refused");
+        assert_eq!(
+            t.last_error().unwrap(),
+            "services: list failed: HTTP 503; nodes: watch failed: refused"
+        );
         list::<Service>(&mut t, vec![]);
         assert_eq!(t.last_error().unwrap(), "nodes: watch failed: refused");
         t.apply(Step::Apply(node("n1", true)));

@@ -175,19 +175,16 @@ impl IncrementalPlanner {
                 self.plan.refusals.remove(refusal);
             }
         }
-        match new {
-            Some(new) => {
-                for route in &new.host_routes {
-                    touched.insert(route.prefix);
-                    self.contributors
-                        .entry(route.prefix)
-                        .or_default()
-                        .insert(key.clone());
-                }
-                self.plan.refusals.extend(new.refusals.iter().cloned());
-                self.parts.insert(key.clone(), new);
+        if let Some(new) = new {
+            for route in &new.host_routes {
+                touched.insert(route.prefix);
+                self.contributors
+                    .entry(route.prefix)
+                    .or_default()
+                    .insert(key.clone());
             }
-            None => {}
+            self.plan.refusals.extend(new.refusals.iter().cloned());
+            self.parts.insert(key.clone(), new);
         }
         for prefix in touched {
             let route = self.merged(&prefix);

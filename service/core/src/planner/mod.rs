@@ -961,6 +961,9 @@ fn plan_service_as(
     part
 }
 
+// One IP of one Service, in the Service's planning context: each argument is a different part of
+// it, and a struct of them would only be built to be taken apart here.
+#[allow(clippy::too_many_arguments)]
 fn ip_outcome(
     context: &PlanContext,
     part: &mut ServicePlan,

@@ -10,6 +10,7 @@ use herald_core::config::Config;
 use herald_core::plan::{IpOutcome, Plan, Route, RouteKind};
 use herald_core::planner::*;
 use herald_testkit::scale;
+use herald_testkit::tables::{ALL3, expect, routes};
 use ipnet::IpNet;
 
 fn node(name: &str, ips: &[&str]) -> Node {
@@ -122,31 +123,6 @@ fn lab_nodes() -> Vec<Node> {
         node("node2", &["198.19.0.3"]),
     ]
 }
-
-/// The plan as `prefix -> sorted "node=address"` lines, the form the tables are written in.
-fn routes(plan: &Plan) -> BTreeMap<String, Vec<String>> {
-    plan.routes
-        .iter()
-        .map(|(p, r)| {
-            (
-                p.to_string(),
-                r.next_hops
-                    .iter()
-                    .map(|h| format!("{}={}", h.node, h.address))
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
-fn expect(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-    pairs
-        .iter()
-        .map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect()))
-        .collect()
-}
-
-const ALL3: &[&str] = &["control=198.19.0.1", "node1=198.19.0.2", "node2=198.19.0.3"];
 
 struct Case {
     name: &'static str,

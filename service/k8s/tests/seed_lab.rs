@@ -2,36 +2,10 @@
 //! planner's rules are tested on small clusters in herald-core; this is the reader and the planner
 //! together).
 
-use std::collections::BTreeMap;
-
 use herald_core::config::Config;
-use herald_core::plan::Plan;
 use herald_core::planner::plan;
 use herald_k8s::parse_manifest;
-
-const ALL3: &[&str] = &["control=198.19.0.1", "node1=198.19.0.2", "node2=198.19.0.3"];
-
-fn routes(plan: &Plan) -> BTreeMap<String, Vec<String>> {
-    plan.routes
-        .iter()
-        .map(|(p, r)| {
-            (
-                p.to_string(),
-                r.next_hops
-                    .iter()
-                    .map(|h| format!("{}={}", h.node, h.address))
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
-fn expect(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
-    pairs
-        .iter()
-        .map(|(p, hops)| (p.to_string(), hops.iter().map(|h| h.to_string()).collect()))
-        .collect()
-}
+use herald_testkit::tables::{ALL3, expect, routes};
 
 /// The seed lab, stage by stage, from the example files a user runs `herald plan` on.
 #[test]

@@ -8,6 +8,7 @@
 //!   RIB.
 //! - [`fuzz`] (feature `fuzz`): the bodies of the fuzz targets in `fuzz/`, replayed by
 //!   `service/tests/hostile_input.rs`.
+//! - [`tables`]: plans as the route tables the planner's tests are written in.
 //! - [`cluster_yaml`], [`herald_run`]: the benchmarks' cluster as YAML, and `herald run` as a user
 //!   starts it.
 
@@ -19,6 +20,7 @@ pub mod gobgpd;
 pub mod herald_run;
 pub mod invariants;
 pub mod scale;
+pub mod tables;
 
 // herald-core's modules, under the paths the modules here name them by (`crate::config::...`).
 use herald_core::{cluster, config, plan};

@@ -121,6 +121,16 @@ impl LabHerald {
             .collect()
     }
 
+    /// Waits until `heraldctl status` contains `needle` and returns that status; panics with the
+    /// last status and herald's log otherwise.
+    pub fn wait_status(&self, needle: &str, timeout: Duration, what: &str) -> String {
+        crate::process::wait_until(timeout, what, || {
+            let status = self.ctl(&["status"]);
+            status.contains(needle).then_some(status)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", self.ctl(&["status"]), self.herald.log_text()))
+    }
+
     /// Waits until host1's table is `expected`; panics with the lab's and herald's logs otherwise.
     pub fn wait_table(
         &self,

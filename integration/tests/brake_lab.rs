@@ -53,17 +53,11 @@ fn every_node_unknown_keeps_every_route_on_host1_and_the_status_shows_the_brake(
     let sick =
         with_unknown(&lab_state(), &NODES).replace("      ready: true\n", "      ready: false\n");
     write_atomically(&state, &sick).unwrap();
-    let status = wait_until(Duration::from_secs(10), "the brake engaged", || {
-        let s = herald.ctl(&["status"]);
-        s.contains("brake:   ENGAGED").then_some(s)
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n{}",
-            herald.ctl(&["status"]),
-            herald.herald.log_text()
-        )
-    });
+    let status = herald.wait_status(
+        "brake:   ENGAGED",
+        Duration::from_secs(10),
+        "the brake engaged",
+    );
     assert!(
         status.contains("3 of the pool's 3 eligible nodes lost"),
         "{status}"
@@ -95,11 +89,11 @@ fn every_node_unknown_keeps_every_route_on_host1_and_the_status_shows_the_brake(
 
     // The control plane is back: the alarm clears, and host1 never saw a thing.
     write_atomically(&state, &lab_state()).unwrap();
-    let status = wait_until(Duration::from_secs(10), "the brake released", || {
-        let s = herald.ctl(&["status"]);
-        s.contains("brake:   armed, holding nothing").then_some(s)
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", herald.ctl(&["status"])));
+    let status = herald.wait_status(
+        "brake:   armed, holding nothing",
+        Duration::from_secs(10),
+        "the brake released",
+    );
     assert!(status.contains("the cluster recovered"), "{status}");
     assert!(!status.contains("alarm:"), "{status}");
     std::thread::sleep(Duration::from_secs(1));

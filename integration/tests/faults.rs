@@ -149,11 +149,11 @@ fn a_lost_source_keeps_the_last_plan_and_says_so() {
     ];
     for (what, break_it) in breakages {
         break_it(&state);
-        let status = wait_until(Duration::from_secs(5), "the alarm", || {
-            let s = herald.ctl(&["status"]);
-            s.contains("keeping the last plan").then_some(s)
-        })
-        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", herald.ctl(&["status"])));
+        let status = herald.wait_status(
+            "keeping the last plan",
+            Duration::from_secs(5),
+            &format!("the alarm ({what})"),
+        );
         assert!(status.contains("4 routes"), "{what}: {status}");
         std::thread::sleep(Duration::from_millis(700));
         if state.is_dir() {
@@ -463,11 +463,11 @@ fn max_routes_keeps_what_is_announced_and_refuses_the_rest() {
     );
     // A fourth route: refused, what is announced stays, and the alarm says so.
     write_atomically(&state, &lab_state()).unwrap();
-    let status = wait_until(Duration::from_secs(5), "the maxRoutes alarm", || {
-        let s = herald.ctl(&["status"]);
-        s.contains("maxRoutes 3 exceeded").then_some(s)
-    })
-    .unwrap_or_else(|e| panic!("{e}: {}", herald.ctl(&["status"])));
+    let status = herald.wait_status(
+        "maxRoutes 3 exceeded",
+        Duration::from_secs(5),
+        "the maxRoutes alarm",
+    );
     assert!(status.contains("alarm"), "{status}");
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lab.host1_table().unwrap(), three);

@@ -319,18 +319,11 @@ fn a_restarted_gobgpd_that_gets_the_plan_too_late_raises_an_alarm() {
     lab.wait_for_table(RouteTable::is_empty, Duration::from_secs(5))
         .expect("host1 dropped what gobgpd did not send again");
     signal(&herald, libc::SIGCONT);
-    let status = wait_until(Duration::from_secs(10), "the alarm", || {
-        let s = herald.ctl(&["status"]);
-        s.contains("before herald's plan of 8 paths was in")
-            .then_some(s)
-    })
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}\n{}\n{}",
-            herald.ctl(&["status"]),
-            herald.herald.log_text()
-        )
-    });
+    let status = herald.wait_status(
+        "before herald's plan of 8 paths was in",
+        Duration::from_secs(10),
+        "the alarm",
+    );
     assert!(
         status.contains("198.19.15.254 (before herald began)"),
         "{status}"

@@ -407,6 +407,18 @@ fn wrong_types_at_every_level_of_a_service_are_named() {
             &["Service", "`metadata.name` must be a string, found a list"],
         ),
         (
+            "kind: Service\nmetadata: {name: \"\", namespace: ns}\n",
+            &["Service", "`metadata.name` is empty"],
+        ),
+        (
+            "kind: Node\nmetadata: {name: ''}\n",
+            &["Node", "`metadata.name` is empty"],
+        ),
+        (
+            "kind: EndpointSlice\nmetadata: {name: \"\"}\naddressType: IPv4\nendpoints: []\n",
+            &["EndpointSlice", "`metadata.name` is empty"],
+        ),
+        (
             "kind: Service\nmetadata: {name: web, namespace: [a]}\n",
             &["Service web", "invalid type"],
         ),

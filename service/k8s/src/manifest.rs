@@ -340,23 +340,25 @@ fn read_object(
             json_type(object)
         )));
     }
-    if object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .is_none()
-        && matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node")
-    {
-        // `name: no` is YAML 1.1's `false`: say so rather than "missing".
-        let found = object.pointer("/metadata/name").filter(|v| !v.is_null());
-        return Err(error(found.map_or(
-            "`metadata.name` is missing".to_string(),
-            |v| {
-                format!(
+    if matches!(kind.as_str(), "Service" | "EndpointSlice" | "Node") {
+        match object.pointer("/metadata/name") {
+            Some(Value::String(name)) if !name.is_empty() => {}
+            // Kubernetes names are never empty; an empty one would make a Service or Node that
+            // the API server could not hold, keyed by nothing.
+            Some(Value::String(_)) => {
+                return Err(error("`metadata.name` is empty".to_string()));
+            }
+            None | Some(Value::Null) => {
+                return Err(error("`metadata.name` is missing".to_string()));
+            }
+            // `name: no` is YAML 1.1's `false`: say so rather than "missing".
+            Some(found) => {
+                return Err(error(format!(
                     "`metadata.name` must be a string, found {} (quote it)",
-                    json_type(v)
-                )
-            },
-        )));
+                    json_type(found)
+                )));
+            }
+        }
     }
     Ok(match kind.as_str() {
         "Service" => Some(Object::Service(from_service(

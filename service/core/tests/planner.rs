@@ -1524,6 +1524,80 @@ mod ecmp {
         assert_eq!(incremental.plan(), &p);
     }
 
+    /// An IP in an external range of width 2 and a load-balancer range without a limit, listed
+    /// under both roles by several Services (found by the planner fuzzer: merged in key order, a
+    /// later Service's wider role undid an earlier one's limit).
+    #[test]
+    fn a_host_route_in_two_roles_keeps_to_the_stricter_width() {
+        let cfg = config(
+            "serviceExternalIPs: [{cidr: 198.19.48.0/24, maxPaths: 2}]\n\
+             serviceLoadBalancerIPs: [{cidr: 198.19.48.0/20}]",
+        );
+        let ip = "198.19.48.10";
+        let endpoints: Vec<Ep> = (0..9)
+            .map(|i| READY(Box::leak(format!("node-{i}").into_boxed_str())))
+            .collect();
+        // Key order a, b, c, d: external, load-balancer, external, and one Service with both.
+        let services = vec![
+            with_external(svc("a", &[], true), &[ip]),
+            with_lb(svc("b", &[], true), &[ip]),
+            with_external(svc("c", &[], true), &[ip]),
+            with_lb(with_external(svc("d", &[], true), &[ip]), &[ip]),
+        ];
+        let slices = vec![
+            slice("a", "1", &endpoints[0..2]),
+            slice("b", "1", &endpoints[2..5]),
+            slice("c", "1", &endpoints[5..7]),
+            slice("d", "1", &endpoints[7..9]),
+        ];
+        // Every order of the roles among the Services: the same two of all nine nodes.
+        let keys: Vec<u64> = (0..9)
+            .map(|i| herald_core::planner::spread::node_key(&format!("node-{i}")))
+            .collect();
+        let prefix: IpNet = format!("{ip}/32").parse().unwrap();
+        let best: BTreeSet<String> = herald_core::planner::spread::top(&prefix, 2, &keys)
+            .into_iter()
+            .map(|i| format!("node-{i}"))
+            .collect();
+        for first in 0..services.len() {
+            let mut rotated = services.clone();
+            rotated.rotate_left(first);
+            // Renamed so that key order follows the rotation; the slices follow their Services.
+            let names = ["a", "b", "c", "d"];
+            let mut renamed_slices = Vec::new();
+            for (i, service) in rotated.iter_mut().enumerate() {
+                let old = services.iter().position(|s| s.key == service.key).unwrap();
+                let mut sl = slices[old].clone();
+                service.key = ObjectKey::new("ns", names[i]);
+                sl.key = ObjectKey::new("ns", &format!("{}-1", names[i]));
+                sl.service_name = Some(names[i].to_string());
+                renamed_slices.push(sl);
+            }
+            let s = state(pool(9), rotated, renamed_slices);
+            let p = plan(&s, &cfg);
+            let host = &p.routes[&prefix];
+            assert_eq!(nodes_of(host), best, "rotation {first}: {}", host.reason);
+            assert_eq!(host.left_out.len(), 7, "rotation {first}");
+            let incremental =
+                herald_core::planner::incremental::IncrementalPlanner::new(s.clone(), cfg.clone());
+            assert_eq!(incremental.plan(), &p, "rotation {first}");
+        }
+        // Only in the load-balancer range (outside the /24): no limit.
+        let wide = "198.19.49.10";
+        let s = state(
+            pool(9),
+            vec![with_lb(svc("e", &[], true), &[wide])],
+            vec![slice("e", "1", &endpoints)],
+        );
+        let p = plan(&s, &cfg);
+        assert_eq!(
+            p.routes[&format!("{wide}/32").parse::<IpNet>().unwrap()]
+                .next_hops
+                .len(),
+            9
+        );
+    }
+
     #[test]
     fn config_rejects_what_gobgpd_cannot_honour() {
         for (yaml, needle) in [

@@ -90,8 +90,8 @@ fn denied(net: &IpNet, config: &Config) -> bool {
 }
 
 /// The most next hops `route` may have, if limited: for a range (or a part of one), the smallest
-/// maxPaths of the configured ranges of that CIDR; for a host route, that of the narrowest range of
-/// its role holding it; either falling back to ecmp.maxPaths.
+/// maxPaths of the configured ranges of that CIDR; for a host route, the smallest of, per list whose
+/// ranges hold its IP, the narrowest such range's; either falling back to ecmp.maxPaths.
 fn max_paths(config: &Config, route: &crate::plan::Route) -> Option<usize> {
     let of = |r: &RangeConfig| r.max_paths.unwrap_or(config.ecmp.max_paths) as usize;
     let k = if route.kind.is_range() {
@@ -104,11 +104,22 @@ fn max_paths(config: &Config, route: &crate::plan::Route) -> Option<usize> {
             .filter(|k| *k > 0)
             .min()?
     } else {
-        role_ranges(config, role_of_kind(route.kind))
+        // Per role, the narrowest range holding the IP; the smallest positive width of those.
+        let widths: Vec<usize> = ROLES
             .iter()
-            .filter(|r| r.cidr.0.contains(&route.prefix))
-            .max_by_key(|r| r.cidr.0.prefix_len())
-            .map_or(config.ecmp.max_paths as usize, of)
+            .filter_map(|role| {
+                role_ranges(config, *role)
+                    .iter()
+                    .filter(|r| r.cidr.0.contains(&route.prefix))
+                    .max_by_key(|r| r.cidr.0.prefix_len())
+            })
+            .map(of)
+            .collect();
+        if widths.is_empty() {
+            config.ecmp.max_paths as usize
+        } else {
+            widths.into_iter().filter(|k| *k > 0).min().unwrap_or(0)
+        }
     };
     (k > 0).then_some(k)
 }

@@ -144,11 +144,7 @@ impl IncrementalPlanner {
         for key in self.contributors.get(prefix).into_iter().flatten() {
             if let Some(part) = self.parts.get(key) {
                 for route in part.host_routes.iter().filter(|r| r.prefix == *prefix) {
-                    merge_host_route(
-                        &mut routes,
-                        route,
-                        self.context.host_max_paths(prefix, route.kind),
-                    );
+                    merge_host_route(&mut routes, route, self.context.host_max_paths(prefix));
                 }
             }
         }

@@ -235,16 +235,29 @@ impl PlanContext {
         range.max_paths.unwrap_or(self.config.ecmp.max_paths) as usize
     }
 
-    /// The ECMP width of a host route: that of the narrowest range of its role holding it.
-    pub fn host_max_paths(&self, prefix: &IpNet, kind: RouteKind) -> usize {
-        // role_ranges is in IpRole's order.
-        self.role_ranges[kind.role() as usize]
-            .iter()
-            .filter(|r| r.net().contains(prefix))
-            .max_by_key(|r| r.net().prefix_len())
-            .map_or(self.config.ecmp.max_paths as usize, |r| {
-                self.max_paths(&r.config)
-            })
+    /// The ECMP width of a host route: in each role whose ranges hold its IP, the narrowest such
+    /// range's; the smallest of those (0: no limit). The router's limit is per prefix, whatever
+    /// list the IP came from, so an IP that one Service lists as external and another (or the
+    /// same) as a load-balancer IP is kept to the stricter width, and to the same width however
+    /// its Services are merged.
+    pub fn host_max_paths(&self, prefix: &IpNet) -> usize {
+        let mut k = 0;
+        let mut held = false;
+        for ranges in &self.role_ranges {
+            if let Some(range) = ranges
+                .iter()
+                .filter(|r| r.net().contains(prefix))
+                .max_by_key(|r| r.net().prefix_len())
+            {
+                held = true;
+                k = tighter(k, self.max_paths(&range.config));
+            }
+        }
+        if held {
+            k
+        } else {
+            self.config.ecmp.max_paths as usize
+        }
     }
 
     /// Rule 1: every range from every eligible node with an address of its family; with more such
@@ -486,6 +499,14 @@ pub struct ServicePlan {
     pub explanation: ServiceExplanation,
 }
 
+/// The stricter of two ECMP widths (0: no limit).
+fn tighter(a: usize, b: usize) -> usize {
+    match (a, b) {
+        (0, k) | (k, 0) => k,
+        (a, b) => a.min(b),
+    }
+}
+
 /// Merges a Service's part of a host route into the plan's route for that prefix, keeping to `k`
 /// next hops (0: no limit; [`PlanContext::host_max_paths`]). Services are merged in key order, so
 /// the route's kind is the first Service's and its reason the last's.
@@ -632,7 +653,7 @@ pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     });
     for part in parts {
         for route in part.host_routes {
-            let k = context.host_max_paths(&route.prefix, route.kind);
+            let k = context.host_max_paths(&route.prefix);
             match routes.get_mut(&route.prefix) {
                 None => {
                     routes.insert(route.prefix, route);
@@ -1083,7 +1104,7 @@ fn ip_outcome(
     let mut large_communities: BTreeSet<LargeCommunity> =
         range.config.large_communities.iter().copied().collect();
     large_communities.extend(local.large_communities.iter().copied());
-    let k = context.max_paths(&range.config);
+    let k = context.host_max_paths(&host);
     let mut route = Route {
         prefix: host,
         kind: role.host_route_kind(),

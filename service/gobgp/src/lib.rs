@@ -96,7 +96,7 @@ pub fn spawn_with<C: reconciler::GobgpClient>(
 /// choices), and few enough that a call takes well under [`CALL_TIMEOUT`] even on a slow gobgpd.
 fn ops_per_push(batch_size: usize) -> usize {
     let batch_size = batch_size.max(1);
-    (batch_size * 8).min(16_384).max(batch_size)
+    (batch_size * 64).min(131_072).max(batch_size)
 }
 
 /// Starts the reconciler; it runs until the plan channel closes.

@@ -419,13 +419,13 @@ impl<C: GobgpClient> Reconciler<C> {
         if !ops.is_empty() {
             self.publish(ops.len() as u64, false);
         }
-        // The operations gobgpd has acknowledged whose bookkeeping is not done yet: done once the
-        // next call is under way, while gobgpd takes its first messages, not while gobgpd waits.
-        let mut unbooked = pos..pos;
-        // A macro, not a method: the call in flight holds `self.client`, these fields are others.
+        // A chunk is booked as soon as its call is under way, while gobgpd takes its messages
+        // (after the acknowledgment, the books of a large push held up the status by tens of
+        // milliseconds: BENCHMARKS.md, push). A call that fails takes back what it cannot vouch
+        // for: `unbook!`.
         macro_rules! book {
-            ($range:expr) => {
-                for op in &ops[$range] {
+            ($chunk:expr) => {
+                for op in $chunk {
                     let family = paths::Family::of(&op.key.prefix) as usize;
                     match (op.withdraw, self.applied.contains_key(&op.key)) {
                         (true, true) => own_change[family] -= 1,
@@ -436,7 +436,8 @@ impl<C: GobgpClient> Reconciler<C> {
                     if let Some((_, touched)) = &mut self.reading {
                         touched.insert(op.key.prefix);
                     }
-                    // `in_rib_changed`, spelled out.
+                    // The paths of this prefix changed in `applied` (past a bound, one walk
+                    // through both sets is cheaper than looking prefix by prefix).
                     self.in_rib_stale
                         .extend_up_to([op.key.prefix], STALE_IN_RIB_MAX);
                     if op.withdraw {
@@ -459,25 +460,35 @@ impl<C: GobgpClient> Reconciler<C> {
                 // One poll starts the call: its first messages are encoded and on their way.
                 let first_poll =
                     std::future::poll_fn(|cx| std::task::Poll::Ready(push.as_mut().poll(cx))).await;
-                book!(std::mem::replace(&mut unbooked, pos..pos));
+                book!(chunk);
                 match first_poll {
                     std::task::Poll::Ready(result) => result,
                     std::task::Poll::Pending => push.await,
                 }
             };
             if let Err(e) = result {
-                match decisions::push_failed(e.kind) {
-                    PushFailure::AdditionsUnknown => {
-                        for op in chunk.iter().filter(|op| !op.withdraw) {
+                // What the books cannot vouch for: a withdrawal gobgpd may not have made is held
+                // again (the next diff withdraws it again); an addition is held with attributes
+                // that never equal a wanted path's (the next diff sends it again), or everything is
+                // read back.
+                let failure = decisions::push_failed(e.kind);
+                for op in chunk {
+                    if op.withdraw {
+                        self.applied.insert(op.key, op.attrs.clone());
+                        self.withdrawn -= 1;
+                    } else {
+                        if failure == PushFailure::AdditionsUnknown {
                             let unknown = PathAttrs {
                                 foreign_attributes: true,
                                 ..op.attrs.clone()
                             };
                             self.applied.insert(op.key, unknown);
-                            self.in_rib_changed(op.key.prefix);
                         }
+                        self.pushed -= 1;
                     }
-                    PushFailure::ReadBack => self.known = false,
+                }
+                if failure == PushFailure::ReadBack {
+                    self.known = false;
                 }
                 // The counts changed by an unknown part of this push: ask for them again.
                 self.baseline = None;
@@ -488,20 +499,13 @@ impl<C: GobgpClient> Reconciler<C> {
                 elapsed_ms = batch_started.elapsed().as_millis() as u64,
                 "batch applied"
             );
-            unbooked = pos..end;
             pos = end;
             let replan = self.plan_changed() && self.desired_at.elapsed() >= REPLAN_AFTER;
-            if pos == ops.len() || replan || published.elapsed() >= STATUS_EVERY {
-                // The last call, a diff about to be made again, or status to publish: the books
-                // first.
-                book!(std::mem::replace(&mut unbooked, pos..pos));
-            }
             if replan {
                 // A newer plan: what is left of this diff may be stale; diff against the new one.
                 self.refresh_plan();
                 ops = self.diff();
                 pos = 0;
-                unbooked = 0..0;
             }
             if published.elapsed() >= STATUS_EVERY {
                 self.publish((ops.len() - pos) as u64, false);
@@ -944,12 +948,6 @@ impl<C: GobgpClient> Reconciler<C> {
         if let Some(e) = self.failing.take() {
             info!(previous_error = %e, "gobgpd reachable and up to date again");
         }
-    }
-
-    /// Notes that the paths of `prefix` changed in `applied`.
-    fn in_rib_changed(&mut self, prefix: IpNet) {
-        // A big change: one walk through both sets is cheaper than looking prefix by prefix.
-        self.in_rib_stale.extend_up_to([prefix], STALE_IN_RIB_MAX);
     }
 
     /// Publishes status; `converged`: gobgpd holds the current plan.

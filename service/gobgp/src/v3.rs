@@ -17,10 +17,12 @@ use herald_api::gobgp::v3::gobgp_api_client::GobgpApiClient;
 use ipnet::IpNet;
 use pbjson_types::Any;
 use prost::Message;
-use prost::bytes::Bytes;
 use tonic::transport::Channel;
 
 use super::endpoint::{Connect, GobgpAddress, GobgpEndpoint};
+
+mod messages;
+pub use messages::{PathMessage, PathWriter};
 
 use super::paths::{Family, HERALD_SOURCE_ASN, Op, PathAttrs, PathKey, is_herald_identifier};
 use super::reconciler::{ClientError, ErrorKind, FamilyCounts, GobgpClient, RibView};
@@ -57,18 +59,13 @@ fn family(f: Family) -> api::Family {
     }
 }
 
-fn any(url: &'static str, value: impl Message) -> Any {
-    Any {
-        type_url: url.to_string(),
-        value: Bytes::from(value.encode_to_vec()),
-    }
-}
-
 /// The client of one gobgpd, over one HTTP/2 connection that tonic re-establishes as needed.
 #[derive(Clone)]
 pub struct V3Client {
     endpoint: GobgpEndpoint,
     client: GobgpApiClient<Channel>,
+    /// The same connection, for AddPathStream's messages written as bytes ([`PathWriter`]).
+    channel: Channel,
     /// How long one call (or one message of a streamed answer) may take.
     timeout: Duration,
     /// How long gobgpd may take to start answering ListPath: it gathers the whole table first.
@@ -76,227 +73,9 @@ pub struct V3Client {
     batch_size: usize,
 }
 
-/// Encoded attributes shared by many paths (origin, LOCAL_PREF, communities of a route).
-#[derive(Default)]
-struct EncodeCache {
-    origin: HashMap<u8, Bytes>,
-    local_pref: HashMap<u32, Bytes>,
-    /// Keyed by the address of the route's shared community list, valid while `keep` holds it.
-    communities: HashMap<usize, (Arc<[u32]>, Bytes)>,
-    large: HashMap<usize, (Arc<[LargeCommunity]>, Bytes)>,
-    /// IPv4 next hops: a few hundred nodes' addresses over many thousand paths.
-    next_hops: HashMap<IpAddr, Bytes>,
-    /// The NLRI of the last prefix: the paths of one prefix come one after another.
-    last_nlri: Option<(IpNet, Bytes)>,
-}
-
-impl EncodeCache {
-    fn origin(&mut self, origin: u8) -> Bytes {
-        self.origin
-            .entry(origin)
-            .or_insert_with(|| {
-                api::OriginAttribute {
-                    origin: origin.into(),
-                }
-                .encode_to_vec()
-                .into()
-            })
-            .clone()
-    }
-
-    fn nlri(&mut self, prefix: IpNet) -> Bytes {
-        match &self.last_nlri {
-            Some((p, bytes)) if *p == prefix => bytes.clone(),
-            _ => {
-                let bytes: Bytes = api::IpAddressPrefix {
-                    prefix_len: prefix.prefix_len().into(),
-                    prefix: prefix.network().to_string(),
-                }
-                .encode_to_vec()
-                .into();
-                self.last_nlri = Some((prefix, bytes.clone()));
-                bytes
-            }
-        }
-    }
-
-    fn next_hop(&mut self, hop: IpAddr) -> Bytes {
-        self.next_hops
-            .entry(hop)
-            .or_insert_with(|| {
-                api::NextHopAttribute {
-                    next_hop: hop.to_string(),
-                }
-                .encode_to_vec()
-                .into()
-            })
-            .clone()
-    }
-
-    fn local_pref(&mut self, value: u32) -> Bytes {
-        self.local_pref
-            .entry(value)
-            .or_insert_with(|| {
-                api::LocalPrefAttribute { local_pref: value }
-                    .encode_to_vec()
-                    .into()
-            })
-            .clone()
-    }
-
-    fn communities(&mut self, list: &Arc<[u32]>) -> Bytes {
-        let key = Arc::as_ptr(list) as *const u32 as usize;
-        match self.communities.get(&key) {
-            Some((kept, bytes)) if Arc::ptr_eq(kept, list) => bytes.clone(),
-            _ => {
-                let bytes: Bytes = api::CommunitiesAttribute {
-                    communities: list.to_vec(),
-                }
-                .encode_to_vec()
-                .into();
-                self.communities.insert(key, (list.clone(), bytes.clone()));
-                bytes
-            }
-        }
-    }
-
-    fn large(&mut self, list: &Arc<[LargeCommunity]>) -> Bytes {
-        let key = Arc::as_ptr(list) as *const LargeCommunity as usize;
-        match self.large.get(&key) {
-            Some((kept, bytes)) if Arc::ptr_eq(kept, list) => bytes.clone(),
-            _ => {
-                let message = api::LargeCommunitiesAttribute {
-                    communities: list
-                        .iter()
-                        .map(|c| api::LargeCommunity {
-                            global_admin: c.0,
-                            local_data1: c.1,
-                            local_data2: c.2,
-                        })
-                        .collect(),
-                };
-                let bytes: Bytes = message.encode_to_vec().into();
-                self.large.insert(key, (list.clone(), bytes.clone()));
-                bytes
-            }
-        }
-    }
-
-    /// Forgets everything once it grows past what one plan needs, so memory stays bounded.
-    fn trim(&mut self) {
-        if self.communities.len() > 4096 {
-            self.communities.clear();
-        }
-        if self.large.len() > 4096 {
-            self.large.clear();
-        }
-        if self.local_pref.len() > 16 {
-            self.local_pref.clear();
-        }
-        if self.next_hops.len() > 4096 {
-            self.next_hops.clear();
-        }
-    }
-}
-
-/// Encodes one of herald's paths (an addition, or a withdrawal with the full path).
-fn encode_path(op: &Op, cache: &mut EncodeCache) -> api::Path {
-    let PathKey { prefix, identifier } = op.key;
-    let attrs = &op.attrs;
-    let fam = Family::of(&prefix);
-    let nlri = Any {
-        type_url: PREFIX_URL.to_string(),
-        value: cache.nlri(prefix),
-    };
-    let mut pattrs = Vec::with_capacity(5);
-    pattrs.push(Any {
-        type_url: ORIGIN_URL.to_string(),
-        value: cache.origin(attrs.origin),
-    });
-    match (prefix, attrs.next_hop) {
-        (IpNet::V4(_), hop @ IpAddr::V4(_)) => {
-            pattrs.push(Any {
-                type_url: NEXT_HOP_URL.to_string(),
-                value: cache.next_hop(hop),
-            });
-        }
-        // IPv6, or an IPv4 prefix with an IPv6 next hop: the next hop goes with the NLRI.
-        (_, hop) => pattrs.push(any(
-            MP_REACH_URL,
-            api::MpReachNlriAttribute {
-                family: Some(family(fam)),
-                next_hops: vec![hop.to_string()],
-                nlris: vec![nlri.clone()],
-            },
-        )),
-    }
-    if !attrs.communities.is_empty() {
-        pattrs.push(Any {
-            type_url: COMMUNITIES_URL.to_string(),
-            value: cache.communities(&attrs.communities),
-        });
-    }
-    if !attrs.large_communities.is_empty() {
-        pattrs.push(Any {
-            type_url: LARGE_COMMUNITIES_URL.to_string(),
-            value: cache.large(&attrs.large_communities),
-        });
-    }
-    if let Some(value) = attrs.local_pref {
-        pattrs.push(Any {
-            type_url: LOCAL_PREF_URL.to_string(),
-            value: cache.local_pref(value),
-        });
-    }
-    api::Path {
-        nlri: Some(nlri),
-        pattrs,
-        is_withdraw: op.withdraw,
-        family: Some(family(fam)),
-        source_asn: HERALD_SOURCE_ASN,
-        identifier,
-        ..Default::default()
-    }
-}
-
-/// Encodes `ops` as AddPathStream messages of at most `batch_size` paths and about 2 MiB each.
-pub fn encode_batches(ops: &[Op], batch_size: usize) -> Vec<api::AddPathStreamRequest> {
-    let mut cache = EncodeCache::default();
-    encode_with(ops, batch_size, &mut cache)
-}
-
-fn encode_with(
-    ops: &[Op],
-    batch_size: usize,
-    cache: &mut EncodeCache,
-) -> Vec<api::AddPathStreamRequest> {
-    let batch_size = batch_size.max(1);
-    let mut messages = Vec::with_capacity(ops.len().div_ceil(batch_size));
-    let mut paths = Vec::with_capacity(batch_size.min(ops.len()));
-    let mut bytes = 0;
-    for op in ops {
-        let path = encode_path(op, cache);
-        bytes += path.encoded_len() + 4;
-        paths.push(path);
-        if paths.len() >= batch_size || bytes >= MAX_MESSAGE_BYTES {
-            let full = std::mem::replace(&mut paths, Vec::with_capacity(batch_size.min(ops.len())));
-            messages.push(api::AddPathStreamRequest {
-                table_type: api::TableType::Global as i32,
-                vrf_id: String::new(),
-                paths: full,
-            });
-            bytes = 0;
-        }
-    }
-    if !paths.is_empty() {
-        messages.push(api::AddPathStreamRequest {
-            table_type: api::TableType::Global as i32,
-            vrf_id: String::new(),
-            paths,
-        });
-    }
-    cache.trim();
-    messages
+/// `ops` as AddPathStream messages of at most `batch_size` paths and about 2 MiB each.
+pub fn encode_batches(ops: &[Op], batch_size: usize) -> Vec<PathMessage> {
+    PathWriter::default().messages(ops, batch_size)
 }
 
 /// What a path read from gobgpd is.
@@ -513,18 +292,21 @@ impl V3Client {
                     .tcp_nodelay(true)
                     .http2_adaptive_window(true)
             });
-        let client = Self::connect(&endpoint);
+        let (client, channel) = Self::connect(&endpoint);
         Ok(Self {
             endpoint,
             client,
+            channel,
             timeout,
             list_timeout: timeout.max(LIST_TIMEOUT),
             batch_size: batch_size.max(1),
         })
     }
 
-    fn connect(endpoint: &GobgpEndpoint) -> GobgpApiClient<Channel> {
-        GobgpApiClient::new(endpoint.connect_lazy()).max_decoding_message_size(256 << 20)
+    fn connect(endpoint: &GobgpEndpoint) -> (GobgpApiClient<Channel>, Channel) {
+        let channel = endpoint.connect_lazy();
+        let client = GobgpApiClient::new(channel.clone()).max_decoding_message_size(256 << 20);
+        (client, channel)
     }
 
     /// After a timeout the connection may be dead without TCP noticing (a hung or partitioned
@@ -532,7 +314,7 @@ impl V3Client {
     fn after<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
         if let Err(e) = &result {
             if e.kind == ErrorKind::Timeout {
-                self.client = Self::connect(&self.endpoint);
+                (self.client, self.channel) = Self::connect(&self.endpoint);
             }
         }
         result
@@ -725,13 +507,12 @@ impl V3Client {
         if ops.is_empty() {
             return Ok(());
         }
-        let mut client = self.client.clone();
         let batch_size = self.batch_size;
         if ops.len() <= batch_size {
             let messages = encode_batches(ops, batch_size);
             self.call(
                 "AddPathStream",
-                client.add_path_stream(tokio_stream::iter(messages)),
+                add_path_stream(self.channel.clone(), tokio_stream::iter(messages)),
             )
             .await?;
             return Ok(());
@@ -747,11 +528,11 @@ impl V3Client {
         let moved =
             || *progress.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
         let feed = async {
-            let mut cache = EncodeCache::default();
+            let mut writer = PathWriter::default();
             // A short first message: gobgpd, idle since the previous call, starts on it sooner.
             let (head, rest) = ops.split_at(ops.len().min(batch_size).min(FIRST_MESSAGE_PATHS));
             for chunk in std::iter::once(head).chain(rest.chunks(batch_size)) {
-                for message in encode_with(chunk, batch_size, &mut cache) {
+                for message in writer.messages(chunk, batch_size) {
                     if tx.send(message).await.is_err() {
                         return; // The call is over (gobgpd refused it).
                     }
@@ -760,7 +541,10 @@ impl V3Client {
             }
             drop(tx);
         };
-        let call = client.add_path_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let call = add_path_stream(
+            self.channel.clone(),
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        );
         tokio::pin!(call, feed);
         let mut fed = false;
         loop {
@@ -785,6 +569,26 @@ impl V3Client {
             }
         }
     }
+}
+
+/// `GobgpApi.AddPathStream` with messages written ahead as bytes (the generated client takes
+/// `AddPathStreamRequest` trees; these are the same bytes without the trees).
+async fn add_path_stream(
+    channel: Channel,
+    messages: impl tokio_stream::Stream<Item = PathMessage> + Send + 'static,
+) -> Result<tonic::Response<pbjson_types::Empty>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("gobgpd's connection: {e}")))?;
+    let codec = tonic_prost::ProstCodec::<PathMessage, pbjson_types::Empty>::default();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/apipb.GobgpApi/AddPathStream");
+    let mut request = tonic::Request::new(messages);
+    request
+        .extensions_mut()
+        .insert(tonic::GrpcMethod::new("apipb.GobgpApi", "AddPathStream"));
+    grpc.client_streaming(request, path, codec).await
 }
 
 #[cfg(test)]
@@ -817,32 +621,78 @@ mod tests {
         path
     }
 
+    /// The paths of `ops` as gobgpd reads them: the written messages decoded with the generated
+    /// types.
+    fn sent(ops: &[Op], batch_size: usize) -> Vec<api::Path> {
+        encode_batches(ops, batch_size)
+            .into_iter()
+            .flat_map(|m| {
+                let request = api::AddPathStreamRequest::decode(m.bytes.clone()).unwrap();
+                // Byte for byte what prost writes for the same request.
+                assert_eq!(request.encode_to_vec(), m.bytes);
+                assert_eq!(request.table_type, api::TableType::Global as i32);
+                assert_eq!(request.paths.len(), m.paths);
+                request.paths
+            })
+            .collect()
+    }
+
     #[test]
     fn round_trips_ipv4_and_ipv6() {
-        for (prefix, hop) in [
+        let cases = [
             ("198.19.32.0/20", "198.19.0.1"),
             ("2001:db8:1::/64", "2001:db8::1"),
             ("198.19.33.0/24", "2001:db8::2"),
-        ] {
+        ];
+        // Each alone, then all in one message with withdrawals and a second hop of one prefix
+        // (the pieces kept from path to path must not leak into the next).
+        let mut all = Vec::new();
+        for (prefix, hop) in cases {
             let op = op(prefix, hop, false);
-            let path = encode_path(&op, &mut EncodeCache::default());
+            let path = sent(std::slice::from_ref(&op), 10).remove(0);
             let urls: Vec<&str> = path.pattrs.iter().map(|a| a.type_url.as_str()).collect();
             if prefix.contains(':') || hop.contains(':') {
-                assert!(urls.contains(&MP_REACH_URL), "{urls:?}");
+                assert_eq!(urls[1], MP_REACH_URL, "{urls:?}");
+                let mp = api::MpReachNlriAttribute::decode(path.pattrs[1].value.clone()).unwrap();
+                assert_eq!(mp.nlris, vec![path.nlri.clone().unwrap()]);
+                assert_eq!(mp.family, path.family);
             } else {
-                assert!(urls.contains(&NEXT_HOP_URL), "{urls:?}");
+                assert_eq!(urls[1], NEXT_HOP_URL, "{urls:?}");
             }
+            assert_eq!(
+                urls,
+                [
+                    ORIGIN_URL,
+                    urls[1],
+                    COMMUNITIES_URL,
+                    LARGE_COMMUNITIES_URL,
+                    LOCAL_PREF_URL
+                ]
+            );
+            assert!(!path.is_withdraw);
+            assert_eq!(path.source_asn, HERALD_SOURCE_ASN);
             let decoded = decode_path(&as_listed(path), &mut Interner::default()).unwrap();
-            assert_eq!(decoded, Decoded::Own(op.key, op.attrs));
+            assert_eq!(decoded, Decoded::Own(op.key, op.attrs.clone()));
+            all.push(op.clone());
+            let mut second = op.clone();
+            second.key.identifier += 1;
+            second.withdraw = true;
+            all.push(second);
+        }
+        let paths = sent(&all, 4);
+        assert_eq!(paths.len(), all.len());
+        for (path, op) in paths.into_iter().zip(&all) {
+            assert_eq!(path.is_withdraw, op.withdraw);
+            let expected_family = family(Family::of(&op.key.prefix));
+            assert_eq!(path.family, Some(expected_family));
+            let decoded = decode_path(&as_listed(path), &mut Interner::default()).unwrap();
+            assert_eq!(decoded, Decoded::Own(op.key, op.attrs.clone()));
         }
     }
 
     #[test]
     fn other_paths_are_not_herald_s() {
-        let mut path = as_listed(encode_path(
-            &op("198.19.32.0/20", "198.19.0.1", false),
-            &mut EncodeCache::default(),
-        ));
+        let mut path = as_listed(sent(&[op("198.19.32.0/20", "198.19.0.1", false)], 1).remove(0));
         path.source_asn = 0;
         assert_eq!(
             decode_path(&path, &mut Interner::default()).unwrap(),
@@ -875,7 +725,7 @@ mod tests {
             .collect();
         let messages = encode_batches(&ops, 1000);
         assert_eq!(
-            messages.iter().map(|m| m.paths.len()).collect::<Vec<_>>(),
+            messages.iter().map(|m| m.paths).collect::<Vec<_>>(),
             vec![1000, 1000, 500]
         );
         assert!(

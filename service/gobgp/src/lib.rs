@@ -91,9 +91,12 @@ pub fn spawn_with<C: reconciler::GobgpClient>(
     status_rx
 }
 
-/// Paths per AddPathStream call: a few messages of `batch_size` paths, so that gobgpd works on one
-/// while herald encodes the next (faster than one message a call: BENCHMARKS.md, figures behind
-/// choices), and few enough that a call takes well under [`CALL_TIMEOUT`] even on a slow gobgpd.
+/// Paths per AddPathStream call: many messages of `batch_size` paths, so that gobgpd works on one
+/// while herald writes the next (faster than one message a call: BENCHMARKS.md, figures behind
+/// choices); each call ends with gobgpd idle until the next one's first message, so few calls (a
+/// 100,000-path push is 2). A long call does not
+/// time out while gobgpd keeps taking its messages ([`CALL_TIMEOUT`] is how long it may stall);
+/// between calls herald publishes its progress and looks for a newer plan.
 fn ops_per_push(batch_size: usize) -> usize {
     let batch_size = batch_size.max(1);
     (batch_size * 64).min(131_072).max(batch_size)

@@ -184,7 +184,9 @@ struct Watcher {
 
 struct State {
     resource_version: u64,
-    objects: BTreeMap<(Kind, String, String), Value>,
+    /// Shared with the pages of lists under way (a list is a snapshot; an object is replaced, never
+    /// changed in place), so that listing tens of thousands of objects copies none.
+    objects: BTreeMap<(Kind, String, String), Arc<Value>>,
     /// (resourceVersion, kind, ADDED|MODIFIED|DELETED, object), oldest first.
     history: Vec<(u64, Kind, &'static str, Value)>,
     /// Watches from a resourceVersion below this get 410.
@@ -196,7 +198,7 @@ struct State {
     leases: BTreeMap<(String, String), Value>,
     /// Every version of every Lease stored, oldest first (deletions not included).
     lease_versions: Vec<Value>,
-    pages: HashMap<String, (u64, Vec<Value>)>,
+    pages: HashMap<String, (u64, Vec<Arc<Value>>)>,
     next_page: u64,
     outage: Option<Outage>,
     send_bookmarks: bool,
@@ -356,7 +358,7 @@ impl FakeApiServer {
         } else {
             "ADDED"
         };
-        state.objects.insert(key, object.clone());
+        state.objects.insert(key, Arc::new(object.clone()));
         state.publish(rv, kind, type_, object);
         rv
     }
@@ -369,9 +371,10 @@ impl FakeApiServer {
             String::new()
         };
         let mut state = self.inner.lock();
-        let Some(mut object) = state.objects.remove(&(kind, namespace, name.to_string())) else {
+        let Some(object) = state.objects.remove(&(kind, namespace, name.to_string())) else {
             return false;
         };
+        let mut object = Arc::unwrap_or_clone(object);
         state.resource_version += 1;
         let rv = state.resource_version;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -523,7 +526,12 @@ impl FakeApiServer {
 
     /// Every stored object (Services, EndpointSlices, Nodes) as the API serves it.
     pub fn objects(&self) -> Vec<Value> {
-        self.inner.lock().objects.values().cloned().collect()
+        self.inner
+            .lock()
+            .objects
+            .values()
+            .map(|o| Value::clone(o))
+            .collect()
     }
 
     /// The Events created so far.
@@ -647,11 +655,15 @@ async fn bookmark_loop(inner: Arc<Inner>, interval: Duration) {
 }
 
 fn full(status: StatusCode, body: &Value) -> Response<Body> {
+    full_bytes(status, body.to_string().into_bytes())
+}
+
+fn full_bytes(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
         .body(
-            Full::new(Bytes::from(body.to_string()))
+            Full::new(Bytes::from(body))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )
@@ -1016,7 +1028,7 @@ fn list(
             }
         },
         None => {
-            let items: Vec<Value> = state
+            let items: Vec<Arc<Value>> = state
                 .objects
                 .iter()
                 .filter(|((k, ns, _), _)| *k == kind && namespace.as_ref().is_none_or(|n| n == ns))
@@ -1054,9 +1066,28 @@ fn list(
             &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
         );
     }
-    full(
+    // Written straight from the shared objects (a `json!` of the page would copy every item).
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ListBody<'a> {
+        kind: String,
+        api_version: &'static str,
+        metadata: Value,
+        #[serde(serialize_with = "shared_items")]
+        items: &'a [Arc<Value>],
+    }
+    fn shared_items<S: serde::Serializer>(items: &&[Arc<Value>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(items.iter().map(|item| &**item))
+    }
+    let body = ListBody {
+        kind: format!("{}List", kind.name()),
+        api_version: kind.api_version(),
+        metadata,
+        items: &page,
+    };
+    full_bytes(
         StatusCode::OK,
-        &json!({"kind": format!("{}List", kind.name()), "apiVersion": kind.api_version(), "metadata": metadata, "items": page}),
+        serde_json::to_vec(&body).expect("JSON serializes"),
     )
 }
 
@@ -1078,7 +1109,7 @@ fn watch(
             for ((k, ns, _), object) in &state.objects {
                 if *k == kind && namespace.as_ref().is_none_or(|n| n == ns) {
                     let _ = tx.send(WatchFrame::Event(
-                        json!({"type": "ADDED", "object": object}),
+                        json!({"type": "ADDED", "object": &**object}),
                     ));
                 }
             }

@@ -1544,7 +1544,7 @@ mod ecmp {
             with_external(svc("c", &[], true), &[ip]),
             with_lb(with_external(svc("d", &[], true), &[ip]), &[ip]),
         ];
-        let slices = vec![
+        let slices = [
             slice("a", "1", &endpoints[0..2]),
             slice("b", "1", &endpoints[2..5]),
             slice("c", "1", &endpoints[5..7]),
@@ -1569,7 +1569,7 @@ mod ecmp {
                 let old = services.iter().position(|s| s.key == service.key).unwrap();
                 let mut sl = slices[old].clone();
                 service.key = ObjectKey::new("ns", names[i]);
-                sl.key = ObjectKey::new("ns", &format!("{}-1", names[i]));
+                sl.key = ObjectKey::new("ns", format!("{}-1", names[i]));
                 sl.service_name = Some(names[i].to_string());
                 renamed_slices.push(sl);
             }

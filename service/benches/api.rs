@@ -1,5 +1,7 @@
-//! API benchmark: `cargo bench -p herald --bench api`.
+//! API benchmark: `cargo bench -p herald --bench api [-- --scale default|large]`.
 //! ListRoutes of 100,000 routes, and 50 WatchPlan clients while the plan changes 20 times a second.
+//! With `--scale` (or `HERALD_SCALE`), also the scale scenario's plan served: ListRoutes of it, and
+//! ExplainService of 1,000 of its Services (each explained when asked, from the plan's inputs).
 //! Medians and percentiles of one run; compare only figures of the same run.
 
 use std::collections::BTreeSet;
@@ -9,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use herald_api::herald::v1 as pb;
 use herald_api::herald::v1::plan_service_client::PlanServiceClient;
+use herald_core::config::ApiLimits;
 use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
-use herald_grpc::server::{ApiState, serve_on};
+use herald_grpc::limits::{Limits, RefusedCalls};
+use herald_grpc::server::{ApiState, health_service, serve_limited};
 use herald_k8s::source::SourceSnapshot;
+use herald_testkit::scale::{self, Scale};
 use ipnet::IpNet;
 use tokio::sync::watch;
 
@@ -68,7 +73,16 @@ async fn main() {
     let (_source_tx, source) = watch::channel(SourceSnapshot::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_on(
+    // The 50 watchers below all come from 127.0.0.1: more than one peer may open by default (16).
+    let limits = Limits::new(
+        ApiLimits {
+            max_watch_streams_per_peer: 64,
+            ..ApiLimits::default()
+        },
+        RefusedCalls::default(),
+    );
+    let health = health_service(plans.clone()).await;
+    tokio::spawn(serve_limited(
         listener,
         None,
         ApiState {
@@ -78,6 +92,8 @@ async fn main() {
             gobgp: None,
             brake_releases: None,
         },
+        limits,
+        health,
         std::future::pending(),
     ));
 
@@ -177,5 +193,82 @@ async fn main() {
         ms(percentile(&latencies, 0.5)),
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap())
+    );
+
+    let asked = std::env::args().any(|a| a.starts_with("--scale"))
+        || std::env::var_os("HERALD_SCALE").is_some();
+    if asked {
+        scale_plan_served(Scale::selected_or_exit(), &plan_tx, addr).await;
+    }
+}
+
+/// The scale scenario's plan served: ListRoutes of it, ExplainService of 1,000 of its Services.
+async fn scale_plan_served(
+    scale: Scale,
+    plan_tx: &watch::Sender<PlanSnapshot>,
+    addr: std::net::SocketAddr,
+) {
+    let state = scale::cluster(scale);
+    let config = herald_core::config::Config::parse(&format!(
+        "{}{}",
+        scale::CONFIG,
+        scale::ecmp_config(scale)
+    ))
+    .unwrap();
+    let plan = Arc::new(herald_core::planner::plan(&state, &config));
+    let routes = plan.routes.len();
+    plan_tx.send_replace(PlanSnapshot {
+        generation: 1_000,
+        plan,
+        ..Default::default()
+    });
+    let mut c = client(addr).await;
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let response = c
+            .list_routes(pb::ListRoutesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        samples.push(t.elapsed());
+        assert_eq!(response.routes.len(), routes);
+    }
+    samples.sort();
+    println!(
+        "\nThe scale scenario's plan ({}; {}): ListRoutes of {routes} routes median {:.1} ms",
+        scale.describe(),
+        if scale::ecmp_config(scale).is_empty() {
+            "no ECMP limit"
+        } else {
+            "ecmp.maxPaths 64"
+        },
+        ms(percentile(&samples, 0.5))
+    );
+    let step = (state.services.len() / 1_000).max(1);
+    let mut samples = Vec::new();
+    let mut with_routes = 0;
+    for key in state.services.keys().step_by(step).take(1_000) {
+        let t = Instant::now();
+        let response = c
+            .explain_service(pb::ExplainServiceRequest {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        samples.push(t.elapsed());
+        assert!(response.found, "{key} is in the plan's cluster state");
+        with_routes += usize::from(!response.ips.is_empty());
+    }
+    samples.sort();
+    println!(
+        "ExplainService, {} of its {} Services, one after another: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({with_routes} with IPs explained)",
+        samples.len(),
+        state.services.len(),
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        ms(*samples.last().unwrap())
     );
 }

@@ -35,16 +35,6 @@ use herald_run::HeraldRun;
 use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
-/// Added to the scale config: at 5,000 nodes, `ecmp: {maxPaths: 64}` (without a limit, a range is a
-/// prefix of ~5,000 next hops, which gobgpd takes at a few hundred paths a second: minutes).
-fn ecmp_config(scale: Scale) -> &'static str {
-    if scale.nodes > Scale::LARGE.nodes {
-        "ecmp: {maxPaths: 64}\n"
-    } else {
-        ""
-    }
-}
-
 /// The targets, in MB: (in this process, `herald run`) at 1,000 nodes and at 5,000.
 fn targets(scale: Scale) -> (f64, f64) {
     if scale.nodes > Scale::LARGE.nodes {
@@ -92,9 +82,12 @@ async fn in_process(scale: Scale) -> (ClusterState, usize) {
     let mut stages = Stages { last: 0.0 };
     let base = stages.report("at start");
     let state = scale::cluster(scale);
-    let config =
-        herald_core::config::Config::parse(&format!("{}{}", scale::CONFIG, ecmp_config(scale)))
-            .expect("scale config");
+    let config = herald_core::config::Config::parse(&format!(
+        "{}{}",
+        scale::CONFIG,
+        scale::ecmp_config(scale)
+    ))
+    .expect("scale config");
     stages.report(&format!(
         "+ ClusterState ({} nodes, {} Services, {} endpoints)",
         state.nodes.len(),
@@ -179,7 +172,7 @@ async fn herald_run(dir: &Path, state: &ClusterState, paths: usize, scale: Scale
         Path::new(env!("CARGO_BIN_EXE_herald")),
         dir,
         &cluster_path,
-        ecmp_config(scale),
+        scale::ecmp_config(scale),
         &g.address(),
     );
     let pid = child.pid().to_string();
@@ -250,7 +243,7 @@ async fn main() {
     println!(
         "scale: {}; config: the scale config {}",
         scale.describe(),
-        if ecmp_config(scale).is_empty() {
+        if scale::ecmp_config(scale).is_empty() {
             "as it is"
         } else {
             "with ecmp: {maxPaths: 64}"

@@ -14,6 +14,10 @@
 //! are of this run only (the machine is shared and noisy). Then unary `AddPath`, one path a call,
 //! and, for what the scale plan's range routes cost gobgpd, prefixes with many next hops each.
 //!
+//! With `-- --scale default|large` (or `HERALD_SCALE`), the paths are those of the scale scenario's
+//! plan instead (1,000 nodes; or 5,000 with `ecmp: {maxPaths: 64}`): both families, communities,
+//! and range parts of up to 64 next hops a prefix, which gobgpd takes far slower.
+//!
 //! `HERALD_PUSH_ONLY=raw|herald|client` runs one variant only (for `perf record`);
 //! `RUST_LOG=herald=debug` shows the reconciler's own timings.
 
@@ -26,11 +30,12 @@ use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
 use herald_api::gobgp::v3 as api;
-use herald_core::config::{Community, GobgpConfig, Origin, Seconds};
+use herald_core::config::{Community, Config, GobgpConfig, Origin, Seconds};
 use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
-use herald_gobgp::paths::{self, PathSet};
+use herald_gobgp::paths::{self, PathAttrs, PathSet};
 use herald_gobgp::reconciler::GobgpClient;
 use herald_gobgp::v3::V3Client;
+use herald_testkit::scale::{self, Scale};
 use ipnet::IpNet;
 use pbjson_types::Any;
 use prost::Message;
@@ -96,11 +101,24 @@ fn config(address: String) -> GobgpConfig {
 }
 
 /// What the raw client starts from: the path in binary form, as any client would hold it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct RawPath {
     prefix: IpNet,
-    next_hop: IpAddr,
     identifier: u32,
+    attrs: PathAttrs,
+}
+
+/// The scale scenario asked for (`--scale`, `HERALD_SCALE`), if any.
+fn scale_asked() -> Option<Scale> {
+    let asked = std::env::args().any(|a| a.starts_with("--scale"))
+        || std::env::var_os("HERALD_SCALE").is_some();
+    asked.then(Scale::selected_or_exit)
+}
+
+/// The scale scenario's plan, as the benches push it ([`scale::ecmp_config`]).
+fn scale_plan(scale: Scale) -> Plan {
+    let config = Config::parse(&format!("{}{}", scale::CONFIG, scale::ecmp_config(scale))).unwrap();
+    herald_core::planner::plan(&scale::cluster(scale), &config)
 }
 
 /// The raw client's encoder: NLRI and next hop per path, constant attributes shared.
@@ -131,30 +149,95 @@ impl RawEncoder {
     }
 
     fn path(&self, p: &RawPath) -> api::Path {
-        let nlri = api::IpAddressPrefix {
-            prefix_len: p.prefix.prefix_len().into(),
-            prefix: p.prefix.network().to_string(),
+        let any = |url: &str, bytes: Vec<u8>| Any {
+            type_url: format!("type.googleapis.com/apipb.{url}"),
+            value: Bytes::from(bytes),
         };
-        let hop = api::NextHopAttribute {
-            next_hop: p.next_hop.to_string(),
+        let nlri = any(
+            "IPAddressPrefix",
+            api::IpAddressPrefix {
+                prefix_len: p.prefix.prefix_len().into(),
+                prefix: p.prefix.network().to_string(),
+            }
+            .encode_to_vec(),
+        );
+        let family = api::Family {
+            afi: if p.prefix.addr().is_ipv4() {
+                api::family::Afi::Ip as i32
+            } else {
+                api::family::Afi::Ip6 as i32
+            },
+            safi: api::family::Safi::Unicast as i32,
         };
+        let a = &p.attrs;
+        let mut pattrs = vec![if a.origin == 0 {
+            self.origin.clone()
+        } else {
+            any(
+                "OriginAttribute",
+                api::OriginAttribute {
+                    origin: a.origin.into(),
+                }
+                .encode_to_vec(),
+            )
+        }];
+        if p.prefix.addr().is_ipv4() && a.next_hop.is_ipv4() {
+            pattrs.push(any(
+                "NextHopAttribute",
+                api::NextHopAttribute {
+                    next_hop: a.next_hop.to_string(),
+                }
+                .encode_to_vec(),
+            ));
+        } else {
+            pattrs.push(any(
+                "MpReachNLRIAttribute",
+                api::MpReachNlriAttribute {
+                    family: Some(family),
+                    next_hops: vec![a.next_hop.to_string()],
+                    nlris: vec![nlri.clone()],
+                }
+                .encode_to_vec(),
+            ));
+        }
+        if *a.communities == [COMMUNITY] {
+            pattrs.push(self.communities.clone());
+        } else if !a.communities.is_empty() {
+            pattrs.push(any(
+                "CommunitiesAttribute",
+                api::CommunitiesAttribute {
+                    communities: a.communities.to_vec(),
+                }
+                .encode_to_vec(),
+            ));
+        }
+        if !a.large_communities.is_empty() {
+            pattrs.push(any(
+                "LargeCommunitiesAttribute",
+                api::LargeCommunitiesAttribute {
+                    communities: a
+                        .large_communities
+                        .iter()
+                        .map(|c| api::LargeCommunity {
+                            global_admin: c.0,
+                            local_data1: c.1,
+                            local_data2: c.2,
+                        })
+                        .collect(),
+                }
+                .encode_to_vec(),
+            ));
+        }
+        if let Some(local_pref) = a.local_pref {
+            pattrs.push(any(
+                "LocalPrefAttribute",
+                api::LocalPrefAttribute { local_pref }.encode_to_vec(),
+            ));
+        }
         api::Path {
-            nlri: Some(Any {
-                type_url: "type.googleapis.com/apipb.IPAddressPrefix".into(),
-                value: nlri.encode_to_vec().into(),
-            }),
-            pattrs: vec![
-                self.origin.clone(),
-                Any {
-                    type_url: "type.googleapis.com/apipb.NextHopAttribute".into(),
-                    value: hop.encode_to_vec().into(),
-                },
-                self.communities.clone(),
-            ],
-            family: Some(api::Family {
-                afi: api::family::Afi::Ip as i32,
-                safi: api::family::Safi::Unicast as i32,
-            }),
+            nlri: Some(nlri),
+            pattrs,
+            family: Some(family),
             source_asn: paths::HERALD_SOURCE_ASN,
             identifier: p.identifier,
             ..Default::default()
@@ -186,6 +269,8 @@ struct Sample {
 }
 
 struct Inputs {
+    /// Paths in the plan.
+    paths: usize,
     plan: Arc<Plan>,
     raw: Arc<Vec<RawPath>>,
     desired: PathSet,
@@ -206,6 +291,7 @@ fn raw_messages(raw: &[RawPath]) -> Vec<api::AddPathStreamRequest> {
 async fn push_herald(
     g: &Gobgpd,
     plan: Arc<Plan>,
+    paths: usize,
     started: &mut Option<(Instant, f64, f64)>,
     gobgpd_pid: &str,
 ) {
@@ -232,7 +318,7 @@ async fn push_herald(
     .expect("reconciler converges")
     .unwrap()
     .clone();
-    assert_eq!(s.paths_applied as usize, PATHS);
+    assert_eq!(s.paths_applied as usize, paths);
     assert_eq!(s.pending_operations, 0);
 }
 
@@ -274,7 +360,7 @@ async fn run_once(variant: Variant, inputs: &Inputs) -> Sample {
         }
         Variant::Herald => {
             let mut started = None;
-            push_herald(&g, inputs.plan.clone(), &mut started, &pid).await;
+            push_herald(&g, inputs.plan.clone(), inputs.paths, &mut started, &pid).await;
             let elapsed = started.unwrap().0.elapsed();
             let (_, c0, g0) = started.unwrap();
             Sample {
@@ -295,7 +381,7 @@ async fn run_once(variant: Variant, inputs: &Inputs) -> Sample {
     };
     assert_eq!(
         g.path_count().await as usize,
-        PATHS,
+        inputs.paths,
         "{variant:?}: gobgpd holds every path"
     );
     sample
@@ -344,26 +430,51 @@ async fn main() {
             .init();
     }
     let started = Instant::now();
-    let plan = plan();
+    let scale = scale_asked();
+    let plan = scale.map_or_else(plan, scale_plan);
     let desired = paths::desired_paths(&plan, Origin::Igp, None);
-    assert_eq!(desired.len(), PATHS);
+    if scale.is_none() {
+        assert_eq!(desired.len(), PATHS);
+    }
     let raw: Vec<RawPath> = desired
         .iter()
         .map(|(k, a)| RawPath {
             prefix: k.prefix,
-            next_hop: a.next_hop,
             identifier: k.identifier,
+            attrs: a.clone(),
         })
         .collect();
     let inputs = Inputs {
+        paths: desired.len(),
         plan: Arc::new(plan),
         raw: Arc::new(raw),
         desired,
     };
-    println!(
-        "push: {PATHS} paths ({ROUTES} /32 routes x {HOPS_PER_ROUTE} next hops, ORIGIN + NEXT_HOP + 1 community) into an empty gobgpd ({}), {BATCH} paths a message",
-        gobgpd::GOBGPD
-    );
+    match scale {
+        None => println!(
+            "push: {PATHS} paths ({ROUTES} /32 routes x {HOPS_PER_ROUTE} next hops, ORIGIN + NEXT_HOP + 1 community) into an empty gobgpd ({}), {BATCH} paths a message",
+            gobgpd::GOBGPD
+        ),
+        Some(scale) => println!(
+            "push: the plan of the scale scenario ({}): {} routes, {} paths ({} IPv6; at most {} next hops a route) into an empty gobgpd ({}), {BATCH} paths a message",
+            scale.describe(),
+            inputs.plan.routes.len(),
+            inputs.paths,
+            inputs
+                .desired
+                .keys()
+                .filter(|k| k.prefix.addr().is_ipv6())
+                .count(),
+            inputs
+                .plan
+                .routes
+                .values()
+                .map(|r| r.next_hops.len())
+                .max()
+                .unwrap_or(0),
+            gobgpd::GOBGPD
+        ),
+    }
     println!(
         "{ROUNDS} rounds of raw, herald, client, each run with a fresh gobgpd; wall time from push to acknowledgment"
     );
@@ -416,7 +527,7 @@ async fn main() {
             println!(
                 "{}: {:.0} paths/s",
                 v.name(),
-                PATHS as f64 / s.elapsed.as_secs_f64()
+                inputs.paths as f64 / s.elapsed.as_secs_f64()
             );
         }
         return;
@@ -429,7 +540,7 @@ async fn main() {
         let mut round_rates = [0.0; 3];
         for (i, &v) in variants.iter().enumerate() {
             let s = run_once(v, &inputs).await;
-            let rate = PATHS as f64 / s.elapsed.as_secs_f64();
+            let rate = inputs.paths as f64 / s.elapsed.as_secs_f64();
             rates[i].push(rate);
             cpus[i].push((s.self_cpu, s.gobgpd_cpu));
             round_rates[i] = rate;
@@ -500,8 +611,15 @@ async fn main() {
                         16,
                     )
                     .unwrap(),
-                    next_hop: IpAddr::V4(Ipv4Addr::from(0x0a01_0000u32 + h as u32)),
                     identifier: paths::IDENTIFIER_TAG | h as u32,
+                    attrs: PathAttrs {
+                        next_hop: IpAddr::V4(Ipv4Addr::from(0x0a01_0000u32 + h as u32)),
+                        origin: 0,
+                        local_pref: None,
+                        communities: Arc::from(vec![COMMUNITY]),
+                        large_communities: Arc::from(Vec::new()),
+                        foreign_attributes: false,
+                    },
                 })
             })
             .collect();

@@ -529,5 +529,13 @@ pub async fn serve(
             }
         }),
     );
+    // TCP_NODELAY, as on the API's sockets: a response written in two parts otherwise waits for
+    // the scraper's delayed ACK before its second.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set on a metrics connection");
+        }
+    });
     axum::serve(listener, app).await
 }

@@ -822,7 +822,10 @@ pub async fn serve_health(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health.max_decoding_message_size(1024))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(
+            // As for the plan API: TCP_NODELAY set on the accepted sockets themselves.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+        )
         .await?;
     Ok(())
 }
@@ -896,8 +899,13 @@ pub async fn serve_limited(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     info!(listen = ?local, tls = tls.is_some(), "herald API serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let config = limits.config.clone();
+    // The builder's tcp_nodelay and tcp_keepalive apply only to listeners tonic binds itself: set
+    // on the accepted sockets here. Without TCP_NODELAY each small answer (ExplainService,
+    // GetStatus) waited ~40 ms for the client's delayed ACK (BENCHMARKS.md, API).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(config.keepalive_interval.0));
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;

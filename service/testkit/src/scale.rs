@@ -137,6 +137,17 @@ serviceExternalIPs: [{cidr: 100.64.0.0/16}, {cidr: 'fd00:64::/112'}]
 serviceLoadBalancerIPs: [{cidr: 100.65.0.0/16}, {cidr: 'fd00:65::/112'}]
 ";
 
+/// Added to [`CONFIG`] by the benches that push the plan into gobgpd: at 5,000 nodes, `ecmp:
+/// {maxPaths: 64}` (without a limit, a range is a prefix of ~5,000 next hops, which gobgpd takes at
+/// a few hundred paths a second: minutes).
+pub fn ecmp_config(scale: Scale) -> &'static str {
+    if scale.nodes > Scale::LARGE.nodes {
+        "ecmp: {maxPaths: 64}\n"
+    } else {
+        ""
+    }
+}
+
 pub fn config() -> Config {
     Config::parse(CONFIG).expect("scale config")
 }

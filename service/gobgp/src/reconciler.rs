@@ -422,7 +422,8 @@ impl<C: GobgpClient> Reconciler<C> {
         // A chunk is booked as soon as its call is under way, while gobgpd takes its messages
         // (after the acknowledgment, the books of a large push held up the status by tens of
         // milliseconds: BENCHMARKS.md, push). A call that fails takes back what it cannot vouch
-        // for: `unbook!`.
+        // for (below). A macro, not a method: the call in flight holds `self.client`, these
+        // fields are others.
         macro_rules! book {
             ($chunk:expr) => {
                 for op in $chunk {

@@ -128,7 +128,17 @@ impl Gobgpd {
             }
             if let Ok(mut client) = self.try_client().await {
                 if client.get_bgp(api::GetBgpRequest {}).await.is_ok() {
-                    return Ok(());
+                    // A free port found by binding and releasing it can be taken again meanwhile,
+                    // by another test's gobgpd: then that one answered, and this one cannot bind.
+                    let pid = self.pid().expect("spawned above");
+                    if listens_on(pid, self.port) {
+                        return Ok(());
+                    }
+                    self.kill();
+                    return Err(format!(
+                        "another process answers on port {}: not this gobgpd (pid {pid})",
+                        self.port
+                    ));
                 }
             }
             if Instant::now() > deadline {
@@ -337,5 +347,61 @@ impl Listed {
             listed.attribute_types.push(name);
         }
         listed
+    }
+}
+
+/// Whether process `pid` holds the TCP socket listening on `port` (IPv4, in its own network
+/// namespace): its socket inodes against the listening sockets of `/proc/<pid>/net/tcp`.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
+        })
+        .collect();
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    // "sl local_address rem_address st ... uid timeout inode": st 0A is LISTEN.
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields
+            .get(1)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        fields.len() > 9
+            && fields[3] == "0A"
+            && local_port == Some(port)
+            && inodes.contains(fields[9])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second gobgpd given the port of a running one does not take the first one's answers for
+    /// its own.
+    #[tokio::test]
+    async fn a_port_taken_by_another_gobgpd_is_not_taken_for_this_one() {
+        let first = Gobgpd::start().await;
+        assert!(listens_on(first.pid().unwrap(), first.port()));
+        let mut second = Gobgpd::new(first.port());
+        let error = second
+            .spawn_and_wait()
+            .await
+            .expect_err("the port answers, but not for the second gobgpd");
+        assert!(error.contains("another process answers"), "{error}");
+        assert!(second.pid().is_none(), "the second gobgpd was stopped");
     }
 }

@@ -285,37 +285,11 @@ impl PathWriter {
     }
 
     fn communities(&mut self, list: &Arc<[u32]>) -> &Bytes {
-        let key = Arc::as_ptr(list) as *const u32 as usize;
-        let entry = self.communities.entry(key);
-        let entry = match entry {
-            std::collections::hash_map::Entry::Occupied(mut kept) => {
-                if !Arc::ptr_eq(&kept.get().0, list) {
-                    // The address of a list since freed: another list now.
-                    kept.insert((list.clone(), communities_field(list)));
-                }
-                kept.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert((list.clone(), communities_field(list)))
-            }
-        };
-        &entry.1
+        shared_field(&mut self.communities, list, communities_field)
     }
 
     fn large(&mut self, list: &Arc<[LargeCommunity]>) -> &Bytes {
-        let key = Arc::as_ptr(list) as *const LargeCommunity as usize;
-        let entry = match self.large.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut kept) => {
-                if !Arc::ptr_eq(&kept.get().0, list) {
-                    kept.insert((list.clone(), large_field(list)));
-                }
-                kept.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(vacant) => {
-                vacant.insert((list.clone(), large_field(list)))
-            }
-        };
-        &entry.1
+        shared_field(&mut self.large, list, large_field)
     }
 
     /// Forgets everything once it grows past what one plan needs, so memory stays bounded.
@@ -336,6 +310,24 @@ impl PathWriter {
             self.mp_next_hops.clear();
         }
     }
+}
+
+/// The field of a route's shared list, kept by the list's address while the entry holds the list
+/// (an address seen again after its list was freed is another list: encoded again).
+fn shared_field<'a, T>(
+    kept: &'a mut HashMap<usize, (Arc<[T]>, Bytes)>,
+    list: &Arc<[T]>,
+    encode: fn(&[T]) -> Bytes,
+) -> &'a Bytes {
+    let entry = kept
+        .entry(Arc::as_ptr(list) as *const T as usize)
+        .and_modify(|entry| {
+            if !Arc::ptr_eq(&entry.0, list) {
+                *entry = (list.clone(), encode(list));
+            }
+        })
+        .or_insert_with(|| (list.clone(), encode(list)));
+    &entry.1
 }
 
 fn communities_field(list: &[u32]) -> Bytes {

@@ -62,6 +62,29 @@ async fn client(addr: std::net::SocketAddr) -> PlanServiceClient<tonic::transpor
     PlanServiceClient::new(channel).max_decoding_message_size(512 << 20)
 }
 
+/// Ten ListRoutes calls, each checked to answer `routes` routes: their times, sorted, and the
+/// answer's size in bytes.
+async fn list_routes_ten_times(
+    c: &mut PlanServiceClient<tonic::transport::Channel>,
+    routes: usize,
+) -> (Vec<Duration>, usize) {
+    let mut samples = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let response = c
+            .list_routes(pb::ListRoutesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        samples.push(t.elapsed());
+        assert_eq!(response.routes.len(), routes);
+        bytes = prost::Message::encoded_len(&response);
+    }
+    samples.sort();
+    (samples, bytes)
+}
+
 #[tokio::main]
 async fn main() {
     let plan = Arc::new(big_plan(100_000));
@@ -99,20 +122,7 @@ async fn main() {
 
     // ListRoutes of 100,000 routes.
     let mut c = client(addr).await;
-    let mut samples = Vec::new();
-    let mut bytes = 0;
-    for _ in 0..10 {
-        let t = Instant::now();
-        let response = c
-            .list_routes(pb::ListRoutesRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        samples.push(t.elapsed());
-        assert_eq!(response.routes.len(), 100_000);
-        bytes = prost::Message::encoded_len(&response);
-    }
-    samples.sort();
+    let (samples, bytes) = list_routes_ten_times(&mut c, 100_000).await;
     println!(
         "ListRoutes, 100,000 routes ({:.1} MB): median {:.1} ms, min {:.1} ms over {} calls",
         bytes as f64 / 1e6,
@@ -223,18 +233,7 @@ async fn scale_plan_served(
         ..Default::default()
     });
     let mut c = client(addr).await;
-    let mut samples = Vec::new();
-    for _ in 0..10 {
-        let t = Instant::now();
-        let response = c
-            .list_routes(pb::ListRoutesRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        samples.push(t.elapsed());
-        assert_eq!(response.routes.len(), routes);
-    }
-    samples.sort();
+    let (samples, _) = list_routes_ten_times(&mut c, routes).await;
     println!(
         "\nThe scale scenario's plan ({}; {}): ListRoutes of {routes} routes median {:.1} ms",
         scale.describe(),

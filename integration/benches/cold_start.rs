@@ -1,4 +1,5 @@
-//! Cold start: `cargo bench -p herald-integration --bench cold_start [-- --scale large]`.
+//! Cold start: `cargo bench -p herald-integration --bench cold_start [-- --scale large]
+//! [--source kubernetes|file] [--rounds N]`.
 //!
 //! `herald run` (this workspace's release binary, built first) from its start to gobgpd holding the
 //! whole plan, with `ecmp: {maxPaths: 64}`, on the scale scenario (1,000 nodes, or 5,000 with
@@ -40,12 +41,40 @@ impl Source {
     }
 }
 
-/// One cold start: the times from `herald run`'s start to each phase's log line.
+/// One cold start: the times from `herald run`'s start to each phase's log line, and the CPU
+/// time herald and gobgpd used until gobgpd held the plan.
 #[derive(Debug, Clone, Copy)]
 struct Phases {
     synced: Duration,
+    /// gobgpd holds the ranges planned from the Nodes alone (the Kubernetes source lists them first).
+    ranges: Option<Duration>,
     planned: Duration,
     applied: Duration,
+    herald_cpu: Duration,
+    gobgpd_cpu: Duration,
+}
+
+/// A process's user + system CPU time so far (`/proc/<pid>/stat`, in clock ticks of 10 ms).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_millis(ticks * 10)
+}
+
+/// `--source kubernetes|file` (default: both) and `--rounds N` (default 3) among the arguments.
+fn option(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 /// The seconds since the Unix epoch of a log line's RFC 3339 timestamp (`2026-12-04T19:38:05.783187Z`).
@@ -144,6 +173,8 @@ async fn cold_start(
         assert!(Instant::now() < deadline, "no plan in gobgpd in 300 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    let herald_cpu = cpu_time(herald.pid());
+    let gobgpd_cpu = cpu_time(gobgpd.pid().expect("gobgpd runs"));
     assert_eq!(gobgpd.path_count().await, paths, "gobgpd holds the plan");
     let since = |needle: &str| {
         Duration::from_secs_f64(
@@ -157,8 +188,12 @@ async fn cold_start(
             Source::Kubernetes => "first cluster state published",
             Source::File => "cluster state read",
         }),
+        ranges: when(&log, "gobgpd holds the ranges planned")
+            .map(|t| Duration::from_secs_f64((t - started).max(0.0))),
         planned: since("plan updated"),
         applied: since("gobgpd holds the plan"),
+        herald_cpu,
+        gobgpd_cpu,
     };
     let _ = herald.stop(15); // SIGTERM: herald's own shutdown
     phases
@@ -198,38 +233,53 @@ async fn main() {
         server.apply_value(object);
     }
     drop(yaml);
+    let sources: Vec<Source> = match option("--source").as_deref() {
+        None => vec![Source::Kubernetes, Source::File],
+        Some("kubernetes") => vec![Source::Kubernetes],
+        Some("file") => vec![Source::File],
+        Some(other) => panic!("--source {other}: kubernetes or file"),
+    };
+    let rounds: usize = option("--rounds").map_or(ROUNDS, |r| r.parse().expect("--rounds N"));
     println!(
-        "Cold start, {}: `herald run` start to gobgpd holding the plan ({} paths, ecmp.maxPaths 64); the YAML is {:.1} MB; {ROUNDS} rounds, sources alternating",
+        "Cold start, {}: `herald run` start to gobgpd holding the plan ({} paths, ecmp.maxPaths 64); the YAML is {:.1} MB; {rounds} rounds, sources alternating",
         scale.describe(),
         paths,
         std::fs::metadata(&cluster_file).unwrap().len() as f64 / 1e6
     );
-    let sources = [Source::Kubernetes, Source::File];
     let mut results: Vec<Vec<Phases>> = vec![Vec::new(); sources.len()];
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         for (i, source) in sources.iter().enumerate() {
             let p = cold_start(*source, dir.path(), &server, &cluster_file, paths).await;
             println!(
-                "round {round}, {:<12}: source synced {:5.2} s, planned {:5.2} s, gobgpd holds the plan {:5.2} s",
+                "round {round}, {:<12}: ranges in gobgpd {}, source synced {:5.2} s, planned {:5.2} s, \
+                 gobgpd holds the plan {:5.2} s (CPU: herald {:.2} s, gobgpd {:.2} s)",
                 source.name(),
+                p.ranges
+                    .map_or("-".to_string(), |r| format!("{:.2} s", r.as_secs_f64())),
                 p.synced.as_secs_f64(),
                 p.planned.as_secs_f64(),
-                p.applied.as_secs_f64()
+                p.applied.as_secs_f64(),
+                p.herald_cpu.as_secs_f64(),
+                p.gobgpd_cpu.as_secs_f64()
             );
             results[i].push(p);
         }
     }
-    println!("\nMedians of {ROUNDS} rounds:");
-    println!("| source | synced | planned | gobgpd holds the plan | target |");
-    println!("|---|---|---|---|---|");
+    println!("\nMedians of {rounds} rounds:");
+    println!(
+        "| source | synced | planned | gobgpd holds the plan | target | CPU: herald, gobgpd |"
+    );
+    println!("|---|---|---|---|---|---|");
     for (source, phases) in sources.iter().zip(&results) {
         let m = |f: fn(&Phases) -> Duration| median(phases.iter().map(f).collect());
         println!(
-            "| {} | {:.2} s | {:.2} s | **{:.2} s** | <= 5 s |",
+            "| {} | {:.2} s | {:.2} s | **{:.2} s** | <= 5 s | {:.2} s, {:.2} s |",
             source.name(),
             m(|p| p.synced).as_secs_f64(),
             m(|p| p.planned).as_secs_f64(),
-            m(|p| p.applied).as_secs_f64()
+            m(|p| p.applied).as_secs_f64(),
+            m(|p| p.herald_cpu).as_secs_f64(),
+            m(|p| p.gobgpd_cpu).as_secs_f64()
         );
     }
     println!("\n(took {:.0} s)", took.elapsed().as_secs_f64());

@@ -1434,6 +1434,147 @@ async fn herald_run_with_the_kubernetes_source() {
     );
 }
 
+/// A restarted `herald run` announces the ranges as soon as the Nodes are listed, while the
+/// Services are still listing, and withdraws nothing until the whole cluster is known: here a
+/// Service deleted while herald was down keeps its route until the Services are listed, and a
+/// Node that joined meanwhile announces the ranges before that.
+#[tokio::test]
+async fn ranges_are_announced_before_the_services_are_listed() {
+    use herald_api::herald::v1 as pb;
+    use herald_api::herald::v1::plan_service_client::PlanServiceClient;
+    use herald_integration::process::{Herald, free_port};
+
+    let server = FakeApiServer::start().await.unwrap();
+    let mut objects = yaobank();
+    let web = [
+        service(
+            "shop",
+            "web",
+            json!({"type": "ClusterIP", "clusterIP": "10.96.90.9", "externalTrafficPolicy": "Local"}),
+        ),
+        slice("shop", "web", "1", &[ep("node-2", READY)]),
+    ];
+    objects.extend(web.iter().cloned());
+    load(&server, &objects);
+    let gobgpd = Gobgpd::start().await;
+    let port = free_port();
+    let config_path = server.dir().join("herald.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
+             gobgp: {{address: \"127.0.0.1:{}\"}}\n",
+            server.kubeconfig_path().display(),
+            gobgpd.port()
+        ),
+    )
+    .unwrap();
+    let config = Config::parse(CONFIG).unwrap();
+    let before = paths(&herald_core::planner::plan(&model(&objects), &config));
+    let stale = ("10.96.90.9/32".to_string(), "10.0.0.2".to_string());
+    assert!(before.contains(&stale));
+    let mut first = Herald::start(&config_path, port, server.dir().join("first.log"), &[]).unwrap();
+    wait("the first herald's plan in gobgpd", SHORT, || {
+        rib(&gobgpd).filter(|rib| *rib == before)
+    })
+    .await;
+    // On a thread of its own: herald hands its Events Lease back to the API server, which runs on
+    // this test's runtime, before it exits.
+    let first = tokio::task::spawn_blocking(move || first.stop(libc::SIGTERM).map(|()| first));
+    if let Err(e) = first.await.unwrap() {
+        panic!("the first herald did not stop: {e}");
+    }
+
+    // While herald is down: shop/web is deleted, node-7 joins. Then the Services list is held.
+    server.delete(Kind::Service, "shop", "web");
+    objects.retain(|o| o["metadata"]["namespace"] != "shop" || o["kind"] != "Service");
+    let joined = node("node-7", &["10.0.0.7"], &[("pool", "a")], true);
+    server.apply_value(joined.clone());
+    objects.push(joined);
+    server.hold_lists(Kind::Service);
+    let ranges = paths(&herald_core::planner::plan_ranges(
+        &model(&objects),
+        &config,
+    ));
+    assert!(ranges.contains(&("10.96.0.0/16".to_string(), "10.0.0.7".to_string())));
+    assert!(!before.is_superset(&ranges), "node-7's range paths are new");
+
+    let herald = Herald::start(&config_path, port, server.dir().join("herald.log"), &[]).unwrap();
+    let log = herald.log.clone();
+    let dump = scopeguard(move || {
+        eprintln!(
+            "--- herald log ---\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    let started = Instant::now();
+    let during: BTreeSet<_> = before.union(&ranges).cloned().collect();
+    wait(
+        "the ranges with node-7 in gobgpd, nothing withdrawn",
+        SHORT,
+        || rib(&gobgpd).filter(|rib| *rib == during),
+    )
+    .await;
+    let ranges_in = started.elapsed();
+    let channel = wait_async("herald's API", SHORT, || async {
+        tonic::transport::Channel::from_shared(herald.api.clone())
+            .unwrap()
+            .connect()
+            .await
+            .ok()
+    })
+    .await;
+    let mut api = PlanServiceClient::new(channel);
+    let status = api
+        .get_status(pb::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!status.source.unwrap().synced);
+    assert!(
+        status
+            .alarms
+            .iter()
+            .any(|a| a.contains("the ranges are planned from the 7 Nodes listed")),
+        "{:?}",
+        status.alarms
+    );
+    let served: BTreeSet<String> = api
+        .list_routes(pb::ListRoutesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .routes
+        .into_iter()
+        .map(|r| r.prefix)
+        .collect();
+    assert_eq!(
+        served,
+        ["10.96.0.0/16", "198.19.48.0/20", "198.19.64.0/20"]
+            .map(String::from)
+            .into(),
+        "the plan served holds the ranges alone"
+    );
+    // Held for a while: still nothing withdrawn.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rib(&gobgpd), Some(during.clone()));
+
+    server.release_lists(Kind::Service);
+    let after = paths(&herald_core::planner::plan(&model(&objects), &config));
+    assert!(!after.contains(&stale));
+    wait(
+        "the whole plan in gobgpd, the deleted Service's route withdrawn",
+        SHORT,
+        || rib(&gobgpd).filter(|rib| *rib == after),
+    )
+    .await;
+    std::mem::forget(dump);
+    println!(
+        "restart with the Services held: the ranges (with a new node) in gobgpd {} after start",
+        ms(ranges_in)
+    );
+}
+
 /// Runs `f` on drop unless forgotten: the herald log for a failed test.
 fn scopeguard(f: impl FnOnce()) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);

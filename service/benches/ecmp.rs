@@ -20,13 +20,13 @@ use herald_testkit::herald_run;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
 use herald_core::cluster::{ClusterState, Node};
 use herald_core::config::Config;
 use herald_gobgp::v3::V3Client;
-use herald_k8s::source::{SourceSnapshot, SourceStatus};
+use herald_k8s::source::SourceSnapshot;
 use herald_run::HeraldRun;
 use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
@@ -122,16 +122,7 @@ async fn first_push(
 }
 
 fn snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
-    SourceSnapshot {
-        cluster: Some(Arc::new(state.clone())),
-        version,
-        status: SourceStatus {
-            name: "bench".to_string(),
-            synced: true,
-            last_error: None,
-            last_update: Some(SystemTime::now()),
-        },
-    }
+    SourceSnapshot::synced("bench", Arc::new(state.clone()), version)
 }
 
 /// Nodes going NotReady and Ready again, one change at a time, through the planner thread and the

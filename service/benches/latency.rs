@@ -40,8 +40,8 @@ use herald_gobgp::SinkStatus;
 use herald_gobgp::paths::{self, PathSet};
 use herald_gobgp::reconciler::GobgpClient;
 use herald_gobgp::v3::V3Client;
+use herald_k8s::source::SourceSnapshot;
 use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
-use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use herald_testkit::scale::{self, Scale};
 use tokio::sync::watch;
 
@@ -116,16 +116,7 @@ struct Churn {
 }
 
 fn source_snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
-    SourceSnapshot {
-        cluster: Some(Arc::new(state.clone())),
-        version,
-        status: SourceStatus {
-            name: "bench".to_string(),
-            synced: true,
-            last_error: None,
-            last_update: Some(SystemTime::now()),
-        },
-    }
+    SourceSnapshot::synced("bench", Arc::new(state.clone()), version)
 }
 
 /// Applies changes to `state` at `load.rate` for `run`, publishing states on `source` as `pacing` says.

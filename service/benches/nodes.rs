@@ -25,7 +25,7 @@ use herald_testkit::gobgpd;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use gobgpd::Gobgpd;
 use herald_core::cluster::{ClusterState, Node};
@@ -33,8 +33,8 @@ use herald_core::config::{Config, GobgpConfig, Origin, Seconds};
 use herald_core::plan::PlanSnapshot;
 use herald_core::planner::incremental::{Change, IncrementalPlanner};
 use herald_gobgp::v3::V3Client;
+use herald_k8s::source::SourceSnapshot;
 use herald_k8s::source::kubernetes::DEFAULT_MIN_INTERVAL;
-use herald_k8s::source::{SourceSnapshot, SourceStatus};
 use herald_testkit::scale::{self, Scale};
 use k8s_openapi::api::core::v1 as core;
 use tokio::sync::watch;
@@ -235,16 +235,7 @@ fn status_churn() {
 }
 
 fn source_snapshot(state: &ClusterState, version: u64) -> SourceSnapshot {
-    SourceSnapshot {
-        cluster: Some(Arc::new(state.clone())),
-        version,
-        status: SourceStatus {
-            name: "bench".to_string(),
-            synced: true,
-            last_error: None,
-            last_update: Some(SystemTime::now()),
-        },
-    }
+    SourceSnapshot::synced("bench", Arc::new(state.clone()), version)
 }
 
 /// The planner thread as `herald run` had it before Node changes were batched: every change of a

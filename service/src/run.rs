@@ -48,17 +48,24 @@ pub enum RunError {
 fn publish(
     plans: &watch::Sender<PlanSnapshot>,
     plan: Plan,
+    partial: bool,
     cluster_version: u64,
     elapsed: Duration,
     brake: BrakeView,
 ) {
     plans.send_if_modified(|current| {
-        if current.generation > 0 && *current.plan == plan && brake.same_as(current) {
+        if current.generation > 0
+            && current.partial == partial
+            && *current.plan == plan
+            && brake.same_as(current)
+        {
             return false;
         }
-        let first = current.generation == 0;
+        // The first complete plan is news even after a partial one.
+        let first = current.generation == 0 || current.partial;
         current.generation += 1;
         current.cluster_version = cluster_version;
+        current.partial = partial;
         brake.log_change(current);
         current.brake_enabled = brake.enabled;
         current.brake = brake.status.map(Arc::new);
@@ -68,7 +75,11 @@ fn publish(
         let previous = std::mem::replace(&mut current.plan, Arc::new(plan));
         let plan = &current.plan;
         // Every plan at info would flood the log of a churning cluster: the first one, then debug.
-        if first {
+        if partial {
+            info!(generation = current.generation, routes = plan.routes.len(), paths = plan.path_count(),
+                  nodes = plan.nodes.len(), elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                  "ranges planned from the Nodes listed; the Services and EndpointSlices are still listing");
+        } else if first {
             info!(generation = current.generation, routes = plan.routes.len(), paths = plan.path_count(),
                   refusals = plan.refusals.len(), elapsed_ms = elapsed.as_secs_f64() * 1e3, "plan updated");
         } else {
@@ -132,6 +143,8 @@ struct Planning {
     config: Config,
     planner: Option<IncrementalPlanner>,
     planned: Option<Arc<ClusterState>>,
+    /// Before the first complete state: the ranges planned from the Nodes listed, and those Nodes.
+    ranges: Option<(Plan, Arc<ClusterState>)>,
 }
 
 impl Planning {
@@ -170,6 +183,7 @@ impl Planning {
             Ok(planner) => {
                 self.planner = Some(planner);
                 self.planned = Some(cluster.clone());
+                self.ranges = None;
                 true
             }
             // Its state may be half changed: the next cluster state is planned from scratch.
@@ -177,8 +191,33 @@ impl Planning {
         }
     }
 
-    fn plan(&self) -> Option<&Plan> {
-        self.planner.as_ref().map(IncrementalPlanner::plan)
+    /// Plans the ranges from the Nodes listed before the first complete state (see
+    /// [`crate::source::SourceSnapshot::nodes_listed`]).
+    fn follow_nodes(&mut self, nodes: &Arc<ClusterState>) {
+        if self
+            .ranges
+            .as_ref()
+            .is_some_and(|(_, planned)| Arc::ptr_eq(planned, nodes))
+        {
+            return;
+        }
+        let config = &self.config;
+        match std::panic::catch_unwind(|| crate::planner::plan_ranges(nodes, config)) {
+            Ok(plan) => self.ranges = Some((plan, nodes.clone())),
+            Err(_) => {
+                error!("the planner failed on the Nodes listed; waiting for the whole cluster")
+            }
+        }
+    }
+
+    /// The plan, and whether it is the partial one (the ranges alone, before the first complete
+    /// cluster state).
+    fn plan(&self) -> Option<(&Plan, bool)> {
+        match (&self.planner, &self.ranges) {
+            (Some(planner), _) => Some((planner.plan(), false)),
+            (None, Some((ranges, _))) => Some((ranges, true)),
+            (None, None) => None,
+        }
     }
 }
 
@@ -203,23 +242,30 @@ async fn plan_loop(
         config: Config::clone(&config),
         planner: None,
         planned: None,
+        ranges: None,
     };
     let mut wake_at: Option<tokio::time::Instant> = None;
     loop {
-        let (cluster, version) = {
+        let (cluster, nodes_listed, version) = {
             let snapshot = source.borrow_and_update();
-            (snapshot.cluster.clone(), snapshot.version)
+            (
+                snapshot.cluster.clone(),
+                snapshot.nodes_listed.clone(),
+                snapshot.version,
+            )
         };
         let started = std::time::Instant::now();
         if let Some(cluster) = &cluster {
             if !planning.follow(cluster) {
                 error!("the planner failed; keeping the last plan");
             }
+        } else if let Some(nodes) = &nodes_listed {
+            planning.follow_nodes(nodes);
         }
         if std::mem::take(&mut release_asked) && !guard.release_brake("an operator") {
             info!("withdrawal brake release asked for, but the brake holds nothing");
         }
-        if let Some(raw) = planning.plan() {
+        if let Some((raw, partial)) = planning.plan() {
             let guarded = guard.apply(raw, std::time::Instant::now());
             wake_at = guarded.wake_at.map(tokio::time::Instant::from_std);
             let brake = BrakeView {
@@ -227,7 +273,14 @@ async fn plan_loop(
                 status: guarded.brake,
                 released: guard.last_brake_release().cloned(),
             };
-            publish(&plans, guarded.plan, version, started.elapsed(), brake);
+            publish(
+                &plans,
+                guarded.plan,
+                partial,
+                version,
+                started.elapsed(),
+                brake,
+            );
         }
         let sleep = async {
             match wake_at {
@@ -357,4 +410,46 @@ pub async fn run(
     }
     info!("herald stopped; announcements stay in gobgpd");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Node;
+
+    fn no_brake() -> BrakeView {
+        BrakeView {
+            enabled: false,
+            status: None,
+            released: None,
+        }
+    }
+
+    #[test]
+    fn a_complete_plan_equal_to_the_partial_one_is_still_published() {
+        // A cluster without Services: the ranges are its whole plan. The reconciler withdraws
+        // nothing while the plan is partial, so the complete one must reach it even so.
+        let mut state = ClusterState::default();
+        state.insert_node(Node {
+            name: "n1".to_string(),
+            labels: Default::default(),
+            ready: true,
+            internal_ips: vec!["10.0.0.1".parse().unwrap()],
+        });
+        let config = Config::parse("serviceClusterIPs: [{cidr: 10.96.0.0/16}]\n").unwrap();
+        let ranges = crate::planner::plan_ranges(&state, &config);
+        assert_eq!(ranges, crate::planner::plan(&state, &config));
+        assert_eq!(ranges.path_count(), 1);
+        let (plans, rx) = watch::channel(PlanSnapshot::default());
+        publish(&plans, ranges.clone(), true, 0, Duration::ZERO, no_brake());
+        assert_eq!((rx.borrow().generation, rx.borrow().partial), (1, true));
+        publish(&plans, ranges.clone(), true, 0, Duration::ZERO, no_brake());
+        assert_eq!(
+            rx.borrow().generation,
+            1,
+            "an unchanged plan is not published again"
+        );
+        publish(&plans, ranges, false, 1, Duration::ZERO, no_brake());
+        assert_eq!((rx.borrow().generation, rx.borrow().partial), (2, false));
+    }
 }

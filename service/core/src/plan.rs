@@ -341,4 +341,8 @@ pub struct PlanSnapshot {
     pub brake_enabled: bool,
     /// How the brake's last engagement ended.
     pub brake_released: Option<Arc<crate::brake::BrakeRelease>>,
+    /// The plan of the ranges alone, made from the Nodes before the source's first complete state
+    /// ([`crate::source::SourceSnapshot::nodes_listed`]): what it holds is announced, and nothing
+    /// missing from it is withdrawn, since the Services' routes are not planned yet.
+    pub partial: bool,
 }

@@ -27,7 +27,29 @@ pub struct SourceStatus {
 #[derive(Debug, Clone, Default)]
 pub struct SourceSnapshot {
     pub cluster: Option<Arc<ClusterState>>,
+    /// Before the first complete state only: a state holding the Nodes alone, once they are listed
+    /// in full while the Services or EndpointSlices are still listing (`None` otherwise). The
+    /// range routes depend on the Nodes and the config alone, so they can be announced from it:
+    /// in a large cluster, gobgpd takes them while the Services are still listing.
+    pub nodes_listed: Option<Arc<ClusterState>>,
     /// Grows by one with each cluster state published; 0 before the first.
     pub version: u64,
     pub status: SourceStatus,
+}
+
+impl SourceSnapshot {
+    /// A complete cluster state, read just now by the source `name`.
+    pub fn synced(name: &str, cluster: Arc<ClusterState>, version: u64) -> SourceSnapshot {
+        SourceSnapshot {
+            cluster: Some(cluster),
+            nodes_listed: None,
+            version,
+            status: SourceStatus {
+                name: name.to_string(),
+                synced: true,
+                last_error: None,
+                last_update: Some(SystemTime::now()),
+            },
+        }
+    }
 }

@@ -341,12 +341,19 @@ impl<C: GobgpClient> Reconciler<C> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "plan taken"
         );
+        if latest.partial || self.plan.partial {
+            // A partial plan's push withdraws nothing: what gobgpd holds beyond it (paths of a
+            // herald before this one) is known only to a full diff.
+            self.dirty = Scope::All;
+            self.in_rib_stale = Scope::All;
+        }
         let previous = std::mem::replace(&mut self.plan, latest);
         free_elsewhere(previous);
         true
     }
 
     /// The operations that turn what gobgpd holds into the plan, less those of absent families.
+    /// Of a partial plan (the ranges alone, before the Services are known), the additions only.
     fn diff(&self) -> Vec<Op> {
         let mut ops = match &self.dirty {
             Scope::Only(prefixes) => {
@@ -354,6 +361,9 @@ impl<C: GobgpClient> Reconciler<C> {
             }
             Scope::All => paths::diff(&self.desired.paths, &self.applied),
         };
+        if self.plan.partial {
+            ops.retain(|op| !op.withdraw);
+        }
         if self.absent.iter().any(|&a| a) {
             ops.retain(|op| !self.absent[paths::Family::of(&op.key.prefix) as usize]);
         }
@@ -521,32 +531,47 @@ impl<C: GobgpClient> Reconciler<C> {
                 );
             }
         }
-        // `applied` equals `desired` now (less the families gobgpd lacks).
-        self.dirty = Scope::nothing();
         let elapsed = started.elapsed();
-        if added + withdrawn >= 1000 || elapsed >= Duration::from_secs(1) {
+        let partial = self.plan.partial;
+        if partial {
+            // gobgpd holds the ranges; what else it holds is left for the first complete plan's
+            // diff (`dirty` stays `All`), and graceful restart's judgment for its push.
             info!(
                 generation = self.plan.generation,
                 paths = self.applied.len(),
                 added,
-                withdrawn,
                 elapsed_ms = elapsed.as_millis() as u64,
-                "gobgpd holds the plan"
+                "gobgpd holds the ranges planned from the Nodes; the rest waits for the Services"
             );
-        } else if added + withdrawn > 0 {
-            // A churning cluster changes a few paths many times a second: not for the info log.
-            debug!(
-                generation = self.plan.generation,
-                paths = self.applied.len(),
-                added,
-                withdrawn,
-                elapsed_ms = elapsed.as_millis() as u64,
-                "gobgpd holds the plan"
-            );
+        } else {
+            // `applied` equals `desired` now (less the families gobgpd lacks).
+            self.dirty = Scope::nothing();
+            if added + withdrawn >= 1000 || elapsed >= Duration::from_secs(1) {
+                info!(
+                    generation = self.plan.generation,
+                    paths = self.applied.len(),
+                    added,
+                    withdrawn,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "gobgpd holds the plan"
+                );
+            } else if added + withdrawn > 0 {
+                // A churning cluster changes a few paths many times a second: not for the info log.
+                debug!(
+                    generation = self.plan.generation,
+                    paths = self.applied.len(),
+                    added,
+                    withdrawn,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "gobgpd holds the plan"
+                );
+            }
+            self.absent_families_note();
         }
-        self.absent_families_note();
         self.publish(0, true);
-        if let Some(episode) = &mut self.episode {
+        if let Some(episode) = &mut self.episode
+            && !partial
+        {
             episode.pushed.get_or_insert((added + withdrawn, elapsed));
         }
         // gobgpd's counts after herald's changes: a later drop means gobgpd lost paths. Worked out
@@ -562,6 +587,10 @@ impl<C: GobgpClient> Reconciler<C> {
                 }
             }
             None => self.baseline = Some(self.client.path_counts().await?),
+        }
+        self.alive_at = Some(SystemTime::now());
+        if partial {
+            return Ok(());
         }
         self.alive_at = Some(SystemTime::now());
         self.follow_restart(true).await

@@ -441,8 +441,17 @@ impl PlanService for PlanApi {
             ));
         }
         if !source.synced {
+            let announced = if snapshot.partial {
+                format!(
+                    " (the ranges are planned from the {} Nodes listed; the Services and \
+                     EndpointSlices are still listing)",
+                    snapshot.plan.nodes.len()
+                )
+            } else {
+                String::new()
+            };
             alarms.push(format!(
-                "source {} has not delivered a complete cluster state yet",
+                "source {} has not delivered a complete cluster state yet{announced}",
                 source.name
             ));
         }

@@ -145,7 +145,10 @@ impl EventRecorder {
         loop {
             let leading = *self.leading.borrow_and_update();
             let snapshot = plans.borrow_and_update().clone();
-            let complete = if leading {
+            let complete = if snapshot.partial {
+                // The ranges alone, before the Services are planned: no refusal is known yet.
+                true
+            } else if leading {
                 self.record(&snapshot).await
             } else {
                 // Whoever leads next starts from what the API server holds, not from this memory.

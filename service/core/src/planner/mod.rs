@@ -609,6 +609,12 @@ fn plan_items<T: Sync>(
     })
 }
 
+/// The plan of the ranges alone (rule 1): what the Nodes and the config decide, whatever the
+/// Services. `state`'s Services and EndpointSlices are not read.
+pub fn plan_ranges(state: &ClusterState, config: &Config) -> Plan {
+    PlanContext::new(state, config).ranges_plan
+}
+
 /// Computes the plan.
 pub fn plan(state: &ClusterState, config: &Config) -> Plan {
     let context = Arc::new(PlanContext::new(state, config));

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{ClusterSource, SourceSnapshot, SourceStatus};
+use super::{ClusterSource, SourceSnapshot};
 use crate::parse_manifest;
 
 pub struct FileSource {
@@ -86,16 +86,7 @@ impl ClusterSource for FileSource {
                     info!(source = %name, services = state.services.len(), nodes = state.nodes.len(),
                           endpoint_slices = state.endpoint_slices.len(), "cluster state read");
                     let version = updates.borrow().version + 1;
-                    updates.send_replace(SourceSnapshot {
-                        cluster: Some(Arc::new(state)),
-                        version,
-                        status: SourceStatus {
-                            name: name.clone(),
-                            synced: true,
-                            last_error: None,
-                            last_update: Some(SystemTime::now()),
-                        },
-                    });
+                    updates.send_replace(SourceSnapshot::synced(&name, Arc::new(state), version));
                 }
                 Err(error) => {
                     let changed =

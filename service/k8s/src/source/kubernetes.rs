@@ -1,8 +1,10 @@
 //! Cluster state from the Kubernetes API: kube-runtime watchers on Services, EndpointSlices
 //! (`discovery.k8s.io/v1`) and Nodes, folded into one [`ClusterState`].
 //!
-//! - Nothing is published until each of the three watchers has completed its first full list, so
-//!   herald never plans from a partial (or empty) cluster at start-up.
+//! - No cluster state is published until each of the three watchers has completed its first full
+//!   list, so herald never plans Services from a partial (or empty) cluster at start-up. The Nodes
+//!   alone are published before that (`nodes_listed`), as soon as they are listed: the range
+//!   routes depend on nothing else, and in a large cluster the Services take seconds longer.
 //! - A list (the first one, or a re-list after `410 Gone`) is buffered per kind and swapped in whole
 //!   at `InitDone`; `Apply` / `Delete` events change the state in place. Updates that do not change
 //!   what herald reads (a Node heartbeat, a Service status that is not a load-balancer IP) change
@@ -336,11 +338,29 @@ struct Tracker {
     /// Something changed since the last publication (or nothing was published yet).
     dirty: bool,
     published: bool,
+    /// The Nodes last published as `nodes_listed`, before the first complete state.
+    nodes_published: Option<Objects<String, Node>>,
 }
 
 impl Tracker {
     fn all_synced(&self) -> bool {
         self.kinds.iter().all(|k| k.synced)
+    }
+
+    /// Before the first complete state, once the Nodes are listed: a state of the Nodes alone, if
+    /// they differ from the ones last published so.
+    fn nodes_to_publish(&mut self) -> Option<ClusterState> {
+        if self.published || !self.kinds[Kind::Nodes as usize].synced {
+            return None;
+        }
+        if self.nodes_published.as_ref() == Some(&self.state.nodes) {
+            return None;
+        }
+        self.nodes_published = Some(self.state.nodes.clone());
+        Some(ClusterState {
+            nodes: self.state.nodes.clone(),
+            ..ClusterState::default()
+        })
     }
 
     fn last_error(&self) -> Option<String> {
@@ -515,6 +535,7 @@ impl ClusterSource for KubernetesSource {
             kinds: Default::default(),
             dirty: false,
             published: false,
+            nodes_published: None,
         };
         let mut publish_at: Option<Instant> = None;
         let mut last_published: Option<Instant> = None;
@@ -555,6 +576,7 @@ impl ClusterSource for KubernetesSource {
                     }
                     updates.send_modify(|s| {
                         s.cluster = Some(cluster);
+                        s.nodes_listed = None;
                         s.version += 1;
                         s.status.synced = true;
                         s.status.last_update = Some(SystemTime::now());
@@ -581,6 +603,17 @@ impl ClusterSource for KubernetesSource {
                 () = updates.closed() => return,
             }
 
+            if !tracker.all_synced() {
+                if let Some(nodes) = tracker.nodes_to_publish() {
+                    info!(
+                        source = SOURCE_NAME,
+                        nodes = nodes.nodes.len(),
+                        "Nodes listed; publishing them for the ranges while the Services and EndpointSlices list"
+                    );
+                    // Not a cluster state: `version` counts those.
+                    updates.send_modify(|s| s.nodes_listed = Some(Arc::new(nodes)));
+                }
+            }
             // The first complete state is published even when it is empty.
             if (tracker.dirty || !tracker.published) && tracker.all_synced() && publish_at.is_none()
             {
@@ -613,6 +646,7 @@ mod tests {
             kinds: Default::default(),
             dirty: false,
             published: false,
+            nodes_published: None,
         }
     }
 
@@ -649,6 +683,32 @@ mod tests {
         assert!(!t.all_synced());
         list::<EndpointSlice>(&mut t, vec![]);
         assert!(t.all_synced());
+    }
+
+    #[test]
+    fn the_nodes_are_published_alone_until_the_first_complete_state() {
+        let mut t = tracker();
+        list(&mut t, vec![service("a")]);
+        assert!(
+            t.nodes_to_publish().is_none(),
+            "the Nodes are not listed yet"
+        );
+        list(&mut t, vec![node("n1", true), node("n2", true)]);
+        let nodes = t.nodes_to_publish().expect("the Nodes, listed");
+        assert_eq!(nodes.nodes.keys().collect::<Vec<_>>(), ["n1", "n2"]);
+        assert!(
+            nodes.services.is_empty() && nodes.endpoint_slices.is_empty(),
+            "the Nodes alone: a Service of a list under way is never planned"
+        );
+        assert!(t.nodes_to_publish().is_none(), "unchanged: not again");
+        t.apply(Step::Apply(node("n2", false)));
+        assert!(!t.nodes_to_publish().unwrap().nodes["n2"].ready);
+        t.published = true;
+        t.apply(Step::Apply(node("n3", true)));
+        assert!(
+            t.nodes_to_publish().is_none(),
+            "after the first complete state, never"
+        );
     }
 
     #[test]

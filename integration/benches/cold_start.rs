@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use herald_integration::fake_apiserver::FakeApiServer;
 use herald_integration::process::{Herald, free_port, workspace_bin};
 use herald_testkit::gobgpd::Gobgpd;
+use herald_testkit::herald_run::cpu_seconds;
 use herald_testkit::scale::{self, Scale};
 use serde_json::Value;
 
@@ -52,21 +53,6 @@ struct Phases {
     applied: Duration,
     herald_cpu: Duration,
     gobgpd_cpu: Duration,
-}
-
-/// A process's user + system CPU time so far (`/proc/<pid>/stat`, in clock ticks of 10 ms).
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-        .sum();
-    Duration::from_millis(ticks * 10)
 }
 
 /// `--source kubernetes|file` (default: both) and `--rounds N` (default 3) among the arguments.
@@ -173,8 +159,9 @@ async fn cold_start(
         assert!(Instant::now() < deadline, "no plan in gobgpd in 300 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    let herald_cpu = cpu_time(herald.pid());
-    let gobgpd_cpu = cpu_time(gobgpd.pid().expect("gobgpd runs"));
+    let cpu = |pid: u32| Duration::from_secs_f64(cpu_seconds(&pid.to_string()));
+    let herald_cpu = cpu(herald.pid());
+    let gobgpd_cpu = cpu(gobgpd.pid().expect("gobgpd runs"));
     assert_eq!(gobgpd.path_count().await, paths, "gobgpd holds the plan");
     let since = |needle: &str| {
         Duration::from_secs_f64(

@@ -1247,6 +1247,22 @@ fn paths(plan: &herald_core::plan::Plan) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// A `herald run` config: [`CONFIG`], the Kubernetes source on `server`, the API on `port`, `gobgpd`.
+fn herald_config(server: &FakeApiServer, gobgpd: &Gobgpd, port: u16) -> std::path::PathBuf {
+    let path = server.dir().join("herald.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
+             gobgp: {{address: \"127.0.0.1:{}\"}}\n",
+            server.kubeconfig_path().display(),
+            gobgpd.port()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// `herald run` with `source: {kubernetes: ...}` and a gobgpd, as the user runs them: the binary
 /// follows the API, serves the plan, puts it in gobgpd's RIB, records the Events, and keeps its plan
 /// and the RIB through an outage of the API server.
@@ -1261,17 +1277,7 @@ async fn herald_run_with_the_kubernetes_source() {
     load(&server, &objects);
     let gobgpd = Gobgpd::start().await;
     let port = free_port();
-    let config_path = server.dir().join("herald.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
-             gobgp: {{address: \"127.0.0.1:{}\"}}\n",
-            server.kubeconfig_path().display(),
-            gobgpd.port()
-        ),
-    )
-    .unwrap();
+    let config_path = herald_config(&server, &gobgpd, port);
     let herald = Herald::start(&config_path, port, server.dir().join("herald.log"), &[]).unwrap();
     let log = herald.log.clone();
     let dump = scopeguard(move || {
@@ -1458,17 +1464,7 @@ async fn ranges_are_announced_before_the_services_are_listed() {
     load(&server, &objects);
     let gobgpd = Gobgpd::start().await;
     let port = free_port();
-    let config_path = server.dir().join("herald.yaml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "{CONFIG}source: {{kubernetes: {{kubeconfig: {}}}}}\napi: {{listen: \"127.0.0.1:{port}\"}}\n\
-             gobgp: {{address: \"127.0.0.1:{}\"}}\n",
-            server.kubeconfig_path().display(),
-            gobgpd.port()
-        ),
-    )
-    .unwrap();
+    let config_path = herald_config(&server, &gobgpd, port);
     let config = Config::parse(CONFIG).unwrap();
     let before = paths(&herald_core::planner::plan(&model(&objects), &config));
     let stale = ("10.96.90.9/32".to_string(), "10.0.0.2".to_string());

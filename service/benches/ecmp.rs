@@ -35,22 +35,6 @@ const ROUNDS: usize = 2;
 /// Node changes per round (each one NotReady, then Ready again).
 const NODE_CHANGES: usize = 30;
 
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (field(11) + field(12)) / 100.0
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -93,7 +77,7 @@ async fn first_push(
     paths: usize,
 ) -> (Duration, f64) {
     let gobgpd_pid = g.pid().unwrap();
-    let cpu_before = cpu_seconds(gobgpd_pid);
+    let cpu_before = herald_run::cpu_seconds(&gobgpd_pid.to_string());
     let started = Instant::now();
     let mut herald = HeraldRun::start(
         Path::new(env!("CARGO_BIN_EXE_herald")),
@@ -114,7 +98,7 @@ async fn first_push(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let cpu = cpu_seconds(gobgpd_pid) - cpu_before;
+    let cpu = herald_run::cpu_seconds(&gobgpd_pid.to_string()) - cpu_before;
     match outcome {
         Ok(elapsed) => (elapsed, cpu),
         Err(e) => panic!("{}: {e}\n{}", variant.name, herald.log_text()),
@@ -151,7 +135,7 @@ async fn node_changes(
         .await
         .unwrap();
     let gobgpd_pid = g.pid().unwrap();
-    let cpu_before = cpu_seconds(gobgpd_pid);
+    let cpu_before = herald_run::cpu_seconds(&gobgpd_pid.to_string());
     let mut state = state.clone();
     let mut rng = scale::Rng::new(seed);
     let mut times = Vec::new();
@@ -174,7 +158,7 @@ async fn node_changes(
             .unwrap();
         times.push(published.elapsed());
     }
-    let cpu = cpu_seconds(gobgpd_pid) - cpu_before;
+    let cpu = herald_run::cpu_seconds(&gobgpd_pid.to_string()) - cpu_before;
     assert_eq!(
         g.path_count().await,
         status.borrow().paths_applied,

@@ -35,6 +35,7 @@ use herald_core::plan::{NextHop, Plan, PlanSnapshot, Route, RouteKind};
 use herald_gobgp::paths::{self, PathAttrs, PathSet};
 use herald_gobgp::reconciler::GobgpClient;
 use herald_gobgp::v3::V3Client;
+use herald_testkit::herald_run::cpu_seconds;
 use herald_testkit::scale::{self, Scale};
 use ipnet::IpNet;
 use pbjson_types::Any;
@@ -50,18 +51,6 @@ const UNARY_PATHS: usize = 10_000;
 const UNARY_ROUNDS: usize = 3;
 const BATCH: usize = 1000;
 const COMMUNITY: u32 = 64512 << 16 | 100;
-
-/// CPU seconds (user + system) of a process, from /proc.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / 100.0
-}
 
 /// `ROUTES` host routes, each on `HOPS_PER_ROUTE` of 64 nodes.
 fn plan() -> Plan {

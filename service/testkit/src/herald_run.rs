@@ -92,3 +92,21 @@ impl Drop for HeraldRun {
         }
     }
 }
+
+/// The CPU seconds (user + system) a process has used so far, from `/proc/<pid>/stat` (`pid` may be
+/// `self`); 0 for a process that is gone. Clock ticks are 10 ms on Linux.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (field(11) + field(12)) / 100.0
+}

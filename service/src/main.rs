@@ -10,9 +10,10 @@ use herald_k8s::parse_manifest;
 
 /// glibc's allocator spent ~40% of herald's CPU during a 5,000-node cold start (the Kubernetes
 /// lists' objects decoded, converted and freed: `_int_malloc`, `unlink_chunk`,
-/// `malloc_consolidate`); BENCHMARKS.md, cold start.
+/// `malloc_consolidate`); jemalloc halves herald's CPU for the start. mimalloc did as well, but
+/// held ~50% more memory at the peak of a flood of the plan API (BENCHMARKS.md, cold start).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Announces Kubernetes Service IPs over BGP through a gobgpd sidecar.
 #[derive(Parser)]

@@ -592,7 +592,6 @@ impl<C: GobgpClient> Reconciler<C> {
         if partial {
             return Ok(());
         }
-        self.alive_at = Some(SystemTime::now());
         self.follow_restart(true).await
     }
 

@@ -15,7 +15,7 @@ mod manifest;
 pub mod source;
 
 pub use convert::{SERVICE_NAME_LABEL, from_endpoint_slice, from_node, from_service};
-pub use manifest::{ManifestError, parse_manifest};
+pub use manifest::{ManifestError, parse_manifest, parse_manifest_in_parts};
 
 // herald-core's modules, under the paths the modules here name them by (`crate::config::...`).
 use herald_core::{cluster, config, plan};

@@ -38,7 +38,155 @@ pub enum ManifestError {
 /// Objects are read as the YAML streams by, one at a time: the YAML tree of one object exists at a
 /// time, not the tree of the whole file (a `List` of a large cluster is one document, and as one
 /// tree takes many times its size in memory: BENCHMARKS.md, figures behind choices).
+///
+/// A large `List` as kubectl prints it is read in parts, one per core ([`read_list_in_parts`]);
+/// anything else, and any part that does not read, is read whole, which is what reports errors.
 pub fn parse_manifest(text: &str) -> Result<ClusterState, ManifestError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if text.len() >= PARTS_FROM_BYTES
+        && cores >= 2
+        && let Some(state) = read_list_in_parts(text, cores.min(8))
+    {
+        return Ok(state);
+    }
+    read_whole(text)
+}
+
+/// [`parse_manifest`]'s reading in `parts` on its own, whatever the text's size: `None` where
+/// `parse_manifest` would read the text whole. For checks (the fuzzer compares the two readings).
+pub fn parse_manifest_in_parts(text: &str, parts: usize) -> Option<ClusterState> {
+    read_list_in_parts(text, parts.max(1))
+}
+
+/// Below this, a file is read on one core: splitting it would save little.
+const PARTS_FROM_BYTES: usize = 4 << 20;
+
+/// The YAML reader takes ~15 MB/s on one core (a 5,000-node cluster is 250 MB: ~17 s), so a large
+/// `List` is cut between its items and the parts read at once, one per core, then put together in
+/// order (a later object of the same key replaces an earlier one, as when read whole); the parts
+/// are read where they lie, not copied. Only the
+/// layout kubectl prints is cut: one document whose `items:` sequence starts at column 0, each item
+/// on a line starting `- `; an item's own lines are indented, so no item is cut in two. None, for
+/// the caller to read the text whole, when the text is not so laid out, or when any part does not
+/// read cleanly (an error, an alias to another part): the whole read says what is wrong, as before.
+fn read_list_in_parts(text: &str, parts: usize) -> Option<ClusterState> {
+    // One document: no `---` or `...` line.
+    if text.starts_with("---")
+        || text.starts_with("...")
+        || text.contains("\n---")
+        || text.contains("\n...")
+    {
+        return None;
+    }
+    let items_start = if text.starts_with("items:\n") {
+        "items:\n".len()
+    } else {
+        text.find("\nitems:\n")? + "\nitems:\n".len()
+    };
+    // The sequence ends at the first line at column 0 that is not an item's start, a comment or
+    // blank.
+    let mut items_end = text.len();
+    let mut at = items_start;
+    while at < text.len() {
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i + 1);
+        let line = &text[at..line_end];
+        let item = line.starts_with("- ") || line.trim_end() == "-";
+        let other = line.starts_with(' ') || line.starts_with('#') || line.trim().is_empty();
+        if !item && !other {
+            items_end = at;
+            break;
+        }
+        at = line_end;
+    }
+    let items = &text[items_start..items_end];
+    // Every part starts with an item at column 0, the first one too (a sequence indented under
+    // `items:` is not cut: a later line at column 0 would read alone but not after it).
+    let first = items
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))?;
+    if !(first.starts_with("- ") || first.trim_end() == "-") {
+        return None;
+    }
+    // The List without its items: its kind decides what items without one are.
+    let rest = format!(
+        "{}{}",
+        &text[..items_start - "items:\n".len()],
+        &text[items_end..]
+    );
+    let kind =
+        match serde_saphyr::from_multiple_with_options::<Document>(&rest, options(rest.len()))
+            .ok()?
+            .as_slice()
+        {
+            [
+                Document::Object {
+                    fields,
+                    items: None,
+                },
+            ] => fields.get("kind").and_then(Value::as_str)?.to_string(),
+            _ => return None,
+        };
+    if !(kind == "List" || kind.ends_with("List")) {
+        return None;
+    }
+    // Cut points: the start of the first item at or after each share of the bytes.
+    let mut cuts = vec![0];
+    for share in 1..parts {
+        let from = (items.len() * share / parts).max(*cuts.last()?);
+        // In bytes: a share of them may end inside a character; `\n- ` never does.
+        match items.as_bytes()[from..]
+            .windows(3)
+            .position(|w| w == b"\n- ")
+        {
+            Some(i) if from + i + 1 > *cuts.last()? => cuts.push(from + i + 1),
+            _ => break,
+        }
+    }
+    cuts.push(items.len());
+    let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+    // Each part is itself a YAML document: a sequence of items.
+    let read_part = |part: &str| -> Option<ClusterState> {
+        let mut documents: Vec<Items> =
+            serde_saphyr::from_multiple_with_options(part, options(part.len())).ok()?;
+        let (Some(Items::Read(items)), true) = (documents.pop(), documents.is_empty()) else {
+            return None;
+        };
+        let mut state = ClusterState::default();
+        for (i, item) in items.into_iter().enumerate() {
+            let read = match item {
+                Item::Read(read) => read,
+                Item::Deferred(object) => read_object(&i.to_string(), &object, item_kind),
+            };
+            add(&mut state, 1, read).ok()?;
+        }
+        Some(state)
+    };
+    let states: Vec<Option<ClusterState>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = cuts
+            .windows(2)
+            .map(|w| {
+                let part = &items[w[0]..w[1]];
+                scope.spawn(move || read_part(part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().ok().flatten())
+            .collect()
+    });
+    // In order: a later object of the same key replaces an earlier one.
+    let mut state = ClusterState::default();
+    for part in states {
+        let part = part?;
+        state.services.extend(part.services);
+        state.endpoint_slices.extend(part.endpoint_slices);
+        state.nodes.extend(part.nodes);
+    }
+    Some(state)
+}
+
+/// Reads every document of `text` in one pass (see [`parse_manifest`]).
+fn read_whole(text: &str) -> Result<ClusterState, ManifestError> {
     let documents: Vec<Document> =
         serde_saphyr::from_multiple_with_options(text, options(text.len()))
             .map_err(|e| ManifestError::Yaml(e.to_string()))?;
@@ -415,6 +563,88 @@ mod tests {
         format!(
             "- apiVersion: v1\n{kind}  metadata:\n    name: {name}\n    namespace: ns\n  spec:\n    clusterIP: 10.96.0.1\n"
         )
+    }
+
+    /// A kubectl-like List of `n` Services (every third without a kind of its own), then `extra`.
+    fn list(n: usize, extra: &str) -> String {
+        let items: String = (0..n)
+            .map(|i| service(&format!("s{i}"), i % 3 != 0))
+            .collect();
+        format!(
+            "apiVersion: v1\nitems:\n{items}{extra}# kubectl prints no comment; a file may\nkind: ServiceList\nmetadata:\n  resourceVersion: \"\"\n"
+        )
+    }
+
+    #[test]
+    fn a_list_read_in_parts_reads_as_the_list_read_whole() {
+        // The last item is s5 again: the later one replaces the earlier, which is in another part.
+        let yaml = list(60, &service("s5", true).replace("10.96.0.1", "10.96.0.9"));
+        let whole = read_whole(&yaml).unwrap();
+        assert_eq!(whole.services.len(), 60);
+        for parts in [2, 3, 7, 100] {
+            let in_parts = read_list_in_parts(&yaml, parts).expect("read in parts");
+            assert_eq!(in_parts, whole, "in {parts} parts");
+        }
+        assert_eq!(parse_manifest(&yaml).unwrap(), whole);
+    }
+
+    #[test]
+    fn what_does_not_read_in_parts_is_read_whole() {
+        let broken = "- kind: Service\n  metadata: {name: late}\n  spec: {ports: [{port: x}]}\n";
+        // Not laid out as kubectl prints a List, or a part that does not read alone: None.
+        let cases = [
+            ("a broken item in the last part", list(30, broken)),
+            (
+                "an alias to an anchor in another part",
+                list(30, "")
+                    .replacen(
+                        "metadata:\n    name: s1\n",
+                        "metadata: &m\n    name: s1\n",
+                        1,
+                    )
+                    .replacen(
+                        "  metadata:\n    name: s29\n    namespace: ns\n",
+                        "  metadata: *m\n",
+                        1,
+                    ),
+            ),
+            (
+                "two documents",
+                format!("{}---\n{}", list(30, ""), list(2, "")),
+            ),
+            (
+                "a Service with items, not a List",
+                format!(
+                    "kind: Service\nmetadata: {{name: web, namespace: ns}}\nitems:\n{}",
+                    service("a", true)
+                ),
+            ),
+            (
+                "items of no kind in a plain List",
+                list(30, "").replace("kind: ServiceList", "kind: List"),
+            ),
+            (
+                "a sequence indented under `items:`, then an item at column 0",
+                format!(
+                    "kind: List\nitems:\n  {}{}",
+                    service("a", true).replace("\n  ", "\n    "),
+                    service("b", true)
+                ),
+            ),
+        ];
+        for (what, yaml) in cases {
+            assert!(
+                read_list_in_parts(&yaml, 2).is_none(),
+                "{what}: read in parts"
+            );
+            assert_eq!(
+                format!("{:?}", parse_manifest(&yaml)),
+                format!("{:?}", read_whole(&yaml)),
+                "{what}"
+            );
+        }
+        let e = read_whole(&list(30, broken)).unwrap_err().to_string();
+        assert!(e.contains("item 30 (Service late)"), "{e}");
     }
 
     #[test]

@@ -1263,22 +1263,20 @@ fn herald_config(server: &FakeApiServer, gobgpd: &Gobgpd, port: u16) -> std::pat
     path
 }
 
-/// `herald run` with `source: {kubernetes: ...}` and a gobgpd, as the user runs them: the binary
-/// follows the API, serves the plan, puts it in gobgpd's RIB, records the Events, and keeps its plan
-/// and the RIB through an outage of the API server.
-#[tokio::test]
-async fn herald_run_with_the_kubernetes_source() {
-    use herald_api::herald::v1 as pb;
-    use herald_api::herald::v1::plan_service_client::PlanServiceClient;
-    use herald_integration::process::{Herald, free_port};
-
-    let server = FakeApiServer::start().await.unwrap();
-    let mut objects = yaobank();
-    load(&server, &objects);
-    let gobgpd = Gobgpd::start().await;
-    let port = free_port();
-    let config_path = herald_config(&server, &gobgpd, port);
-    let herald = Herald::start(&config_path, port, server.dir().join("herald.log"), &[]).unwrap();
+/// `herald run` on `config`, and a guard that prints its log when dropped (forget it once the
+/// test passed).
+fn start_herald(
+    server: &FakeApiServer,
+    config: &std::path::Path,
+    port: u16,
+) -> (herald_integration::process::Herald, impl Drop) {
+    let herald = herald_integration::process::Herald::start(
+        config,
+        port,
+        server.dir().join("herald.log"),
+        &[],
+    )
+    .unwrap();
     let log = herald.log.clone();
     let dump = scopeguard(move || {
         eprintln!(
@@ -1286,17 +1284,40 @@ async fn herald_run_with_the_kubernetes_source() {
             std::fs::read_to_string(&log).unwrap_or_default()
         )
     });
+    (herald, dump)
+}
 
-    let started = Instant::now();
-    let channel = wait_async("herald's API", SHORT, || async {
+/// A channel to `herald`'s API, once it answers.
+async fn api_channel(herald: &herald_integration::process::Herald) -> tonic::transport::Channel {
+    wait_async("herald's API", SHORT, || async {
         tonic::transport::Channel::from_shared(herald.api.clone())
             .unwrap()
             .connect()
             .await
             .ok()
     })
-    .await;
-    let mut api = PlanServiceClient::new(channel);
+    .await
+}
+
+/// `herald run` with `source: {kubernetes: ...}` and a gobgpd, as the user runs them: the binary
+/// follows the API, serves the plan, puts it in gobgpd's RIB, records the Events, and keeps its plan
+/// and the RIB through an outage of the API server.
+#[tokio::test]
+async fn herald_run_with_the_kubernetes_source() {
+    use herald_api::herald::v1 as pb;
+    use herald_api::herald::v1::plan_service_client::PlanServiceClient;
+    use herald_integration::process::free_port;
+
+    let server = FakeApiServer::start().await.unwrap();
+    let mut objects = yaobank();
+    load(&server, &objects);
+    let gobgpd = Gobgpd::start().await;
+    let port = free_port();
+    let config_path = herald_config(&server, &gobgpd, port);
+    let (herald, dump) = start_herald(&server, &config_path, port);
+
+    let started = Instant::now();
+    let mut api = PlanServiceClient::new(api_channel(&herald).await);
     let config = Config::parse(CONFIG).unwrap();
     let prefixes = |plan: &herald_core::plan::Plan| {
         plan.routes
@@ -1495,14 +1516,7 @@ async fn ranges_are_announced_before_the_services_are_listed() {
     assert!(ranges.contains(&("10.96.0.0/16".to_string(), "10.0.0.7".to_string())));
     assert!(!before.is_superset(&ranges), "node-7's range paths are new");
 
-    let herald = Herald::start(&config_path, port, server.dir().join("herald.log"), &[]).unwrap();
-    let log = herald.log.clone();
-    let dump = scopeguard(move || {
-        eprintln!(
-            "--- herald log ---\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        )
-    });
+    let (herald, dump) = start_herald(&server, &config_path, port);
     let started = Instant::now();
     let during: BTreeSet<_> = before.union(&ranges).cloned().collect();
     wait(
@@ -1512,15 +1526,7 @@ async fn ranges_are_announced_before_the_services_are_listed() {
     )
     .await;
     let ranges_in = started.elapsed();
-    let channel = wait_async("herald's API", SHORT, || async {
-        tonic::transport::Channel::from_shared(herald.api.clone())
-            .unwrap()
-            .connect()
-            .await
-            .ok()
-    })
-    .await;
-    let mut api = PlanServiceClient::new(channel);
+    let mut api = PlanServiceClient::new(api_channel(&herald).await);
     let status = api
         .get_status(pb::GetStatusRequest {})
         .await

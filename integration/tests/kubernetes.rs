@@ -1247,6 +1247,19 @@ fn paths(plan: &herald_core::plan::Plan) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// A Service with `externalTrafficPolicy: Local` and its one endpoint, on node-2: the route
+/// 10.96.90.9/32 via 10.0.0.2.
+fn shop_web() -> [Value; 2] {
+    [
+        service(
+            "shop",
+            "web",
+            json!({"type": "ClusterIP", "clusterIP": "10.96.90.9", "externalTrafficPolicy": "Local"}),
+        ),
+        slice("shop", "web", "1", &[ep("node-2", READY)]),
+    ]
+}
+
 /// A `herald run` config: [`CONFIG`], the Kubernetes source on `server`, the API on `port`, `gobgpd`.
 fn herald_config(server: &FakeApiServer, gobgpd: &Gobgpd, port: u16) -> std::path::PathBuf {
     let path = server.dir().join("herald.yaml");
@@ -1376,14 +1389,7 @@ async fn herald_run_with_the_kubernetes_source() {
     .await;
 
     // A change in the cluster reaches the served plan.
-    let new = [
-        service(
-            "shop",
-            "web",
-            json!({"type": "ClusterIP", "clusterIP": "10.96.90.9", "externalTrafficPolicy": "Local"}),
-        ),
-        slice("shop", "web", "1", &[ep("node-2", READY)]),
-    ];
+    let new = shop_web();
     for object in &new {
         server.apply_value(object.clone());
         objects.push(object.clone());
@@ -1473,14 +1479,7 @@ async fn ranges_are_announced_before_the_services_are_listed() {
 
     let server = FakeApiServer::start().await.unwrap();
     let mut objects = yaobank();
-    let web = [
-        service(
-            "shop",
-            "web",
-            json!({"type": "ClusterIP", "clusterIP": "10.96.90.9", "externalTrafficPolicy": "Local"}),
-        ),
-        slice("shop", "web", "1", &[ep("node-2", READY)]),
-    ];
+    let web = shop_web();
     objects.extend(web.iter().cloned());
     load(&server, &objects);
     let gobgpd = Gobgpd::start().await;

@@ -566,6 +566,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(g) => {
                     let state = if g.reachable {
                         "reachable"
+                    } else if g.awaiting_first_answer {
+                        "no answer yet"
                     } else {
                         "UNREACHABLE"
                     };

@@ -42,6 +42,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct SinkStatus {
     pub address: String,
     pub reachable: bool,
+    /// herald's first call to gobgpd has neither been answered nor failed yet.
+    pub awaiting_first_answer: bool,
     /// The plan generation gobgpd's RIB last equalled.
     pub applied_generation: u64,
     /// Paths still to add or withdraw.
@@ -80,6 +82,7 @@ pub fn spawn_with<C: reconciler::GobgpClient>(
 ) -> watch::Receiver<SinkStatus> {
     let (status_tx, status_rx) = watch::channel(SinkStatus {
         address: address.to_string(),
+        awaiting_first_answer: true,
         ..Default::default()
     });
     let span = tracing::info_span!("gobgp", address = %address);

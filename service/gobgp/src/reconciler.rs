@@ -967,6 +967,7 @@ impl<C: GobgpClient> Reconciler<C> {
         self.status.send_modify(|s| {
             s.errors += 1;
             s.reachable = reachable;
+            s.awaiting_first_answer = false;
             s.last_error = Some(message);
             s.pending_operations = pending;
         });
@@ -1013,6 +1014,7 @@ impl<C: GobgpClient> Reconciler<C> {
         let note = self.absent_note.clone();
         self.status.send_modify(|s| {
             s.reachable = true;
+            s.awaiting_first_answer = false;
             s.pending_operations = pending;
             s.paths_applied = paths_applied;
             s.in_rib = in_rib;

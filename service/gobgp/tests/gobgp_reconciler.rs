@@ -966,6 +966,38 @@ async fn plans_coalesce_while_gobgpd_hangs() {
     assert!(status.paths_added - added <= 8, "{status:?}");
 }
 
+/// A gobgpd that does not answer from the start: until herald's first call is answered or fails
+/// (ListPath gets a minute: gobgpd gathers the whole table first), the status says "no answer yet",
+/// not "unreachable" with no reason. (`hung_gobgpd_times_out_then_gets_the_latest_plan` has the
+/// timeout named.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_call_unanswered_is_not_called_unreachable_without_a_reason() {
+    let g = Gobgpd::start().await;
+    g.signal("STOP");
+    let cfg = config(g.address(), Duration::from_secs(60));
+    let client =
+        herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1))
+            .unwrap();
+    let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
+    let status =
+        herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
+    let mut h = Herald { plans, status };
+    h.publish(lab_plan());
+    // Past the call timeout (1 s), still within ListPath's minute.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = h.status.borrow().clone();
+    assert!(
+        waiting.awaiting_first_answer
+            && !waiting.reachable
+            && waiting.last_error.is_none()
+            && waiting.errors == 0,
+        "{waiting:?}"
+    );
+    g.signal("CONT");
+    let converged = h.converged(CONVERGE).await;
+    assert!(!converged.awaiting_first_answer, "{converged:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
     let g = Gobgpd::start().await;

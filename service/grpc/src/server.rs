@@ -459,7 +459,12 @@ impl PlanService for PlanApi {
         alarms.extend(snapshot.plan.notes.iter().cloned());
         let gobgp = self.state.sink.as_ref().map(|sink| {
             let s = sink.borrow().clone();
-            if !s.reachable {
+            if s.awaiting_first_answer {
+                alarms.push(format!(
+                    "gobgpd at {} has not answered herald's first call yet",
+                    s.address
+                ));
+            } else if !s.reachable {
                 alarms.push(format!(
                     "gobgpd at {} is unreachable: {}",
                     s.address,
@@ -475,6 +480,7 @@ impl PlanService for PlanApi {
             pb::GobgpStatus {
                 address: s.address,
                 reachable: s.reachable,
+                awaiting_first_answer: s.awaiting_first_answer,
                 applied_generation: s.applied_generation,
                 pending_operations: s.pending_operations,
                 paths_applied: s.paths_applied,

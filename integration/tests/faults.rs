@@ -190,16 +190,22 @@ fn drift_is_repaired_and_operator_paths_are_never_touched() {
     let rib = lab
         .gobgp(&["global", "rib", "-a", "ipv4"])
         .unwrap_or_default();
-    herald.wait_table(&lab, &expected, Duration::from_secs(3), "drift repaired");
+    // First herald's word that it repaired (host1's table may still be the one from before the
+    // deletion when first looked at: BIRD withdraws after gobgpd), then the table.
+    wait_until(Duration::from_secs(3), "herald to repair the drift", || {
+        herald.herald.log_text().contains("repairing").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", herald.herald.log_text()));
+    herald.wait_table(
+        &lab,
+        &expected,
+        Duration::from_secs(3).saturating_sub(deleted.elapsed()),
+        "drift repaired",
+    );
     eprintln!(
         "RIB emptied by hand ({} lines left right after); herald's paths back on host1 after {:?}",
         rib.lines().count(),
         deleted.elapsed()
-    );
-    assert!(
-        herald.herald.log_text().contains("repairing"),
-        "{}",
-        herald.herald.log_text()
     );
 
     // An operator's own paths, one on a prefix of its own and one on a prefix herald announces
@@ -413,7 +419,10 @@ fn flapping_endpoints_are_damped_by_the_hold_down() {
         } else {
             write_atomically(&state, &ready).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // The last drop lasts long enough that herald, however busy the machine, reads it (the
+        // hold-down below is measured from it).
+        let last = i == 28;
+        std::thread::sleep(Duration::from_millis(if last { 400 } else { 100 }));
     }
     herald.wait_table(&lab, &up, Duration::from_secs(5), "settled after flapping");
     std::thread::sleep(Duration::from_millis(500));

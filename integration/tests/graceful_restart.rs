@@ -286,11 +286,17 @@ fn a_router_without_graceful_restart_gets_a_restarted_gobgpd_s_routes_at_once() 
         DEFERRAL_TIME - Duration::from_secs(3),
         "routes back before gobgpd's deferral time",
     );
+    // herald logs this once gobgpd has answered the call that sends the routes: they may reach
+    // host1 first.
+    wait_until(Duration::from_secs(5), "the warning", || {
+        herald
+            .herald
+            .log_text()
+            .contains("holds back its routes from a neighbor that does not do graceful restart")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", herald.herald.log_text()));
     let log = herald.herald.log_text();
-    assert!(
-        log.contains("holds back its routes from a neighbor that does not do graceful restart"),
-        "{log}"
-    );
     let gobgpd = lab.gobgpd_log(0);
     eprintln!(
         "router without graceful restart: routes back {back:?} after gobgpd's restart with -r (its deferral time: {DEFERRAL_TIME:?}); \
@@ -328,16 +334,21 @@ fn a_restarted_gobgpd_that_gets_the_plan_too_late_raises_an_alarm() {
         status.contains("198.19.15.254 (before herald began)"),
         "{status}"
     );
-    let metrics = lab
-        .pool_cmd("curl")
-        .args(["-sf", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
-    assert!(
-        metrics.contains("herald_gobgp_restart_deferral_misses_total 1"),
-        "{metrics}"
-    );
+    // The metrics follow the status on a task of their own: wait for them to catch up.
+    let scrape = || {
+        let out = lab
+            .pool_cmd("curl")
+            .args(["-sf", &format!("http://127.0.0.1:{METRICS_PORT}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let metrics = wait_until(Duration::from_secs(5), "the miss counted", || {
+        let m = scrape();
+        m.contains("herald_gobgp_restart_deferral_misses_total 1")
+            .then_some(m)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", scrape()));
     assert!(
         metrics.contains("herald_gobgp_restart_deferral_seconds 15"),
         "{metrics}"

@@ -104,10 +104,18 @@ fn metrics_explain_and_diff_answer_from_the_wire() {
     );
 
     // Metrics: names and labels as documented, values matching what host1 has.
-    let metrics = wait_until(Duration::from_secs(10), "metrics with the BGP peer", || {
-        let m = scrape(&lab);
-        m.contains("herald_bgp_peer_state{").then_some(m)
-    })
+    // The metrics follow herald's status on a task of their own: wait for the peer and the push.
+    let metrics = wait_until(
+        Duration::from_secs(10),
+        "metrics with the BGP peer and the push",
+        || {
+            let m = scrape(&lab);
+            (m.contains("herald_bgp_peer_state{")
+                && sample(&m, "herald_gobgp_paths_applied") == Some(8.0)
+                && sample(&m, "herald_push_duration_seconds_count") == Some(1.0))
+            .then_some(m)
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", scrape(&lab)));
     let expectations: &[(&str, f64)] = &[
         ("herald_routes_planned{kind=\"cluster-range\"}", 1.0),
@@ -301,17 +309,22 @@ fn json_logs_carry_fields() {
     let dir = tempfile::tempdir().unwrap();
     let state = repo_root().join("examples/yaobank/cluster-state.yaml");
     let config = plan_only_config(dir.path(), &state, free_port());
+    let log = dir.path().join("herald.log");
     let mut child = Command::new(workspace_bin("herald"))
         .args(["run", "--log-format", "json", "--config"])
         .arg(&config)
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let planned = wait_until(Duration::from_secs(10), "the plan's log line", || {
+        read().contains("plan updated").then_some(())
+    });
     let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
+    let text = read();
+    planned.unwrap_or_else(|e| panic!("{e}\n{text}"));
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))

@@ -333,7 +333,6 @@ impl Metrics {
     }
 
     fn observe_plan(&self, snapshot: &PlanSnapshot, in_rib: Option<&SinkStatus>) {
-        self.plan_generation.set(snapshot.generation as i64);
         self.paths_planned.set(snapshot.plan.path_count() as i64);
         self.max_routes_refused
             .set(snapshot.plan.max_routes_refused as i64);
@@ -381,6 +380,8 @@ impl Metrics {
                 })
                 .set(count as i64);
         }
+        // Last: a scrape that sees the new generation sees the rest of its figures too.
+        self.plan_generation.set(snapshot.generation as i64);
     }
 
     /// The brake's gauges, and its engagements counted from the last one seen (`last`).

@@ -188,6 +188,18 @@ impl Herald {
         Herald { plans, status }
     }
 
+    /// Starts the reconciler with no plan yet and calls to gobgpd that time out after
+    /// `call_timeout` (herald's is 10 s: tests of a hung gobgpd need not wait that long).
+    fn with_call_timeout(g: &Gobgpd, call_timeout: Duration) -> Herald {
+        let cfg = config(g.address(), Duration::from_secs(60));
+        let client =
+            herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, call_timeout).unwrap();
+        let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
+        let status =
+            herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
+        Herald { plans, status }
+    }
+
     fn publish(&mut self, plan: Plan) -> u64 {
         let mut generation = 0;
         self.plans.send_modify(|s| {
@@ -982,14 +994,7 @@ async fn plans_coalesce_while_gobgpd_hangs() {
 async fn first_call_unanswered_is_not_called_unreachable_without_a_reason() {
     let g = Gobgpd::start().await;
     g.signal("STOP");
-    let cfg = config(g.address(), Duration::from_secs(60));
-    let client =
-        herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1))
-            .unwrap();
-    let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
-    let status =
-        herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
-    let mut h = Herald { plans, status };
+    let mut h = Herald::with_call_timeout(&g, Duration::from_secs(1));
     h.publish(lab_plan());
     // Past the call timeout (1 s), still within ListPath's minute.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1009,15 +1014,7 @@ async fn first_call_unanswered_is_not_called_unreachable_without_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_gobgpd_times_out_then_gets_the_latest_plan() {
     let g = Gobgpd::start().await;
-    let cfg = config(g.address(), Duration::from_secs(60));
-    // A short call timeout, so that the test need not wait the default 10 s.
-    let client =
-        herald_gobgp::v3::V3Client::new(&g.address(), cfg.batch_size, Duration::from_secs(1))
-            .unwrap();
-    let (plans, plans_rx) = watch::channel(PlanSnapshot::default());
-    let status =
-        herald_gobgp::spawn_with(client, &g.address(), herald_gobgp::settings(&cfg), plans_rx);
-    let mut h = Herald { plans, status };
+    let mut h = Herald::with_call_timeout(&g, Duration::from_secs(1));
     h.publish(lab_plan());
     h.converged(CONVERGE).await;
 

@@ -546,25 +546,24 @@ impl<C: GobgpClient> Reconciler<C> {
         } else {
             // `applied` equals `desired` now (less the families gobgpd lacks).
             self.dirty = Scope::nothing();
+            // One event at a level chosen here (tracing fixes an event's level where it is written).
+            macro_rules! holds {
+                ($level:ident) => {
+                    $level!(
+                        generation = self.plan.generation,
+                        paths = self.applied.len(),
+                        added,
+                        withdrawn,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "gobgpd holds the plan"
+                    )
+                };
+            }
             if added + withdrawn >= 1000 || elapsed >= Duration::from_secs(1) {
-                info!(
-                    generation = self.plan.generation,
-                    paths = self.applied.len(),
-                    added,
-                    withdrawn,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    "gobgpd holds the plan"
-                );
+                holds!(info);
             } else if added + withdrawn > 0 {
                 // A churning cluster changes a few paths many times a second: not for the info log.
-                debug!(
-                    generation = self.plan.generation,
-                    paths = self.applied.len(),
-                    added,
-                    withdrawn,
-                    elapsed_ms = elapsed.as_millis() as u64,
-                    "gobgpd holds the plan"
-                );
+                holds!(debug);
             }
             self.absent_families_note();
         }
